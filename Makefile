@@ -1,0 +1,48 @@
+# RLHF (PPO) vs DPO benchmarks. `make help` lists the targets.
+SCALE ?= tiny
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION := 2.13.0
+# RUN_DIR (where runs land, default ./runs) is read from the environment by the CLI itself.
+
+.PHONY: help imdb-sentiment show test reference clean-runs env
+
+help:  ## list the targets
+	@echo "make imdb-sentiment [SCALE=tiny|micro|paper]  run the IMDb benchmark (default scale: tiny)"
+	@echo "make show [SCALE=...]                          print the resolved config of that scale"
+	@echo "make test                                      run the test suite (offline, CPU)"
+	@echo "make reference                                 regenerate docs/config.md from pipelines/config.py"
+	@echo "make env                                       create .venv (done automatically by the others)"
+	@echo "make clean-runs                                delete runs/ (RUN_DIR)"
+	@echo "Results: \$${RUN_DIR:-runs}/<benchmark>/<scale>/frontier.{csv,png,pdf}"
+
+env: $(VENV)/.installed
+
+# torch first, by hand: a bare `torch` requirement would pull a multi-GB CUDA build on a CPU machine.
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1 || [ "$$(uname -s)" = Darwin ]; then \
+		$(PY) -m pip install -q "torch==$(TORCH_VERSION)"; \
+	else \
+		$(PY) -m pip install -q "torch==$(TORCH_VERSION)+cpu" --extra-index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+imdb-sentiment: env  ## the DPO paper's IMDb experiment
+	@echo "Running imdb-sentiment at scale '$(SCALE)' (choose another with SCALE=tiny|micro|paper)"
+	$(PY) -m pipelines run imdb-sentiment --scale $(SCALE)
+
+show: env
+	$(PY) -m pipelines show imdb-sentiment --scale $(SCALE)
+
+test: env
+	$(PY) -m pytest -q tests
+
+reference: env
+	$(PY) -m pipelines reference --write docs/config.md
+
+clean-runs:
+	rm -rf $${RUN_DIR:-runs}

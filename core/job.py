@@ -1,0 +1,51 @@
+"""A stage's side of the job protocol: read job.json, pin threads and seeds, write metrics.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.config import SECTIONS
+
+log = logging.getLogger("stage")
+
+
+@dataclass
+class Job:
+    stage: str
+    benchmark: str
+    scale: str
+    seed: int
+    torch_threads: int
+    config: dict
+    inputs: dict[str, Path]
+    out: Path
+
+    def section(self, name: str):
+        """A config section as its typed dataclass."""
+        return SECTIONS[name](**self.config[name])
+
+
+def start(argv: list[str] | None = None) -> Job:
+    argv = sys.argv[1:] if argv is None else argv
+    raw = json.loads(Path(argv[0]).read_text())
+    job = Job(**{**raw, "inputs": {k: Path(v) for k, v in raw["inputs"].items()}, "out": Path(raw["out"])})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [" + job.stage + "] %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    import numpy as np
+    import torch
+
+    if job.torch_threads:
+        torch.set_num_threads(job.torch_threads)
+    random.seed(job.seed)
+    np.random.seed(job.seed)
+    torch.manual_seed(job.seed)
+    return job
+
+
+def finish(job: Job, metrics: dict) -> None:
+    (job.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,136 @@
+"""Language-model pieces shared by the stages: prompts, pure sampling, log-probs and the exact sequence KL.
+
+Everything works on token ids. Prompts and completions are kept as ids end to end, so what a method trains
+on is exactly what was sampled (re-tokenizing prompt + completion text can merge tokens across the join).
+A completion is the sampled ids up to and including the first EOS, or max_new_tokens ids without one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_causal_lm(path, dev: torch.device | None = None):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    return model.to(dev or device()).eval()
+
+
+def load_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def make_prompts(texts: list[str], tokenizer, min_tokens: int, max_tokens: int, seed: int) -> list[list[int]]:
+    """The first k tokens of each text, k uniform in [min_tokens, max_tokens] (seeded), as in the paper."""
+    rng = random.Random(seed)
+    out = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        k = rng.randint(min_tokens, max_tokens)
+        out.append(ids[:k])
+    return out
+
+
+def by_length(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Indices of prompts grouped into batches of equal length: no padding, so sampling is exact."""
+    groups = defaultdict(list)
+    for i, p in enumerate(prompts):
+        groups[len(p)].append(i)
+    return [idx[j : j + batch_size] for _, idx in sorted(groups.items()) for j in range(0, len(idx), batch_size)]
+
+
+@torch.no_grad()
+def sample_completions(model, prompts: list[list[int]], max_new_tokens: int, eos_id: int, batch_size: int,
+                       generator: torch.Generator | None = None) -> list[list[int]]:
+    """One pure sample (temperature 1, no top-k / top-p) per prompt, with a KV cache.
+
+    Prompts of equal length are batched together, so nothing is padded. Returns completions in prompt order.
+    """
+    dev = next(model.parameters()).device
+    out: list[list[int] | None] = [None] * len(prompts)
+    for idx in by_length(prompts, batch_size):
+        ids = torch.tensor([prompts[i] for i in idx], device=dev)
+        past, step_input, done = None, ids, torch.zeros(len(idx), dtype=torch.bool, device=dev)
+        tokens = []
+        for _ in range(max_new_tokens):
+            o = model(input_ids=step_input, past_key_values=past, use_cache=True)
+            past = o.past_key_values
+            probs = torch.softmax(o.logits[:, -1].float(), dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            tokens.append(nxt)
+            done |= nxt == eos_id
+            if done.all():
+                break
+            step_input = nxt[:, None]
+        sampled = torch.stack(tokens, 1).tolist()
+        for row, i in zip(sampled, idx):
+            out[i] = row[: row.index(eos_id) + 1] if eos_id in row else row
+    return out
+
+
+def _right_padded(prompts, completions, pad_id: int, dev):
+    """input_ids [B, T] and a response mask [B, T-1] marking targets that are completion tokens."""
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    resp = torch.zeros((len(seqs), width - 1), dtype=torch.bool)
+    for b, (p, c) in enumerate(zip(prompts, completions)):
+        ids[b, : len(p) + len(c)] = torch.tensor(p + c)
+        attn[b, : len(p) + len(c)] = 1
+        resp[b, len(p) - 1 : len(p) + len(c) - 1] = True  # logits at t predict token t+1
+    return ids.to(dev), attn.to(dev), resp.to(dev)
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) per position. logits [B, T, V], targets [B, T] -> [B, T]."""
+    return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, targets[..., None]).squeeze(-1)
+
+
+def per_token_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """Exact KL(pi || ref) over the full vocabulary at each position. [B, T, V] x2 -> [B, T]."""
+    logp = F.log_softmax(policy_logits.float(), dim=-1)
+    logq = F.log_softmax(ref_logits.float(), dim=-1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+@torch.no_grad()
+def completion_logprobs(model, prompts, completions, pad_id: int, batch_size: int) -> torch.Tensor:
+    """Sum of log p(completion | prompt) per sequence. -> [N]."""
+    dev = next(model.parameters()).device
+    out = []
+    for j in range(0, len(prompts), batch_size):
+        ids, attn, resp = _right_padded(prompts[j : j + batch_size], completions[j : j + batch_size], pad_id, dev)
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        out.append((token_logprobs(logits, ids[:, 1:]) * resp).sum(1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def sequence_kl(policy, ref, prompts, completions, pad_id: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: the exact sequence KL (sum over response positions of the full-vocabulary per-token KL,
+    prompt masked) and the Monte-Carlo estimate sum(log pi - log ref) of the sampled tokens. -> ([N], [N])."""
+    dev = next(policy.parameters()).device
+    exact, mc = [], []
+    for j in range(0, len(prompts), batch_size):
+        ids, attn, resp = _right_padded(prompts[j : j + batch_size], completions[j : j + batch_size], pad_id, dev)
+        pl = policy(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        rl = ref(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        exact.append((per_token_kl(pl, rl) * resp).sum(1).cpu())
+        mc.append(((token_logprobs(pl, ids[:, 1:]) - token_logprobs(rl, ids[:, 1:])) * resp).sum(1).cpu())
+    return torch.cat(exact), torch.cat(mc)
+
+
+def decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True)

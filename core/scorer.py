@@ -1,0 +1,101 @@
+"""The ground-truth sentiment scorer: reward(text) = P(positive | text).
+
+Two kinds, one interface (`load_scorer(folder)(texts) -> np.ndarray of P(positive)`):
+- tfidf-logreg: TF-IDF over word 1-2 grams + logistic regression, saved as JSON + safetensors (no pickle);
+- hf-classifier: a transformers sequence classifier (the paper's siebert), whose positive index is read
+  from its config's id2label, never assumed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+TFIDF_PARAMS = dict(ngram_range=(1, 2), lowercase=True, sublinear_tf=True, min_df=2, max_features=200_000)
+
+
+class TfidfLogRegScorer:
+    def __init__(self, vectorizer, coef: np.ndarray, intercept: float):
+        self.vectorizer, self.coef, self.intercept = vectorizer, coef, intercept
+
+    @classmethod
+    def fit(cls, texts: list[str], labels: list[int], C: float, seed: int) -> "TfidfLogRegScorer":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        vec = TfidfVectorizer(**TFIDF_PARAMS)
+        x = vec.fit_transform(texts)
+        lr = LogisticRegression(C=C, max_iter=1000, random_state=seed).fit(x, labels)
+        assert list(lr.classes_) == [0, 1]
+        return cls(vec, lr.coef_[0].astype(np.float64), float(lr.intercept_[0]))
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        z = self.vectorizer.transform(texts) @ self.coef + self.intercept
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def save(self, folder: Path) -> None:
+        from safetensors.numpy import save_file
+
+        terms = sorted(self.vectorizer.vocabulary_, key=self.vectorizer.vocabulary_.get)
+        meta = {"kind": "tfidf-logreg", "params": {**TFIDF_PARAMS, "ngram_range": list(TFIDF_PARAMS["ngram_range"])},
+                "intercept": self.intercept, "terms": terms}
+        (folder / "scorer.json").write_text(json.dumps(meta))
+        save_file({"idf": self.vectorizer.idf_, "coef": self.coef}, str(folder / "scorer.safetensors"))
+
+    @classmethod
+    def load(cls, folder: Path, meta: dict) -> "TfidfLogRegScorer":
+        from safetensors.numpy import load_file
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        params = {**meta["params"], "ngram_range": tuple(meta["params"]["ngram_range"])}
+        params.pop("min_df"), params.pop("max_features")  # only shape the vocabulary, which is given
+        vec = TfidfVectorizer(vocabulary={t: i for i, t in enumerate(meta["terms"])}, **params)
+        arrays = load_file(str(folder / "scorer.safetensors"))
+        vec.fit(["x"])  # sets the fixed vocabulary up; idf_ is then replaced by the trained one
+        vec.idf_ = arrays["idf"]
+        return cls(vec, arrays["coef"], meta["intercept"])
+
+
+def positive_index(id2label: dict) -> int:
+    """Which output is 'positive', from the classifier's own config."""
+    hits = [int(i) for i, name in id2label.items() if str(name).lower().startswith("pos")]
+    if len(hits) != 1:
+        raise ValueError(f"cannot tell the positive label from id2label={id2label}")
+    return hits[0]
+
+
+class HFClassifierScorer:
+    def __init__(self, model_name: str, batch_size: int, max_length: int):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(model_name)
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_name).eval()
+        self.model.to("cuda" if torch.cuda.is_available() else "cpu")
+        self.pos = positive_index(self.model.config.id2label)
+        self.batch_size, self.max_length = batch_size, max_length
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        out = []
+        with self.torch.no_grad():
+            for j in range(0, len(texts), self.batch_size):
+                enc = self.tokenizer(texts[j : j + self.batch_size], truncation=True, max_length=self.max_length,
+                                     padding=True, return_tensors="pt").to(self.model.device)
+                out.append(self.torch.softmax(self.model(**enc).logits.float(), -1)[:, self.pos].cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+
+
+def save_hf_reference(folder: Path, model_name: str, batch_size: int, max_length: int) -> None:
+    meta = {"kind": "hf-classifier", "model": model_name, "batch_size": batch_size, "max_length": max_length}
+    (folder / "scorer.json").write_text(json.dumps(meta))
+
+
+def load_scorer(folder: Path):
+    folder = Path(folder)
+    meta = json.loads((folder / "scorer.json").read_text())
+    if meta["kind"] == "tfidf-logreg":
+        return TfidfLogRegScorer.load(folder, meta)
+    return HFClassifierScorer(meta["model"], meta["batch_size"], meta["max_length"])

@@ -1,0 +1,103 @@
+"""Stage dpo: Direct Preference Optimization (Rafailov et al. 2023), one run per beta.
+
+    L_DPO = -E log sigmoid( beta * [ (log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x)) ] )
+
+Each run starts from the SFT model, which is also the reference. Training is TRL's DPOTrainer, handed the
+pairs as token ids (exactly what was sampled) and the reference log-probs the pairs stage computed once for
+the whole sweep. A checkpoint is kept every `eval_every` steps and at the end; runs.json lists them for eval.
+"""
+
+import json
+import logging
+import math
+import shutil
+import time
+
+from core import job as jobs
+
+log = logging.getLogger("stage")
+COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"]
+
+
+def make_trainer_class():
+    from trl import DPOTrainer
+
+    class PairsDPOTrainer(DPOTrainer):
+        """DPOTrainer on pre-tokenized pairs with precomputed reference log-probs.
+
+        TRL would re-tokenize prompt + completion text (merging tokens across the join) and recompute the
+        reference log-probs for every run; both are already in the pairs dataset."""
+
+        def _prepare_dataset(self, dataset, *args, **kwargs):
+            missing = set(COLUMNS) - set(dataset.column_names)
+            if missing:
+                raise ValueError(f"pairs dataset lacks columns {sorted(missing)}")
+            return dataset
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            return dataset
+
+    return PairsDPOTrainer
+
+
+def train_one(beta: float, cfg, job, pairs, run_dir):
+    import torch
+    from trl import DPOConfig
+
+    from core import lm
+
+    model = lm.load_causal_lm(job.inputs["sft"])
+    model.train()
+    tokenizer = lm.load_tokenizer(job.inputs["sft"])
+    steps = cfg.max_steps or math.ceil(len(pairs) / cfg.batch_size)
+    args = DPOConfig(
+        output_dir=str(run_dir), beta=beta, loss_type=["sigmoid"], precompute_ref_log_probs=True,
+        learning_rate=cfg.learning_rate, optim="rmsprop" if cfg.optimizer == "rmsprop" else "adamw_torch",
+        warmup_steps=cfg.warmup_steps, lr_scheduler_type="constant_with_warmup",
+        per_device_train_batch_size=cfg.batch_size, max_steps=steps, max_length=None,
+        save_strategy="steps", save_steps=cfg.eval_every, save_only_model=True, save_total_limit=None,
+        logging_steps=max(1, cfg.eval_every // 4), report_to=[], seed=job.seed, data_seed=job.seed,
+        bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    trainer = make_trainer_class()(model=model, args=args, train_dataset=pairs, processing_class=tokenizer)
+    t0 = time.time()
+    result = trainer.train()
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    checkpoints = sorted((int(p.name.split("-")[1]), p) for p in run_dir.glob("checkpoint-*"))
+    if not checkpoints or checkpoints[-1][0] != result.global_step:
+        trainer.save_model(str(run_dir / f"checkpoint-{result.global_step}"))
+        checkpoints.append((result.global_step, run_dir / f"checkpoint-{result.global_step}"))
+    for _, path in checkpoints:  # keep the weights and config only: eval needs nothing else
+        for extra in path.iterdir():
+            if extra.name not in ("model.safetensors", "config.json", "generation_config.json"):
+                shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+    return {
+        "method": "dpo", "run": f"beta{beta:g}", "param": beta, "param_name": "beta",
+        "checkpoints": [{"step": s, "path": str(p.relative_to(job.out))} for s, p in checkpoints],
+        "steps": result.global_step, "train_seconds": round(time.time() - t0, 2),
+        "final_loss": history[-1]["loss"] if history else None,
+        "final_reward_accuracy": history[-1].get("rewards/accuracies") if history else None,
+    }
+
+
+def main():
+    job = jobs.start()
+    cfg = job.section("dpo")
+    from datasets import load_from_disk
+
+    pairs = load_from_disk(str(job.inputs["pairs"] / "dataset")).select_columns(COLUMNS)
+    runs = []
+    for beta in cfg.betas:
+        log.info("DPO beta=%g on %d pairs", beta, len(pairs))
+        runs.append(train_one(beta, cfg, job, pairs, job.out / f"beta{beta:g}"))
+        log.info("beta=%g: %d steps in %.0fs, final loss %s", beta, runs[-1]["steps"], runs[-1]["train_seconds"],
+                 runs[-1]["final_loss"])
+    (job.out / "runs.json").write_text(json.dumps(runs, indent=2))
+    jobs.finish(job, {"runs": len(runs), "checkpoints": sum(len(r["checkpoints"]) for r in runs),
+                      "train_seconds": sum(r["train_seconds"] for r in runs),
+                      **{f"{r['run']}_final_loss": r["final_loss"] for r in runs}})
+
+
+if __name__ == "__main__":
+    main()

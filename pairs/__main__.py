@@ -1,0 +1,84 @@
+"""Stage pairs: the preference data, as in the paper's App. C.1.
+
+For each training prompt (the first 2-8 tokens of a review longer than 200 characters), draw
+`samples_per_prompt` completions from the SFT model by pure sampling (temperature 1, top_k 0, top_p 1),
+score each with the ground truth, and label every pair of them: chosen = the higher P(positive).
+Exact ties carry no preference and are dropped.
+
+Token ids travel with the text, so DPO trains on exactly the sampled sequences. The reference (SFT)
+log-probs of every completion are computed here, once, and stored with the pairs: they do not depend
+on beta, so the whole DPO sweep shares them.
+"""
+
+import itertools
+import logging
+import time
+
+import numpy as np
+
+from core import job as jobs
+from core import lm
+from core.scorer import load_scorer
+from pipelines.data import make_splits, prompt_reviews
+
+log = logging.getLogger("stage")
+
+
+def label_pairs(scores: np.ndarray) -> tuple[list[tuple[int, int]], int]:
+    """All pairs of one prompt's samples as (chosen, rejected) indices, ties dropped. -> (pairs, n_ties)."""
+    pairs, ties = [], 0
+    for i, j in itertools.combinations(range(len(scores)), 2):
+        if scores[i] == scores[j]:
+            ties += 1
+        else:
+            pairs.append((i, j) if scores[i] > scores[j] else (j, i))
+    return pairs, ties
+
+
+def main():
+    job = jobs.start()
+    cfg, data_cfg = job.section("pairs"), job.section("data")
+    from datasets import Dataset
+
+    tokenizer = lm.load_tokenizer(job.inputs["sft"])
+    model = lm.load_causal_lm(job.inputs["sft"])
+    scorer = load_scorer(job.inputs["ground_truth"])
+    texts = prompt_reviews(make_splits(data_cfg, job.seed).train, data_cfg)[: cfg.prompts]
+    prompts = lm.make_prompts(texts, tokenizer, data_cfg.prompt_min_tokens, data_cfg.prompt_max_tokens, job.seed)
+    k = cfg.samples_per_prompt
+    repeated = [p for p in prompts for _ in range(k)]
+
+    t0 = time.time()
+    completions = lm.sample_completions(model, repeated, cfg.max_new_tokens, tokenizer.eos_token_id, cfg.batch_size)
+    t_sample = time.time() - t0
+    completion_texts = [lm.decode(tokenizer, c) for c in completions]
+    scores = scorer(completion_texts)
+    ref_logps = lm.completion_logprobs(model, repeated, completions, tokenizer.pad_token_id, cfg.batch_size)
+    log.info("%d samples in %.0fs (%.0f tokens/s); mean reward %.3f", len(completions), t_sample,
+             sum(map(len, completions)) / t_sample, scores.mean())
+
+    rows, n_ties = [], 0
+    for p, prompt in enumerate(prompts):
+        block = range(p * k, (p + 1) * k)
+        pairs, ties = label_pairs(scores[p * k : (p + 1) * k])
+        n_ties += ties
+        prompt_text = lm.decode(tokenizer, prompt)
+        for c, r in pairs:
+            c, r = block[c], block[r]
+            rows.append(dict(prompt=prompt_text, chosen=completion_texts[c], rejected=completion_texts[r],
+                             score_chosen=float(scores[c]), score_rejected=float(scores[r]), prompt_ids=prompt,
+                             chosen_ids=completions[c], rejected_ids=completions[r],
+                             ref_chosen_logps=float(ref_logps[c]), ref_rejected_logps=float(ref_logps[r])))
+    Dataset.from_list(rows).save_to_disk(str(job.out / "dataset"))
+    Dataset.from_dict(dict(prompt_ids=repeated, completion_ids=completions, score=scores.tolist())).save_to_disk(
+        str(job.out / "samples"))
+    margins = np.array([r["score_chosen"] - r["score_rejected"] for r in rows])
+    jobs.finish(job, {"pairs": len(rows), "prompts": len(prompts), "ties_dropped": n_ties,
+                      "sft_reward_mean": float(scores.mean()), "sft_reward_std": float(scores.std()),
+                      "mean_margin": float(margins.mean()) if len(rows) else 0.0,
+                      "sample_seconds": round(t_sample, 2),
+                      "mean_completion_tokens": float(np.mean([len(c) for c in completions]))})
+
+
+if __name__ == "__main__":
+    main()

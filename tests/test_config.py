@@ -1,0 +1,91 @@
+"""The typed config: every scale resolves; bad values are one-line errors naming the key, exit 2, nothing written."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import cli
+from pipelines import config
+from pipelines.config import ConfigError
+
+BASE = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
+
+
+@pytest.mark.parametrize("scale", ["tiny", "micro", "paper"])
+def test_every_scale_resolves(scale):
+    cfg = config.load("imdb-sentiment", scale)
+    assert cfg.scale == scale and cfg.dpo.betas
+
+
+def test_paper_scale_is_the_protocol():
+    cfg = config.load("imdb-sentiment", "paper")
+    assert cfg.sft.model == "gpt2-large" and cfg.data.source == "hf:stanfordnlp/imdb"
+    assert cfg.ground_truth.model == "siebert/sentiment-roberta-large-english"
+    assert cfg.dpo.betas == [0.05, 0.1, 1.0, 5.0] and cfg.dpo.optimizer == "rmsprop"
+    assert (cfg.dpo.learning_rate, cfg.dpo.warmup_steps, cfg.dpo.batch_size) == (1e-6, 150, 64)
+    assert (cfg.data.prompt_min_tokens, cfg.data.prompt_max_tokens, cfg.pairs.samples_per_prompt) == (2, 8, 4)
+
+
+def test_default_scale_is_tiny():
+    assert config.load("imdb-sentiment").scale == "tiny"
+
+
+BAD = [
+    ("[imdb-sentiment.scales.bad.dpo]\nbetas = [0.0]", "imdb-sentiment.dpo.betas[0] = 0.0: must be > 0"),
+    ("[imdb-sentiment.scales.bad.dpo]\nbetas = [-1.0, 1.0]", "dpo.betas[0] = -1.0: must be > 0"),
+    ("[imdb-sentiment.scales.bad.dpo]\nbetas = []", "dpo.betas is empty"),
+    ("[imdb-sentiment.scales.bad.dpo]\nbetas = 0.1", "dpo.betas = 0.1: expected a list of a number"),
+    ("[imdb-sentiment.scales.bad.dpo]\nbetas = [0.1, 0.1]", "dpo.betas has repeated values"),
+    ("[imdb-sentiment.scales.bad.dpo]\nbeta = 0.1", "unknown key imdb-sentiment.dpo.beta; allowed keys: betas"),
+    ("[imdb-sentiment.scales.bad.dpo]\nbatch_size = \"8\"", "dpo.batch_size = '8': expected an integer"),
+    ("[imdb-sentiment.scales.bad.dpo]\nbatch_size = 8.5", "dpo.batch_size = 8.5: expected an integer"),
+    ("[imdb-sentiment.scales.bad.dpo]\noptimizer = \"sgd\"", "dpo.optimizer = 'sgd': allowed values are 'adamw'"),
+    ("[imdb-sentiment.scales.bad.data]\nprompt_min_tokens = 9", "prompt range needs min <= max"),
+    ("[imdb-sentiment.scales.bad.pairs]\nprompts = -3", "pairs.prompts = -3: must be > 0"),
+    ("[imdb-sentiment.scales.bad.pairs]\nsamples_per_prompt = 1", "pairs.samples_per_prompt = 1: must be >= 2"),
+    ("[imdb-sentiment.scales.bad.ground_truth]\nkind = \"vibes\"", "ground_truth.kind = 'vibes': allowed values"),
+    ("[imdb-sentiment.scales.bad.sft]\nn_head = 3", "sft.n_head (3) must divide sft.n_embd (128)"),
+    ("[imdb-sentiment.scales.bad]\nfoo = 1", "unknown key imdb-sentiment.foo"),
+    ("[imdb-sentiment.scales.bad]\ndpo = 3", "imdb-sentiment.dpo must be a table"),
+    ("[imdb-sentiment.scales.bad.sft]\nwarmup_ratio = 1.5", "sft.warmup_ratio = 1.5: must be >= 0 and <= 1"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD)
+def test_bad_config_is_a_one_line_error(tmp_path, override, message):
+    path = tmp_path / "bench.toml"
+    path.write_text(BASE + "\n" + override + "\n")
+    with pytest.raises(ConfigError) as e:
+        config.load("imdb-sentiment", "bad", path)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "imdb-sentiment", "--scale", "huge"], "unknown scale 'huge' for imdb-sentiment; allowed: tiny"),
+    (["run", "imdb-cats"], "unknown benchmark 'imdb-cats'"),
+    (["run", "imdb-sentiment", "--scale", "micro", "--stages", "sft,ppo2"], "unknown stage 'ppo2'"),
+    (["run", "imdb-sentiment", "--scale", "micro", "--stages", "dpo"], "stage dpo needs sft, pairs"),
+    (["run", "imdb-sentiment", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--config", "/nonexistent.toml", "show", "imdb-sentiment"], "config file /nonexistent.toml not found"),
+])
+def test_bad_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
+    proc = cli(*args, run_dir=tmp_path / "runs")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not any(p.is_file() for p in (tmp_path / "runs").rglob("*"))
+
+
+def test_bad_source_is_refused_before_any_stage(tmp_path):
+    path = tmp_path / "bench.toml"
+    path.write_text(BASE + "\n[imdb-sentiment.scales.bad.data]\nsource = \"jsonl:/no/such/dir\"\n")
+    proc = cli("--config", str(path), "run", "imdb-sentiment", "--scale", "bad", run_dir=tmp_path / "runs")
+    assert proc.returncode == 2 and "folder /no/such/dir not found" in proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("manifest.json"))
+
+
+def test_reference_doc_is_current():
+    doc = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+    assert doc.read_text() == config.reference_markdown(), "run `make reference`"

@@ -1,0 +1,113 @@
+"""Sampling, log-probs and the exact sequence KL, checked against brute-force enumeration on toy models."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from core import lm
+
+
+def toy_lm(seed: int, vocab: int = 3):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=16, n_embd=8, n_layer=1, n_head=2,
+                                       resid_pdrop=0, embd_pdrop=0, attn_pdrop=0))
+    with torch.no_grad():  # sharper distributions than the default init, so the KL is far from zero
+        model.lm_head.weight.mul_(20)
+    return model.eval()
+
+
+@torch.no_grad()
+def brute_force_kl(policy, ref, prompt, length, vocab):
+    """KL(pi || ref) over whole responses: sum over every y of pi(y) log(pi(y) / ref(y))."""
+    total = 0.0
+    for y in itertools.product(range(vocab), repeat=length):
+        ids = torch.tensor([prompt + list(y)])
+        lp = lm.token_logprobs(policy(input_ids=ids).logits[:, :-1], ids[:, 1:])[0, len(prompt) - 1 :].sum()
+        lq = lm.token_logprobs(ref(input_ids=ids).logits[:, :-1], ids[:, 1:])[0, len(prompt) - 1 :].sum()
+        total += math.exp(lp) * (lp - lq).item()
+    return total
+
+
+@pytest.mark.parametrize("prompt", [[0], [2, 1]])
+def test_exact_sequence_kl_matches_brute_force(prompt):
+    vocab, length = 3, 3
+    policy, ref = toy_lm(0, vocab), toy_lm(1, vocab)
+    ys = [list(y) for y in itertools.product(range(vocab), repeat=length)]
+    prompts = [prompt] * len(ys)
+    exact, mc = lm.sequence_kl(policy, ref, prompts, ys, pad_id=0, batch_size=7)
+    weights = torch.exp(lm.completion_logprobs(policy, prompts, ys, pad_id=0, batch_size=5))
+    assert weights.sum().item() == pytest.approx(1.0, abs=1e-5)  # the enumeration covers every response
+    truth = brute_force_kl(policy, ref, prompt, length, vocab)
+    assert truth > 0.05
+    # E_y~pi[sum_t KL_t] and E_y~pi[sum_t log pi - log ref] both equal the sequence KL
+    assert (weights * exact).sum().item() == pytest.approx(truth, rel=1e-4)
+    assert (weights * mc).sum().item() == pytest.approx(truth, rel=1e-4)
+    assert (exact >= -1e-6).all()  # the per-sample exact KL is never negative; the MC one can be
+    assert (mc < 0).any()
+
+
+def test_kl_of_a_model_to_itself_is_zero():
+    policy = toy_lm(0)
+    exact, mc = lm.sequence_kl(policy, policy, [[0], [1, 2]], [[1, 2, 0], [2]], pad_id=0, batch_size=2)
+    assert exact.tolist() == [0.0, 0.0] and mc.tolist() == [0.0, 0.0]
+
+
+def test_per_token_kl_by_hand():
+    p, q = torch.tensor([0.5, 0.5]), torch.tensor([0.9, 0.1])
+    want = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    got = lm.per_token_kl(p.log()[None, None], q.log()[None, None])
+    assert got.item() == pytest.approx(want, rel=1e-6)
+
+
+def test_padding_does_not_change_logprobs():
+    model = toy_lm(3)
+    prompts, comps = [[0, 1], [2]], [[1, 1, 2, 0, 1], [0]]
+    together = lm.completion_logprobs(model, prompts, comps, pad_id=0, batch_size=2)
+    alone = torch.cat([lm.completion_logprobs(model, [p], [c], pad_id=0, batch_size=1) for p, c in zip(prompts, comps)])
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_sampling_follows_the_model_distribution():
+    """First sampled token frequencies match softmax(logits) (pure sampling: no top-k / top-p / temperature)."""
+    model = toy_lm(4)
+    n = 3000
+    torch.manual_seed(0)
+    comps = lm.sample_completions(model, [[1]] * n, max_new_tokens=1, eos_id=99, batch_size=1000)
+    probs = torch.softmax(model(input_ids=torch.tensor([[1]])).logits[0, -1], -1)
+    freq = torch.bincount(torch.tensor([c[0] for c in comps]), minlength=3).float() / n
+    assert torch.allclose(freq, probs, atol=4 * math.sqrt(0.25 / n))
+
+
+def test_completions_stop_after_eos_and_keep_prompt_order():
+    model = toy_lm(5)
+    torch.manual_seed(0)
+    prompts = [[0], [1, 2], [2], [0, 0, 1]]
+    comps = lm.sample_completions(model, prompts, max_new_tokens=6, eos_id=2, batch_size=2)
+    assert len(comps) == 4
+    for c in comps:
+        assert 1 <= len(c) <= 6
+        assert 2 not in c[:-1]  # nothing after the first EOS
+        assert c[-1] == 2 or len(c) == 6
+
+
+def test_sampling_is_seeded():
+    model = toy_lm(6)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        runs.append(lm.sample_completions(model, [[0], [1]] * 5, max_new_tokens=5, eos_id=99, batch_size=4))
+    assert runs[0] == runs[1]
+
+
+def test_prompts_have_2_to_8_tokens():
+    class WordTokenizer:  # one token per word: enough to check the cut
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": list(range(len(text.split())))}
+
+    prompts = lm.make_prompts(["w " * 50] * 500, WordTokenizer(), 2, 8, seed=0)
+    lengths = {len(p) for p in prompts}
+    assert lengths == set(range(2, 9))

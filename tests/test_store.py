@@ -1,0 +1,53 @@
+"""The run store: atomic stage folders, the lock, and why a stage reruns."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipelines import graph, store
+from pipelines.config import ConfigError
+
+
+def test_commit_replaces_atomically(tmp_path):
+    final = tmp_path / "dpo"
+    for version in ("one", "two"):
+        tmp = store.temp_dir_for(final)
+        (tmp / "v").write_text(version)
+        store.commit_dir(tmp, final)
+    assert (final / "v").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dpo"]
+
+
+def test_a_crashed_temp_folder_never_looks_finished(tmp_path):
+    final = tmp_path / "sft"
+    tmp = store.temp_dir_for(final)
+    (tmp / "half").write_text("x")
+    assert store.read_manifest(final) is None and not final.exists()
+    assert not (store.temp_dir_for(final) / "half").exists()  # the next run starts clean
+
+
+def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / ".lock").write_text(str(sleeper.pid))
+        with pytest.raises(ConfigError, match=f"in use by process {sleeper.pid}"):
+            with store.RunLock(tmp_path):
+                pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with store.RunLock(tmp_path):  # the holder is dead now: stale lock taken over
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_why_stale_names_the_changed_keys():
+    config = {"seed": 0, "dpo": {"betas": [0.1], "batch_size": 8}}
+    manifest = {"config": config, "config_hash": graph.stable_hash(config), "inputs": {"sft": "a"}}
+    assert graph._why_stale(manifest, config, {"sft": "a"}) is None
+    assert graph._why_stale(None, config, {}) == "not run yet"
+    changed = {"seed": 0, "dpo": {"betas": [0.1, 1.0], "batch_size": 8}}
+    assert graph._why_stale(manifest, changed, {"sft": "a"}) == "config changed: dpo.betas"
+    assert graph._why_stale(manifest, config, {"sft": "b"}) == "inputs changed: sft"
