@@ -14,6 +14,7 @@ import shutil
 import time
 
 from core import job as jobs
+from core.lm_head import plain_lm_head
 
 log = logging.getLogger("stage")
 COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"]
@@ -36,6 +37,11 @@ def make_trainer_class():
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
             return dataset
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if not self.accelerator.device.type == "cuda":
+                plain_lm_head(self.model)
 
     return PairsDPOTrainer
 

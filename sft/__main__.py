@@ -11,6 +11,7 @@ import math
 import time
 
 from core import job as jobs
+from core.lm_head import plain_lm_head
 from pipelines.data import make_splits
 
 log = logging.getLogger("stage")
@@ -99,6 +100,8 @@ def main():
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
                          callbacks=[KeepLosses()])
+    if not torch.cuda.is_available():
+        plain_lm_head(trainer.model)  # TRL's chunked head is a GPU memory saver, slow on CPU
     result = trainer.train()
     model.save_pretrained(job.out, safe_serialization=True)
     tokenizer.save_pretrained(job.out)

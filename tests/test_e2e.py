@@ -1,0 +1,75 @@
+"""The micro scale through every stage, as a user runs it: real outputs, skipping, and reruns on change."""
+
+import csv
+import json
+import time
+from pathlib import Path
+
+from conftest import cli
+
+STAGES = ["sft", "ground_truth", "pairs", "dpo", "eval"]
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_stage_finished_with_a_manifest(micro_run):
+    _, root, _ = micro_run
+    for stage in STAGES:
+        m = json.loads((root / stage / "manifest.json").read_text())
+        assert m["stage"] == stage and m["seed"] == 0 and m["wall_time_s"] > 0
+        assert set(m) >= {"config", "config_hash", "inputs", "identity", "metrics", "versions"}
+        assert m["versions"]["torch"].startswith("2.")
+    assert json.loads((root / "dpo" / "manifest.json").read_text())["inputs"].keys() == {"sft", "pairs"}
+    assert not list(root.glob(".*tmp*"))  # no half-written folder left
+
+
+def test_frontier_has_the_sft_point_and_every_dpo_checkpoint(micro_run):
+    _, root, _ = micro_run
+    table = rows(root / "frontier.csv")
+    assert list(table[0]) == ["method", "run", "param", "step", "kl", "kl_se", "kl_mc", "reward", "reward_se", "n"]
+    sft = [r for r in table if r["method"] == "sft"]
+    assert len(sft) == 1 and float(sft[0]["kl"]) == 0.0 and 0 < float(sft[0]["reward"]) < 1
+    dpo = {(r["run"], int(r["step"])) for r in table if r["method"] == "dpo"}
+    assert dpo == {("beta0.1", 3), ("beta0.1", 6), ("beta1", 3), ("beta1", 6)}
+    for r in table:
+        assert int(r["n"]) == 16 and float(r["kl"]) >= 0 and float(r["reward_se"]) > 0
+    assert (root / "frontier.png").stat().st_size > 10_000 and (root / "frontier.pdf").exists()
+
+
+def test_pairs_are_oriented_and_prompts_have_2_to_8_tokens(micro_run):
+    from datasets import load_from_disk
+
+    _, root, _ = micro_run
+    pairs = load_from_disk(str(root / "pairs" / "dataset"))
+    assert len(pairs) > 0
+    assert all(c > r for c, r in zip(pairs["score_chosen"], pairs["score_rejected"]))
+    assert all(2 <= len(p) <= 8 for p in pairs["prompt_ids"])
+    assert set(pairs.column_names) >= {"prompt", "chosen", "rejected", "score_chosen", "score_rejected"}
+    gt = json.loads((root / "ground_truth" / "manifest.json").read_text())["metrics"]
+    assert gt["heldout_accuracy"] > 0.7  # 2000 training reviews at micro scale
+
+
+def test_a_second_run_trains_nothing(micro_run):
+    run_dir, root, _ = micro_run
+    before = {s: json.loads((root / s / "manifest.json").read_text())["identity"] for s in STAGES}
+    start = time.time()
+    proc = cli("run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
+    assert time.time() - start < 30
+    assert proc.stderr.count("up to date, skipped") == len(STAGES)
+    assert before == {s: json.loads((root / s / "manifest.json").read_text())["identity"] for s in STAGES}
+
+
+def test_changing_dpo_reruns_dpo_and_eval_only(micro_run, tmp_path):
+    run_dir, root, _ = micro_run
+    before = {s: json.loads((root / s / "manifest.json").read_text())["identity"] for s in STAGES}
+    toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
+    path = tmp_path / "bench.toml"
+    path.write_text(toml.replace("betas = [0.1, 1.0]", "betas = [0.1, 1.0, 5.0]"))
+    proc = cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
+    assert "[dpo] DPO, one run per beta (micro scale) - runs because config changed: dpo.betas" in proc.stderr
+    after = {s: json.loads((root / s / "manifest.json").read_text())["identity"] for s in STAGES}
+    assert [s for s in STAGES if before[s] != after[s]] == ["dpo", "eval"]
+    assert {r["run"] for r in rows(root / "frontier.csv") if r["method"] == "dpo"} == {"beta0.1", "beta1", "beta5"}
