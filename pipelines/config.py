@@ -89,6 +89,42 @@ class DPOConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RewardModelConfig:
+    learning_rate: float = spec(gt=0, help="peak learning rate (AdamW, linear decay)")
+    batch_size: int = spec(gt=0, help="pairs per optimiser step")
+    epochs: float = spec(1.0, gt=0, help="passes over the training pairs")
+    heldout_prompts: float = spec(0.1, gt=0, le=0.5, help="share of pair prompts held out for accuracy / correlation")
+    normalize_scale: bool = spec(False, help="also scale rewards to std 1 (they are always shifted to mean 0)")
+    pooling: str = spec("last", choices=("last", "mean"), help="score = the head on the last token, or its mean")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PPOConfig:
+    methods: list[str] = spec(["ppo", "ppo-gt"], choices=("ppo", "ppo-gt"), nonempty=True,
+                              help="ppo: the learned reward model's score; ppo-gt: the ground truth's P(positive)")
+    target_kls: list[float] = spec(gt=0, nonempty=True, help="one run per method and target sequence KL")
+    kl_control: str = spec("adaptive", choices=("adaptive", "fixed"), help="Ziegler et al.'s controller, or fixed")
+    init_kl_coef: float = spec(0.1, ge=0, help="KL coefficient at step 0 (the fixed one when kl_control = fixed)")
+    kl_horizon: int = spec(10_000, gt=0, help="adaptive controller horizon, in rollouts")
+    kl_estimator: str = spec("k1", choices=("k1", "k3"), help="per-token KL penalty estimator")
+    value_model: str = spec("reward_model", choices=("reward_model", "policy_head"),
+                            help="a separate value network initialised from the reward model, or a head on the policy")
+    rollouts_per_step: int = spec(gt=0, help="samples per PPO step (the paper: 1024)")
+    minibatch_size: int = spec(gt=0, help="rollouts per gradient step")
+    ppo_epochs: int = spec(4, gt=0, help="passes over each batch of rollouts")
+    steps: int = spec(gt=0, help="PPO steps per run")
+    learning_rate: float = spec(gt=0, help="policy learning rate (Adam)")
+    value_learning_rate: float = spec(gt=0, help="value model learning rate (Adam)")
+    clip_range: float = spec(0.2, gt=0, help="policy ratio clip epsilon")
+    value_clip_range: float = spec(0.2, gt=0, help="value clip epsilon")
+    vf_coef: float = spec(0.1, gt=0, help="value loss weight (policy_head only: one loss for both)")
+    gamma: float = spec(1.0, gt=0, le=1, help="discount")
+    lam: float = spec(0.95, ge=0, le=1, help="GAE lambda")
+    max_new_tokens: int = spec(gt=0, help="tokens sampled per rollout (temperature 1, top_k 0, top_p 1)")
+    eval_every: int = spec(gt=0, help="keep a checkpoint for evaluation every this many PPO steps")
+
+
+@dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     prompts: int = spec(gt=0, help="held-out prompts, one sample each")
     max_new_tokens: int = spec(gt=0, help="tokens sampled per completion (temperature 1, top_k 0, top_p 1)")
@@ -107,6 +143,8 @@ class BenchmarkConfig:
     ground_truth: GroundTruthConfig = spec(help="[ground_truth] the sentiment scorer")
     pairs: PairsConfig = spec(help="[pairs] the preference data")
     dpo: DPOConfig = spec(help="[dpo] the DPO sweep")
+    reward_model: RewardModelConfig = spec(help="[reward_model] the Bradley-Terry reward model")
+    ppo: PPOConfig = spec(help="[ppo] PPO on the learned reward (ppo) and on the ground truth (ppo-gt)")
     eval: EvalConfig = spec(help="[eval] the frontier evaluation")
 
     def __post_init__(self):
@@ -119,8 +157,13 @@ class BenchmarkConfig:
             raise ConfigError(f"sft.n_head ({self.sft.n_head}) must divide sft.n_embd ({self.sft.n_embd})")
         if self.ground_truth.kind == "hf-classifier" and not self.ground_truth.model:
             raise ConfigError("ground_truth.model is required when ground_truth.kind = 'hf-classifier'")
-        if len(set(self.dpo.betas)) != len(self.dpo.betas):
-            raise ConfigError(f"dpo.betas has repeated values {self.dpo.betas}: each beta is one run")
+        for key, values in (("dpo.betas", self.dpo.betas), ("ppo.target_kls", self.ppo.target_kls),
+                            ("ppo.methods", self.ppo.methods)):
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{key} has repeated values {values}: each is one run")
+        if self.ppo.rollouts_per_step % self.ppo.minibatch_size:
+            raise ConfigError(f"ppo.minibatch_size ({self.ppo.minibatch_size}) must divide ppo.rollouts_per_step "
+                              f"({self.ppo.rollouts_per_step})")
 
     def section(self, name: str) -> dict:
         return dataclasses.asdict(getattr(self, name)) if name in SECTIONS else getattr(self, name)

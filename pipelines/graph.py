@@ -41,7 +41,11 @@ STAGES: dict[str, Stage] = {
         Stage("pairs", ("data", "pairs", "ground_truth"), needs=("sft", "ground_truth"),
               what="4 SFT samples per prompt, all pairs labelled by the ground truth"),
         Stage("dpo", ("dpo",), needs=("sft", "pairs"), what="DPO, one run per beta"),
-        Stage("eval", ("data", "eval", "ground_truth"), needs=("sft", "ground_truth", "dpo"),
+        Stage("reward_model", ("reward_model",), needs=("sft", "pairs"),
+              what="Bradley-Terry reward model on the pairs, normalised on SFT samples"),
+        Stage("ppo", ("data", "ppo", "ground_truth"), needs=("sft", "ground_truth", "reward_model"),
+              what="PPO on the learned reward (ppo) and on the ground truth (ppo-gt)"),
+        Stage("eval", ("data", "eval", "ground_truth"), needs=("sft", "ground_truth", "dpo", "ppo"),
               publish=("frontier.csv", "frontier.png", "frontier.pdf"),
               what="sample every checkpoint, score, exact KL to the SFT model, frontier"),
     )

@@ -35,7 +35,7 @@ BAD = [
     ("[imdb-sentiment.scales.bad.dpo]\nbetas = [-1.0, 1.0]", "dpo.betas[0] = -1.0: must be > 0"),
     ("[imdb-sentiment.scales.bad.dpo]\nbetas = []", "dpo.betas is empty"),
     ("[imdb-sentiment.scales.bad.dpo]\nbetas = 0.1", "dpo.betas = 0.1: expected a list of a number"),
-    ("[imdb-sentiment.scales.bad.dpo]\nbetas = [0.1, 0.1]", "dpo.betas has repeated values"),
+    ("[imdb-sentiment.scales.bad.dpo]\nbetas = [0.1, 0.1]", "dpo.betas has repeated values [0.1, 0.1]: each is one run"),
     ("[imdb-sentiment.scales.bad.dpo]\nbeta = 0.1", "unknown key imdb-sentiment.dpo.beta; allowed keys: betas"),
     ("[imdb-sentiment.scales.bad.dpo]\nbatch_size = \"8\"", "dpo.batch_size = '8': expected an integer"),
     ("[imdb-sentiment.scales.bad.dpo]\nbatch_size = 8.5", "dpo.batch_size = 8.5: expected an integer"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import cli
 
-STAGES = ["sft", "ground_truth", "pairs", "dpo", "eval"]
+STAGES = ["sft", "ground_truth", "pairs", "dpo", "reward_model", "ppo", "eval"]
 
 
 def rows(path):
@@ -34,6 +34,8 @@ def test_frontier_has_the_sft_point_and_every_dpo_checkpoint(micro_run):
     assert len(sft) == 1 and float(sft[0]["kl"]) == 0.0 and 0 < float(sft[0]["reward"]) < 1
     dpo = {(r["run"], int(r["step"])) for r in table if r["method"] == "dpo"}
     assert dpo == {("beta0.1", 3), ("beta0.1", 6), ("beta1", 3), ("beta1", 6)}
+    ppo = {(r["method"], r["run"], int(r["step"])) for r in table if r["method"].startswith("ppo")}
+    assert ppo == {("ppo", "ppo-kl2", 2), ("ppo", "ppo-kl2", 4), ("ppo-gt", "ppo-gt-kl2", 2), ("ppo-gt", "ppo-gt-kl2", 4)}
     for r in table:
         assert int(r["n"]) == 16 and float(r["kl"]) >= 0 and float(r["reward_se"]) > 0
     assert (root / "frontier.png").stat().st_size > 10_000 and (root / "frontier.pdf").exists()
@@ -73,3 +75,35 @@ def test_changing_dpo_reruns_dpo_and_eval_only(micro_run, tmp_path):
     after = {s: json.loads((root / s / "manifest.json").read_text())["identity"] for s in STAGES}
     assert [s for s in STAGES if before[s] != after[s]] == ["dpo", "eval"]
     assert {r["run"] for r in rows(root / "frontier.csv") if r["method"] == "dpo"} == {"beta0.1", "beta1", "beta5"}
+
+
+def test_reward_model_is_normalised_and_reports_its_diagnostics(micro_run):
+    _, root, _ = micro_run
+    m = json.loads((root / "reward_model" / "manifest.json").read_text())["metrics"]
+    assert abs(m["normalized_train_mean"]) < 1e-4 and m["scale"] == 1.0
+    assert 0 <= m["heldout_pair_accuracy"] <= 1 and -1 <= m["spearman_with_ground_truth"] <= 1
+    assert json.loads((root / "reward_model" / "reward.json").read_text()) == {
+        "shift": m["shift"], "scale": 1.0, "pooling": "mean"}
+
+
+def test_ppo_gt_raises_ground_truth_reward(micro_run, tmp_path):
+    """PPO on the ground truth, long enough to learn (25 steps of 32 rollouts, seconds at micro scale)."""
+    import shutil
+
+    _, root, _ = micro_run
+    store = tmp_path / "runs"
+    shutil.copytree(root, store / "imdb-sentiment" / "micro")
+    toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
+    micro_ppo = toml[toml.index("[imdb-sentiment.scales.micro.ppo]"):]
+    micro_ppo = micro_ppo[: micro_ppo.index("\n\n")]
+    path = tmp_path / "bench.toml"
+    path.write_text(toml.replace(micro_ppo, "\n".join([
+        "[imdb-sentiment.scales.micro.ppo]", 'methods = ["ppo-gt"]', "target_kls = [10.0]",
+        "rollouts_per_step = 32", "minibatch_size = 16", "ppo_epochs = 2", "steps = 25", "learning_rate = 3e-3",
+        "value_learning_rate = 3e-3", "init_kl_coef = 0.01", "max_new_tokens = 8", "eval_every = 25"])))
+    cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", "--stages", "ppo", run_dir=store,
+        check=True)
+    log = [json.loads(line) for line in (store / "imdb-sentiment/micro/ppo/ppo-gt-kl10/log.jsonl").open()]
+    first, last = [r["score"] for r in log[:3]], [r["score"] for r in log[-5:]]
+    assert sum(last) / 5 > sum(first) / 3 + 0.1, (first, last)
+    assert log[-1]["kl"] > log[0]["kl"]

@@ -1,0 +1,71 @@
+"""The learned reward model as a scorer: token ids in, normalised scalar rewards out.
+
+The reward_model stage saves an HF sequence-classification folder (one output) and reward.json
+({"shift", "scale", "pooling"}): reward = (raw - shift) / scale, so SFT samples on training prompts score
+mean 0. Every user goes through `RewardModel`, so the offsets and the pooling are always applied.
+
+Pooling: "last" is the usual head on the last token; "mean" averages the head over every token. A small
+model trained from scratch cannot carry a review's sentiment to its last position (held-out pair accuracy
+near chance at the tiny scale), while the ground truth there is close to a sum of per-word scores.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import torch
+
+
+@torch.no_grad()
+def raw_scores(model, seqs: list[list[int]], pad_id: int, batch_size: int) -> torch.Tensor:
+    """The scalar head at each sequence's last token (right padding). -> [N]."""
+    dev = next(model.parameters()).device
+    out = []
+    for j in range(0, len(seqs), batch_size):
+        chunk = seqs[j : j + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for b, s in enumerate(chunk):
+            ids[b, : len(s)] = torch.tensor(s)
+            attn[b, : len(s)] = 1
+        logits = model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits[:, 0]
+        out.append(logits.float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def pool_mean(model) -> None:
+    """Make a sequence classifier score by the mean of its head over the attended tokens."""
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        hidden = self.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        per_token = self.score(hidden)  # [B, T, 1]
+        mask = attention_mask[..., None].to(per_token.dtype)
+        return SequenceClassifierOutput(logits=(per_token * mask).sum(1) / mask.sum(1).clamp(min=1))
+
+    model.forward = types.MethodType(forward, model)
+
+
+class RewardModel:
+    def __init__(self, folder: Path, device: torch.device | None = None):
+        from transformers import AutoModelForSequenceClassification
+
+        folder = Path(folder)
+        self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        if device is not None:
+            self.model.to(device)
+        meta = json.loads((folder / "reward.json").read_text())
+        self.shift, self.scale = meta["shift"], meta["scale"]
+        if meta["pooling"] == "mean":
+            pool_mean(self.model)
+        self.pad_id = self.model.config.pad_token_id
+
+    def __call__(self, seqs: list[list[int]], batch_size: int = 64) -> torch.Tensor:
+        return (raw_scores(self.model, seqs, self.pad_id, batch_size) - self.shift) / self.scale
+
+
+def save_reward_meta(folder: Path, shift: float, scale: float, pooling: str) -> None:
+    (Path(folder) / "reward.json").write_text(json.dumps({"shift": shift, "scale": scale, "pooling": pooling}))

@@ -1,0 +1,208 @@
+"""Stage ppo: PPO from the SFT model, on the learned reward (`ppo`) and on the ground truth (`ppo-gt`).
+
+One run per method and target KL. Each PPO step:
+  1. Rollouts: one pure sample (temperature 1, top_k 0, top_p 1) per prompt from the current policy.
+  2. Score each completion: the reward model's normalised score of prompt + completion (ppo), or the
+     ground truth's P(positive) of the completion text (ppo-gt).
+  3. Per-token reward: -beta_KL * KL_t(pi || ref) at every response token (k1 or k3 estimate against the
+     frozen SFT model), plus the score at the final response token.
+  4. Advantages by GAE (gamma, lambda) on the value model's estimates, whitened over the batch.
+  5. Several epochs over minibatches: clipped policy loss and clipped value loss.
+  6. KL control: the adaptive controller of Ziegler et al. steers beta_KL toward the target sequence KL.
+The value model is initialised from the reward model (as in lm-human-preferences), or is a head on the
+policy. The parts are pure functions in ppo/algorithm.py. A checkpoint is kept every `eval_every` steps.
+"""
+
+import json
+import logging
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+
+from core import job as jobs
+from core import lm
+from core.reward import RewardModel
+from core.scorer import load_scorer
+from pipelines.data import make_splits, prompt_reviews
+from ppo import algorithm as A
+
+log = logging.getLogger("stage")
+
+
+def response_view(x: torch.Tensor, starts: torch.Tensor, width: int) -> torch.Tensor:
+    """Left-align each row's response: [B, T-1] (position t predicts token t+1) -> [B, width]."""
+    index = (starts[:, None] + torch.arange(width, device=x.device)[None]).clamp(max=x.shape[1] - 1)
+    return torch.gather(x, 1, index)
+
+
+class ValueModel(torch.nn.Module):
+    """V(s_t) at every position: a scalar head on a transformer's hidden states.
+
+    reward_model: a separate network, the reward model's backbone and head (lm-human-preferences' choice);
+    policy_head: a new head on the policy's own hidden states (one forward serves both)."""
+
+    def __init__(self, kind: str, reward_model_dir, policy):
+        super().__init__()
+        self.kind = kind
+        if kind == "reward_model":
+            from transformers import AutoModelForSequenceClassification
+
+            net = AutoModelForSequenceClassification.from_pretrained(reward_model_dir)
+            self.backbone, self.head = net.base_model, net.score
+        else:
+            self.backbone, self.head = None, torch.nn.Linear(policy.config.hidden_size, 1)
+            torch.nn.init.zeros_(self.head.weight), torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, ids, attn, policy_hidden=None):
+        hidden = policy_hidden if self.kind == "policy_head" else \
+            self.backbone(input_ids=ids, attention_mask=attn).last_hidden_state
+        return self.head(hidden).squeeze(-1)[:, :-1]  # V at the state before each next token
+
+
+def forward_policy(policy, ids, attn, want_hidden: bool):
+    """Per-position log-prob of the next token and the policy's entropy there. -> ([B, T-1], [B, T-1], hidden)."""
+    out = policy(input_ids=ids, attention_mask=attn, output_hidden_states=want_hidden)
+    logp_all = F.log_softmax(out.logits[:, :-1].float(), dim=-1)
+    logp = torch.gather(logp_all, 2, ids[:, 1:, None]).squeeze(-1)
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy, out.hidden_states[-1] if want_hidden else None
+
+
+def batch_tensors(prompts, completions, pad_id, dev):
+    """Right-padded prompt + completion ids, attention mask, response starts and lengths."""
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s)], attn[b, : len(s)] = torch.tensor(s), 1
+    starts = torch.tensor([len(p) - 1 for p in prompts])
+    lengths = torch.tensor([len(c) for c in completions])
+    return ids.to(dev), attn.to(dev), starts.to(dev), lengths.to(dev)
+
+
+def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score_fn, run_dir):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    dev = accelerator.device
+    policy = lm.load_causal_lm(job.inputs["sft"], dev)
+    ref = lm.load_causal_lm(job.inputs["sft"], dev).requires_grad_(False)
+    value = ValueModel(cfg.value_model, job.inputs["reward_model"], policy).to(dev)
+    policy_opt = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
+    value_opt = torch.optim.Adam(value.parameters(), lr=cfg.value_learning_rate)
+    policy, value, policy_opt, value_opt = accelerator.prepare(policy, value, policy_opt, value_opt)
+    kl_ctl = (A.AdaptiveKLController(cfg.init_kl_coef, target_kl, cfg.kl_horizon) if cfg.kl_control == "adaptive"
+              else A.FixedKLController(cfg.init_kl_coef))
+    order = list(range(len(prompts)))
+    random.Random(job.seed).shuffle(order)
+    shared_forward = cfg.value_model == "policy_head"
+    run_dir.mkdir(parents=True)
+    history, checkpoints, t0 = [], [], time.time()
+    for step in range(1, cfg.steps + 1):
+        start = (step - 1) * cfg.rollouts_per_step
+        batch_prompts = [prompts[order[(start + i) % len(order)]] for i in range(cfg.rollouts_per_step)]
+
+        # 1-2. rollouts and their scores
+        policy.eval()
+        completions = lm.sample_completions(policy, batch_prompts, cfg.max_new_tokens, tokenizer.eos_token_id,
+                                            cfg.rollouts_per_step)
+        score = score_fn(batch_prompts, completions).to(dev)
+        ids, attn, starts, lengths = batch_tensors(batch_prompts, completions, tokenizer.pad_token_id, dev)
+        width = int(lengths.max())
+        mask = (torch.arange(width, device=dev)[None] < lengths[:, None]).float()
+        view = lambda x: response_view(x, starts, width)  # noqa: E731
+        with torch.no_grad():
+            old_logp, _, hidden = forward_policy(policy, ids, attn, shared_forward)
+            ref_logp, _, _ = forward_policy(ref, ids, attn, False)
+            old_values = view(value(ids, attn, hidden)) * mask
+            old_logp, ref_logp = view(old_logp) * mask, view(ref_logp) * mask
+
+            # 3-4. per-token rewards, advantages
+            kl = A.kl_penalty(old_logp, ref_logp, cfg.kl_estimator) * mask
+            rewards = A.token_rewards(score, kl, kl_ctl.value, mask)
+            advantages, returns = A.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+            advantages = A.whiten(advantages, mask)
+
+        # 5. PPO epochs over minibatches
+        policy.train()
+        stats = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "approx_kl", "entropy", "value_clipfrac")}
+        for _ in range(cfg.ppo_epochs):
+            perm = torch.randperm(cfg.rollouts_per_step)
+            for mb in perm.split(cfg.minibatch_size):
+                mb_mask = mask[mb]
+                logp, entropy, hidden = forward_policy(policy, ids[mb], attn[mb], shared_forward)
+                mb_view = lambda x: response_view(x, starts[mb], width)  # noqa: E731
+                pg_loss, clipfrac, approx_kl = A.policy_loss(mb_view(logp), old_logp[mb], advantages[mb], mb_mask,
+                                                             cfg.clip_range)
+                values = mb_view(value(ids[mb], attn[mb], hidden))
+                vf_loss, vf_clipfrac = A.value_loss(values, old_values[mb], returns[mb], mb_mask,
+                                                    cfg.value_clip_range)
+                policy_opt.zero_grad()
+                value_opt.zero_grad()
+                # policy_head: one network, one weighted loss; reward_model: two networks, each its own loss
+                accelerator.backward(pg_loss + cfg.vf_coef * vf_loss if shared_forward else pg_loss + vf_loss)
+                policy_opt.step()
+                value_opt.step()
+                for k, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clipfrac", clipfrac),
+                             ("approx_kl", approx_kl), ("entropy", A.masked_mean(mb_view(entropy), mb_mask)),
+                             ("value_clipfrac", vf_clipfrac)):
+                    stats[k].append(float(v))
+
+        # 6. KL control on the measured sequence KL of this batch
+        seq_kl = float(kl.sum(1).mean())
+        coef = kl_ctl.value
+        kl_ctl.update(seq_kl, cfg.rollouts_per_step)
+        row = {"step": step, "score": float(score.mean()), "kl": seq_kl, "kl_coef": coef,
+               "explained_variance": A.explained_variance(old_values, returns, mask),
+               "response_length": float(lengths.float().mean()), "seconds": round(time.time() - t0, 2),
+               **{k: sum(v) / len(v) for k, v in stats.items()}}
+        history.append(row)
+        log.info("%s target %g step %d/%d: score %.3f, KL %.2f, coef %.3f, entropy %.2f, clipfrac %.2f", method,
+                 target_kl, step, cfg.steps, row["score"], seq_kl, coef, row["entropy"], row["clipfrac"])
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            path = run_dir / f"checkpoint-{step}"
+            accelerator.unwrap_model(policy).save_pretrained(path, safe_serialization=True)
+            checkpoints.append({"step": step, "path": str(path.relative_to(job.out))})
+    (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    return {"method": method, "run": f"{method}-kl{target_kl:g}", "param": target_kl, "param_name": "target_kl",
+            "checkpoints": checkpoints, "steps": cfg.steps, "train_seconds": round(time.time() - t0, 2),
+            "final_score": history[-1]["score"], "final_kl": history[-1]["kl"], "final_kl_coef": kl_ctl.value}
+
+
+def main():
+    job = jobs.start()
+    cfg, data_cfg = job.section("ppo"), job.section("data")
+    tokenizer = lm.load_tokenizer(job.inputs["sft"])
+    needed = cfg.rollouts_per_step * cfg.steps  # distinct prompts where the split has enough
+    texts = prompt_reviews(make_splits(data_cfg, job.seed).train, data_cfg)[:needed]
+    prompts = lm.make_prompts(texts, tokenizer, data_cfg.prompt_min_tokens, data_cfg.prompt_max_tokens, job.seed)
+
+    scorers = {}
+    if "ppo" in cfg.methods:
+        rm = RewardModel(job.inputs["reward_model"], lm.device())
+        scorers["ppo"] = lambda p, c: rm([a + b for a, b in zip(p, c)])
+    if "ppo-gt" in cfg.methods:
+        gt = load_scorer(job.inputs["ground_truth"])
+        scorers["ppo-gt"] = lambda p, c: torch.tensor(gt([lm.decode(tokenizer, x) for x in c]), dtype=torch.float32)
+
+    runs = []
+    for method in cfg.methods:
+        for target in cfg.target_kls:
+            torch.manual_seed(job.seed)
+            run = train_run(method, target, cfg, job, prompts, tokenizer, scorers[method],
+                            job.out / f"{method}-kl{target:g}")
+            log.info("%s: %d steps in %.0fs, final score %.3f, KL %.2f", run["run"], run["steps"],
+                     run["train_seconds"], run["final_score"], run["final_kl"])
+            runs.append(run)
+    (job.out / "runs.json").write_text(json.dumps(runs, indent=2))
+    jobs.finish(job, {"runs": len(runs), "train_seconds": sum(r["train_seconds"] for r in runs),
+                      **{f"{r['run']}_final_kl": r["final_kl"] for r in runs},
+                      **{f"{r['run']}_final_score": r["final_score"] for r in runs}})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""PPO's parts as pure functions (Schulman et al. 2017; the RLHF form of Ziegler et al. 2019).
+
+Shapes: B rollouts, T response positions. `mask` [B, T] is 1 on response tokens (up to and including EOS),
+0 after. Everything here is plain tensor math with hand-computed tests in tests/test_ppo.py.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token estimate of KL(pi || ref) from the sampled token's log-probs. [B, T] x2 -> [B, T].
+
+    k1 = log pi - log ref (unbiased, can be negative); k3 = (r - 1) - log r with r = ref / pi
+    (unbiased, never negative, lower variance when pi and ref are close). Schulman, "Approximating KL".
+    """
+    log_ratio = logp - ref_logp
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}; allowed: k1, k3")
+
+
+def token_rewards(score: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor) -> torch.Tensor:
+    """-kl_coef * KL at every response token, plus the sequence's score at its last response token.
+
+    score [B], kl [B, T], mask [B, T] -> [B, T]."""
+    rewards = -kl_coef * kl * mask
+    last = mask.sum(1).long() - 1  # index of the final response token
+    rewards[torch.arange(len(score)), last] += score
+    return rewards
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation over the response (Schulman et al. 2016). -> (advantages, returns), [B, T].
+
+    delta_t = r_t + gamma * V_{t+1} - V_t, with V = 0 after the last response token;
+    A_t = delta_t + gamma * lam * A_{t+1}; returns = A + V (the value targets)."""
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    next_adv = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
+    next_value = torch.zeros_like(next_adv)
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_adv = (delta + gamma * lam * next_adv) * mask[:, t]
+        advantages[:, t] = next_adv
+        next_value = values[:, t]
+    return advantages, advantages + values
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Zero mean, unit variance over the masked entries (the mean is kept when shift_mean is False)."""
+    n = mask.sum()
+    mean = (x * mask).sum() / n
+    var = (((x - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    return (out if shift_mean else out + mean) * mask
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                clip: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The clipped surrogate: mean of max(-A r, -A clip(r, 1-eps, 1+eps)), r = pi / pi_old.
+
+    -> (loss, clip fraction, approx KL(pi_old || pi) as mean((r - 1) - log r))."""
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
+    return loss, clipfrac, approx_kl
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """0.5 * mean of max((V - R)^2, (V_clipped - R)^2), V_clipped = V_old + clip(V - V_old, -eps, eps).
+
+    -> (loss, fraction of positions where the clipped term was the larger)."""
+    clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
+    unclipped_err = (values - returns) ** 2
+    clipped_err = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(unclipped_err, clipped_err), mask)
+    return loss, masked_mean((clipped_err > unclipped_err).float(), mask)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(R - V) / Var(R) over the masked entries."""
+    var_r = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    err = returns - values
+    var_err = masked_mean((err - masked_mean(err, mask)) ** 2, mask)
+    return float(1 - var_err / var_r) if var_r > 0 else float("nan")
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019): steer the KL coefficient toward a target sequence KL.
+
+    error = clip(KL / target - 1, -0.2, 0.2); coef <- coef * (1 + error * n / horizon), n = rollouts this step."""
+
+    def __init__(self, init_coef: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = init_coef, target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        error = min(max(current_kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + error * n_steps / self.horizon
+        return self.value
+
+
+class FixedKLController:
+    def __init__(self, init_coef: float):
+        self.value = init_coef
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        return self.value

@@ -1,0 +1,95 @@
+"""Stage reward_model: a Bradley-Terry reward model learned from the preference pairs.
+
+    L_BT = -E log sigmoid( r(x, y_w) - r(x, y_l) )
+
+Initialised from the SFT model with a scalar head (same tokenizer as the policy), trained with TRL's
+RewardTrainer on the pairs' token ids. A share of the pair prompts is held out: the manifest reports
+accuracy on their pairs (labels from the ground truth) and the Spearman correlation with the ground
+truth on their SFT samples. As prior RLHF work does, rewards are then shifted so SFT samples on training
+prompts score mean 0 (and scaled to std 1 if asked); the offsets are saved with the model.
+The score is the head on the last token (the usual choice) or its mean over all tokens (`pooling`).
+"""
+
+import logging
+import math
+import random
+import shutil
+import time
+
+import numpy as np
+import torch
+
+from core import job as jobs
+from core.reward import RewardModel, pool_mean, raw_scores, save_reward_meta
+
+log = logging.getLogger("stage")
+
+
+def split_prompts(prompts: list[tuple], share: float, seed: int) -> set[tuple]:
+    """A seeded share of the distinct prompts, held out."""
+    distinct = sorted(set(prompts))
+    random.Random(seed).shuffle(distinct)
+    return set(distinct[: max(1, round(share * len(distinct)))])
+
+
+def main():
+    job = jobs.start()
+    cfg = job.section("reward_model")
+    from datasets import Dataset, load_from_disk
+    from scipy.stats import spearmanr
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    pairs = load_from_disk(str(job.inputs["pairs"] / "dataset"))
+    samples = load_from_disk(str(job.inputs["pairs"] / "samples"))
+    held = split_prompts([tuple(p) for p in pairs["prompt_ids"]], cfg.heldout_prompts, job.seed)
+    is_held = [tuple(p) in held for p in pairs["prompt_ids"]]
+    seqs = {side: [p + c for p, c in zip(pairs["prompt_ids"], pairs[f"{side}_ids"])] for side in ("chosen", "rejected")}
+    train = Dataset.from_dict({f"{side}_ids": [s for s, h in zip(seqs[side], is_held) if not h]
+                               for side in ("chosen", "rejected")})
+
+    tokenizer = AutoTokenizer.from_pretrained(job.inputs["sft"])
+    model = AutoModelForSequenceClassification.from_pretrained(job.inputs["sft"], num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.pooling == "mean":
+        pool_mean(model)
+    steps = math.ceil(len(train) / cfg.batch_size * cfg.epochs)
+    args = RewardConfig(
+        output_dir=str(job.out / "trainer"), per_device_train_batch_size=cfg.batch_size, num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate, lr_scheduler_type="linear", max_length=None, save_strategy="no",
+        logging_steps=max(1, steps // 10), report_to=[], seed=job.seed, bf16=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, center_rewards_coefficient=None,
+    )
+    t0 = time.time()
+    log.info("training on %d pairs (%d prompts held out)", len(train), len(held))
+    RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer).train()
+    train_seconds = time.time() - t0
+    model.eval()
+
+    # Normalise on SFT samples of training prompts; evaluate on held-out prompts.
+    sample_seqs = [p + c for p, c in zip(samples["prompt_ids"], samples["completion_ids"])]
+    sample_held = np.array([tuple(p) in held for p in samples["prompt_ids"]])
+    raw = raw_scores(model, sample_seqs, tokenizer.pad_token_id, 128).numpy()
+    shift = float(raw[~sample_held].mean())
+    scale = float(raw[~sample_held].std()) if cfg.normalize_scale else 1.0
+    model.save_pretrained(job.out, safe_serialization=True)
+    tokenizer.save_pretrained(job.out)
+    save_reward_meta(job.out, shift, scale, cfg.pooling)
+    shutil.rmtree(job.out / "trainer", ignore_errors=True)
+
+    rm = RewardModel(job.out)  # evaluate through the saved artifact, exactly as PPO will use it
+    held_idx = [i for i, h in enumerate(is_held) if h]
+    r_c = rm([seqs["chosen"][i] for i in held_idx], 128)
+    r_r = rm([seqs["rejected"][i] for i in held_idx], 128)
+    accuracy = float((r_c > r_r).float().mean())
+    gt = np.array(samples["score"])[sample_held]
+    rho = float(spearmanr(rm([s for s, h in zip(sample_seqs, sample_held) if h], 128).numpy(), gt).statistic)
+    normalized_train_mean = float(((raw[~sample_held] - shift) / scale).mean())
+    log.info("held-out pair accuracy %.3f, Spearman with the ground truth %.3f", accuracy, rho)
+    jobs.finish(job, {"heldout_pair_accuracy": accuracy, "spearman_with_ground_truth": rho,
+                      "heldout_pairs": len(held_idx), "train_pairs": len(train), "shift": shift, "scale": scale,
+                      "normalized_train_mean": normalized_train_mean, "train_seconds": round(train_seconds, 2)})
+
+
+if __name__ == "__main__":
+    main()
