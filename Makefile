@@ -20,12 +20,14 @@ help:  ## list the targets
 env: $(VENV)/.installed
 
 # torch first, by hand: a bare `torch` requirement would pull a multi-GB CUDA build on a CPU machine.
+# The CPU build (+cpu) comes from a local wheel source when pip has one, else from PyTorch's CPU index.
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1 || [ "$$(uname -s)" = Darwin ]; then \
 		$(PY) -m pip install -q "torch==$(TORCH_VERSION)"; \
 	else \
+		$(PY) -m pip install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
 		$(PY) -m pip install -q "torch==$(TORCH_VERSION)+cpu" --extra-index-url https://download.pytorch.org/whl/cpu; \
 	fi
 	$(PY) -m pip install -q -r requirements.txt

@@ -42,6 +42,15 @@ def make_prompts(texts: list[str], tokenizer, min_tokens: int, max_tokens: int, 
     return out
 
 
+def split_prompts(data_cfg, seed: int, split: str, n: int, tokenizer) -> list[list[int]]:
+    """The benchmark's first n prompts from a split ("train" or "eval"): reviews longer than min_review_chars,
+    cut to their first prompt_min_tokens..prompt_max_tokens tokens."""
+    from pipelines.data import make_splits, prompt_reviews
+
+    texts = prompt_reviews(getattr(make_splits(data_cfg, seed), split), data_cfg)[:n]
+    return make_prompts(texts, tokenizer, data_cfg.prompt_min_tokens, data_cfg.prompt_max_tokens, seed)
+
+
 def by_length(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
     """Indices of prompts grouped into batches of equal length: no padding, so sampling is exact."""
     groups = defaultdict(list)
@@ -79,16 +88,22 @@ def sample_completions(model, prompts: list[list[int]], max_new_tokens: int, eos
     return out
 
 
-def _right_padded(prompts, completions, pad_id: int, dev):
-    """input_ids [B, T] and a response mask [B, T-1] marking targets that are completion tokens."""
-    seqs = [p + c for p, c in zip(prompts, completions)]
+def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as [N, T] ids padded on the right with pad_id, and the attention mask."""
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    resp = torch.zeros((len(seqs), width - 1), dtype=torch.bool)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s)] = torch.tensor(s)
+        attn[b, : len(s)] = 1
+    return ids, attn
+
+
+def _right_padded(prompts, completions, pad_id: int, dev):
+    """input_ids [B, T], attention mask, and a response mask [B, T-1] marking targets that are completion tokens."""
+    ids, attn = right_pad([p + c for p, c in zip(prompts, completions)], pad_id)
+    resp = torch.zeros((len(prompts), ids.shape[1] - 1), dtype=torch.bool)
     for b, (p, c) in enumerate(zip(prompts, completions)):
-        ids[b, : len(p) + len(c)] = torch.tensor(p + c)
-        attn[b, : len(p) + len(c)] = 1
         resp[b, len(p) - 1 : len(p) + len(c) - 1] = True  # logits at t predict token t+1
     return ids.to(dev), attn.to(dev), resp.to(dev)
 

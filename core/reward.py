@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from core.lm import right_pad
+
 
 @torch.no_grad()
 def raw_scores(model, seqs: list[list[int]], pad_id: int, batch_size: int) -> torch.Tensor:
@@ -24,13 +26,7 @@ def raw_scores(model, seqs: list[list[int]], pad_id: int, batch_size: int) -> to
     dev = next(model.parameters()).device
     out = []
     for j in range(0, len(seqs), batch_size):
-        chunk = seqs[j : j + batch_size]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for b, s in enumerate(chunk):
-            ids[b, : len(s)] = torch.tensor(s)
-            attn[b, : len(s)] = 1
+        ids, attn = right_pad(seqs[j : j + batch_size], pad_id)
         logits = model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits[:, 0]
         out.append(logits.float().cpu())
     return torch.cat(out) if out else torch.zeros(0)

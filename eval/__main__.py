@@ -20,7 +20,6 @@ import torch
 from core import job as jobs
 from core import lm
 from core.scorer import load_scorer
-from pipelines.data import make_splits, prompt_reviews
 
 log = logging.getLogger("stage")
 FIELDS = ["method", "run", "param", "step", "kl", "kl_se", "kl_mc", "reward", "reward_se", "n"]
@@ -75,8 +74,7 @@ def main():
     tokenizer = lm.load_tokenizer(job.inputs["sft"])
     ref = lm.load_causal_lm(job.inputs["sft"])
     scorer = load_scorer(job.inputs["ground_truth"])
-    texts = prompt_reviews(make_splits(data_cfg, job.seed).eval, data_cfg)[: cfg.prompts]
-    prompts = lm.make_prompts(texts, tokenizer, data_cfg.prompt_min_tokens, data_cfg.prompt_max_tokens, job.seed)
+    prompts = lm.split_prompts(data_cfg, job.seed, "eval", cfg.prompts, tokenizer)
 
     t0 = time.time()
     point, sft_samples = evaluate(ref, ref, prompts, tokenizer, scorer, cfg, job.seed)

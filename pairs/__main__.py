@@ -19,7 +19,6 @@ import numpy as np
 from core import job as jobs
 from core import lm
 from core.scorer import load_scorer
-from pipelines.data import make_splits, prompt_reviews
 
 log = logging.getLogger("stage")
 
@@ -43,8 +42,7 @@ def main():
     tokenizer = lm.load_tokenizer(job.inputs["sft"])
     model = lm.load_causal_lm(job.inputs["sft"])
     scorer = load_scorer(job.inputs["ground_truth"])
-    texts = prompt_reviews(make_splits(data_cfg, job.seed).train, data_cfg)[: cfg.prompts]
-    prompts = lm.make_prompts(texts, tokenizer, data_cfg.prompt_min_tokens, data_cfg.prompt_max_tokens, job.seed)
+    prompts = lm.split_prompts(data_cfg, job.seed, "train", cfg.prompts, tokenizer)
     k = cfg.samples_per_prompt
     repeated = [p for p in prompts for _ in range(k)]
 

@@ -25,7 +25,6 @@ from core import job as jobs
 from core import lm
 from core.reward import RewardModel
 from core.scorer import load_scorer
-from pipelines.data import make_splits, prompt_reviews
 from ppo import algorithm as A
 
 log = logging.getLogger("stage")
@@ -73,12 +72,7 @@ def forward_policy(policy, ids, attn, want_hidden: bool):
 
 def batch_tensors(prompts, completions, pad_id, dev):
     """Right-padded prompt + completion ids, attention mask, response starts and lengths."""
-    seqs = [p + c for p, c in zip(prompts, completions)]
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for b, s in enumerate(seqs):
-        ids[b, : len(s)], attn[b, : len(s)] = torch.tensor(s), 1
+    ids, attn = lm.right_pad([p + c for p, c in zip(prompts, completions)], pad_id)
     starts = torch.tensor([len(p) - 1 for p in prompts])
     lengths = torch.tensor([len(c) for c in completions])
     return ids.to(dev), attn.to(dev), starts.to(dev), lengths.to(dev)
@@ -177,9 +171,8 @@ def main():
     job = jobs.start()
     cfg, data_cfg = job.section("ppo"), job.section("data")
     tokenizer = lm.load_tokenizer(job.inputs["sft"])
-    needed = cfg.rollouts_per_step * cfg.steps  # distinct prompts where the split has enough
-    texts = prompt_reviews(make_splits(data_cfg, job.seed).train, data_cfg)[:needed]
-    prompts = lm.make_prompts(texts, tokenizer, data_cfg.prompt_min_tokens, data_cfg.prompt_max_tokens, job.seed)
+    # distinct prompts for every rollout where the split has enough (then they cycle)
+    prompts = lm.split_prompts(data_cfg, job.seed, "train", cfg.rollouts_per_step * cfg.steps, tokenizer)
 
     scorers = {}
     if "ppo" in cfg.methods:

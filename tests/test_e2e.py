@@ -5,6 +5,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import cli
 
 STAGES = ["sft", "ground_truth", "pairs", "dpo", "reward_model", "ppo", "eval"]
@@ -86,7 +88,8 @@ def test_reward_model_is_normalised_and_reports_its_diagnostics(micro_run):
         "shift": m["shift"], "scale": 1.0, "pooling": "mean"}
 
 
-def test_ppo_gt_raises_ground_truth_reward(micro_run, tmp_path):
+@pytest.mark.parametrize("value_model", ["reward_model", "policy_head"])
+def test_ppo_gt_raises_ground_truth_reward(micro_run, tmp_path, value_model):
     """PPO on the ground truth, long enough to learn (25 steps of 32 rollouts, seconds at micro scale)."""
     import shutil
 
@@ -100,10 +103,26 @@ def test_ppo_gt_raises_ground_truth_reward(micro_run, tmp_path):
     path.write_text(toml.replace(micro_ppo, "\n".join([
         "[imdb-sentiment.scales.micro.ppo]", 'methods = ["ppo-gt"]', "target_kls = [10.0]",
         "rollouts_per_step = 32", "minibatch_size = 16", "ppo_epochs = 2", "steps = 25", "learning_rate = 3e-3",
-        "value_learning_rate = 3e-3", "init_kl_coef = 0.01", "max_new_tokens = 8", "eval_every = 25"])))
+        "value_learning_rate = 3e-3", "init_kl_coef = 0.01", "max_new_tokens = 8", "eval_every = 25",
+        f'value_model = "{value_model}"'])))
     cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", "--stages", "ppo", run_dir=store,
         check=True)
     log = [json.loads(line) for line in (store / "imdb-sentiment/micro/ppo/ppo-gt-kl10/log.jsonl").open()]
     first, last = [r["score"] for r in log[:3]], [r["score"] for r in log[-5:]]
     assert sum(last) / 5 > sum(first) / 3 + 0.1, (first, last)
     assert log[-1]["kl"] > log[0]["kl"]
+
+
+def test_same_seed_same_frontier_other_seed_another(micro_run, tmp_path):
+    """Determinism on CPU: a micro run from scratch with the same seed reproduces frontier.csv exactly."""
+    _, _, first = micro_run
+    again = tmp_path / "again"
+    cli("run", "imdb-sentiment", "--scale", "micro", run_dir=again, check=True)
+    assert (again / "imdb-sentiment" / "micro" / "frontier.csv").read_text() == first
+    toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
+    path = tmp_path / "seed1.toml"
+    path.write_text(toml.replace("[imdb-sentiment.scales.micro]\ntorch_threads = 1",
+                                 "[imdb-sentiment.scales.micro]\ntorch_threads = 1\nseed = 1"))
+    other = tmp_path / "other"
+    cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", run_dir=other, check=True)
+    assert (other / "imdb-sentiment" / "micro" / "frontier.csv").read_text() != first
