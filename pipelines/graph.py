@@ -56,14 +56,24 @@ def stage_config(cfg: BenchmarkConfig, stage: Stage) -> dict:
     return {"seed": cfg.seed, **{name: cfg.section(name) for name in stage.sections}}
 
 
+def _flatten(config: dict, prefix: str = "") -> dict:
+    """{"dpo": {"betas": [..]}} -> {"dpo.betas": [..]}."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def _why_stale(manifest: dict | None, config: dict, inputs: dict) -> str | None:
     """None when the finished stage matches; otherwise a short reason it must run."""
     if manifest is None:
         return "not run yet"
     if manifest.get("config_hash") != stable_hash(config):
-        old = manifest.get("config", {})
-        changed = [f"{s}.{k}" for s in config for k in (config[s] if isinstance(config[s], dict) else [None])
-                   if (old.get(s, {}).get(k) if k else old.get(s)) != (config[s].get(k) if k else config[s])]
+        old, new = _flatten(manifest.get("config", {})), _flatten(config)
+        changed = [key for key in new if old.get(key) != new[key]] + [key for key in old if key not in new]
         return "config changed: " + (", ".join(changed) or "(format)")
     if manifest.get("inputs") != inputs:
         return "inputs changed: " + ", ".join(k for k in inputs if manifest.get("inputs", {}).get(k) != inputs[k])
