@@ -164,18 +164,3 @@ def make_splits(cfg: DataConfig, seed: int) -> Splits:
 def prompt_reviews(reviews: list[Review], cfg: DataConfig) -> list[str]:
     """Reviews long enough to give a prompt, as in the paper (> 200 characters)."""
     return [r.text for r in reviews if len(r.text) > cfg.min_review_chars]
-
-
-def write_jsonl(rows: list[dict], path: Path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
-__all__ = ["Review", "Splits", "clean_text", "parse_source", "check_source", "load_reviews", "make_splits",
-           "prompt_reviews", "write_jsonl", "read_jsonl"]
