@@ -141,7 +141,7 @@ def sequence_kl(policy, ref, prompts, completions, pad_id: int, batch_size: int)
     for j in range(0, len(prompts), batch_size):
         ids, attn, resp = _right_padded(prompts[j : j + batch_size], completions[j : j + batch_size], pad_id, dev)
         pl = policy(input_ids=ids, attention_mask=attn).logits[:, :-1]
-        rl = ref(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        rl = pl if ref is policy else ref(input_ids=ids, attention_mask=attn).logits[:, :-1]  # SFT point: one pass
         exact.append((per_token_kl(pl, rl) * resp).sum(1).cpu())
         mc.append(((token_logprobs(pl, ids[:, 1:]) - token_logprobs(rl, ids[:, 1:])) * resp).sum(1).cpu())
     return torch.cat(exact), torch.cat(mc)

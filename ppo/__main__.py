@@ -60,13 +60,15 @@ class ValueModel(torch.nn.Module):
         return self.head(hidden).squeeze(-1)[:, :-1]  # V at the state before each next token
 
 
-def forward_policy(policy, ids, attn, want_hidden: bool):
-    """Per-position log-prob of the next token and the policy's entropy there. -> ([B, T-1], [B, T-1], hidden)."""
+def forward_policy(policy, ids, attn, want_hidden: bool, want_entropy: bool = True):
+    """Per-position log-prob of the next token and the entropy there. -> ([B, T-1], [B, T-1] or None, hidden)."""
     out = policy(input_ids=ids, attention_mask=attn, output_hidden_states=want_hidden)
     logp_all = F.log_softmax(out.logits[:, :-1].float(), dim=-1)
     logp = torch.gather(logp_all, 2, ids[:, 1:, None]).squeeze(-1)
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    entropy = None
+    if want_entropy:
+        with torch.no_grad():
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy, out.hidden_states[-1] if want_hidden else None
 
 
@@ -110,8 +112,8 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
         mask = (torch.arange(width, device=dev)[None] < lengths[:, None]).float()
         view = lambda x: response_view(x, starts, width)  # noqa: E731
         with torch.no_grad():
-            old_logp, _, hidden = forward_policy(policy, ids, attn, shared_forward)
-            ref_logp, _, _ = forward_policy(ref, ids, attn, False)
+            old_logp, _, hidden = forward_policy(policy, ids, attn, shared_forward, want_entropy=False)
+            ref_logp, _, _ = forward_policy(ref, ids, attn, False, want_entropy=False)
             old_values = view(value(ids, attn, hidden)) * mask
             old_logp, ref_logp = view(old_logp) * mask, view(ref_logp) * mask
 
