@@ -47,5 +47,18 @@ def start(argv: list[str] | None = None) -> Job:
     return job
 
 
+def peak_memory() -> dict:
+    """This process's peak resident memory, and the GPU's peak allocation when there is one, in MiB."""
+    import resource
+
+    import torch
+
+    out = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # KiB on Linux
+    if torch.cuda.is_available():
+        out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
 def finish(job: Job, metrics: dict) -> None:
+    metrics = {**metrics, **peak_memory()}
     (job.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -20,6 +20,9 @@ def device() -> torch.device:
 
 def load_causal_lm(path, dev: torch.device | None = None):
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar per checkpoint load drowns the stage's own progress
 
     model = AutoModelForCausalLM.from_pretrained(path)
     return model.to(dev or device()).eval()
@@ -99,7 +102,7 @@ def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, attn
 
 
-def _right_padded(prompts, completions, pad_id: int, dev):
+def completion_batch(prompts, completions, pad_id: int, dev):
     """input_ids [B, T], attention mask, and a response mask [B, T-1] marking targets that are completion tokens."""
     ids, attn = right_pad([p + c for p, c in zip(prompts, completions)], pad_id)
     resp = torch.zeros((len(prompts), ids.shape[1] - 1), dtype=torch.bool)
@@ -126,7 +129,7 @@ def completion_logprobs(model, prompts, completions, pad_id: int, batch_size: in
     dev = next(model.parameters()).device
     out = []
     for j in range(0, len(prompts), batch_size):
-        ids, attn, resp = _right_padded(prompts[j : j + batch_size], completions[j : j + batch_size], pad_id, dev)
+        ids, attn, resp = completion_batch(prompts[j : j + batch_size], completions[j : j + batch_size], pad_id, dev)
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
         out.append((token_logprobs(logits, ids[:, 1:]) * resp).sum(1).cpu())
     return torch.cat(out)
@@ -139,7 +142,7 @@ def sequence_kl(policy, ref, prompts, completions, pad_id: int, batch_size: int)
     dev = next(policy.parameters()).device
     exact, mc = [], []
     for j in range(0, len(prompts), batch_size):
-        ids, attn, resp = _right_padded(prompts[j : j + batch_size], completions[j : j + batch_size], pad_id, dev)
+        ids, attn, resp = completion_batch(prompts[j : j + batch_size], completions[j : j + batch_size], pad_id, dev)
         pl = policy(input_ids=ids, attention_mask=attn).logits[:, :-1]
         rl = pl if ref is policy else ref(input_ids=ids, attention_mask=attn).logits[:, :-1]  # SFT point: one pass
         exact.append((per_token_kl(pl, rl) * resp).sum(1).cpu())

@@ -15,6 +15,7 @@ import time
 
 from core import job as jobs
 from core.lm_head import plain_lm_head
+from core.train import stop_on_non_finite_loss
 
 log = logging.getLogger("stage")
 COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"]
@@ -64,9 +65,10 @@ def train_one(beta: float, cfg, job, pairs, run_dir):
         save_strategy="steps", save_steps=cfg.eval_every, save_only_model=True, save_total_limit=None,
         logging_steps=max(1, cfg.eval_every // 4), report_to=[], seed=job.seed, data_seed=job.seed,
         bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
-        remove_unused_columns=False,
+        remove_unused_columns=False, logging_nan_inf_filter=False,
     )
-    trainer = make_trainer_class()(model=model, args=args, train_dataset=pairs, processing_class=tokenizer)
+    trainer = make_trainer_class()(model=model, args=args, train_dataset=pairs, processing_class=tokenizer,
+                                   callbacks=[stop_on_non_finite_loss()])
     t0 = time.time()
     result = trainer.train()
     history = [h for h in trainer.state.log_history if "loss" in h]
@@ -78,10 +80,13 @@ def train_one(beta: float, cfg, job, pairs, run_dir):
         for extra in path.iterdir():
             if extra.name not in ("model.safetensors", "config.json", "generation_config.json"):
                 shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+    per_pair = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(pairs["prompt_ids"], pairs["chosen_ids"],
+                                                                    pairs["rejected_ids"])) / len(pairs)
     return {
         "method": "dpo", "run": f"beta{beta:g}", "param": beta, "param_name": "beta",
         "checkpoints": [{"step": s, "path": str(p.relative_to(job.out))} for s, p in checkpoints],
         "steps": result.global_step, "train_seconds": round(time.time() - t0, 2),
+        "tokens_trained": round(per_pair * result.global_step * cfg.batch_size),  # pairs seen x mean pair length
         "final_loss": history[-1]["loss"] if history else None,
         "final_reward_accuracy": history[-1].get("rewards/accuracies") if history else None,
     }
@@ -102,6 +107,7 @@ def main():
     (job.out / "runs.json").write_text(json.dumps(runs, indent=2))
     jobs.finish(job, {"runs": len(runs), "checkpoints": sum(len(r["checkpoints"]) for r in runs),
                       "train_seconds": sum(r["train_seconds"] for r in runs),
+                      "tokens_trained": sum(r["tokens_trained"] for r in runs),
                       **{f"{r['run']}_final_loss": r["final_loss"] for r in runs}})
 
 

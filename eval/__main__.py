@@ -19,12 +19,15 @@ import torch
 
 from core import job as jobs
 from core import lm
+from core.frontier import pareto_front
 from core.scorer import load_scorer
 
 log = logging.getLogger("stage")
 FIELDS = ["method", "run", "param", "step", "kl", "kl_se", "kl_mc", "reward", "reward_se", "n"]
 STYLE = {"sft": ("black", "*"), "dpo": ("tab:red", "o"), "ppo": ("tab:blue", "s"), "ppo-gt": ("tab:cyan", "D"),
          "unlikelihood": ("tab:green", "^"), "preferred-ft": ("tab:purple", "v")}
+LABELS = {"sft": "SFT", "dpo": "DPO", "ppo": "PPO", "ppo-gt": "PPO-GT", "unlikelihood": "Unlikelihood",
+          "preferred-ft": "Preferred-FT"}
 
 
 def mean_se(x: np.ndarray) -> tuple[float, float]:
@@ -41,30 +44,71 @@ def evaluate(policy, ref, prompts, tokenizer, scorer, cfg, seed: int) -> tuple[d
     kl_mean, kl_se = mean_se(kl.double().numpy())
     point = dict(kl=kl_mean, kl_se=kl_se, kl_mc=float(kl_mc.double().mean()), reward=reward, reward_se=reward_se,
                  n=len(prompts))
-    return point, [f"{t} [reward {r:.2f}]" for t, r in zip(texts, rewards)]
+    return point, [{"text": t, "reward": round(float(r), 4)} for t, r in zip(texts, rewards)]
+
+
+def _axes_style(ax, title: str) -> None:
+    ax.set_xlabel(r"KL($\pi\,\|\,\pi_{ref}$)")
+    ax.set_ylabel("Reward")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
+def _front_line(ax, rows: list[dict], sft: dict, **style) -> None:
+    """A method's Pareto front (its points and the SFT point) as a line."""
+    front = pareto_front([(sft["kl"], sft["reward"])] + [(r["kl"], r["reward"]) for r in rows])
+    ax.plot([k for k, _ in front], [r for _, r in front], **style)
 
 
 def plot(rows: list[dict], path_stem) -> None:
+    """The paper's Fig. 2 (left): every checkpoint of every method, each method's Pareto front as a line;
+    and <stem>_panels: one panel per method, its runs told apart by colour, the other fronts in grey."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for method in dict.fromkeys(r["method"] for r in rows):
+    sft = next(r for r in rows if r["method"] == "sft")
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "sft"]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter([sft["kl"]], [sft["reward"]], c="black", marker="*", s=140, label="SFT", zorder=4)
+    for method in methods:
         pts = [r for r in rows if r["method"] == method]
         color, marker = STYLE.get(method, ("gray", "x"))
-        ax.scatter([r["kl"] for r in pts], [r["reward"] for r in pts], c=color, marker=marker,
-                   s=90 if method == "sft" else 28, label=method.upper() if method != "preferred-ft" else "Preferred-FT",
-                   zorder=3, edgecolors="black" if method == "sft" else "none")
-    ax.set_xlabel(r"KL($\pi\,\|\,\pi_{ref}$)")
-    ax.set_ylabel("Reward")
-    ax.set_title("IMDb Sentiment Generation")
-    ax.grid(alpha=0.3)
+        ax.scatter([r["kl"] for r in pts], [r["reward"] for r in pts], c=color, marker=marker, s=26,
+                   label=LABELS.get(method, method), zorder=3, alpha=0.85)
+        _front_line(ax, pts, sft, color=color, lw=1.2, alpha=0.8, zorder=2)
+    _axes_style(ax, "IMDb Sentiment Generation")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(f"{path_stem}.png", dpi=150)
     fig.savefig(f"{path_stem}.pdf")
+    plt.close(fig)
+
+    cols = min(3, max(1, len(methods)))
+    nrows = max(1, -(-len(methods) // cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax, method in zip(axes.flat, methods):
+        for other in methods:
+            if other != method:
+                _front_line(ax, [r for r in rows if r["method"] == other], sft, color="lightgray", lw=1)
+        pts = [r for r in rows if r["method"] == method]
+        runs = list(dict.fromkeys(r["run"] for r in pts))
+        cmap = plt.get_cmap("viridis", max(2, len(runs)))
+        for i, run in enumerate(runs):
+            rp = [r for r in pts if r["run"] == run]
+            ax.scatter([r["kl"] for r in rp], [r["reward"] for r in rp], color=cmap(i),
+                       marker=STYLE.get(method, ("gray", "x"))[1], s=24, label=run, zorder=3)
+        _front_line(ax, pts, sft, color=STYLE.get(method, ("gray", "x"))[0], lw=1.5, zorder=2)
+        ax.scatter([sft["kl"]], [sft["reward"]], c="black", marker="*", s=100, zorder=4)
+        _axes_style(ax, LABELS.get(method, method))
+        ax.legend(fontsize=6, loc="lower right")
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(f"{path_stem}_panels.png", dpi=120)
+    fig.savefig(f"{path_stem}_panels.pdf")
     plt.close(fig)
 
 
@@ -89,7 +133,7 @@ def main():
                 policy = lm.load_causal_lm(folder / ckpt["path"])
                 point, texts_ = evaluate(policy, ref, prompts, tokenizer, scorer, cfg, job.seed)
                 rows.append(dict(method=run["method"], run=run["run"], param=run["param"], step=ckpt["step"], **point))
-                samples[f"{run['run']}/step{ckpt['step']}"] = texts_
+                samples[f"{run['method']}/{run['run']}/step{ckpt['step']}"] = texts_
                 log.info("%s step %d: reward %.3f +- %.3f, KL %.2f (MC %.2f)", run["run"], ckpt["step"],
                          point["reward"], point["reward_se"], point["kl"], point["kl_mc"])
 
@@ -98,7 +142,7 @@ def main():
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    prompt_texts = [lm.decode(tokenizer, p) for p in prompts[:8]]
+    prompt_texts = [lm.decode(tokenizer, p) for p in prompts[:8]]  # the samples kept for the report
     (job.out / "samples.json").write_text(json.dumps(
         {"prompts": prompt_texts, "completions": {k: v[:8] for k, v in samples.items()}}, indent=1))
     plot(rows, job.out / "frontier")

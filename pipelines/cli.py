@@ -84,8 +84,8 @@ def _dispatch(args) -> int:
     graph.check(cfg, only)
     log.info("benchmark %s, scale %s (choose another with --scale, or SCALE=... with make); runs in %s",
              cfg.benchmark, cfg.scale, store.run_root(cfg.benchmark, cfg.scale))
-    root = graph.run(cfg, only, args.force)
-    for name in ("frontier.png", "frontier.csv"):
+    root = graph.run(cfg, only, args.force, config_mod.protocol(args.benchmark, args.config))
+    for name in ("frontier.png", "frontier.csv", "report.md", "report.html"):
         if (root / name).exists():
             log.info("result: %s", root / name)
     return 0

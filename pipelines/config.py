@@ -78,14 +78,31 @@ class PairsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DPOConfig:
-    betas: list[float] = spec(help="one DPO run per beta", gt=0, nonempty=True)
+class PairTrainingConfig:
+    """What DPO, Unlikelihood and Preferred-FT share: each trains the SFT model on the pairs."""
     optimizer: str = spec("adamw", choices=("adamw", "rmsprop"), help="the paper uses rmsprop")
     learning_rate: float = spec(gt=0, help="peak learning rate")
-    warmup_steps: int = spec(0, ge=0, help="linear warm-up steps")
+    warmup_steps: int = spec(0, ge=0, help="linear warm-up steps, then constant")
     batch_size: int = spec(gt=0, help="pairs per optimiser step")
     max_steps: int = spec(0, ge=0, help="optimiser steps per run (0 = one epoch over the pairs)")
     eval_every: int = spec(gt=0, help="keep a checkpoint for evaluation every this many steps")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DPOConfig(PairTrainingConfig):
+    betas: list[float] = spec(help="one DPO run per beta", gt=0, nonempty=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnlikelihoodConfig(PairTrainingConfig):
+    alphas: list[float] = spec(help="one run per weight of the rejected completion's unlikelihood term", gt=0,
+                               nonempty=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreferredFTConfig(PairTrainingConfig):
+    seeds: list[int] = spec(help="one run per seed (of the data order): fine-tuning on the chosen completions",
+                            ge=0, nonempty=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +149,14 @@ class EvalConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReportConfig:
+    kl_budgets: list[float] = spec([2.0, 5.0, 10.0], gt=0, nonempty=True,
+                                   help="the per-method table gives the best reward at KL <= each of these")
+    area_max_kl: float = spec(10.0, gt=0, help="area under each method's Pareto front from KL 0 to this, over it")
+    samples: int = spec(4, ge=0, le=8, help="held-out prompts in the samples table (one completion per method)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class BenchmarkConfig:
     benchmark: str = spec(help="the benchmark's name (set from the table name)")
     scale: str = spec(help="the scale's name (set from the command line)")
@@ -143,9 +168,13 @@ class BenchmarkConfig:
     ground_truth: GroundTruthConfig = spec(help="[ground_truth] the sentiment scorer")
     pairs: PairsConfig = spec(help="[pairs] the preference data")
     dpo: DPOConfig = spec(help="[dpo] the DPO sweep")
+    unlikelihood: UnlikelihoodConfig = spec(help="[unlikelihood] log p(chosen) plus alpha x the rejected tokens' "
+                                                 "log(1 - p)")
+    preferred_ft: PreferredFTConfig = spec(help="[preferred_ft] supervised fine-tuning on the chosen completions")
     reward_model: RewardModelConfig = spec(help="[reward_model] the Bradley-Terry reward model")
     ppo: PPOConfig = spec(help="[ppo] PPO on the learned reward (ppo) and on the ground truth (ppo-gt)")
     eval: EvalConfig = spec(help="[eval] the frontier evaluation")
+    report: ReportConfig = spec(ReportConfig(), help="[report] the tables of report.md / report.html")
 
     def __post_init__(self):
         if self.data.prompt_min_tokens > self.data.prompt_max_tokens:
@@ -157,7 +186,8 @@ class BenchmarkConfig:
             raise ConfigError(f"sft.n_head ({self.sft.n_head}) must divide sft.n_embd ({self.sft.n_embd})")
         if self.ground_truth.kind == "hf-classifier" and not self.ground_truth.model:
             raise ConfigError("ground_truth.model is required when ground_truth.kind = 'hf-classifier'")
-        for key, values in (("dpo.betas", self.dpo.betas), ("ppo.target_kls", self.ppo.target_kls),
+        for key, values in (("dpo.betas", self.dpo.betas), ("unlikelihood.alphas", self.unlikelihood.alphas),
+                            ("preferred_ft.seeds", self.preferred_ft.seeds), ("ppo.target_kls", self.ppo.target_kls),
                             ("ppo.methods", self.ppo.methods)):
             if len(set(values)) != len(values):
                 raise ConfigError(f"{key} has repeated values {values}: each is one run")
@@ -272,8 +302,27 @@ def load(benchmark: str, scale: str | None = None, path: Path = DEFAULT_FILE) ->
     return _build(BenchmarkConfig, merged, f"{benchmark}.")
 
 
+def protocol(benchmark: str, path: Path = DEFAULT_FILE) -> dict:
+    """The benchmark's own table, before any scale overrides it: the paper's protocol, for the report."""
+    table = dict(read_toml(path).get(benchmark, {}))
+    for key in ("scales", "default_scale", "description"):
+        table.pop(key, None)
+    return table
+
+
 def default_scale(benchmark: str, path: Path = DEFAULT_FILE) -> str | None:
     return read_toml(path).get(benchmark, {}).get("default_scale")
+
+
+def flatten(table: dict, prefix: str = "") -> dict:
+    """{"dpo": {"betas": [..]}} -> {"dpo.betas": [..]}."""
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def stable_hash(obj) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import store
-from .config import BenchmarkConfig, ConfigError, stable_hash
+from .config import SECTIONS, BenchmarkConfig, ConfigError, flatten, stable_hash
 
 log = logging.getLogger("pipelines")
 
@@ -31,6 +31,7 @@ class Stage:
     needs: tuple[str, ...] = ()  # upstream stages whose folders it reads
     publish: tuple[str, ...] = ()  # files copied to runs/<benchmark>/<scale>/ when it finishes
     what: str = ""
+    module: str = ""  # the command is `python -m <module>` (default: the stage's name)
 
 
 STAGES: dict[str, Stage] = {
@@ -41,30 +42,30 @@ STAGES: dict[str, Stage] = {
         Stage("pairs", ("data", "pairs", "ground_truth"), needs=("sft", "ground_truth"),
               what="4 SFT samples per prompt, all pairs labelled by the ground truth"),
         Stage("dpo", ("dpo",), needs=("sft", "pairs"), what="DPO, one run per beta"),
+        Stage("unlikelihood", ("unlikelihood",), needs=("sft", "pairs"), module="dpo.relatives",
+              what="Unlikelihood on the pairs, one run per alpha"),
+        Stage("preferred_ft", ("preferred_ft",), needs=("sft", "pairs"), module="dpo.relatives",
+              what="Preferred-FT: fine-tuning on the chosen completions, one run per seed"),
         Stage("reward_model", ("reward_model",), needs=("sft", "pairs"),
               what="Bradley-Terry reward model on the pairs, normalised on SFT samples"),
         Stage("ppo", ("data", "ppo", "ground_truth"), needs=("sft", "ground_truth", "reward_model"),
               what="PPO on the learned reward (ppo) and on the ground truth (ppo-gt)"),
-        Stage("eval", ("data", "eval", "ground_truth"), needs=("sft", "ground_truth", "dpo", "ppo"),
-              publish=("frontier.csv", "frontier.png", "frontier.pdf"),
+        Stage("eval", ("data", "eval", "ground_truth"),
+              needs=("sft", "ground_truth", "dpo", "unlikelihood", "preferred_ft", "ppo"),
+              publish=("frontier.csv", "frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf"),
               what="sample every checkpoint, score, exact KL to the SFT model, frontier"),
+        Stage("report", tuple(SECTIONS), needs=("sft", "ground_truth", "pairs", "reward_model", "dpo", "unlikelihood",
+                                            "preferred_ft", "ppo", "eval"),
+              publish=("report.md", "report.html"), what="tables, figure and samples of the whole run"),
     )
 }
 
 
-def stage_config(cfg: BenchmarkConfig, stage: Stage) -> dict:
-    return {"seed": cfg.seed, **{name: cfg.section(name) for name in stage.sections}}
-
-
-def _flatten(config: dict, prefix: str = "") -> dict:
-    """{"dpo": {"betas": [..]}} -> {"dpo.betas": [..]}."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
+def stage_config(cfg: BenchmarkConfig, stage: Stage, protocol: dict | None = None) -> dict:
+    config = {"seed": cfg.seed, **{name: cfg.section(name) for name in stage.sections}}
+    if stage.name == "report":  # its protocol table sets this scale beside the paper's settings
+        config["protocol"] = protocol or {}
+    return config
 
 
 def _why_stale(manifest: dict | None, config: dict, inputs: dict) -> str | None:
@@ -72,7 +73,7 @@ def _why_stale(manifest: dict | None, config: dict, inputs: dict) -> str | None:
     if manifest is None:
         return "not run yet"
     if manifest.get("config_hash") != stable_hash(config):
-        old, new = _flatten(manifest.get("config", {})), _flatten(config)
+        old, new = flatten(manifest.get("config", {})), flatten(config)
         changed = [key for key in new if old.get(key) != new[key]] + [key for key in old if key not in new]
         return "config changed: " + (", ".join(changed) or "(format)")
     if manifest.get("inputs") != inputs:
@@ -103,15 +104,17 @@ def check(cfg: BenchmarkConfig, only: list[str] | None) -> None:
             raise ConfigError(f"stage {name} needs {', '.join(missing)}, not finished: run it first")
 
 
-def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False) -> Path:
-    """Run the benchmark's stages in order, skipping the finished ones. Returns the run folder."""
+def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False,
+        protocol: dict | None = None) -> Path:
+    """Run the benchmark's stages in order, skipping the finished ones. Returns the run folder.
+    protocol: the benchmark's table before scale overrides (config.protocol), for the report."""
     check(cfg, only)
     root = store.run_root(cfg.benchmark, cfg.scale)
     with store.RunLock(root):
         identities: dict[str, str] = {}
         for stage in STAGES.values():
             final = root / stage.name
-            config = stage_config(cfg, stage)
+            config = stage_config(cfg, stage, protocol)
             inputs = {need: identities.get(need) for need in stage.needs}
             manifest = store.read_manifest(final)
             why = _why_stale(manifest, config, inputs)
@@ -139,7 +142,7 @@ def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root:
     }
     (tmp / "job.json").write_text(json.dumps(job, indent=2))
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", stage.name, str(tmp / "job.json")], env=_child_env(cfg),
+    proc = subprocess.run([sys.executable, "-m", stage.module or stage.name, str(tmp / "job.json")], env=_child_env(cfg),
                           cwd=store.REPO_ROOT)
     wall = time.time() - start
     if proc.returncode != 0:

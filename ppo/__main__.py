@@ -98,6 +98,7 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
     shared_forward = cfg.value_model == "policy_head"
     run_dir.mkdir(parents=True)
     history, checkpoints, t0 = [], [], time.time()
+    tokens_generated = tokens_trained = 0
     for step in range(1, cfg.steps + 1):
         start = (step - 1) * cfg.rollouts_per_step
         batch_prompts = [prompts[order[(start + i) % len(order)]] for i in range(cfg.rollouts_per_step)]
@@ -107,6 +108,7 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
         completions = lm.sample_completions(policy, batch_prompts, cfg.max_new_tokens, tokenizer.eos_token_id,
                                             cfg.rollouts_per_step)
         score = score_fn(batch_prompts, completions).to(dev)
+        tokens_generated += sum(map(len, completions))
         ids, attn, starts, lengths = batch_tensors(batch_prompts, completions, tokenizer.pad_token_id, dev)
         width = int(lengths.max())
         mask = (torch.arange(width, device=dev)[None] < lengths[:, None]).float()
@@ -137,6 +139,11 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
                 values = mb_view(value(ids[mb], attn[mb], hidden))
                 vf_loss, vf_clipfrac = A.value_loss(values, old_values[mb], returns[mb], mb_mask,
                                                     cfg.value_clip_range)
+                if not torch.isfinite(pg_loss + vf_loss):
+                    raise FloatingPointError(
+                        f"{method} target {target_kl:g}: loss is {float(pg_loss + vf_loss)} at step {step}; stopping "
+                        f"(last good checkpoint: {checkpoints[-1]['path'] if checkpoints else 'none'})")
+                tokens_trained += int(attn[mb].sum())
                 policy_opt.zero_grad()
                 value_opt.zero_grad()
                 # policy_head: one network, one weighted loss; reward_model: two networks, each its own loss
@@ -166,7 +173,7 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
     (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     return {"method": method, "run": f"{method}-kl{target_kl:g}", "param": target_kl, "param_name": "target_kl",
             "checkpoints": checkpoints, "steps": cfg.steps, "train_seconds": round(time.time() - t0, 2),
-            "final_score": history[-1]["score"], "final_kl": history[-1]["kl"], "final_kl_coef": kl_ctl.value}
+            "tokens_generated": tokens_generated, "tokens_trained": tokens_trained, "final_score": history[-1]["score"], "final_kl": history[-1]["kl"], "final_kl_coef": kl_ctl.value}
 
 
 def main():
@@ -195,6 +202,8 @@ def main():
             runs.append(run)
     (job.out / "runs.json").write_text(json.dumps(runs, indent=2))
     jobs.finish(job, {"runs": len(runs), "train_seconds": sum(r["train_seconds"] for r in runs),
+                      "tokens_generated": sum(r["tokens_generated"] for r in runs),
+                      "tokens_trained": sum(r["tokens_trained"] for r in runs),
                       **{f"{r['run']}_final_kl": r["final_kl"] for r in runs},
                       **{f"{r['run']}_final_score": r["final_score"] for r in runs}})
 

@@ -21,6 +21,7 @@ import torch
 
 from core import job as jobs
 from core.reward import RewardModel, pool_mean, raw_scores, save_reward_meta
+from core.train import stop_on_non_finite_loss
 
 log = logging.getLogger("stage")
 
@@ -59,10 +60,12 @@ def main():
         learning_rate=cfg.learning_rate, lr_scheduler_type="linear", max_length=None, save_strategy="no",
         logging_steps=max(1, steps // 10), report_to=[], seed=job.seed, bf16=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, center_rewards_coefficient=None,
+        logging_nan_inf_filter=False,
     )
     t0 = time.time()
     log.info("training on %d pairs (%d prompts held out)", len(train), len(held))
-    RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer).train()
+    RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
+                  callbacks=[stop_on_non_finite_loss()]).train()
     train_seconds = time.time() - t0
     model.eval()
 

@@ -12,6 +12,7 @@ import time
 
 from core import job as jobs
 from core.lm_head import plain_lm_head
+from core.train import stop_on_non_finite_loss
 from pipelines.data import make_splits
 
 log = logging.getLogger("stage")
@@ -97,9 +98,10 @@ def main():
         lr_scheduler_type="linear", max_length=cfg.max_length, packing=False, logging_steps=max(1, steps // 20),
         save_strategy="no", report_to=[], seed=job.seed, bf16=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=False,
+        logging_nan_inf_filter=False,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
-                         callbacks=[KeepLosses()])
+                         callbacks=[KeepLosses(), stop_on_non_finite_loss()])
     if not torch.cuda.is_available():
         plain_lm_head(trainer.model)  # TRL's chunked head is a GPU memory saver, slow on CPU
     result = trainer.train()

@@ -36,7 +36,12 @@ BAD = [
     ("[imdb-sentiment.scales.bad.dpo]\nbetas = []", "dpo.betas is empty"),
     ("[imdb-sentiment.scales.bad.dpo]\nbetas = 0.1", "dpo.betas = 0.1: expected a list of a number"),
     ("[imdb-sentiment.scales.bad.dpo]\nbetas = [0.1, 0.1]", "dpo.betas has repeated values [0.1, 0.1]: each is one run"),
-    ("[imdb-sentiment.scales.bad.dpo]\nbeta = 0.1", "unknown key imdb-sentiment.dpo.beta; allowed keys: betas"),
+    ("[imdb-sentiment.scales.bad.dpo]\nbeta = 0.1", "unknown key imdb-sentiment.dpo.beta; allowed keys: optimizer, "
+     "learning_rate, warmup_steps, batch_size, max_steps, eval_every, betas"),
+    ("[imdb-sentiment.scales.bad.unlikelihood]\nalphas = []", "unlikelihood.alphas is empty: give at least one value"),
+    ("[imdb-sentiment.scales.bad.unlikelihood]\nalphas = [0.1, 0.1]", "unlikelihood.alphas has repeated values"),
+    ("[imdb-sentiment.scales.bad.preferred_ft]\nseeds = [-1]", "preferred_ft.seeds[0] = -1: must be >= 0"),
+    ("[imdb-sentiment.scales.bad.report]\nsamples = 20", "report.samples = 20: must be >= 0 and <= 8"),
     ("[imdb-sentiment.scales.bad.dpo]\nbatch_size = \"8\"", "dpo.batch_size = '8': expected an integer"),
     ("[imdb-sentiment.scales.bad.dpo]\nbatch_size = 8.5", "dpo.batch_size = 8.5: expected an integer"),
     ("[imdb-sentiment.scales.bad.dpo]\noptimizer = \"sgd\"", "dpo.optimizer = 'sgd': allowed values are 'adamw'"),

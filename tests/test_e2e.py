@@ -9,7 +9,7 @@ import pytest
 
 from conftest import cli
 
-STAGES = ["sft", "ground_truth", "pairs", "dpo", "reward_model", "ppo", "eval"]
+STAGES = ["sft", "ground_truth", "pairs", "dpo", "unlikelihood", "preferred_ft", "reward_model", "ppo", "eval", "report"]
 
 
 def rows(path):
@@ -38,9 +38,29 @@ def test_frontier_has_the_sft_point_and_every_dpo_checkpoint(micro_run):
     assert dpo == {("beta0.1", 3), ("beta0.1", 6), ("beta1", 3), ("beta1", 6)}
     ppo = {(r["method"], r["run"], int(r["step"])) for r in table if r["method"].startswith("ppo")}
     assert ppo == {("ppo", "ppo-kl2", 2), ("ppo", "ppo-kl2", 4), ("ppo-gt", "ppo-gt-kl2", 2), ("ppo-gt", "ppo-gt-kl2", 4)}
+    others = {(r["method"], r["run"], int(r["step"])) for r in table if r["method"] in ("unlikelihood", "preferred-ft")}
+    assert others == {("unlikelihood", "alpha0.5", 3), ("unlikelihood", "alpha0.5", 6),
+                      ("preferred-ft", "seed0", 3), ("preferred-ft", "seed0", 6)}
     for r in table:
         assert int(r["n"]) == 16 and float(r["kl"]) >= 0 and float(r["reward_se"]) > 0
     assert (root / "frontier.png").stat().st_size > 10_000 and (root / "frontier.pdf").exists()
+    assert (root / "frontier_panels.png").stat().st_size > 10_000 and (root / "frontier_panels.pdf").exists()
+
+
+def test_report_has_every_table_filled_from_the_run(micro_run):
+    _, root, _ = micro_run
+    md = (root / "report.md").read_text()
+    for heading in ("## Reward vs KL", "## Per method", "## Reward model and ground truth", "## Compute",
+                    "## Samples", "## Protocol"):
+        assert heading in md, heading
+    for label in ("| SFT |", "| DPO |", "| PPO |", "| PPO-GT |", "| Unlikelihood |", "| Preferred-FT |"):
+        assert label in md, label
+    rm = json.loads((root / "reward_model" / "manifest.json").read_text())["metrics"]
+    assert f"| reward model: held-out pair accuracy | {rm['heldout_pair_accuracy']:.3f} |" in md
+    assert "| `dpo.betas` | [0.05, 0.1, 1.0, 5.0] | [0.1, 1.0] | differs |" in md
+    assert "](frontier.png)" in md and (root / "report" / "frontier.png").exists()
+    html = (root / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and html.count("<table>") == sum(line.startswith("| --- |") for line in md.splitlines()) == 6
 
 
 def test_pairs_are_oriented_and_prompts_have_2_to_8_tokens(micro_run):
@@ -66,7 +86,7 @@ def test_a_second_run_trains_nothing(micro_run):
     assert before == {s: json.loads((root / s / "manifest.json").read_text())["identity"] for s in STAGES}
 
 
-def test_changing_dpo_reruns_dpo_and_eval_only(micro_run, tmp_path):
+def test_changing_dpo_reruns_dpo_eval_and_report_only(micro_run, tmp_path):
     run_dir, root, _ = micro_run
     before = {s: json.loads((root / s / "manifest.json").read_text())["identity"] for s in STAGES}
     toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
@@ -75,7 +95,7 @@ def test_changing_dpo_reruns_dpo_and_eval_only(micro_run, tmp_path):
     proc = cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
     assert "[dpo] DPO, one run per beta (micro scale) - runs because config changed: dpo.betas" in proc.stderr
     after = {s: json.loads((root / s / "manifest.json").read_text())["identity"] for s in STAGES}
-    assert [s for s in STAGES if before[s] != after[s]] == ["dpo", "eval"]
+    assert [s for s in STAGES if before[s] != after[s]] == ["dpo", "eval", "report"]
     assert {r["run"] for r in rows(root / "frontier.csv") if r["method"] == "dpo"} == {"beta0.1", "beta1", "beta5"}
 
 
@@ -126,3 +146,30 @@ def test_same_seed_same_frontier_other_seed_another(micro_run, tmp_path):
     other = tmp_path / "other"
     cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", run_dir=other, check=True)
     assert (other / "imdb-sentiment" / "micro" / "frontier.csv").read_text() != first
+
+
+@pytest.mark.parametrize("stage", ["dpo", "preferred_ft"])
+def test_a_non_finite_loss_stops_the_stage_naming_the_step(micro_run, tmp_path, stage):
+    """R5: TRL's trainer (dpo) and our loop (preferred_ft) stop on a NaN/inf loss; nothing is marked finished."""
+    import shutil
+
+    _, root, _ = micro_run
+    store = tmp_path / "runs"
+    shutil.copytree(root, store / "imdb-sentiment" / "micro")
+    shutil.rmtree(store / "imdb-sentiment" / "micro" / stage)
+    toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
+    path = tmp_path / "bench.toml"
+    path.write_text(_with_key(toml, f"[imdb-sentiment.scales.micro.{stage}]\n", "learning_rate", "1e30"))
+    proc = cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", "--stages", stage, run_dir=store)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr.splitlines()[-1]
+    assert f"stage {stage} failed" in proc.stderr and " at step " in proc.stderr
+    assert not (store / "imdb-sentiment" / "micro" / stage).exists()  # not marked finished
+
+
+def _with_key(toml: str, section: str, key: str, value: str) -> str:
+    """The TOML text with `key = value` in the given section (replacing the section's own line for key)."""
+    head, rest = toml.split(section, 1)
+    body, tail = rest.split("\n\n", 1)
+    lines = [line for line in body.splitlines() if not line.startswith(f"{key} ")]
+    return head + section + "\n".join([f"{key} = {value}"] + lines) + "\n\n" + tail

@@ -1,0 +1,35 @@
+"""The reward-vs-KL frontier as numbers: Pareto front, best reward within a KL budget, area under the front.
+
+A point is (kl, reward). Every method can stay at the SFT model, so the callers include the SFT point
+(0, reward_sft) in each method's points.
+"""
+
+from __future__ import annotations
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats (lower or equal KL and higher reward), by increasing KL."""
+    front: list[tuple[float, float]] = []
+    for kl, reward in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or reward > front[-1][1]:
+            front.append((kl, reward))
+    return front
+
+
+def best_within(points: list[tuple[float, float]], kl_budget: float) -> float | None:
+    """The highest reward among points with KL <= kl_budget; None when there is none."""
+    inside = [r for k, r in points if k <= kl_budget]
+    return max(inside) if inside else None
+
+
+def frontier_area(points: list[tuple[float, float]], max_kl: float) -> float | None:
+    """Mean over KL budgets b uniform in [0, max_kl] of best_within(points, b): the area under the Pareto
+    front's step function up to max_kl, divided by max_kl (so it reads as a reward). None without a point at
+    KL <= 0 (the step function would be undefined near 0)."""
+    front = [p for p in pareto_front(points) if p[0] <= max_kl]
+    if not front or front[0][0] > 0:
+        return None
+    area = 0.0
+    for (kl, reward), nxt in zip(front, front[1:] + [(max_kl, None)]):
+        area += (nxt[0] - kl) * reward
+    return area / max_kl

@@ -1,0 +1,131 @@
+"""Stages unlikelihood and preferred_ft: the two baselines beside DPO in the paper's Fig. 2, on the same pairs.
+
+Preferred-FT fine-tunes the SFT model on the chosen completion of each pair, ignoring the rejected one:
+
+    L_PFT = -mean over chosen tokens of log pi(y_w,t | x, y_w,<t)
+
+Unlikelihood (Welleck et al. 2019; the DPO paper's Sec. 6.1 and App. C.3) adds a term that pushes down every
+token of the rejected completion, weighted by alpha:
+
+    L_UL = L_PFT - alpha * mean over rejected tokens of log(1 - pi(y_l,t | x, y_l,<t))
+
+Neither needs a reference model. Both are a plain loop (the losses are not TRL's): the pairs' token ids in
+shuffled batches, AdamW or RMSprop with a linear warm-up, a checkpoint every `eval_every` steps and at the end.
+Run as `python -m dpo.relatives job.json`; the job's stage name says which method.
+"""
+
+import json
+import logging
+import math
+import time
+
+import torch
+
+from core import job as jobs
+from core import lm
+
+log = logging.getLogger("stage")
+METHODS = {"unlikelihood": ("unlikelihood", "alphas", "alpha"), "preferred_ft": ("preferred-ft", "seeds", "seed")}
+
+
+def preferred_ft_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of the chosen completions, averaged over their tokens.
+
+    chosen_logps [B, T]: log pi of each target token; chosen_mask [B, T]: 1 where the target is a chosen
+    completion token (prompt and padding 0). -> scalar."""
+    return -(chosen_logps * chosen_mask).sum() / chosen_mask.sum()
+
+
+def unlikelihood_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_logps: torch.Tensor,
+                      rejected_mask: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Preferred-FT's loss minus alpha x the mean over rejected tokens of log(1 - pi(token)).
+
+    chosen_* [B, T] and rejected_* [B, T'] as in preferred_ft_loss. -> scalar. 1 - p is floored at 1e-6 so a
+    rejected token the model is certain of gives a large finite loss, not inf."""
+    one_minus_p = (-torch.expm1(rejected_logps)).clamp(min=1e-6)
+    unlikely = (torch.log(one_minus_p) * rejected_mask).sum() / rejected_mask.sum()
+    return preferred_ft_loss(chosen_logps, chosen_mask) - alpha * unlikely
+
+
+def completion_token_logps(model, prompts, completions, pad_id: int):
+    """log pi of every completion token, with its mask. -> ([B, T-1], [B, T-1]) on the model's device."""
+    dev = next(model.parameters()).device
+    ids, attn, resp = lm.completion_batch(prompts, completions, pad_id, dev)
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+    return lm.token_logprobs(logits, ids[:, 1:]), resp.float()
+
+
+def data_order(n: int, steps: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Pair indices for each step: seeded shuffles of the pairs, one after another, cut into batches."""
+    g = torch.Generator().manual_seed(seed)
+    flat = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(steps * batch_size / n))])
+    return [flat[i * batch_size : (i + 1) * batch_size].tolist() for i in range(steps)]
+
+
+def train_one(method: str, param, cfg, job, pairs: dict, run_dir) -> dict:
+    """One run from the SFT model. param: alpha (unlikelihood) or the data-order seed (preferred-ft)."""
+    model = lm.load_causal_lm(job.inputs["sft"]).train()
+    pad_id = lm.load_tokenizer(job.inputs["sft"]).pad_token_id
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = (torch.optim.RMSprop(params, lr=cfg.learning_rate) if cfg.optimizer == "rmsprop"
+           else torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0))
+    warmup = max(1, cfg.warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    steps = cfg.max_steps or math.ceil(len(pairs["prompt_ids"]) / cfg.batch_size)
+    seed = param if method == "preferred-ft" else job.seed
+    alpha = param if method == "unlikelihood" else 0.0
+    history, checkpoints, tokens, t0 = [], [], 0, time.time()
+    for step, idx in enumerate(data_order(len(pairs["prompt_ids"]), steps, cfg.batch_size, seed), start=1):
+        prompts = [pairs["prompt_ids"][i] for i in idx]
+        chosen = [pairs["chosen_ids"][i] for i in idx]
+        if method == "unlikelihood":  # chosen and rejected in one forward pass
+            rejected = [pairs["rejected_ids"][i] for i in idx]
+            logps, mask = completion_token_logps(model, prompts + prompts, chosen + rejected, pad_id)
+            n = len(idx)
+            loss = unlikelihood_loss(logps[:n], mask[:n], logps[n:], mask[n:], alpha)
+            tokens += sum(map(len, prompts + prompts + chosen + rejected))
+        else:
+            logps, mask = completion_token_logps(model, prompts, chosen, pad_id)
+            loss = preferred_ft_loss(logps, mask)
+            tokens += sum(map(len, prompts + chosen))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{method} {param}: loss is {loss.item()} at step {step}; stopping "
+                                     f"(last good checkpoint: {checkpoints[-1]['path'] if checkpoints else 'none'})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        history.append(loss.item())
+        if step % cfg.eval_every == 0 or step == steps:
+            path = run_dir / f"checkpoint-{step}"
+            model.save_pretrained(path)
+            checkpoints.append({"step": step, "path": str(path.relative_to(job.out))})
+            log.info("%s %s=%g step %d/%d: loss %.4f", method, METHODS[job.stage][2], param, step, steps,
+                     sum(history[-cfg.eval_every:]) / len(history[-cfg.eval_every:]))
+    name = METHODS[job.stage][2]
+    return {"method": method, "run": f"{name}{param:g}", "param": param, "param_name": name,
+            "checkpoints": checkpoints, "steps": steps, "train_seconds": round(time.time() - t0, 2),
+            "tokens_trained": tokens, "final_loss": history[-1]}
+
+
+def main():
+    job = jobs.start()
+    method, sweep_key, name = METHODS[job.stage]
+    cfg = job.section(job.stage)
+    from datasets import load_from_disk
+
+    data = load_from_disk(str(job.inputs["pairs"] / "dataset"))
+    pairs = {c: data[c] for c in ("prompt_ids", "chosen_ids", "rejected_ids")}
+    runs = []
+    for param in getattr(cfg, sweep_key):
+        log.info("%s %s=%g on %d pairs", method, name, param, len(data))
+        runs.append(train_one(method, param, cfg, job, pairs, job.out / f"{name}{param:g}"))
+    (job.out / "runs.json").write_text(json.dumps(runs, indent=2))
+    jobs.finish(job, {"runs": len(runs), "checkpoints": sum(len(r["checkpoints"]) for r in runs),
+                      "train_seconds": sum(r["train_seconds"] for r in runs),
+                      "tokens_trained": sum(r["tokens_trained"] for r in runs),
+                      **{f"{r['run']}_final_loss": r["final_loss"] for r in runs}})
+
+
+if __name__ == "__main__":
+    main()

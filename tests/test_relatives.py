@@ -1,0 +1,42 @@
+"""Unlikelihood and Preferred-FT: the losses by hand, and the data order."""
+
+import math
+
+import pytest
+import torch
+
+from dpo.relatives import data_order, preferred_ft_loss, unlikelihood_loss
+
+CHOSEN = torch.tensor([[-1.0, -2.0, -9.0], [-3.0, -9.0, -9.0]])  # log p of each target token
+CHOSEN_MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # -9: prompt or padding, must not count
+REJECTED = torch.log(torch.tensor([[0.5, 0.75], [0.9, 0.2]]))
+REJECTED_MASK = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+
+
+def test_preferred_ft_loss_is_the_token_mean_nll_of_the_chosen():
+    assert preferred_ft_loss(CHOSEN, CHOSEN_MASK).item() == pytest.approx((1 + 2 + 3) / 3)
+
+
+def test_unlikelihood_loss_by_hand():
+    # rejected tokens counted: p = 0.5 and 0.75 -> log(1 - p) = log 0.5, log 0.25; their mean is -1.0397
+    unlikely = (math.log(0.5) + math.log(0.25)) / 2
+    for alpha in (0.0, 0.05, 1.0):
+        got = unlikelihood_loss(CHOSEN, CHOSEN_MASK, REJECTED, REJECTED_MASK, alpha).item()
+        assert got == pytest.approx(2.0 - alpha * unlikely, rel=1e-6)
+
+
+def test_unlikelihood_pushes_rejected_tokens_down_and_stays_finite_when_p_is_1():
+    rejected = REJECTED.clone().requires_grad_(True)
+    unlikelihood_loss(CHOSEN, CHOSEN_MASK, rejected, REJECTED_MASK, 0.5).backward()
+    assert (rejected.grad[0] > 0).all() and (rejected.grad[1] == 0).all()  # descent lowers log p(rejected)
+    certain = torch.zeros(1, 2)  # p = 1
+    loss = unlikelihood_loss(CHOSEN[:1], CHOSEN_MASK[:1], certain, torch.ones(1, 2), 1.0)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(1.5 - math.log(1e-6), rel=1e-4)
+
+
+def test_data_order_covers_every_pair_once_per_epoch_and_follows_the_seed():
+    order = data_order(10, steps=5, batch_size=4, seed=0)  # 20 draws = two shuffles of 10
+    flat = [i for batch in order for i in batch]
+    assert [len(b) for b in order] == [4] * 5
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    assert order == data_order(10, 5, 4, seed=0) and order != data_order(10, 5, 4, seed=1)
