@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 # RUN_DIR (where runs land, default ./runs) is read from the environment by the CLI itself.
 
-.PHONY: help imdb-sentiment show test reference clean-runs env
+.PHONY: help imdb-sentiment show test test-faults reference clean-runs env
 
 help:  ## list the targets
 	@echo "make imdb-sentiment [SCALE=tiny|micro|paper]  run the IMDb benchmark (default scale: tiny)"
 	@echo "make show [SCALE=...]                          print the resolved config of that scale"
-	@echo "make test                                      run the test suite (offline, CPU)"
+	@echo "make test                                      run the test suite (offline, CPU), fault tests included"
+	@echo "make test-faults                               only the kill -9 / resume tests"
 	@echo "make reference                                 regenerate docs/config.md from pipelines/config.py"
 	@echo "make env                                       create .venv (done automatically by the others)"
 	@echo "make clean-runs                                delete runs/ (RUN_DIR)"
@@ -42,6 +43,9 @@ show: env
 
 test: env
 	$(PY) -m pytest -q tests
+
+test-faults: env
+	$(PY) -m pytest -q -m faults tests
 
 reference: env
 	$(PY) -m pipelines reference --write docs/config.md

@@ -62,3 +62,14 @@ def peak_memory() -> dict:
 def finish(job: Job, metrics: dict) -> None:
     metrics = {**metrics, **peak_memory()}
     (job.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
+def run(main) -> None:
+    """Run a stage's main(): an expected failure (bad input, a NaN loss) is one log line and exit 1."""
+    from pipelines.config import ConfigError
+
+    try:
+        main()
+    except (ConfigError, FloatingPointError, FileNotFoundError) as e:
+        logging.getLogger("stage").error("%s: %s", type(e).__name__, e)
+        raise SystemExit(1) from None

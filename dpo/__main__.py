@@ -10,10 +10,10 @@ the whole sweep. A checkpoint is kept every `eval_every` steps and at the end; r
 import json
 import logging
 import math
-import shutil
 import time
 
 from core import job as jobs
+from core import resume
 from core.lm_head import plain_lm_head
 from core.train import stop_on_non_finite_loss
 
@@ -48,6 +48,10 @@ def make_trainer_class():
 
 
 def train_one(beta: float, cfg, job, pairs, run_dir):
+    """One DPO run from the SFT model; a killed run resumes from its latest checkpoint (TRL's resume)."""
+    if done := resume.finished_run(run_dir):
+        log.info("%s: finished by an earlier attempt", done["run"])
+        return done
     import torch
     from trl import DPOConfig
 
@@ -62,7 +66,7 @@ def train_one(beta: float, cfg, job, pairs, run_dir):
         learning_rate=cfg.learning_rate, optim="rmsprop" if cfg.optimizer == "rmsprop" else "adamw_torch",
         warmup_steps=cfg.warmup_steps, lr_scheduler_type="constant_with_warmup",
         per_device_train_batch_size=cfg.batch_size, max_steps=steps, max_length=None,
-        save_strategy="steps", save_steps=cfg.eval_every, save_only_model=True, save_total_limit=None,
+        save_strategy="steps", save_steps=cfg.eval_every, save_total_limit=None,
         logging_steps=max(1, cfg.eval_every // 4), report_to=[], seed=job.seed, data_seed=job.seed,
         bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
         remove_unused_columns=False, logging_nan_inf_filter=False,
@@ -70,26 +74,21 @@ def train_one(beta: float, cfg, job, pairs, run_dir):
     trainer = make_trainer_class()(model=model, args=args, train_dataset=pairs, processing_class=tokenizer,
                                    callbacks=[stop_on_non_finite_loss()])
     t0 = time.time()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(run_dir))
     history = [h for h in trainer.state.log_history if "loss" in h]
-    checkpoints = sorted((int(p.name.split("-")[1]), p) for p in run_dir.glob("checkpoint-*"))
-    if not checkpoints or checkpoints[-1][0] != result.global_step:
+    if not (run_dir / f"checkpoint-{result.global_step}").exists():
         trainer.save_model(str(run_dir / f"checkpoint-{result.global_step}"))
-        checkpoints.append((result.global_step, run_dir / f"checkpoint-{result.global_step}"))
-    for _, path in checkpoints:  # keep the weights and config only: eval needs nothing else
-        for extra in path.iterdir():
-            if extra.name not in ("model.safetensors", "config.json", "generation_config.json"):
-                shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+    resume.strip_checkpoints(run_dir)  # eval needs the weights and config only
     per_pair = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(pairs["prompt_ids"], pairs["chosen_ids"],
                                                                     pairs["rejected_ids"])) / len(pairs)
-    return {
+    return resume.mark_finished(run_dir, {
         "method": "dpo", "run": f"beta{beta:g}", "param": beta, "param_name": "beta",
-        "checkpoints": [{"step": s, "path": str(p.relative_to(job.out))} for s, p in checkpoints],
+        "checkpoints": resume.checkpoint_list(run_dir, job.out),
         "steps": result.global_step, "train_seconds": round(time.time() - t0, 2),
         "tokens_trained": round(per_pair * result.global_step * cfg.batch_size),  # pairs seen x mean pair length
         "final_loss": history[-1]["loss"] if history else None,
         "final_reward_accuracy": history[-1].get("rewards/accuracies") if history else None,
-    }
+    })
 
 
 def main():
@@ -112,4 +111,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    jobs.run(main)

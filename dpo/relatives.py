@@ -10,7 +10,8 @@ token of the rejected completion, weighted by alpha:
     L_UL = L_PFT - alpha * mean over rejected tokens of log(1 - pi(y_l,t | x, y_l,<t))
 
 Neither needs a reference model. Both are a plain loop (the losses are not TRL's): the pairs' token ids in
-shuffled batches, AdamW or RMSprop with a linear warm-up, a checkpoint every `eval_every` steps and at the end.
+shuffled batches, AdamW or RMSprop with a linear warm-up, a checkpoint every `eval_every` steps and at the end
+(with the optimizer state, so a killed run resumes there).
 Run as `python -m dpo.relatives job.json`; the job's stage name says which method.
 """
 
@@ -22,7 +23,7 @@ import time
 import torch
 
 from core import job as jobs
-from core import lm
+from core import lm, resume
 
 log = logging.getLogger("stage")
 METHODS = {"unlikelihood": ("unlikelihood", "alphas", "alpha"), "preferred_ft": ("preferred-ft", "seeds", "seed")}
@@ -63,8 +64,13 @@ def data_order(n: int, steps: int, batch_size: int, seed: int) -> list[list[int]
 
 
 def train_one(method: str, param, cfg, job, pairs: dict, run_dir) -> dict:
-    """One run from the SFT model. param: alpha (unlikelihood) or the data-order seed (preferred-ft)."""
-    model = lm.load_causal_lm(job.inputs["sft"]).train()
+    """One run from the SFT model. param: alpha (unlikelihood) or the data-order seed (preferred-ft).
+    A run killed part-way resumes from its latest checkpoint; a finished one is not trained again."""
+    if done := resume.finished_run(run_dir):
+        log.info("%s: finished by an earlier attempt", done["run"])
+        return done
+    last = resume.latest_checkpoint(run_dir)
+    model = lm.load_causal_lm(last[1] if last else job.inputs["sft"]).train()
     pad_id = lm.load_tokenizer(job.inputs["sft"]).pad_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.RMSprop(params, lr=cfg.learning_rate) if cfg.optimizer == "rmsprop"
@@ -74,8 +80,18 @@ def train_one(method: str, param, cfg, job, pairs: dict, run_dir) -> dict:
     steps = cfg.max_steps or math.ceil(len(pairs["prompt_ids"]) / cfg.batch_size)
     seed = param if method == "preferred-ft" else job.seed
     alpha = param if method == "unlikelihood" else 0.0
-    history, checkpoints, tokens, t0 = [], [], 0, time.time()
+    done_steps, history, tokens, seconds = 0, [], 0, 0.0
+    if last:
+        done_steps, _, state = last
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        history, tokens, seconds = state["history"], state["tokens"], state["seconds"]
+        log.info("%s %g: resuming after step %d", method, param, done_steps)
+    t0 = time.time() - seconds
     for step, idx in enumerate(data_order(len(pairs["prompt_ids"]), steps, cfg.batch_size, seed), start=1):
+        if step <= done_steps:
+            continue
         prompts = [pairs["prompt_ids"][i] for i in idx]
         chosen = [pairs["chosen_ids"][i] for i in idx]
         if method == "unlikelihood":  # chosen and rejected in one forward pass
@@ -89,23 +105,26 @@ def train_one(method: str, param, cfg, job, pairs: dict, run_dir) -> dict:
             loss = preferred_ft_loss(logps, mask)
             tokens += sum(map(len, prompts + chosen))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{method} {param}: loss is {loss.item()} at step {step}; stopping "
-                                     f"(last good checkpoint: {checkpoints[-1]['path'] if checkpoints else 'none'})")
+            good = resume.latest_checkpoint(run_dir)
+            raise FloatingPointError(f"{method} {param:g}: loss is {loss.item()} at step {step}; stopping "
+                                     f"(last good checkpoint: {good[1] if good else 'none'})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         history.append(loss.item())
         if step % cfg.eval_every == 0 or step == steps:
-            path = run_dir / f"checkpoint-{step}"
-            model.save_pretrained(path)
-            checkpoints.append({"step": step, "path": str(path.relative_to(job.out))})
-            log.info("%s %s=%g step %d/%d: loss %.4f", method, METHODS[job.stage][2], param, step, steps,
-                     sum(history[-cfg.eval_every:]) / len(history[-cfg.eval_every:]))
+            resume.save_checkpoint(model, run_dir / f"checkpoint-{step}", {
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
+                "history": history, "tokens": tokens, "seconds": time.time() - t0})
+            recent = history[-cfg.eval_every:]
+            log.info("%s %g step %d/%d: loss %.4f", method, param, step, steps, sum(recent) / len(recent))
     name = METHODS[job.stage][2]
-    return {"method": method, "run": f"{name}{param:g}", "param": param, "param_name": name,
-            "checkpoints": checkpoints, "steps": steps, "train_seconds": round(time.time() - t0, 2),
-            "tokens_trained": tokens, "final_loss": history[-1]}
+    resume.strip_checkpoints(run_dir)
+    return resume.mark_finished(run_dir, {
+        "method": method, "run": f"{name}{param:g}", "param": param, "param_name": name,
+        "checkpoints": resume.checkpoint_list(run_dir, job.out), "steps": steps,
+        "train_seconds": round(time.time() - t0, 2), "tokens_trained": tokens, "final_loss": history[-1]})
 
 
 def main():
@@ -128,4 +147,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    jobs.run(main)

@@ -151,4 +151,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    jobs.run(main)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from . import config as config_mod
-from . import data, graph, store
+from . import data, graph, hub, store
 from .config import ConfigError
 
 log = logging.getLogger("pipelines")
@@ -82,6 +82,7 @@ def _dispatch(args) -> int:
         raise ConfigError("--stages is empty; give stage names separated by commas")
     data.check_source(cfg.data.source)
     graph.check(cfg, only)
+    hub.check_hub(cfg)
     log.info("benchmark %s, scale %s (choose another with --scale, or SCALE=... with make); runs in %s",
              cfg.benchmark, cfg.scale, store.run_root(cfg.benchmark, cfg.scale))
     root = graph.run(cfg, only, args.force, config_mod.protocol(args.benchmark, args.config))

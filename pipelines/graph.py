@@ -120,7 +120,7 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
             why = _why_stale(manifest, config, inputs)
             if only is None or stage.name in only:
                 if force or why:
-                    identities[stage.name] = _run_stage(cfg, stage, config, inputs, final, root, why or "--force")
+                    identities[stage.name] = _run_stage(cfg, stage, config, inputs, final, root, "--force" if force else why)
                     continue
                 log.info("[%s] up to date, skipped (%s)", stage.name, final)
             elif why and manifest is not None:
@@ -134,7 +134,10 @@ def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root:
     log.info("[%s] %s (%s scale) - runs because %s", stage.name, stage.what, cfg.scale, why)
     log.info("[%s] inputs: %s; writes %s", stage.name,
              ", ".join(str(root / n) for n in stage.needs) or "the data source", final)
-    tmp = store.temp_dir_for(final)
+    # --force starts over; otherwise a run of the same job killed part-way resumes from its checkpoints
+    tmp, resumed = store.temp_dir_for(final, None if why == "--force" else stable_hash([config, inputs]))
+    if resumed:
+        log.info("[%s] resuming the interrupted run in %s", stage.name, tmp)
     job = {
         "stage": stage.name, "benchmark": cfg.benchmark, "scale": cfg.scale, "seed": cfg.seed,
         "torch_threads": cfg.torch_threads, "config": config, "out": str(tmp),

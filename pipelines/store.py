@@ -46,13 +46,20 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def temp_dir_for(final: Path) -> Path:
-    """A fresh hidden folder beside `final`, on the same file system so the rename is atomic."""
+def temp_dir_for(final: Path, resume_key: str | None = None) -> tuple[Path, bool]:
+    """The hidden folder beside `final` (same file system, so the rename is atomic) that a stage writes into,
+    and whether it resumes. A folder left by an interrupted run of the same job (resume_key: its config and
+    inputs) is kept, so the stage resumes from its checkpoints; any other leftover is wiped."""
     tmp = final.with_name(f".{final.name}.tmp")
-    if tmp.exists():  # left by a crashed run: never finished, so nothing to keep
+    key_file = tmp / ".resume_key"
+    if tmp.exists():
+        if resume_key and key_file.exists() and key_file.read_text() == resume_key:
+            return tmp, True
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    return tmp
+    if resume_key:
+        key_file.write_text(resume_key)
+    return tmp, False
 
 
 def commit_dir(tmp: Path, final: Path) -> None:

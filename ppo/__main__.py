@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from core import job as jobs
-from core import lm
+from core import lm, resume
 from core.reward import RewardModel
 from core.scorer import load_scorer
 from ppo import algorithm as A
@@ -81,11 +81,17 @@ def batch_tensors(prompts, completions, pad_id, dev):
 
 
 def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score_fn, run_dir):
+    """One run from the SFT model. A run killed part-way resumes from its latest checkpoint (weights,
+    optimizers, KL coefficient, RNG state); a finished one is not trained again."""
+    if done := resume.finished_run(run_dir):
+        log.info("%s: finished by an earlier attempt", done["run"])
+        return done
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     dev = accelerator.device
-    policy = lm.load_causal_lm(job.inputs["sft"], dev)
+    last = resume.latest_checkpoint(run_dir)
+    policy = lm.load_causal_lm(last[1] if last else job.inputs["sft"], dev)
     ref = lm.load_causal_lm(job.inputs["sft"], dev).requires_grad_(False)
     value = ValueModel(cfg.value_model, job.inputs["reward_model"], policy).to(dev)
     policy_opt = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
@@ -96,10 +102,19 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
     order = list(range(len(prompts)))
     random.Random(job.seed).shuffle(order)
     shared_forward = cfg.value_model == "policy_head"
-    run_dir.mkdir(parents=True)
-    history, checkpoints, t0 = [], [], time.time()
-    tokens_generated = tokens_trained = 0
-    for step in range(1, cfg.steps + 1):
+    done_steps, history, tokens_generated, tokens_trained, seconds = 0, [], 0, 0, 0.0
+    if last:
+        done_steps, _, state = last
+        value.load_state_dict(state["value"])
+        policy_opt.load_state_dict(state["policy_optimizer"])
+        value_opt.load_state_dict(state["value_optimizer"])
+        kl_ctl.value = state["kl_coef"]
+        torch.set_rng_state(state["rng"])
+        history, tokens_generated, tokens_trained = state["history"], state["tokens_generated"], state["tokens_trained"]
+        seconds = state["seconds"]
+        log.info("%s target %g: resuming after step %d", method, target_kl, done_steps)
+    t0 = time.time() - seconds
+    for step in range(done_steps + 1, cfg.steps + 1):
         start = (step - 1) * cfg.rollouts_per_step
         batch_prompts = [prompts[order[(start + i) % len(order)]] for i in range(cfg.rollouts_per_step)]
 
@@ -140,9 +155,10 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
                 vf_loss, vf_clipfrac = A.value_loss(values, old_values[mb], returns[mb], mb_mask,
                                                     cfg.value_clip_range)
                 if not torch.isfinite(pg_loss + vf_loss):
+                    good = resume.latest_checkpoint(run_dir)
                     raise FloatingPointError(
                         f"{method} target {target_kl:g}: loss is {float(pg_loss + vf_loss)} at step {step}; stopping "
-                        f"(last good checkpoint: {checkpoints[-1]['path'] if checkpoints else 'none'})")
+                        f"(last good checkpoint: {good[1] if good else 'none'})")
                 tokens_trained += int(attn[mb].sum())
                 policy_opt.zero_grad()
                 value_opt.zero_grad()
@@ -167,13 +183,19 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
         log.info("%s target %g step %d/%d: score %.3f, KL %.2f, coef %.3f, entropy %.2f, clipfrac %.2f", method,
                  target_kl, step, cfg.steps, row["score"], seq_kl, coef, row["entropy"], row["clipfrac"])
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            path = run_dir / f"checkpoint-{step}"
-            accelerator.unwrap_model(policy).save_pretrained(path, safe_serialization=True)
-            checkpoints.append({"step": step, "path": str(path.relative_to(job.out))})
+            resume.save_checkpoint(accelerator.unwrap_model(policy), run_dir / f"checkpoint-{step}", {
+                "value": accelerator.unwrap_model(value).state_dict(), "policy_optimizer": policy_opt.state_dict(),
+                "value_optimizer": value_opt.state_dict(), "kl_coef": kl_ctl.value, "rng": torch.get_rng_state(),
+                "history": history, "tokens_generated": tokens_generated, "tokens_trained": tokens_trained,
+                "seconds": time.time() - t0})
     (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    return {"method": method, "run": f"{method}-kl{target_kl:g}", "param": target_kl, "param_name": "target_kl",
-            "checkpoints": checkpoints, "steps": cfg.steps, "train_seconds": round(time.time() - t0, 2),
-            "tokens_generated": tokens_generated, "tokens_trained": tokens_trained, "final_score": history[-1]["score"], "final_kl": history[-1]["kl"], "final_kl_coef": kl_ctl.value}
+    resume.strip_checkpoints(run_dir)
+    return resume.mark_finished(run_dir, {
+        "method": method, "run": f"{method}-kl{target_kl:g}", "param": target_kl, "param_name": "target_kl",
+        "checkpoints": resume.checkpoint_list(run_dir, job.out), "steps": cfg.steps,
+        "train_seconds": round(time.time() - t0, 2), "tokens_generated": tokens_generated,
+        "tokens_trained": tokens_trained, "final_score": history[-1]["score"], "final_kl": history[-1]["kl"],
+        "final_kl_coef": kl_ctl.value})
 
 
 def main():
@@ -209,4 +231,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    jobs.run(main)

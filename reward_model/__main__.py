@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from core import job as jobs
+from core import resume
 from core.reward import RewardModel, pool_mean, raw_scores, save_reward_meta
 from core.train import stop_on_non_finite_loss
 
@@ -57,15 +58,18 @@ def main():
     steps = math.ceil(len(train) / cfg.batch_size * cfg.epochs)
     args = RewardConfig(
         output_dir=str(job.out / "trainer"), per_device_train_batch_size=cfg.batch_size, num_train_epochs=cfg.epochs,
-        learning_rate=cfg.learning_rate, lr_scheduler_type="linear", max_length=None, save_strategy="no",
+        learning_rate=cfg.learning_rate, lr_scheduler_type="linear", max_length=None,
+        save_strategy="steps", save_steps=max(1, steps // 10), save_total_limit=1,
         logging_steps=max(1, steps // 10), report_to=[], seed=job.seed, bf16=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, center_rewards_coefficient=None,
         logging_nan_inf_filter=False,
     )
     t0 = time.time()
     log.info("training on %d pairs (%d prompts held out)", len(train), len(held))
-    RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                  callbacks=[stop_on_non_finite_loss()]).train()
+    trainer = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
+                            callbacks=[stop_on_non_finite_loss()])
+    # a killed run resumes from the newest of its checkpoints (every tenth of the steps)
+    trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(job.out / "trainer"))
     train_seconds = time.time() - t0
     model.eval()
 
@@ -95,4 +99,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    jobs.run(main)

@@ -11,6 +11,7 @@ import math
 import time
 
 from core import job as jobs
+from core import resume
 from core.lm_head import plain_lm_head
 from core.train import stop_on_non_finite_loss
 from pipelines.data import make_splits
@@ -68,7 +69,6 @@ def main():
     job = jobs.start()
     cfg = job.section("sft")
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     texts = [r.text for r in make_splits(job.section("data"), job.seed).train]
@@ -84,27 +84,23 @@ def main():
     ds = Dataset.from_dict({"input_ids": tokenize_reviews(tokenizer, texts, cfg.max_length)})
     import torch
 
-    losses = []
-
-    class KeepLosses(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                losses.append(logs["loss"])
-
     steps = math.ceil(len(ds) / cfg.batch_size * cfg.epochs)
     args = SFTConfig(
         output_dir=str(job.out / "trainer"), per_device_train_batch_size=cfg.batch_size,
         num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate, warmup_steps=int(cfg.warmup_ratio * steps),
         lr_scheduler_type="linear", max_length=cfg.max_length, packing=False, logging_steps=max(1, steps // 20),
-        save_strategy="no", report_to=[], seed=job.seed, bf16=torch.cuda.is_available(),
+        save_strategy="steps", save_steps=max(1, steps // 10), save_total_limit=1, report_to=[], seed=job.seed,
+        bf16=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=False,
         logging_nan_inf_filter=False,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
-                         callbacks=[KeepLosses(), stop_on_non_finite_loss()])
+                         callbacks=[stop_on_non_finite_loss()])
     if not torch.cuda.is_available():
         plain_lm_head(trainer.model)  # TRL's chunked head is a GPU memory saver, slow on CPU
-    result = trainer.train()
+    # a killed run resumes from the newest of its checkpoints (every tenth of the steps)
+    result = trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(job.out / "trainer"))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]  # a resumed run keeps its history
     model.save_pretrained(job.out, safe_serialization=True)
     tokenizer.save_pretrained(job.out)
     import shutil
@@ -116,4 +112,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    jobs.run(main)

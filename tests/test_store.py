@@ -13,7 +13,7 @@ from pipelines.config import ConfigError
 def test_commit_replaces_atomically(tmp_path):
     final = tmp_path / "dpo"
     for version in ("one", "two"):
-        tmp = store.temp_dir_for(final)
+        tmp, _ = store.temp_dir_for(final)
         (tmp / "v").write_text(version)
         store.commit_dir(tmp, final)
     assert (final / "v").read_text() == "two"
@@ -22,10 +22,20 @@ def test_commit_replaces_atomically(tmp_path):
 
 def test_a_crashed_temp_folder_never_looks_finished(tmp_path):
     final = tmp_path / "sft"
-    tmp = store.temp_dir_for(final)
+    tmp, resumed = store.temp_dir_for(final)
     (tmp / "half").write_text("x")
-    assert store.read_manifest(final) is None and not final.exists()
-    assert not (store.temp_dir_for(final) / "half").exists()  # the next run starts clean
+    assert store.read_manifest(final) is None and not final.exists() and not resumed
+    assert not (store.temp_dir_for(final)[0] / "half").exists()  # without a resume key the next run starts clean
+
+
+def test_an_interrupted_job_resumes_only_when_it_is_the_same_job(tmp_path):
+    final = tmp_path / "ppo"
+    tmp, _ = store.temp_dir_for(final, "job-a")
+    (tmp / "checkpoint-2").mkdir()
+    tmp, resumed = store.temp_dir_for(final, "job-a")
+    assert resumed and (tmp / "checkpoint-2").exists()
+    tmp, resumed = store.temp_dir_for(final, "job-b")  # config or inputs changed: start over
+    assert not resumed and not (tmp / "checkpoint-2").exists()
 
 
 def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):

@@ -1,0 +1,73 @@
+"""R1: a run killed with SIGKILL at random moments, rerun each time, ends with the uninterrupted frontier.
+
+Marked `faults` (make test-faults runs them alone; make test runs them too)."""
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.faults
+
+
+def start(run_dir, log_path):
+    env = {**os.environ, "RUN_DIR": str(run_dir), "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "pipelines", "run", "imdb-sentiment", "--scale", "micro"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "w"),
+                            start_new_session=True)  # its own process group: the stage child dies with it
+
+
+def kill(proc):
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def finish(run_dir, log_path) -> str:
+    proc = start(run_dir, log_path)
+    assert proc.wait(timeout=600) == 0, log_path.read_text()[-3000:]
+    return (run_dir / "imdb-sentiment" / "micro" / "frontier.csv").read_text()
+
+
+def test_killed_at_ten_random_moments_the_run_ends_with_the_same_frontier(micro_run, tmp_path):
+    _, _, expected = micro_run
+    rng, run_dir, killed_in = random.Random(0), tmp_path / "runs", []
+    while len(killed_in) < 10:
+        log_path = tmp_path / f"attempt{len(killed_in)}.log"
+        proc = start(run_dir, log_path)
+        try:
+            proc.wait(timeout=rng.uniform(2.0, 12.0))
+            break  # finished before the kill: nothing left to interrupt
+        except subprocess.TimeoutExpired:
+            kill(proc)
+            stages = re.findall(r"\[(\w+)\] ", log_path.read_text())
+            killed_in.append(stages[-1] if stages else "(start-up)")
+    assert len(killed_in) >= 10 and len(set(killed_in)) >= 3, killed_in  # the kills spread over the stages
+    assert finish(run_dir, tmp_path / "final.log") == expected
+    assert not list((run_dir / "imdb-sentiment" / "micro").glob(".*.tmp"))  # nothing half-written is left
+
+
+@pytest.mark.parametrize("stage,marker", [("dpo", "beta0.1/checkpoint-3/trainer_state.json"),
+                                          ("ppo", "ppo-kl2/checkpoint-2/training_state.pt"),
+                                          ("unlikelihood", "alpha0.5/checkpoint-3/training_state.pt")])
+def test_a_stage_killed_after_a_checkpoint_resumes_from_it(micro_run, tmp_path, stage, marker):
+    _, _, expected = micro_run
+    run_dir = tmp_path / "runs"
+    partial = run_dir / "imdb-sentiment" / "micro" / f".{stage}.tmp" / marker
+    proc = start(run_dir, tmp_path / "killed.log")
+    deadline = time.time() + 300
+    while not partial.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert partial.exists(), "the stage never wrote the checkpoint"
+    kill(proc)
+    assert finish(run_dir, tmp_path / "final.log") == expected
+    log = (tmp_path / "final.log").read_text()
+    assert f"[{stage}] resuming the interrupted run" in log
+    assert {"dpo": "resuming from checkpoint-3", "ppo": "ppo target 2: resuming after step 2",
+            "unlikelihood": "unlikelihood 0.5: resuming after step 3"}[stage] in log
