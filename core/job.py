@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.config import SECTIONS
@@ -24,6 +25,7 @@ class Job:
     config: dict
     inputs: dict[str, Path]
     out: Path
+    tracking: dict = field(default_factory=dict)  # wandb mode, project and group (core/tracking.py)
 
     def section(self, name: str):
         """A config section as its typed dataclass."""
@@ -34,7 +36,8 @@ def start(argv: list[str] | None = None) -> Job:
     argv = sys.argv[1:] if argv is None else argv
     raw = json.loads(Path(argv[0]).read_text())
     job = Job(**{**raw, "inputs": {k: Path(v) for k, v in raw["inputs"].items()}, "out": Path(raw["out"])})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s [" + job.stage + "] %(message)s",
+    logging.basicConfig(level=os.environ.get("PIPELINES_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s [" + job.stage + "] %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     import numpy as np
     import torch
@@ -59,9 +62,13 @@ def peak_memory() -> dict:
     return out
 
 
-def finish(job: Job, metrics: dict) -> None:
+def finish(job: Job, metrics: dict, run=None) -> None:
+    """Write the stage's metrics (with its peak memory); also as the summary of its wandb run, if it has one."""
+    from core import tracking
+
     metrics = {**metrics, **peak_memory()}
     (job.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    tracking.end(run, metrics)
 
 
 def run(main) -> None:

@@ -12,6 +12,7 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 
 def device() -> torch.device:
@@ -71,7 +72,8 @@ def sample_completions(model, prompts: list[list[int]], max_new_tokens: int, eos
     """
     dev = next(model.parameters()).device
     out: list[list[int] | None] = [None] * len(prompts)
-    for idx in by_length(prompts, batch_size):
+    batches = by_length(prompts, batch_size)
+    for idx in tqdm(batches, desc="sampling", unit="batch", leave=False, disable=None if len(batches) > 1 else True):
         ids = torch.tensor([prompts[i] for i in idx], device=dev)
         past, step_input, done = None, ids, torch.zeros(len(idx), dtype=torch.bool, device=dev)
         tokens = []

@@ -13,7 +13,7 @@ import math
 import time
 
 from core import job as jobs
-from core import resume
+from core import resume, tracking
 from core.lm_head import plain_lm_head
 from core.train import stop_on_non_finite_loss
 
@@ -67,10 +67,11 @@ def train_one(beta: float, cfg, job, pairs, run_dir):
         warmup_steps=cfg.warmup_steps, lr_scheduler_type="constant_with_warmup",
         per_device_train_batch_size=cfg.batch_size, max_steps=steps, max_length=None,
         save_strategy="steps", save_steps=cfg.eval_every, save_total_limit=None,
-        logging_steps=max(1, cfg.eval_every // 4), report_to=[], seed=job.seed, data_seed=job.seed,
+        logging_steps=max(1, cfg.eval_every // 4), report_to=tracking.report_to(job), seed=job.seed, data_seed=job.seed,
         bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
         remove_unused_columns=False, logging_nan_inf_filter=False,
     )
+    run = tracking.start(job, f"dpo-beta{beta:g}", "dpo", {"beta": beta})  # TRL's callback logs into it
     trainer = make_trainer_class()(model=model, args=args, train_dataset=pairs, processing_class=tokenizer,
                                    callbacks=[stop_on_non_finite_loss()])
     t0 = time.time()
@@ -81,7 +82,7 @@ def train_one(beta: float, cfg, job, pairs, run_dir):
     resume.strip_checkpoints(run_dir)  # eval needs the weights and config only
     per_pair = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(pairs["prompt_ids"], pairs["chosen_ids"],
                                                                     pairs["rejected_ids"])) / len(pairs)
-    return resume.mark_finished(run_dir, {
+    summary = resume.mark_finished(run_dir, {
         "method": "dpo", "run": f"beta{beta:g}", "param": beta, "param_name": "beta",
         "checkpoints": resume.checkpoint_list(run_dir, job.out),
         "steps": result.global_step, "train_seconds": round(time.time() - t0, 2),
@@ -89,6 +90,8 @@ def train_one(beta: float, cfg, job, pairs, run_dir):
         "final_loss": history[-1]["loss"] if history else None,
         "final_reward_accuracy": history[-1].get("rewards/accuracies") if history else None,
     })
+    tracking.end(run, {k: v for k, v in summary.items() if k != "checkpoints"})
+    return summary
 
 
 def main():

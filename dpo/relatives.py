@@ -21,9 +21,10 @@ import math
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 from core import job as jobs
-from core import lm, resume
+from core import lm, resume, tracking
 
 log = logging.getLogger("stage")
 METHODS = {"unlikelihood": ("unlikelihood", "alphas", "alpha"), "preferred_ft": ("preferred-ft", "seeds", "seed")}
@@ -89,7 +90,10 @@ def train_one(method: str, param, cfg, job, pairs: dict, run_dir) -> dict:
         history, tokens, seconds = state["history"], state["tokens"], state["seconds"]
         log.info("%s %g: resuming after step %d", method, param, done_steps)
     t0 = time.time() - seconds
-    for step, idx in enumerate(data_order(len(pairs["prompt_ids"]), steps, cfg.batch_size, seed), start=1):
+    name = METHODS[job.stage][2]
+    run = tracking.start(job, f"{method}-{name}{param:g}", method, {name: param})
+    order = data_order(len(pairs["prompt_ids"]), steps, cfg.batch_size, seed)
+    for step, idx in enumerate(tqdm(order, desc=f"{method} {param:g}", unit="step", disable=None), start=1):
         if step <= done_steps:
             continue
         prompts = [pairs["prompt_ids"][i] for i in idx]
@@ -113,18 +117,20 @@ def train_one(method: str, param, cfg, job, pairs: dict, run_dir) -> dict:
         opt.step()
         sched.step()
         history.append(loss.item())
+        tracking.log_train(run, step, {"loss": history[-1], "learning_rate": sched.get_last_lr()[0]})
         if step % cfg.eval_every == 0 or step == steps:
             resume.save_checkpoint(model, run_dir / f"checkpoint-{step}", {
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
                 "history": history, "tokens": tokens, "seconds": time.time() - t0})
             recent = history[-cfg.eval_every:]
             log.info("%s %g step %d/%d: loss %.4f", method, param, step, steps, sum(recent) / len(recent))
-    name = METHODS[job.stage][2]
     resume.strip_checkpoints(run_dir)
-    return resume.mark_finished(run_dir, {
+    summary = resume.mark_finished(run_dir, {
         "method": method, "run": f"{name}{param:g}", "param": param, "param_name": name,
         "checkpoints": resume.checkpoint_list(run_dir, job.out), "steps": steps,
         "train_seconds": round(time.time() - t0, 2), "tokens_trained": tokens, "final_loss": history[-1]})
+    tracking.end(run, {k: v for k, v in summary.items() if k != "checkpoints"})
+    return summary
 
 
 def main():

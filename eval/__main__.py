@@ -16,9 +16,10 @@ import time
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from core import job as jobs
-from core import lm
+from core import lm, tracking
 from core.frontier import pareto_front
 from core.scorer import load_scorer
 
@@ -44,7 +45,8 @@ def evaluate(policy, ref, prompts, tokenizer, scorer, cfg, seed: int) -> tuple[d
     kl_mean, kl_se = mean_se(kl.double().numpy())
     point = dict(kl=kl_mean, kl_se=kl_se, kl_mc=float(kl_mc.double().mean()), reward=reward, reward_se=reward_se,
                  n=len(prompts))
-    return point, [{"text": t, "reward": round(float(r), 4)} for t, r in zip(texts, rewards)]
+    return point, [{"text": t, "reward": round(float(r), 4), "kl": round(float(k), 4)}
+                   for t, r, k in zip(texts, rewards, kl.tolist())]
 
 
 def _axes_style(ax, title: str) -> None:
@@ -112,42 +114,63 @@ def plot(rows: list[dict], path_stem) -> None:
     plt.close(fig)
 
 
+def checkpoints(inputs: dict) -> list[tuple]:
+    """(method, run, param, step, folder) of every kept checkpoint of every method stage."""
+    out = []
+    for folder in inputs.values():
+        if (folder / "runs.json").exists():  # a method stage (not sft or ground_truth)
+            for run in json.loads((folder / "runs.json").read_text()):
+                out += [(run["method"], run["run"], run["param"], c["step"], folder / c["path"])
+                        for c in run["checkpoints"]]
+    return out
+
+
 def main():
     job = jobs.start()
+    wandb_run = tracking.start(job)
     cfg, data_cfg = job.section("eval"), job.section("data")
     tokenizer = lm.load_tokenizer(job.inputs["sft"])
     ref = lm.load_causal_lm(job.inputs["sft"])
     scorer = load_scorer(job.inputs["ground_truth"])
     prompts = lm.split_prompts(data_cfg, job.seed, "eval", cfg.prompts, tokenizer)
+    prompt_texts = [lm.decode(tokenizer, p) for p in prompts]
 
     t0 = time.time()
-    point, sft_samples = evaluate(ref, ref, prompts, tokenizer, scorer, cfg, job.seed)
-    rows = [dict(method="sft", run="sft", param="", step=0, **point)]
-    samples = {"sft": sft_samples}
-    log.info("sft: reward %.3f +- %.3f, KL %.3f", point["reward"], point["reward_se"], point["kl"])
-    for name, folder in job.inputs.items():
-        if not (folder / "runs.json").exists():
-            continue  # not a method stage (sft, ground_truth)
-        for run in json.loads((folder / "runs.json").read_text()):
-            for ckpt in run["checkpoints"]:
-                policy = lm.load_causal_lm(folder / ckpt["path"])
-                point, texts_ = evaluate(policy, ref, prompts, tokenizer, scorer, cfg, job.seed)
-                rows.append(dict(method=run["method"], run=run["run"], param=run["param"], step=ckpt["step"], **point))
-                samples[f"{run['method']}/{run['run']}/step{ckpt['step']}"] = texts_
-                log.info("%s step %d: reward %.3f +- %.3f, KL %.2f (MC %.2f)", run["run"], ckpt["step"],
-                         point["reward"], point["reward_se"], point["kl"], point["kl_mc"])
+    todo = [("sft", "sft", "", 0, None)] + checkpoints(job.inputs)
+    log.info("evaluating %d checkpoints (and the SFT model) on %d prompts", len(todo) - 1, len(prompts))
+    rows, samples = [], {}
+    for method, run, param, step, path in tqdm(todo, desc="eval checkpoints", unit="ckpt", disable=None):
+        policy = ref if path is None else lm.load_causal_lm(path)
+        point, texts = evaluate(policy, ref, prompts, tokenizer, scorer, cfg, job.seed)
+        rows.append(dict(method=method, run=run, param=param, step=step, **point))
+        key = "sft" if path is None else f"{method}/{run}/step{step}"
+        samples[key] = texts
+        log.info("%s step %d: reward %.3f +- %.3f, KL %.2f (MC %.2f)", run, step, point["reward"],
+                 point["reward_se"], point["kl"], point["kl_mc"])
+        if wandb_run:  # the point against its training step, and every sample of it
+            wandb_run.log({"train/global_step": step, **{f"eval/{run}/{k}": point[k] for k in
+                                                          ("reward", "reward_se", "kl", "kl_se", "kl_mc")}})
+            wandb_run.log({f"samples/{key}": tracking.table(
+                ["prompt", "completion", "reward", "kl"],
+                [[p, t["text"], t["reward"], t["kl"]] for p, t in zip(prompt_texts, texts)])})
 
     with open(job.out / "frontier.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    prompt_texts = [lm.decode(tokenizer, p) for p in prompts[:8]]  # the samples kept for the report
-    (job.out / "samples.json").write_text(json.dumps(
-        {"prompts": prompt_texts, "completions": {k: v[:8] for k, v in samples.items()}}, indent=1))
+    (job.out / "samples.json").write_text(json.dumps(  # the first 8 of each, for the report
+        {"prompts": prompt_texts[:8], "completions": {k: v[:8] for k, v in samples.items()}}, indent=1))
     plot(rows, job.out / "frontier")
+    if wandb_run:
+        frontier = tracking.table(FIELDS, [[str(r[k]) if k == "param" else r[k] for k in FIELDS] for r in rows])
+        wandb_run.log({"frontier": frontier,
+                       "frontier_scatter": tracking.scatter(frontier, "kl", "reward", "Reward vs KL(pi || pi_ref)"),
+                       "frontier_png": tracking.image(job.out / "frontier.png", "every checkpoint of every method"),
+                       "frontier_panels_png": tracking.image(job.out / "frontier_panels.png", "one panel per method")})
     jobs.finish(job, {"points": len(rows), "sft_reward": rows[0]["reward"], "sft_kl": rows[0]["kl"],
-                      "best_reward": max(r["reward"] for r in rows), "eval_seconds": round(time.time() - t0, 2)})
+                      "best_reward": max(r["reward"] for r in rows), "eval_seconds": round(time.time() - t0, 2)},
+                wandb_run)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from core import job as jobs
+from core import tracking
 from core.scorer import TfidfLogRegScorer, load_scorer, save_hf_reference
 from pipelines.data import make_splits
 
@@ -24,6 +25,7 @@ def accuracy(p_positive: np.ndarray, labels: list[int]) -> float:
 
 def main():
     job = jobs.start()
+    run = tracking.start(job)
     cfg, data_cfg = job.section("ground_truth"), job.section("data")
     splits = make_splits(data_cfg, job.seed)
     t0 = time.time()
@@ -42,7 +44,7 @@ def main():
     prefix = accuracy(scorer([" ".join(r.text.split()[: cfg.prefix_tokens]) for r in held]), labels)
     log.info("held-out accuracy %.3f on full reviews, %.3f on their first %d words", full, prefix, cfg.prefix_tokens)
     jobs.finish(job, {"heldout_accuracy": full, "heldout_accuracy_prefix": prefix, "n_train": n_train,
-                      "n_heldout": len(held), "fit_seconds": round(time.time() - t0, 2)})
+                      "n_heldout": len(held), "fit_seconds": round(time.time() - t0, 2)}, run)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from core import job as jobs
+from core import tracking
 from core import lm
 from core.scorer import load_scorer
 
@@ -36,6 +37,7 @@ def label_pairs(scores: np.ndarray) -> tuple[list[tuple[int, int]], int]:
 
 def main():
     job = jobs.start()
+    run = tracking.start(job)
     cfg, data_cfg = job.section("pairs"), job.section("data")
     from datasets import Dataset
 
@@ -75,7 +77,7 @@ def main():
                       "sft_reward_mean": float(scores.mean()), "sft_reward_std": float(scores.std()),
                       "mean_margin": float(margins.mean()) if len(rows) else 0.0,
                       "sample_seconds": round(t_sample, 2),
-                      "mean_completion_tokens": float(np.mean([len(c) for c in completions]))})
+                      "mean_completion_tokens": float(np.mean([len(c) for c in completions]))}, run)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import store
+from core.tracking import job_tracking
+
 from .config import SECTIONS, BenchmarkConfig, ConfigError, flatten, stable_hash
 
 log = logging.getLogger("pipelines")
@@ -85,6 +87,7 @@ def _child_env(cfg: BenchmarkConfig) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(store.REPO_ROOT), env.get("PYTHONPATH")]))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PIPELINES_LOG_LEVEL"] = logging.getLevelName(logging.getLogger().getEffectiveLevel())  # -q / -v
     if cfg.torch_threads:
         # Pinned threads: on a small shared CPU, oversubscription costs far more than it gains.
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -110,6 +113,11 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
     protocol: the benchmark's table before scale overrides (config.protocol), for the report."""
     check(cfg, only)
     root = store.run_root(cfg.benchmark, cfg.scale)
+    tracking = job_tracking(cfg.benchmark, cfg.scale)  # one wandb group for this whole run
+    if tracking["mode"] != "disabled":
+        log.info("wandb: %s, project %s, group %s%s", tracking["mode"], tracking["project"], tracking["group"],
+                 " (no API key: `make wandb-sync` uploads later; WANDB=off turns it off)"
+                 if tracking["mode"] == "offline" else "")
     with store.RunLock(root):
         identities: dict[str, str] = {}
         for stage in STAGES.values():
@@ -120,7 +128,8 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
             why = _why_stale(manifest, config, inputs)
             if only is None or stage.name in only:
                 if force or why:
-                    identities[stage.name] = _run_stage(cfg, stage, config, inputs, final, root, "--force" if force else why)
+                    identities[stage.name] = _run_stage(cfg, stage, config, inputs, final, root, "--force" if force else why,
+                                                        tracking)
                     continue
                 log.info("[%s] up to date, skipped (%s)", stage.name, final)
             elif why and manifest is not None:
@@ -130,7 +139,8 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
     return root
 
 
-def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root: Path, why: str) -> str:
+def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root: Path, why: str,
+               tracking: dict) -> str:
     log.info("[%s] %s (%s scale) - runs because %s", stage.name, stage.what, cfg.scale, why)
     log.info("[%s] inputs: %s; writes %s", stage.name,
              ", ".join(str(root / n) for n in stage.needs) or "the data source", final)
@@ -141,7 +151,7 @@ def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root:
     job = {
         "stage": stage.name, "benchmark": cfg.benchmark, "scale": cfg.scale, "seed": cfg.seed,
         "torch_threads": cfg.torch_threads, "config": config, "out": str(tmp),
-        "inputs": {n: str(root / n) for n in stage.needs},
+        "inputs": {n: str(root / n) for n in stage.needs}, "tracking": tracking,
     }
     (tmp / "job.json").write_text(json.dumps(job, indent=2))
     start = time.time()

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from core import job as jobs
-from core import lm, resume
+from core import lm, resume, tracking
 from core.reward import RewardModel
 from core.scorer import load_scorer
 from ppo import algorithm as A
@@ -114,6 +114,7 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
         seconds = state["seconds"]
         log.info("%s target %g: resuming after step %d", method, target_kl, done_steps)
     t0 = time.time() - seconds
+    run = tracking.start(job, f"{method}-kl{target_kl:g}", method, {"target_kl": target_kl})
     for step in range(done_steps + 1, cfg.steps + 1):
         start = (step - 1) * cfg.rollouts_per_step
         batch_prompts = [prompts[order[(start + i) % len(order)]] for i in range(cfg.rollouts_per_step)]
@@ -180,8 +181,10 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
                "response_length": float(lengths.float().mean()), "seconds": round(time.time() - t0, 2),
                **{k: sum(v) / len(v) for k, v in stats.items()}}
         history.append(row)
-        log.info("%s target %g step %d/%d: score %.3f, KL %.2f, coef %.3f, entropy %.2f, clipfrac %.2f", method,
-                 target_kl, step, cfg.steps, row["score"], seq_kl, coef, row["entropy"], row["clipfrac"])
+        tracking.log_train(run, step, {k: v for k, v in row.items() if k != "step"})
+        eta = (time.time() - t0) / step * (cfg.steps - step)
+        log.info("%s target %g step %d/%d: score %.3f, KL %.2f, coef %.3f, entropy %.2f, clipfrac %.2f (ETA %.0fs)",
+                 method, target_kl, step, cfg.steps, row["score"], seq_kl, coef, row["entropy"], row["clipfrac"], eta)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             resume.save_checkpoint(accelerator.unwrap_model(policy), run_dir / f"checkpoint-{step}", {
                 "value": accelerator.unwrap_model(value).state_dict(), "policy_optimizer": policy_opt.state_dict(),
@@ -190,12 +193,14 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
                 "seconds": time.time() - t0})
     (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     resume.strip_checkpoints(run_dir)
-    return resume.mark_finished(run_dir, {
+    summary = resume.mark_finished(run_dir, {
         "method": method, "run": f"{method}-kl{target_kl:g}", "param": target_kl, "param_name": "target_kl",
         "checkpoints": resume.checkpoint_list(run_dir, job.out), "steps": cfg.steps,
         "train_seconds": round(time.time() - t0, 2), "tokens_generated": tokens_generated,
         "tokens_trained": tokens_trained, "final_score": history[-1]["score"], "final_kl": history[-1]["kl"],
         "final_kl_coef": kl_ctl.value})
+    tracking.end(run, {k: v for k, v in summary.items() if k != "checkpoints"})
+    return summary
 
 
 def main():

@@ -14,6 +14,7 @@ import shutil
 import time
 
 from core import job as jobs
+from core import tracking
 from core.frontier import best_within, frontier_area
 from pipelines.config import flatten
 
@@ -198,13 +199,18 @@ def to_html(blocks: list[tuple], folder) -> str:
 
 def main():
     job = jobs.start()
+    wandb_run = tracking.start(job, "summary")  # the group's summary: the report's tables and page
     for name in FIGURES:  # beside report.md, so its links work here and where it is published
         shutil.copy2(job.inputs["eval"] / name, job.out / name)
     blocks = build(job)
     (job.out / "report.md").write_text(to_markdown(blocks))
     (job.out / "report.html").write_text(to_html(blocks, job.out))
     log.info("report.md and report.html: %d tables", sum(b[0] == "table" for b in blocks))
-    jobs.finish(job, {"tables": sum(b[0] == "table" for b in blocks)})
+    if wandb_run:
+        tables = [b for b in blocks if b[0] == "table"]
+        wandb_run.log({"per_method": tracking.table(*tables[0][1:]), "compute": tracking.table(*tables[2][1:]),
+                       "report": tracking.html((job.out / "report.html").read_text())})
+    jobs.finish(job, {"tables": sum(b[0] == "table" for b in blocks)}, wandb_run)
 
 
 if __name__ == "__main__":

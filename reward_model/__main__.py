@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from core import job as jobs
+from core import tracking
 from core import resume
 from core.reward import RewardModel, pool_mean, raw_scores, save_reward_meta
 from core.train import stop_on_non_finite_loss
@@ -36,6 +37,7 @@ def split_prompts(prompts: list[tuple], share: float, seed: int) -> set[tuple]:
 
 def main():
     job = jobs.start()
+    run = tracking.start(job)
     cfg = job.section("reward_model")
     from datasets import Dataset, load_from_disk
     from scipy.stats import spearmanr
@@ -60,7 +62,7 @@ def main():
         output_dir=str(job.out / "trainer"), per_device_train_batch_size=cfg.batch_size, num_train_epochs=cfg.epochs,
         learning_rate=cfg.learning_rate, lr_scheduler_type="linear", max_length=None,
         save_strategy="steps", save_steps=max(1, steps // 10), save_total_limit=1,
-        logging_steps=max(1, steps // 10), report_to=[], seed=job.seed, bf16=torch.cuda.is_available(),
+        logging_steps=max(1, steps // 10), report_to=tracking.report_to(job), seed=job.seed, bf16=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, center_rewards_coefficient=None,
         logging_nan_inf_filter=False,
     )
@@ -95,7 +97,7 @@ def main():
     log.info("held-out pair accuracy %.3f, Spearman with the ground truth %.3f", accuracy, rho)
     jobs.finish(job, {"heldout_pair_accuracy": accuracy, "spearman_with_ground_truth": rho,
                       "heldout_pairs": len(held_idx), "train_pairs": len(train), "shift": shift, "scale": scale,
-                      "normalized_train_mean": normalized_train_mean, "train_seconds": round(train_seconds, 2)})
+                      "normalized_train_mean": normalized_train_mean, "train_seconds": round(train_seconds, 2)}, run)
 
 
 if __name__ == "__main__":

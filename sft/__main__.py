@@ -11,6 +11,7 @@ import math
 import time
 
 from core import job as jobs
+from core import tracking
 from core import resume
 from core.lm_head import plain_lm_head
 from core.train import stop_on_non_finite_loss
@@ -67,6 +68,7 @@ def tokenize_reviews(tokenizer, texts: list[str], max_length: int) -> list[list[
 
 def main():
     job = jobs.start()
+    run = tracking.start(job)
     cfg = job.section("sft")
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -89,7 +91,7 @@ def main():
         output_dir=str(job.out / "trainer"), per_device_train_batch_size=cfg.batch_size,
         num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate, warmup_steps=int(cfg.warmup_ratio * steps),
         lr_scheduler_type="linear", max_length=cfg.max_length, packing=False, logging_steps=max(1, steps // 20),
-        save_strategy="steps", save_steps=max(1, steps // 10), save_total_limit=1, report_to=[], seed=job.seed,
+        save_strategy="steps", save_steps=max(1, steps // 10), save_total_limit=1, report_to=tracking.report_to(job), seed=job.seed,
         bf16=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=False,
         logging_nan_inf_filter=False,
@@ -108,7 +110,7 @@ def main():
     shutil.rmtree(job.out / "trainer", ignore_errors=True)
     jobs.finish(job, {"train_loss": result.training_loss, "first_logged_loss": losses[0] if losses else None,
                       "last_logged_loss": losses[-1] if losses else None, "steps": result.global_step,
-                      "reviews": len(ds), "parameters": model.num_parameters(), "vocab_size": len(tokenizer)})
+                      "reviews": len(ds), "parameters": model.num_parameters(), "vocab_size": len(tokenizer)}, run)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_IMDB = ROOT.parent / "shared" / "data" / "imdb"
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tests run on 2 shared cores
+os.environ.setdefault("WANDB", "off")  # test_wandb.py turns it on (offline) where it checks the logging
 
 
-def cli(*args, run_dir: Path, check=False):
-    """python -m pipelines ... as a user runs it, with the store under run_dir."""
-    env = {**os.environ, "RUN_DIR": str(run_dir), "PYTHONPATH": str(ROOT)}
+def cli(*args, run_dir: Path, check=False, env: dict | None = None):
+    """python -m pipelines ... as a user runs it, with the store under run_dir (and wandb files in it)."""
+    env = {**os.environ, "RUN_DIR": str(run_dir), "PYTHONPATH": str(ROOT), "WANDB_DIR": str(run_dir), **(env or {})}
+    env = {k: v for k, v in env.items() if v is not None}  # None: unset
     proc = subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True)
     if check and proc.returncode != 0:
