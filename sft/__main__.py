@@ -74,6 +74,11 @@ def pretrained(name: str):
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.add_special_tokens({"pad_token": PAD})  # a pad distinct from eos, so eos is learned
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
+    if gguf:  # de-quantized weights into a plain float32 model: transformers would not train or save the other
+        plain = AutoModelForCausalLM.from_config(model.config)
+        plain.load_state_dict(model.state_dict())
+        plain.config.__dict__.pop("quantization_config", None)
+        model = plain
     model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, model
