@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 # RUN_DIR (where runs land, default ./runs) is read from the environment by the CLI itself.
 
-.PHONY: help imdb-sentiment show test test-faults bench wandb-sync reference clean-runs env
+.PHONY: help imdb-sentiment show test test-faults bench gpu-check wandb-sync reference clean-runs env
 
 help:  ## list the targets
 	@echo "make imdb-sentiment [SCALE=tiny|micro|smol|gpt2|paper]  the IMDb benchmark (default: tiny)"
@@ -14,6 +14,7 @@ help:  ## list the targets
 	@echo "make test                                      run the test suite (offline, CPU), fault tests included"
 	@echo "make test-faults                               only the kill -9 / resume tests"
 	@echo "make bench                                     speed ratios -> bench/results.json and bench/results.md"
+	@echo "make gpu-check                                 every stage briefly on the GPU -> bench/gpu_check.json"
 	@echo "make wandb-sync                                upload the offline wandb runs in ./wandb"
 	@echo "make reference                                 regenerate docs/config.md from pipelines/config.py"
 	@echo "make env                                       create .venv (done automatically by the others)"
@@ -53,6 +54,9 @@ test-faults: env
 
 bench: env
 	$(PY) -m bench
+
+gpu-check: env
+	$(PY) -m bench.gpu_check
 
 # Offline runs (no API key when they ran) are uploaded once you are logged in (wandb login).
 wandb-sync: env

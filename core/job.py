@@ -71,6 +71,17 @@ def finish(job: Job, metrics: dict, run=None) -> None:
     tracking.end(run, metrics)
 
 
+def finish_runs(job: Job, runs: list[dict], per_run: tuple[str, ...]) -> None:
+    """A sweep stage's end: runs.json (what eval and report read) and its metrics summed over the runs."""
+    (job.out / "runs.json").write_text(json.dumps(runs, indent=2))
+    metrics = {"runs": len(runs), "checkpoints": sum(len(r["checkpoints"]) for r in runs),
+               "train_seconds": sum(r["train_seconds"] for r in runs)}
+    for key in ("tokens_generated", "tokens_trained"):
+        if any(key in r for r in runs):
+            metrics[key] = sum(r.get(key, 0) for r in runs)
+    finish(job, {**metrics, **{f"{r['run']}_{key}": r[key] for r in runs for key in per_run}})
+
+
 def run(main) -> None:
     """Run a stage's main(): an expected failure (bad input, a NaN loss) is one log line and exit 1."""
     from pipelines.config import ConfigError

@@ -7,7 +7,6 @@ pairs as token ids (exactly what was sampled) and the reference log-probs the pa
 the whole sweep. A checkpoint is kept every `eval_every` steps and at the end; runs.json lists them for eval.
 """
 
-import json
 import logging
 import math
 import time
@@ -106,11 +105,7 @@ def main():
         runs.append(train_one(beta, cfg, job, pairs, job.out / f"beta{beta:g}"))
         log.info("beta=%g: %d steps in %.0fs, final loss %s", beta, runs[-1]["steps"], runs[-1]["train_seconds"],
                  runs[-1]["final_loss"])
-    (job.out / "runs.json").write_text(json.dumps(runs, indent=2))
-    jobs.finish(job, {"runs": len(runs), "checkpoints": sum(len(r["checkpoints"]) for r in runs),
-                      "train_seconds": sum(r["train_seconds"] for r in runs),
-                      "tokens_trained": sum(r["tokens_trained"] for r in runs),
-                      **{f"{r['run']}_final_loss": r["final_loss"] for r in runs}})
+    jobs.finish_runs(job, runs, ("final_loss",))
 
 
 if __name__ == "__main__":

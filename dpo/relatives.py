@@ -15,7 +15,6 @@ shuffled batches, AdamW or RMSprop with a linear warm-up, a checkpoint every `ev
 Run as `python -m dpo.relatives job.json`; the job's stage name says which method.
 """
 
-import json
 import logging
 import math
 import time
@@ -145,11 +144,7 @@ def main():
     for param in getattr(cfg, sweep_key):
         log.info("%s %s=%g on %d pairs", method, name, param, len(data))
         runs.append(train_one(method, param, cfg, job, pairs, job.out / f"{name}{param:g}"))
-    (job.out / "runs.json").write_text(json.dumps(runs, indent=2))
-    jobs.finish(job, {"runs": len(runs), "checkpoints": sum(len(r["checkpoints"]) for r in runs),
-                      "train_seconds": sum(r["train_seconds"] for r in runs),
-                      "tokens_trained": sum(r["tokens_trained"] for r in runs),
-                      **{f"{r['run']}_final_loss": r["final_loss"] for r in runs}})
+    jobs.finish_runs(job, runs, ("final_loss",))
 
 
 if __name__ == "__main__":

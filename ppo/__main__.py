@@ -227,12 +227,7 @@ def main():
             log.info("%s: %d steps in %.0fs, final score %.3f, KL %.2f", run["run"], run["steps"],
                      run["train_seconds"], run["final_score"], run["final_kl"])
             runs.append(run)
-    (job.out / "runs.json").write_text(json.dumps(runs, indent=2))
-    jobs.finish(job, {"runs": len(runs), "train_seconds": sum(r["train_seconds"] for r in runs),
-                      "tokens_generated": sum(r["tokens_generated"] for r in runs),
-                      "tokens_trained": sum(r["tokens_trained"] for r in runs),
-                      **{f"{r['run']}_final_kl": r["final_kl"] for r in runs},
-                      **{f"{r['run']}_final_score": r["final_score"] for r in runs}})
+    jobs.finish_runs(job, runs, ("final_kl", "final_score"))
 
 
 if __name__ == "__main__":
