@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import torch
@@ -47,6 +48,10 @@ def save_checkpoint(model, path: Path, state: dict) -> None:
     torch.save(state, tmp / STATE)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+    # fault injection for the resume tests: die right here, as a pre-empted job would
+    fault = os.environ.get("PIPELINES_KILL_AFTER_CHECKPOINT")  # e.g. "alpha0.5/checkpoint-3"
+    if fault and path.as_posix().endswith(fault):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def latest_checkpoint(folder: Path) -> tuple[int, Path, dict] | None:
