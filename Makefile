@@ -5,11 +5,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 # RUN_DIR (where runs land, default ./runs) is read from the environment by the CLI itself.
+# Several processes per training / sampling stage: NPROC=N, ACCELERATE_CONFIG=configs/accelerate/<x>.yaml;
+# DEVICE=cpu|cuda|cuda:<i>|mps overrides the device (default: the GPU when there is one).
+NPROC ?= 1
+LAUNCH := --nproc $(NPROC) $(if $(ACCELERATE_CONFIG),--accelerate-config $(ACCELERATE_CONFIG)) $(if $(DEVICE),--device $(DEVICE))
 
 .PHONY: help imdb-sentiment show test test-faults bench gpu-check wandb-sync reference clean-runs env
 
 help:  ## list the targets
 	@echo "make imdb-sentiment [SCALE=tiny|micro|smol|gpt2|paper]  the IMDb benchmark (default: tiny)"
+	@echo "      [NPROC=N] [ACCELERATE_CONFIG=configs/accelerate/{ddp,fsdp,zero2,zero3}.yaml] [DEVICE=cpu|cuda|mps]"
+	@echo "                                               N processes per training/sampling stage (accelerate launch)"
 	@echo "make show [SCALE=...]                          print the resolved config of that scale"
 	@echo "make test                                      run the test suite (offline, CPU), fault tests included"
 	@echo "make test-faults                               only the kill -9 / resume tests"
@@ -41,7 +47,7 @@ $(VENV)/.installed: requirements.txt
 imdb-sentiment: env  ## the DPO paper's IMDb experiment
 	@echo "Running imdb-sentiment at scale '$(SCALE)' (choose another with SCALE=tiny|micro|smol|gpt2|paper)"
 	if [ "$(SCALE)" = smol ]; then $(PY) -m pip install -q -r requirements-smol.txt; fi
-	$(PY) -m pipelines run imdb-sentiment --scale $(SCALE)
+	$(PY) -m pipelines run imdb-sentiment --scale $(SCALE) $(LAUNCH)
 
 show: env
 	$(PY) -m pipelines show imdb-sentiment --scale $(SCALE)

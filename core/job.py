@@ -36,9 +36,13 @@ def start(argv: list[str] | None = None) -> Job:
     argv = sys.argv[1:] if argv is None else argv
     raw = json.loads(Path(argv[0]).read_text())
     job = Job(**{**raw, "inputs": {k: Path(v) for k, v in raw["inputs"].items()}, "out": Path(raw["out"])})
-    logging.basicConfig(level=os.environ.get("PIPELINES_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s [" + job.stage + "] %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    from core import dist
+
+    # with several processes the main one tells the story; the others speak up only for warnings and errors
+    level = os.environ.get("PIPELINES_LOG_LEVEL", "INFO") if dist.is_main() else "WARNING"
+    tag = job.stage if dist.world_size() == 1 else f"{job.stage} {dist.rank()}/{dist.world_size()}"
+    logging.basicConfig(level=level, format="%(asctime)s [" + tag + "] %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
     import numpy as np
     import torch
 
@@ -63,9 +67,12 @@ def peak_memory() -> dict:
 
 
 def finish(job: Job, metrics: dict, run=None) -> None:
-    """Write the stage's metrics (with its peak memory); also as the summary of its wandb run, if it has one."""
-    from core import tracking
+    """Write the stage's metrics (with its peak memory); also as the summary of its wandb run, if it has one.
+    Only the main process writes (the others' peak memory is not recorded)."""
+    from core import dist, tracking
 
+    if not dist.is_main():
+        return
     metrics = {**metrics, **peak_memory()}
     (job.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     tracking.end(run, metrics)
@@ -73,6 +80,10 @@ def finish(job: Job, metrics: dict, run=None) -> None:
 
 def finish_runs(job: Job, runs: list[dict], per_run: tuple[str, ...]) -> None:
     """A sweep stage's end: runs.json (what eval and report read) and its metrics summed over the runs."""
+    from core import dist
+
+    if not dist.is_main():
+        return
     (job.out / "runs.json").write_text(json.dumps(runs, indent=2))
     metrics = {"runs": len(runs), "checkpoints": sum(len(r["checkpoints"]) for r in runs),
                "train_seconds": sum(r["train_seconds"] for r in runs)}
@@ -83,11 +94,14 @@ def finish_runs(job: Job, runs: list[dict], per_run: tuple[str, ...]) -> None:
 
 
 def run(main) -> None:
-    """Run a stage's main(): an expected failure (bad input, a NaN loss) is one log line and exit 1."""
+    """Run a stage's main(): an expected failure (bad input, a NaN loss) is one log line and exit 1.
+    With several processes, all wait for each other at the end (dist.close)."""
+    from core import dist
     from pipelines.config import ConfigError
 
     try:
         main()
+        dist.close()
     except (ConfigError, FloatingPointError, FileNotFoundError) as e:
         logging.getLogger("stage").error("%s: %s", type(e).__name__, e)
         raise SystemExit(1) from None

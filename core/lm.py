@@ -7,6 +7,8 @@ A completion is the sampled ids up to and including the first EOS, or max_new_to
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import random
 from collections import defaultdict
 
@@ -16,7 +18,27 @@ from tqdm.auto import tqdm
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device (core.dist.device: PIPELINES_DEVICE, else its own GPU, else the CPU)."""
+    from core.dist import device as process_device
+
+    return process_device()
+
+
+def autocast(dev: torch.device):
+    """bf16 autocast on CUDA (where it halves memory traffic), nothing elsewhere: fp32 on CPU."""
+    if dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def sample_seeds(n: int, *key) -> list[int]:
+    """One seed per sampled row, from a key naming the draw (e.g. ("eval", seed) or ("ppo", seed, step)).
+
+    A row's sample depends only on its seed and the model, not on which batch or process draws it: the
+    same prompt gets the same completion whatever the batch size or the number of processes, and every
+    checkpoint evaluated with the same key shares its random numbers (common random numbers)."""
+    base = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=7).digest(), "big")
+    return [base + i for i in range(n)]
 
 
 def load_causal_lm(path, dev: torch.device | None = None):
@@ -65,23 +87,31 @@ def by_length(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
 
 @torch.no_grad()
 def sample_completions(model, prompts: list[list[int]], max_new_tokens: int, eos_id: int, batch_size: int,
-                       generator: torch.Generator | None = None) -> list[list[int]]:
+                       seeds: list[int]) -> list[list[int]]:
     """One pure sample (temperature 1, no top-k / top-p) per prompt, with a KV cache.
 
+    Row i draws its tokens by inverting the next-token CDF at uniforms from its own generator (seeds[i]),
+    so its sample does not depend on how rows are batched or split over processes (see sample_seeds).
     Prompts of equal length are batched together, so nothing is padded. Returns completions in prompt order.
     """
     dev = next(model.parameters()).device
     out: list[list[int] | None] = [None] * len(prompts)
     batches = by_length(prompts, batch_size)
-    for idx in tqdm(batches, desc="sampling", unit="batch", leave=False, disable=None if len(batches) > 1 else True):
+    from core.dist import is_main
+
+    quiet = len(batches) < 2 or not is_main()
+    for idx in tqdm(batches, desc="sampling", unit="batch", leave=False, disable=True if quiet else None):
         ids = torch.tensor([prompts[i] for i in idx], device=dev)
+        uniforms = torch.stack([torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(seeds[i]),
+                                           dtype=torch.float64) for i in idx]).to(dev)  # [b, max_new_tokens]
         past, step_input, done = None, ids, torch.zeros(len(idx), dtype=torch.bool, device=dev)
         tokens = []
-        for _ in range(max_new_tokens):
-            o = model(input_ids=step_input, past_key_values=past, use_cache=True)
+        for t in range(max_new_tokens):
+            with autocast(dev):
+                o = model(input_ids=step_input, past_key_values=past, use_cache=True)
             past = o.past_key_values
-            probs = torch.softmax(o.logits[:, -1].float(), dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            cdf = torch.softmax(o.logits[:, -1].double(), dim=-1).cumsum(-1)
+            nxt = torch.searchsorted(cdf, uniforms[:, t : t + 1] * cdf[:, -1:]).squeeze(1).clamp(max=cdf.shape[1] - 1)
             tokens.append(nxt)
             done |= nxt == eos_id
             if done.all():
@@ -132,7 +162,8 @@ def completion_logprobs(model, prompts, completions, pad_id: int, batch_size: in
     out = []
     for j in range(0, len(prompts), batch_size):
         ids, attn, resp = completion_batch(prompts[j : j + batch_size], completions[j : j + batch_size], pad_id, dev)
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        with autocast(dev):
+            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
         out.append((token_logprobs(logits, ids[:, 1:]) * resp).sum(1).cpu())
     return torch.cat(out)
 
@@ -145,6 +176,7 @@ def sequence_kl(policy, ref, prompts, completions, pad_id: int, batch_size: int)
     exact, mc = [], []
     for j in range(0, len(prompts), batch_size):
         ids, attn, resp = completion_batch(prompts[j : j + batch_size], completions[j : j + batch_size], pad_id, dev)
+        # fp32 even on CUDA: this is the measurement, and bf16 logits would blur small per-token KLs
         pl = policy(input_ids=ids, attention_mask=attn).logits[:, :-1]
         rl = pl if ref is policy else ref(input_ids=ids, attention_mask=attn).logits[:, :-1]  # SFT point: one pass
         exact.append((per_token_kl(pl, rl) * resp).sum(1).cpu())

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from core import dist
+
 STATE = "training_state.pt"
 KEEP = ("model.safetensors", "config.json", "generation_config.json")  # what eval needs of a checkpoint
 
@@ -40,11 +42,15 @@ def latest_trainer_checkpoint(folder: Path) -> str | None:
     return str(found[-1][1])
 
 
-def save_checkpoint(model, path: Path, state: dict) -> None:
-    """Weights (safetensors) and our loop's state (optimizer, schedule, RNG, ...), renamed into place whole."""
+def save_checkpoint(model, path: Path, state: dict, weights: dict | None = None) -> None:
+    """Weights (safetensors) and our loop's state (optimizer, schedule, RNG, ...), renamed into place whole.
+    weights: the full state dict when the model is sharded over processes (accelerator.get_state_dict).
+    Only the main process writes (as do strip_checkpoints and mark_finished)."""
+    if not dist.is_main():
+        return
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
     torch.save(state, tmp / STATE)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
@@ -72,6 +78,8 @@ def checkpoint_list(folder: Path, relative_to: Path) -> list[dict]:
 
 def strip_checkpoints(folder: Path) -> None:
     """Keep only the weights and configs of each checkpoint: optimizer and RNG state are for resuming."""
+    if not dist.is_main():
+        return
     for path in folder.glob("checkpoint-*"):
         if not path.is_dir() or path.name.endswith(".tmp"):
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
@@ -90,6 +98,9 @@ def finished_run(folder: Path) -> dict | None:
 
 
 def mark_finished(folder: Path, run: dict) -> dict:
+    """Write run.json (the run's summary, which also marks it finished) and return the summary."""
+    if not dist.is_main():
+        return run
     tmp = folder / ".run.json.tmp"
     tmp.write_text(json.dumps(run, indent=2))
     os.replace(tmp, folder / "run.json")

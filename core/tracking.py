@@ -52,8 +52,11 @@ def enabled(job) -> bool:
 
 
 def start(job, name: str | None = None, method: str | None = None, params: dict | None = None):
-    """A wandb run for this stage (or one of its method runs); None when tracking is off."""
-    if not enabled(job):
+    """A wandb run for this stage (or one of its method runs); None when tracking is off, and on all but the
+    main process when the stage runs as several."""
+    from core import dist
+
+    if not enabled(job) or not dist.is_main():
         return None
     import wandb
 

@@ -19,3 +19,11 @@ def stop_on_non_finite_loss():
                                          f"up to the previous save are kept in {args.output_dir})")
 
     return StopOnNonFiniteLoss()
+
+
+def trainer_device_args() -> dict:
+    """TrainingArguments for this process's device: bf16 on CUDA, fp32 on the CPU (TRL defaults to bf16)."""
+    from core import dist
+
+    cpu = dist.on_cpu()
+    return {"bf16": not cpu, "use_cpu": cpu, "dataloader_num_workers": 0}

@@ -12,9 +12,9 @@ import math
 import time
 
 from core import job as jobs
-from core import resume, tracking
+from core import dist, resume, tracking
 from core.lm_head import plain_lm_head
-from core.train import stop_on_non_finite_loss
+from core.train import stop_on_non_finite_loss, trainer_device_args
 
 log = logging.getLogger("stage")
 COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"]
@@ -40,7 +40,7 @@ def make_trainer_class():
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            if not self.accelerator.device.type == "cuda":
+            if self.accelerator.device.type == "cpu":
                 plain_lm_head(self.model)
 
     return PairsDPOTrainer
@@ -51,7 +51,6 @@ def train_one(beta: float, cfg, job, pairs, run_dir):
     if done := resume.finished_run(run_dir):
         log.info("%s: finished by an earlier attempt", done["run"])
         return done
-    import torch
     from trl import DPOConfig
 
     from core import lm
@@ -64,11 +63,11 @@ def train_one(beta: float, cfg, job, pairs, run_dir):
         output_dir=str(run_dir), beta=beta, loss_type=["sigmoid"], precompute_ref_log_probs=True,
         learning_rate=cfg.learning_rate, optim="rmsprop" if cfg.optimizer == "rmsprop" else "adamw_torch",
         warmup_steps=cfg.warmup_steps, lr_scheduler_type="constant_with_warmup",
-        per_device_train_batch_size=cfg.batch_size, max_steps=steps, max_length=None,
+        per_device_train_batch_size=dist.per_process("dpo.batch_size", cfg.batch_size), max_steps=steps, max_length=None,
         save_strategy="steps", save_steps=cfg.eval_every, save_total_limit=None,
         logging_steps=max(1, cfg.eval_every // 4), report_to=tracking.report_to(job), seed=job.seed, data_seed=job.seed,
-        bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
-        remove_unused_columns=False, logging_nan_inf_filter=False,
+        **trainer_device_args(), disable_tqdm=not dist.is_main(), remove_unused_columns=False,
+        logging_nan_inf_filter=False,
     )
     run = tracking.start(job, f"dpo-beta{beta:g}", "dpo", {"beta": beta})  # TRL's callback logs into it
     trainer = make_trainer_class()(model=model, args=args, train_dataset=pairs, processing_class=tokenizer,
@@ -76,7 +75,7 @@ def train_one(beta: float, cfg, job, pairs, run_dir):
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(run_dir))
     history = [h for h in trainer.state.log_history if "loss" in h]
-    if not (run_dir / f"checkpoint-{result.global_step}").exists():
+    if result.global_step % cfg.eval_every:  # the trainer saved the multiples of eval_every; keep the last step too
         trainer.save_model(str(run_dir / f"checkpoint-{result.global_step}"))
     resume.strip_checkpoints(run_dir)  # eval needs the weights and config only
     per_pair = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(pairs["prompt_ids"], pairs["chosen_ids"],

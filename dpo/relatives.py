@@ -11,7 +11,9 @@ token of the rejected completion, weighted by alpha:
 
 Neither needs a reference model. Both are a plain loop (the losses are not TRL's): the pairs' token ids in
 shuffled batches, AdamW or RMSprop with a linear warm-up, a checkpoint every `eval_every` steps and at the end
-(with the optimizer state, so a killed run resumes there).
+(with the optimizer state, so a killed run resumes there). With several processes each step's batch is
+split over them; each divides its share of the loss by the whole batch's token counts, so the averaged
+gradients x N are the one-process gradient.
 Run as `python -m dpo.relatives job.json`; the job's stage name says which method.
 """
 
@@ -23,29 +25,33 @@ import torch
 from tqdm.auto import tqdm
 
 from core import job as jobs
-from core import lm, resume, tracking
+from core import dist, lm, resume, tracking
 
 log = logging.getLogger("stage")
 METHODS = {"unlikelihood": ("unlikelihood", "alphas", "alpha"), "preferred_ft": ("preferred-ft", "seeds", "seed")}
 
 
-def preferred_ft_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor) -> torch.Tensor:
+def preferred_ft_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor,
+                      chosen_tokens: torch.Tensor | None = None) -> torch.Tensor:
     """Negative log-likelihood of the chosen completions, averaged over their tokens.
 
     chosen_logps [B, T]: log pi of each target token; chosen_mask [B, T]: 1 where the target is a chosen
-    completion token (prompt and padding 0). -> scalar."""
-    return -(chosen_logps * chosen_mask).sum() / chosen_mask.sum()
+    completion token (prompt and padding 0). chosen_tokens: what the sum is divided by (default the mask's
+    count; the whole batch's count when the batch is split over processes, so the parts add up). -> scalar."""
+    return -(chosen_logps * chosen_mask).sum() / (chosen_mask.sum() if chosen_tokens is None else chosen_tokens)
 
 
 def unlikelihood_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_logps: torch.Tensor,
-                      rejected_mask: torch.Tensor, alpha: float) -> torch.Tensor:
+                      rejected_mask: torch.Tensor, alpha: float, chosen_tokens: torch.Tensor | None = None,
+                      rejected_tokens: torch.Tensor | None = None) -> torch.Tensor:
     """Preferred-FT's loss minus alpha x the mean over rejected tokens of log(1 - pi(token)).
 
     chosen_* [B, T] and rejected_* [B, T'] as in preferred_ft_loss. -> scalar. 1 - p is floored at 1e-6 so a
     rejected token the model is certain of gives a large finite loss, not inf."""
     one_minus_p = (-torch.expm1(rejected_logps)).clamp(min=1e-6)
-    unlikely = (torch.log(one_minus_p) * rejected_mask).sum() / rejected_mask.sum()
-    return preferred_ft_loss(chosen_logps, chosen_mask) - alpha * unlikely
+    n_rejected = rejected_mask.sum() if rejected_tokens is None else rejected_tokens
+    unlikely = (torch.log(one_minus_p) * rejected_mask).sum() / n_rejected
+    return preferred_ft_loss(chosen_logps, chosen_mask, chosen_tokens) - alpha * unlikely
 
 
 def completion_token_logps(model, prompts, completions, pad_id: int):
@@ -69,14 +75,21 @@ def train_one(method: str, param, cfg, job, pairs: dict, run_dir) -> dict:
     if done := resume.finished_run(run_dir):
         log.info("%s: finished by an earlier attempt", done["run"])
         return done
+    from accelerate import Accelerator
+
+    dev = lm.device()
+    accelerator = Accelerator(cpu=dev.type == "cpu", mixed_precision="bf16" if dev.type == "cuda" else "no")
+    world = dist.world_size()
     last = resume.latest_checkpoint(run_dir)
-    model = lm.load_causal_lm(last[1] if last else job.inputs["sft"]).train()
+    model = lm.load_causal_lm(last[1] if last else job.inputs["sft"], accelerator.device).train()
     pad_id = lm.load_tokenizer(job.inputs["sft"]).pad_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.RMSprop(params, lr=cfg.learning_rate) if cfg.optimizer == "rmsprop"
            else torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0))
     warmup = max(1, cfg.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    raw_model = model
+    model, opt = accelerator.prepare(model, opt)
     steps = cfg.max_steps or math.ceil(len(pairs["prompt_ids"]) / cfg.batch_size)
     seed = param if method == "preferred-ft" else job.seed
     alpha = param if method == "unlikelihood" else 0.0
@@ -92,35 +105,45 @@ def train_one(method: str, param, cfg, job, pairs: dict, run_dir) -> dict:
     name = METHODS[job.stage][2]
     run = tracking.start(job, f"{method}-{name}{param:g}", method, {name: param})
     order = data_order(len(pairs["prompt_ids"]), steps, cfg.batch_size, seed)
-    for step, idx in enumerate(tqdm(order, desc=f"{method} {param:g}", unit="step", disable=None), start=1):
+    bar = tqdm(order, desc=f"{method} {param:g}", unit="step", disable=None if dist.is_main() else True)
+    for step, idx in enumerate(bar, start=1):
         if step <= done_steps:
             continue
+        # the whole batch's token counts; then this process trains on its block of the batch
+        chosen_tokens = torch.tensor(float(sum(len(pairs["chosen_ids"][i]) for i in idx)))
+        rejected_tokens = torch.tensor(float(sum(len(pairs["rejected_ids"][i]) for i in idx)))
+        tokens += sum(len(pairs["prompt_ids"][i]) + len(pairs["chosen_ids"][i]) for i in idx)
+        if method == "unlikelihood":
+            tokens += sum(len(pairs["prompt_ids"][i]) + len(pairs["rejected_ids"][i]) for i in idx)
+        idx = dist.shard(idx)
         prompts = [pairs["prompt_ids"][i] for i in idx]
         chosen = [pairs["chosen_ids"][i] for i in idx]
-        if method == "unlikelihood":  # chosen and rejected in one forward pass
-            rejected = [pairs["rejected_ids"][i] for i in idx]
-            logps, mask = completion_token_logps(model, prompts + prompts, chosen + rejected, pad_id)
-            n = len(idx)
-            loss = unlikelihood_loss(logps[:n], mask[:n], logps[n:], mask[n:], alpha)
-            tokens += sum(map(len, prompts + prompts + chosen + rejected))
-        else:
-            logps, mask = completion_token_logps(model, prompts, chosen, pad_id)
-            loss = preferred_ft_loss(logps, mask)
-            tokens += sum(map(len, prompts + chosen))
-        if not torch.isfinite(loss):
+        with accelerator.autocast():
+            if method == "unlikelihood":  # chosen and rejected in one forward pass
+                rejected = [pairs["rejected_ids"][i] for i in idx]
+                logps, mask = completion_token_logps(model, prompts + prompts, chosen + rejected, pad_id)
+                n = len(idx)
+                loss = unlikelihood_loss(logps[:n], mask[:n], logps[n:], mask[n:], alpha, chosen_tokens,
+                                         rejected_tokens)
+            else:
+                logps, mask = completion_token_logps(model, prompts, chosen, pad_id)
+                loss = preferred_ft_loss(logps, mask, chosen_tokens)
+        batch_loss = float(dist.all_sum(loss.detach()))  # the processes' shares add up to the batch's loss
+        if not math.isfinite(batch_loss):
             good = resume.latest_checkpoint(run_dir)
-            raise FloatingPointError(f"{method} {param:g}: loss is {loss.item()} at step {step}; stopping "
+            raise FloatingPointError(f"{method} {param:g}: loss is {batch_loss} at step {step}; stopping "
                                      f"(last good checkpoint: {good[1] if good else 'none'})")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        accelerator.backward(world * loss)  # DDP averages the processes' gradients; each is a share of the sum
         opt.step()
         sched.step()
-        history.append(loss.item())
+        history.append(batch_loss)
         tracking.log_train(run, step, {"loss": history[-1], "learning_rate": sched.get_last_lr()[0]})
         if step % cfg.eval_every == 0 or step == steps:
-            resume.save_checkpoint(model, run_dir / f"checkpoint-{step}", {
+            weights = accelerator.get_state_dict(model)  # every process takes part (sharded models)
+            resume.save_checkpoint(raw_model, run_dir / f"checkpoint-{step}", {
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
-                "history": history, "tokens": tokens, "seconds": time.time() - t0})
+                "history": history, "tokens": tokens, "seconds": time.time() - t0}, weights)
             recent = history[-cfg.eval_every:]
             log.info("%s %g step %d/%d: loss %.4f", method, param, step, steps, sum(recent) / len(recent))
     resume.strip_checkpoints(run_dir)
@@ -136,6 +159,7 @@ def main():
     job = jobs.start()
     method, sweep_key, name = METHODS[job.stage]
     cfg = job.section(job.stage)
+    dist.check_divisible(f"{job.stage}.batch_size", cfg.batch_size)
     from datasets import load_from_disk
 
     data = load_from_disk(str(job.inputs["pairs"] / "dataset"))

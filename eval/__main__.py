@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core import job as jobs
-from core import lm, tracking
+from core import dist, lm, tracking
 from core.frontier import pareto_front
 from core.scorer import load_scorer
 
@@ -35,12 +35,21 @@ def mean_se(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
 
 
-def evaluate(policy, ref, prompts, tokenizer, scorer, cfg, seed: int) -> tuple[dict, list[str]]:
-    torch.manual_seed(seed)
-    completions = lm.sample_completions(policy, prompts, cfg.max_new_tokens, tokenizer.eos_token_id, cfg.batch_size)
+def evaluate(policy, ref, prompts, tokenizer, scorer, cfg, seed: int) -> tuple[dict, list[str]] | None:
+    """One point. With several processes each samples its block of the prompts (the same seeds per prompt
+    as one process would use) and computes their KL; the main process gathers them in order, scores and
+    returns the point; the others return None."""
+    seeds = lm.sample_seeds(len(prompts), "eval", seed)  # the same for every checkpoint
+    mine = dist.shard(prompts)
+    completions = lm.sample_completions(policy, mine, cfg.max_new_tokens, tokenizer.eos_token_id, cfg.batch_size,
+                                        dist.shard(seeds))
+    kl, kl_mc = lm.sequence_kl(policy, ref, mine, completions, tokenizer.pad_token_id, cfg.batch_size)
+    completions, kl, kl_mc = dist.gather(completions), dist.gather(kl.tolist()), dist.gather(kl_mc.tolist())
+    if not dist.is_main():
+        return None
+    kl, kl_mc = torch.tensor(kl, dtype=torch.float64), torch.tensor(kl_mc, dtype=torch.float64)
     texts = [lm.decode(tokenizer, c) for c in completions]
     rewards = np.asarray(scorer(texts), dtype=np.float64)
-    kl, kl_mc = lm.sequence_kl(policy, ref, prompts, completions, tokenizer.pad_token_id, cfg.batch_size)
     reward, reward_se = mean_se(rewards)
     kl_mean, kl_se = mean_se(kl.double().numpy())
     point = dict(kl=kl_mean, kl_se=kl_se, kl_mc=float(kl_mc.double().mean()), reward=reward, reward_se=reward_se,
@@ -127,7 +136,7 @@ def checkpoints(inputs: dict) -> list[tuple]:
 
 def main():
     job = jobs.start()
-    wandb_run = tracking.start(job)
+    wandb_run = tracking.start(job)  # None on all but the main process
     cfg, data_cfg = job.section("eval"), job.section("data")
     tokenizer = lm.load_tokenizer(job.inputs["sft"])
     ref = lm.load_causal_lm(job.inputs["sft"])
@@ -139,9 +148,13 @@ def main():
     todo = [("sft", "sft", "", 0, None)] + checkpoints(job.inputs)
     log.info("evaluating %d checkpoints (and the SFT model) on %d prompts", len(todo) - 1, len(prompts))
     rows, samples = [], {}
-    for method, run, param, step, path in tqdm(todo, desc="eval checkpoints", unit="ckpt", disable=None):
+    for method, run, param, step, path in tqdm(todo, desc="eval checkpoints", unit="ckpt",
+                                               disable=None if dist.is_main() else True):
         policy = ref if path is None else lm.load_causal_lm(path)
-        point, texts = evaluate(policy, ref, prompts, tokenizer, scorer, cfg, job.seed)
+        result = evaluate(policy, ref, prompts, tokenizer, scorer, cfg, job.seed)
+        if result is None:  # not the main process: its share is gathered there
+            continue
+        point, texts = result
         rows.append(dict(method=method, run=run, param=param, step=step, **point))
         key = "sft" if path is None else f"{method}/{run}/step{step}"
         samples[key] = texts
@@ -153,6 +166,8 @@ def main():
             wandb_run.log({f"samples/{key}": tracking.table(
                 ["prompt", "completion", "reward", "kl"],
                 [[p, t["text"], t["reward"], t["kl"]] for p, t in zip(prompt_texts, texts)])})
+    if not dist.is_main():
+        return
 
     with open(job.out / "frontier.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)

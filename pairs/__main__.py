@@ -8,6 +8,8 @@ Exact ties carry no preference and are dropped.
 Token ids travel with the text, so DPO trains on exactly the sampled sequences. The reference (SFT)
 log-probs of every completion are computed here, once, and stored with the pairs: they do not depend
 on beta, so the whole DPO sweep shares them.
+With several processes each samples (and computes the log-probs of) its block of the prompts; the main
+process gathers them in order and writes the dataset.
 """
 
 import itertools
@@ -16,9 +18,8 @@ import time
 
 import numpy as np
 
+from core import dist, lm, tracking
 from core import job as jobs
-from core import tracking
-from core import lm
 from core.scorer import load_scorer
 
 log = logging.getLogger("stage")
@@ -49,11 +50,16 @@ def main():
     repeated = [p for p in prompts for _ in range(k)]
 
     t0 = time.time()
-    completions = lm.sample_completions(model, repeated, cfg.max_new_tokens, tokenizer.eos_token_id, cfg.batch_size)
+    mine = dist.shard(repeated)  # this process's block of the rows; seeds keep each row's draw the same
+    completions = lm.sample_completions(model, mine, cfg.max_new_tokens, tokenizer.eos_token_id, cfg.batch_size,
+                                        dist.shard(lm.sample_seeds(len(repeated), "pairs", job.seed)))
     t_sample = time.time() - t0
+    ref_logps = lm.completion_logprobs(model, mine, completions, tokenizer.pad_token_id, cfg.batch_size)
+    completions, ref_logps = dist.gather(completions), dist.gather(ref_logps.tolist())
+    if not dist.is_main():
+        return
     completion_texts = [lm.decode(tokenizer, c) for c in completions]
     scores = scorer(completion_texts)
-    ref_logps = lm.completion_logprobs(model, repeated, completions, tokenizer.pad_token_id, cfg.batch_size)
     log.info("%d samples in %.0fs (%.0f tokens/s); mean reward %.3f", len(completions), t_sample,
              sum(map(len, completions)) / t_sample, scores.mean())
 

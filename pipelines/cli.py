@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--scale", help="named scale (default: the benchmark's default_scale)")
     r.add_argument("--stages", help=f"comma-separated subset of: {','.join(graph.STAGES)}")
     r.add_argument("--force", action="store_true", help="rerun the selected stages even if finished")
+    r.add_argument("--nproc", type=int, default=1,
+                   help="processes per training / sampling stage (accelerate launch; DDP unless --accelerate-config)")
+    r.add_argument("--accelerate-config", type=Path,
+                   help="an accelerate config file, e.g. configs/accelerate/{ddp,fsdp,zero2,zero3}.yaml")
+    r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the GPU when there is one, else the CPU)")
     s = sub.add_parser("show", help="print the resolved config")
     s.add_argument("benchmark")
     s.add_argument("--scale")
@@ -80,12 +85,13 @@ def _dispatch(args) -> int:
     only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     if only is not None and not only:
         raise ConfigError("--stages is empty; give stage names separated by commas")
+    launch = graph.Launch(args.nproc, args.accelerate_config, args.device)
     data.check_source(cfg.data.source)
     graph.check(cfg, only)
     hub.check_hub(cfg)
     log.info("benchmark %s, scale %s (choose another with --scale, or SCALE=... with make); runs in %s",
              cfg.benchmark, cfg.scale, store.run_root(cfg.benchmark, cfg.scale))
-    root = graph.run(cfg, only, args.force, config_mod.protocol(args.benchmark, args.config))
+    root = graph.run(cfg, only, args.force, config_mod.protocol(args.benchmark, args.config), launch)
     for name in ("frontier.png", "frontier.csv", "report.md", "report.html"):
         if (root / name).exists():
             log.info("result: %s", root / name)

@@ -4,6 +4,8 @@ Each stage is a folder with a `python -m <stage> <job.json>` command. The spine 
 it writes the stage's job (its config sections, the folders of its inputs, where to write), runs the
 command in a child process, and on success writes the manifest and renames the folder into place.
 A stage is skipped when its manifest records the same config hash and the same input identities.
+Asked for several processes (Launch), the stages that train or sample run under `accelerate launch`;
+the process count is not part of the config hash: N processes compute what one does (core/dist.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -34,13 +37,15 @@ class Stage:
     publish: tuple[str, ...] = ()  # files copied to runs/<benchmark>/<scale>/ when it finishes
     what: str = ""
     module: str = ""  # the command is `python -m <module>` (default: the stage's name)
+    multiprocess: bool = True  # runs under `accelerate launch` when several processes are asked for
 
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
         Stage("sft", ("data", "sft"), what="fine-tune a causal LM on IMDb reviews"),
-        Stage("ground_truth", ("data", "ground_truth"), what="the sentiment scorer, reward = P(positive)"),
+        Stage("ground_truth", ("data", "ground_truth"), what="the sentiment scorer, reward = P(positive)",
+              multiprocess=False),
         Stage("pairs", ("data", "pairs", "ground_truth"), needs=("sft", "ground_truth"),
               what="4 SFT samples per prompt, all pairs labelled by the ground truth"),
         Stage("dpo", ("dpo",), needs=("sft", "pairs"), what="DPO, one run per beta"),
@@ -58,9 +63,57 @@ STAGES: dict[str, Stage] = {
               what="sample every checkpoint, score, exact KL to the SFT model, frontier"),
         Stage("report", tuple(SECTIONS), needs=("sft", "ground_truth", "pairs", "reward_model", "dpo", "unlikelihood",
                                             "preferred_ft", "ppo", "eval"),
-              publish=("report.md", "report.html"), what="tables, figure and samples of the whole run"),
+              publish=("report.md", "report.html"), what="tables, figure and samples of the whole run",
+              multiprocess=False),
     )
 }
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How stages are started: one process (the default), or `accelerate launch` with `processes` of them
+    and / or an accelerate config file (configs/accelerate/*.yaml: DDP, FSDP, DeepSpeed ZeRO-2/3).
+    device: PIPELINES_DEVICE for the stages (cpu, cuda, cuda:1, mps); None picks the GPU when there is one."""
+    processes: int = 1
+    accelerate_config: Path | None = None
+    device: str | None = None
+
+    def __post_init__(self):
+        if self.processes < 1:
+            raise ConfigError(f"--nproc {self.processes}: need at least 1 process")
+        if self.device is not None and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"--device {self.device!r}: allowed cpu, cuda, cuda:<index>, mps")
+        if self.accelerate_config is not None and not Path(self.accelerate_config).is_file():
+            raise ConfigError(f"--accelerate-config {self.accelerate_config}: no such file "
+                              f"(shipped: {', '.join(sorted(p.name for p in ACCELERATE_CONFIGS.glob('*.yaml')))})")
+
+    @property
+    def accelerate(self) -> bool:
+        return self.processes > 1 or self.accelerate_config is not None
+
+    def command(self, stage: Stage) -> list[str]:
+        module = ["-m", stage.module or stage.name]
+        if not (self.accelerate and stage.multiprocess):
+            return [sys.executable, *module]
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(_free_port())]
+        # no config: plain DDP (on a machine without GPUs accelerate runs it on the CPU, over gloo)
+        cmd += ["--config_file", str(self.accelerate_config)] if self.accelerate_config else \
+            ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"]
+        if self.processes > 1:  # else the config file's count
+            cmd += ["--num_processes", str(self.processes)]
+        return cmd + module
+
+
+ACCELERATE_CONFIGS = store.REPO_ROOT / "configs" / "accelerate"
+
+
+def _free_port() -> int:
+    """A free TCP port for the processes' rendezvous (two pipelines on one machine must not share one)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def stage_config(cfg: BenchmarkConfig, stage: Stage, protocol: dict | None = None) -> dict:
@@ -83,8 +136,10 @@ def _why_stale(manifest: dict | None, config: dict, inputs: dict) -> str | None:
     return None
 
 
-def _child_env(cfg: BenchmarkConfig) -> dict:
+def _child_env(cfg: BenchmarkConfig, launch: Launch) -> dict:
     env = dict(os.environ)
+    if launch.device:
+        env["PIPELINES_DEVICE"] = launch.device
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(store.REPO_ROOT), env.get("PYTHONPATH")]))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PIPELINES_LOG_LEVEL"] = logging.getLevelName(logging.getLogger().getEffectiveLevel())  # -q / -v
@@ -108,7 +163,7 @@ def check(cfg: BenchmarkConfig, only: list[str] | None) -> None:
 
 
 def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False,
-        protocol: dict | None = None) -> Path:
+        protocol: dict | None = None, launch: Launch = Launch()) -> Path:
     """Run the benchmark's stages in order, skipping the finished ones. Returns the run folder.
     protocol: the benchmark's table before scale overrides (config.protocol), for the report."""
     check(cfg, only)
@@ -129,7 +184,7 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
             if only is None or stage.name in only:
                 if force or why:
                     identities[stage.name] = _run_stage(cfg, stage, config, inputs, final, root, "--force" if force else why,
-                                                        tracking)
+                                                        tracking, launch)
                     continue
                 log.info("[%s] up to date, skipped (%s)", stage.name, final)
             elif why and manifest is not None:
@@ -140,7 +195,7 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
 
 
 def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root: Path, why: str,
-               tracking: dict) -> str:
+               tracking: dict, launch: Launch) -> str:
     log.info("[%s] %s (%s scale) - runs because %s", stage.name, stage.what, cfg.scale, why)
     log.info("[%s] inputs: %s; writes %s", stage.name,
              ", ".join(str(root / n) for n in stage.needs) or "the data source", final)
@@ -155,8 +210,11 @@ def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root:
     }
     (tmp / "job.json").write_text(json.dumps(job, indent=2))
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", stage.module or stage.name, str(tmp / "job.json")], env=_child_env(cfg),
-                          cwd=store.REPO_ROOT)
+    command = launch.command(stage) + [str(tmp / "job.json")]
+    processes = launch.processes if launch.accelerate and stage.multiprocess else 1
+    if launch.accelerate and stage.multiprocess:
+        log.info("[%s] %s", stage.name, " ".join(command[1:]))
+    proc = subprocess.run(command, env=_child_env(cfg, launch), cwd=store.REPO_ROOT)
     wall = time.time() - start
     if proc.returncode != 0:
         raise StageFailed(f"stage {stage.name} failed (exit {proc.returncode}) after {wall:.0f}s; "
@@ -167,7 +225,8 @@ def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root:
         "config": config, "config_hash": stable_hash(config), "inputs": inputs,
         # A fresh nonce per execution: a rerun (even --force with the same config) invalidates downstream.
         "identity": stable_hash([stable_hash(config), inputs, secrets.token_hex(8)]),
-        "metrics": metrics, "wall_time_s": round(wall, 2), "versions": store.library_versions(),
+        "metrics": metrics, "wall_time_s": round(wall, 2), "processes": processes,
+        "versions": store.library_versions(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     store.write_json_atomic(tmp / "manifest.json", manifest)

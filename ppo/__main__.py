@@ -11,6 +11,8 @@ One run per method and target KL. Each PPO step:
   6. KL control: the adaptive controller of Ziegler et al. steers beta_KL toward the target sequence KL.
 The value model is initialised from the reward model (as in lm-human-preferences), or is a head on the
 policy. The parts are pure functions in ppo/algorithm.py. A checkpoint is kept every `eval_every` steps.
+Under `accelerate launch` the rollouts and minibatches are split over the processes (see train_run);
+on CUDA the forward passes run in bf16 autocast, the losses in fp32.
 """
 
 import json
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from core import job as jobs
-from core import lm, resume, tracking
+from core import dist, lm, resume, tracking
 from core.reward import RewardModel
 from core.scorer import load_scorer
 from ppo import algorithm as A
@@ -82,20 +84,28 @@ def batch_tensors(prompts, completions, pad_id, dev):
 
 def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score_fn, run_dir):
     """One run from the SFT model. A run killed part-way resumes from its latest checkpoint (weights,
-    optimizers, KL coefficient, RNG state); a finished one is not trained again."""
+    optimizers, KL coefficient, RNG state); a finished one is not trained again.
+
+    With N processes each samples and scores its block of the step's rollouts and computes their log-probs
+    and values; these are gathered, so every process holds the whole batch and computes the same advantages
+    and KL coefficient. Each minibatch (the same ones as one process would draw) is split over the
+    processes; each divides its part of the loss by the whole minibatch's token count, and the averaged
+    gradients, x N, are the one-process gradient."""
     if done := resume.finished_run(run_dir):
         log.info("%s: finished by an earlier attempt", done["run"])
         return done
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    dev = accelerator.device
+    dev = lm.device()
+    accelerator = Accelerator(cpu=dev.type == "cpu", mixed_precision="bf16" if dev.type == "cuda" else "no")
+    dev, world = accelerator.device, dist.world_size()
     last = resume.latest_checkpoint(run_dir)
     policy = lm.load_causal_lm(last[1] if last else job.inputs["sft"], dev)
     ref = lm.load_causal_lm(job.inputs["sft"], dev).requires_grad_(False)
     value = ValueModel(cfg.value_model, job.inputs["reward_model"], policy).to(dev)
     policy_opt = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
     value_opt = torch.optim.Adam(value.parameters(), lr=cfg.value_learning_rate)
+    raw_policy, raw_value = policy, value  # for sampling and no-grad passes: no gradient sync needed there
     policy, value, policy_opt, value_opt = accelerator.prepare(policy, value, policy_opt, value_opt)
     kl_ctl = (A.AdaptiveKLController(cfg.init_kl_coef, target_kl, cfg.kl_horizon) if cfg.kl_control == "adaptive"
               else A.FixedKLController(cfg.init_kl_coef))
@@ -105,7 +115,7 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
     done_steps, history, tokens_generated, tokens_trained, seconds = 0, [], 0, 0, 0.0
     if last:
         done_steps, _, state = last
-        value.load_state_dict(state["value"])
+        accelerator.unwrap_model(value).load_state_dict(state["value"])
         policy_opt.load_state_dict(state["policy_optimizer"])
         value_opt.load_state_dict(state["value_optimizer"])
         kl_ctl.value = state["kl_coef"]
@@ -115,83 +125,100 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
         log.info("%s target %g: resuming after step %d", method, target_kl, done_steps)
     t0 = time.time() - seconds
     run = tracking.start(job, f"{method}-kl{target_kl:g}", method, {"target_kl": target_kl})
+    mine = dist.block(cfg.rollouts_per_step)  # this process's rollouts of each step
     for step in range(done_steps + 1, cfg.steps + 1):
         start = (step - 1) * cfg.rollouts_per_step
         batch_prompts = [prompts[order[(start + i) % len(order)]] for i in range(cfg.rollouts_per_step)]
 
-        # 1-2. rollouts and their scores
+        # 1-2. rollouts and their scores: each process its block, gathered in order
         policy.eval()
-        completions = lm.sample_completions(policy, batch_prompts, cfg.max_new_tokens, tokenizer.eos_token_id,
-                                            cfg.rollouts_per_step)
-        score = score_fn(batch_prompts, completions).to(dev)
+        my_prompts = batch_prompts[mine.start : mine.stop]
+        seeds = lm.sample_seeds(cfg.rollouts_per_step, "ppo", job.seed, step)[mine.start : mine.stop]
+        my_completions = lm.sample_completions(raw_policy, my_prompts, cfg.max_new_tokens, tokenizer.eos_token_id,
+                                               cfg.rollouts_per_step, seeds)
+        score = dist.gather_tensor(score_fn(my_prompts, my_completions).float().to(dev))
+        completions = dist.gather(my_completions)
         tokens_generated += sum(map(len, completions))
         ids, attn, starts, lengths = batch_tensors(batch_prompts, completions, tokenizer.pad_token_id, dev)
         width = int(lengths.max())
         mask = (torch.arange(width, device=dev)[None] < lengths[:, None]).float()
-        view = lambda x: response_view(x, starts, width)  # noqa: E731
+        view = lambda x, rows: response_view(x, starts[rows], width)  # noqa: E731
+        rows = slice(mine.start, mine.stop)
         with torch.no_grad():
-            old_logp, _, hidden = forward_policy(policy, ids, attn, shared_forward, want_entropy=False)
-            ref_logp, _, _ = forward_policy(ref, ids, attn, False, want_entropy=False)
-            old_values = view(value(ids, attn, hidden)) * mask
-            old_logp, ref_logp = view(old_logp) * mask, view(ref_logp) * mask
+            with lm.autocast(dev):
+                old_logp, _, hidden = forward_policy(raw_policy, ids[rows], attn[rows], shared_forward,
+                                                     want_entropy=False)
+                ref_logp, _, _ = forward_policy(ref, ids[rows], attn[rows], False, want_entropy=False)
+                old_values = raw_value(ids[rows], attn[rows], hidden).float()
+            old_logp, ref_logp, old_values = (dist.gather_tensor(view(x, rows)) * mask
+                                              for x in (old_logp, ref_logp, old_values))
 
-            # 3-4. per-token rewards, advantages
+            # 3-4. per-token rewards, advantages (the whole batch, on every process alike)
             kl = A.kl_penalty(old_logp, ref_logp, cfg.kl_estimator) * mask
             rewards = A.token_rewards(score, kl, kl_ctl.value, mask)
             advantages, returns = A.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
             advantages = A.whiten(advantages, mask)
 
-        # 5. PPO epochs over minibatches
+        # 5. PPO epochs over minibatches, each split over the processes
         policy.train()
-        stats = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "approx_kl", "entropy", "value_clipfrac")}
-        for _ in range(cfg.ppo_epochs):
-            perm = torch.randperm(cfg.rollouts_per_step)
-            for mb in perm.split(cfg.minibatch_size):
+        keys = ("policy_loss", "value_loss", "clipfrac", "approx_kl", "entropy", "value_clipfrac")
+        stats = []
+        for epoch in range(cfg.ppo_epochs):
+            shuffle = torch.Generator().manual_seed(lm.sample_seeds(1, "ppo-minibatches", job.seed, step, epoch)[0])
+            for mb in torch.randperm(cfg.rollouts_per_step, generator=shuffle).split(cfg.minibatch_size):
+                n_tokens = mask[mb].sum()  # the whole minibatch's
+                tokens_trained += int(attn[mb].sum())
+                part = dist.block(len(mb))
+                mb = mb[part.start : part.stop]  # this process's part of it
                 mb_mask = mask[mb]
                 logp, entropy, hidden = forward_policy(policy, ids[mb], attn[mb], shared_forward)
                 mb_view = lambda x: response_view(x, starts[mb], width)  # noqa: E731
                 pg_loss, clipfrac, approx_kl = A.policy_loss(mb_view(logp), old_logp[mb], advantages[mb], mb_mask,
-                                                             cfg.clip_range)
-                values = mb_view(value(ids[mb], attn[mb], hidden))
+                                                             cfg.clip_range, n_tokens)
+                values = mb_view(value(ids[mb], attn[mb], hidden)).float()
                 vf_loss, vf_clipfrac = A.value_loss(values, old_values[mb], returns[mb], mb_mask,
-                                                    cfg.value_clip_range)
-                if not torch.isfinite(pg_loss + vf_loss):
+                                                    cfg.value_clip_range, n_tokens)
+                # the processes' parts summed: the minibatch's values (one collective for all of them)
+                parts = torch.stack([x.detach().float() for x in (pg_loss, vf_loss, clipfrac, approx_kl,
+                                     A.masked_mean(mb_view(entropy), mb_mask, n_tokens), vf_clipfrac)])
+                stats.append(dist.all_sum(parts))
+                if not torch.isfinite(stats[-1][:2].sum()):
                     good = resume.latest_checkpoint(run_dir)
                     raise FloatingPointError(
-                        f"{method} target {target_kl:g}: loss is {float(pg_loss + vf_loss)} at step {step}; stopping "
-                        f"(last good checkpoint: {good[1] if good else 'none'})")
-                tokens_trained += int(attn[mb].sum())
+                        f"{method} target {target_kl:g}: loss is {float(stats[-1][:2].sum())} at step {step}; "
+                        f"stopping (last good checkpoint: {good[1] if good else 'none'})")
                 policy_opt.zero_grad()
                 value_opt.zero_grad()
-                # policy_head: one network, one weighted loss; reward_model: two networks, each its own loss
-                accelerator.backward(pg_loss + cfg.vf_coef * vf_loss if shared_forward else pg_loss + vf_loss)
+                # policy_head: one network, one weighted loss; reward_model: two networks, each its own loss.
+                # x world: DDP averages the processes' gradients, and each part is already a share of the mean.
+                accelerator.backward(world * (pg_loss + cfg.vf_coef * vf_loss if shared_forward else pg_loss + vf_loss))
                 policy_opt.step()
                 value_opt.step()
-                for k, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clipfrac", clipfrac),
-                             ("approx_kl", approx_kl), ("entropy", A.masked_mean(mb_view(entropy), mb_mask)),
-                             ("value_clipfrac", vf_clipfrac)):
-                    stats[k].append(float(v))
 
         # 6. KL control on the measured sequence KL of this batch
         seq_kl = float(kl.sum(1).mean())
         coef = kl_ctl.value
         kl_ctl.update(seq_kl, cfg.rollouts_per_step)
+        means = torch.stack(stats).mean(0).tolist()
         row = {"step": step, "score": float(score.mean()), "kl": seq_kl, "kl_coef": coef,
                "explained_variance": A.explained_variance(old_values, returns, mask),
                "response_length": float(lengths.float().mean()), "seconds": round(time.time() - t0, 2),
-               **{k: sum(v) / len(v) for k, v in stats.items()}}
+               **dict(zip(keys, means))}
         history.append(row)
         tracking.log_train(run, step, {k: v for k, v in row.items() if k != "step"})
         eta = (time.time() - t0) / step * (cfg.steps - step)
         log.info("%s target %g step %d/%d: score %.3f, KL %.2f, coef %.3f, entropy %.2f, clipfrac %.2f (ETA %.0fs)",
                  method, target_kl, step, cfg.steps, row["score"], seq_kl, coef, row["entropy"], row["clipfrac"], eta)
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            resume.save_checkpoint(accelerator.unwrap_model(policy), run_dir / f"checkpoint-{step}", {
-                "value": accelerator.unwrap_model(value).state_dict(), "policy_optimizer": policy_opt.state_dict(),
+            weights = accelerator.get_state_dict(policy)  # every process takes part (sharded models)
+            value_weights = accelerator.get_state_dict(value)
+            resume.save_checkpoint(raw_policy, run_dir / f"checkpoint-{step}", {
+                "value": value_weights, "policy_optimizer": policy_opt.state_dict(),
                 "value_optimizer": value_opt.state_dict(), "kl_coef": kl_ctl.value, "rng": torch.get_rng_state(),
                 "history": history, "tokens_generated": tokens_generated, "tokens_trained": tokens_trained,
-                "seconds": time.time() - t0})
-    (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+                "seconds": time.time() - t0}, weights)
+    if dist.is_main():
+        (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     resume.strip_checkpoints(run_dir)
     summary = resume.mark_finished(run_dir, {
         "method": method, "run": f"{method}-kl{target_kl:g}", "param": target_kl, "param_name": "target_kl",
@@ -206,6 +233,8 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
 def main():
     job = jobs.start()
     cfg, data_cfg = job.section("ppo"), job.section("data")
+    dist.check_divisible("ppo.rollouts_per_step", cfg.rollouts_per_step)
+    dist.check_divisible("ppo.minibatch_size", cfg.minibatch_size)
     tokenizer = lm.load_tokenizer(job.inputs["sft"])
     # distinct prompts for every rollout where the split has enough (then they cycle)
     prompts = lm.split_prompts(data_cfg, job.seed, "train", cfg.rollouts_per_step * cfg.steps, tokenizer)

@@ -59,35 +59,39 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torc
     return (out if shift_mean else out + mean) * mask
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, n_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum of x over the masked entries / n_tokens (default: the mask's own count).
+
+    A minibatch split over processes passes the whole minibatch's count, so the processes' parts add up to
+    the minibatch mean."""
+    return (x * mask).sum() / (mask.sum() if n_tokens is None else n_tokens).clamp(min=1)
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                clip: float, n_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The clipped surrogate: mean of max(-A r, -A clip(r, 1-eps, 1+eps)), r = pi / pi_old.
 
-    -> (loss, clip fraction, approx KL(pi_old || pi) as mean((r - 1) - log r))."""
+    -> (loss, clip fraction, approx KL(pi_old || pi) as mean((r - 1) - log r)); means as in masked_mean."""
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)
-    loss = masked_mean(torch.max(unclipped, clipped), mask)
-    clipfrac = masked_mean((clipped > unclipped).float(), mask)
-    approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
+    loss = masked_mean(torch.max(unclipped, clipped), mask, n_tokens)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask, n_tokens)
+    approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask, n_tokens)
     return loss, clipfrac, approx_kl
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+               clip: float, n_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """0.5 * mean of max((V - R)^2, (V_clipped - R)^2), V_clipped = V_old + clip(V - V_old, -eps, eps).
 
-    -> (loss, fraction of positions where the clipped term was the larger)."""
+    -> (loss, fraction of positions where the clipped term was the larger); means as in masked_mean."""
     clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
     unclipped_err = (values - returns) ** 2
     clipped_err = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.max(unclipped_err, clipped_err), mask)
-    return loss, masked_mean((clipped_err > unclipped_err).float(), mask)
+    loss = 0.5 * masked_mean(torch.max(unclipped_err, clipped_err), mask, n_tokens)
+    return loss, masked_mean((clipped_err > unclipped_err).float(), mask, n_tokens)
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

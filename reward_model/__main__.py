@@ -17,13 +17,11 @@ import shutil
 import time
 
 import numpy as np
-import torch
 
+from core import dist, resume, tracking
 from core import job as jobs
-from core import tracking
-from core import resume
-from core.reward import RewardModel, pool_mean, raw_scores, save_reward_meta
-from core.train import stop_on_non_finite_loss
+from core.reward import RewardModel, pool_mean, save_reward_meta
+from core.train import stop_on_non_finite_loss, trainer_device_args
 
 log = logging.getLogger("stage")
 
@@ -59,12 +57,12 @@ def main():
         pool_mean(model)
     steps = math.ceil(len(train) / cfg.batch_size * cfg.epochs)
     args = RewardConfig(
-        output_dir=str(job.out / "trainer"), per_device_train_batch_size=cfg.batch_size, num_train_epochs=cfg.epochs,
+        output_dir=str(job.out / "trainer"), num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=dist.per_process("reward_model.batch_size", cfg.batch_size),
         learning_rate=cfg.learning_rate, lr_scheduler_type="linear", max_length=None,
         save_strategy="steps", save_steps=max(1, steps // 10), save_total_limit=1,
-        logging_steps=max(1, steps // 10), report_to=tracking.report_to(job), seed=job.seed, bf16=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, center_rewards_coefficient=None,
-        logging_nan_inf_filter=False,
+        logging_steps=max(1, steps // 10), report_to=tracking.report_to(job), seed=job.seed, **trainer_device_args(),
+        disable_tqdm=not dist.is_main(), center_rewards_coefficient=None, logging_nan_inf_filter=False,
     )
     t0 = time.time()
     log.info("training on %d pairs (%d prompts held out)", len(train), len(held))
@@ -73,18 +71,20 @@ def main():
     # a killed run resumes from the newest of its checkpoints (every tenth of the steps)
     trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(job.out / "trainer"))
     train_seconds = time.time() - t0
-    model.eval()
+    trainer.save_model(str(job.out))  # the main process writes (gathering sharded weights first)
+    if not dist.is_main():  # the rest (normalising, evaluating) is small: the main process does it
+        return
+    shutil.rmtree(job.out / "trainer", ignore_errors=True)
 
-    # Normalise on SFT samples of training prompts; evaluate on held-out prompts.
+    # Normalise on SFT samples of training prompts (raw scores: the saved model with no offsets yet);
+    # evaluate on held-out prompts.
+    save_reward_meta(job.out, 0.0, 1.0, cfg.pooling)
     sample_seqs = [p + c for p, c in zip(samples["prompt_ids"], samples["completion_ids"])]
     sample_held = np.array([tuple(p) in held for p in samples["prompt_ids"]])
-    raw = raw_scores(model, sample_seqs, tokenizer.pad_token_id, 128).numpy()
+    raw = RewardModel(job.out)(sample_seqs, 128).numpy()
     shift = float(raw[~sample_held].mean())
     scale = float(raw[~sample_held].std()) if cfg.normalize_scale else 1.0
-    model.save_pretrained(job.out, safe_serialization=True)
-    tokenizer.save_pretrained(job.out)
     save_reward_meta(job.out, shift, scale, cfg.pooling)
-    shutil.rmtree(job.out / "trainer", ignore_errors=True)
 
     rm = RewardModel(job.out)  # evaluate through the saved artifact, exactly as PPO will use it
     held_idx = [i for i, h in enumerate(is_held) if h]

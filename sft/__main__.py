@@ -11,11 +11,10 @@ import math
 import time
 from pathlib import Path
 
+from core import dist, resume, tracking
 from core import job as jobs
-from core import tracking
-from core import resume
 from core.lm_head import plain_lm_head
-from core.train import stop_on_non_finite_loss
+from core.train import stop_on_non_finite_loss, trainer_device_args
 from pipelines.data import make_splits
 
 log = logging.getLogger("stage")
@@ -110,26 +109,24 @@ def main():
     else:
         tokenizer, model = pretrained(cfg.model)
     ds = Dataset.from_dict({"input_ids": tokenize_reviews(tokenizer, texts, cfg.max_length)})
-    import torch
-
     steps = math.ceil(len(ds) / cfg.batch_size * cfg.epochs)
     args = SFTConfig(
-        output_dir=str(job.out / "trainer"), per_device_train_batch_size=cfg.batch_size,
+        output_dir=str(job.out / "trainer"), per_device_train_batch_size=dist.per_process("sft.batch_size", cfg.batch_size),
         num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate, warmup_steps=int(cfg.warmup_ratio * steps),
         lr_scheduler_type="linear", max_length=cfg.max_length, packing=False, logging_steps=max(1, steps // 20),
         save_strategy="steps", save_steps=max(1, steps // 10), save_total_limit=1, report_to=tracking.report_to(job), seed=job.seed,
-        bf16=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=False,
-        logging_nan_inf_filter=False,
+        **trainer_device_args(), disable_tqdm=not dist.is_main(), logging_nan_inf_filter=False,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
                          callbacks=[stop_on_non_finite_loss()])
-    if not torch.cuda.is_available():
+    if dist.on_cpu():
         plain_lm_head(trainer.model)  # TRL's chunked head is a GPU memory saver, slow on CPU
     # a killed run resumes from the newest of its checkpoints (every tenth of the steps)
     result = trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(job.out / "trainer"))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]  # a resumed run keeps its history
-    model.save_pretrained(job.out, safe_serialization=True)
+    trainer.save_model(str(job.out))  # the main process writes (gathering sharded weights first)
+    if not dist.is_main():
+        return
     tokenizer.save_pretrained(job.out)
     import shutil
 

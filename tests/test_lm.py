@@ -75,8 +75,8 @@ def test_sampling_follows_the_model_distribution():
     """First sampled token frequencies match softmax(logits) (pure sampling: no top-k / top-p / temperature)."""
     model = toy_lm(4)
     n = 3000
-    torch.manual_seed(0)
-    comps = lm.sample_completions(model, [[1]] * n, max_new_tokens=1, eos_id=99, batch_size=1000)
+    comps = lm.sample_completions(model, [[1]] * n, max_new_tokens=1, eos_id=99, batch_size=1000,
+                                  seeds=lm.sample_seeds(n, "test", 0))
     probs = torch.softmax(model(input_ids=torch.tensor([[1]])).logits[0, -1], -1)
     freq = torch.bincount(torch.tensor([c[0] for c in comps]), minlength=3).float() / n
     assert torch.allclose(freq, probs, atol=4 * math.sqrt(0.25 / n))
@@ -84,9 +84,9 @@ def test_sampling_follows_the_model_distribution():
 
 def test_completions_stop_after_eos_and_keep_prompt_order():
     model = toy_lm(5)
-    torch.manual_seed(0)
     prompts = [[0], [1, 2], [2], [0, 0, 1]]
-    comps = lm.sample_completions(model, prompts, max_new_tokens=6, eos_id=2, batch_size=2)
+    comps = lm.sample_completions(model, prompts, max_new_tokens=6, eos_id=2, batch_size=2,
+                                  seeds=lm.sample_seeds(4, "test", 0))
     assert len(comps) == 4
     for c in comps:
         assert 1 <= len(c) <= 6
@@ -96,11 +96,24 @@ def test_completions_stop_after_eos_and_keep_prompt_order():
 
 def test_sampling_is_seeded():
     model = toy_lm(6)
-    runs = []
-    for _ in range(2):
-        torch.manual_seed(7)
-        runs.append(lm.sample_completions(model, [[0], [1]] * 5, max_new_tokens=5, eos_id=99, batch_size=4))
+    prompts = [[0], [1]] * 5
+    runs = [lm.sample_completions(model, prompts, max_new_tokens=5, eos_id=99, batch_size=4,
+                                  seeds=lm.sample_seeds(10, "test", key)) for key in (7, 7, 8)]
     assert runs[0] == runs[1]
+    assert runs[0] != runs[2]  # another key, other draws
+
+
+def test_a_rows_sample_does_not_depend_on_batching_or_sharding():
+    """What makes N processes sample what one does: row i's draw depends on seeds[i] only."""
+    model = toy_lm(7)
+    prompts = [[i % 3, (i * 7) % 3] for i in range(12)]
+    seeds = lm.sample_seeds(12, "test", 1)
+    whole = lm.sample_completions(model, prompts, max_new_tokens=6, eos_id=99, batch_size=12, seeds=seeds)
+    one_by_one = lm.sample_completions(model, prompts, max_new_tokens=6, eos_id=99, batch_size=1, seeds=seeds)
+    halves = [c for lo, hi in ((0, 5), (5, 12)) for c in lm.sample_completions(
+        model, prompts[lo:hi], max_new_tokens=6, eos_id=99, batch_size=4, seeds=seeds[lo:hi])]
+    assert whole == one_by_one == halves
+    assert len({tuple(c) for c in whole}) > 3  # and they are not all the same draw
 
 
 def test_prompts_have_2_to_8_tokens():

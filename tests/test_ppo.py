@@ -92,3 +92,21 @@ def test_one_update_moves_a_toy_policy_toward_reward():
     with torch.no_grad():
         new = torch.softmax(logits - 0.5 * logits.grad, -1)
     assert new[2] > 0.4 > 1 / 3
+
+
+def test_losses_of_a_minibatch_split_over_processes_add_up_to_the_whole():
+    """Each process divides by the whole minibatch's token count: the parts sum to the one-process loss,
+    so averaged DDP gradients x the process count equal the one-process gradient."""
+    g = torch.Generator().manual_seed(0)
+    logp, old, adv, vals, old_vals, ret = (torch.randn(6, 5, generator=g) for _ in range(6))
+    mask = (torch.rand(6, 5, generator=g) > 0.3).float()
+    whole_pg = A.policy_loss(logp, old, adv, mask, clip=0.2)
+    whole_vf = A.value_loss(vals, old_vals, ret, mask, clip=0.2)
+    n = mask.sum()
+    parts = [(A.policy_loss(logp[s], old[s], adv[s], mask[s], 0.2, n), A.value_loss(vals[s], old_vals[s], ret[s],
+                                                                                      mask[s], 0.2, n))
+             for s in (slice(0, 2), slice(2, 6))]
+    for i in range(3):
+        assert sum(p[0][i] for p in parts).item() == pytest.approx(whole_pg[i].item(), rel=1e-5)
+    for i in range(2):
+        assert sum(p[1][i] for p in parts).item() == pytest.approx(whole_vf[i].item(), rel=1e-5)

@@ -1,0 +1,120 @@
+"""Several processes per stage: who this process is, its share of the work, and gathering results in order.
+
+The spine starts a stage under `accelerate launch` when asked for more than one process (NPROC, or an
+ACCELERATE_CONFIG); the launcher sets RANK / WORLD_SIZE / LOCAL_RANK. With one process (no launcher) every
+helper here is the identity and nothing distributed is imported.
+
+Work is split into contiguous blocks in rank order, so gathering the blocks restores the original order.
+Only the main process writes the stage's files and talks to wandb; the others compute and leave.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def device() -> torch.device:
+    """This process's device: PIPELINES_DEVICE when set (cpu, cuda, cuda:1, mps), else its own GPU, else CPU."""
+    if os.environ.get("PIPELINES_DEVICE"):
+        return torch.device(os.environ["PIPELINES_DEVICE"])
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def on_cpu() -> bool:
+    return device().type == "cpu"
+
+
+def _group():
+    """The process group (gloo on CPU, nccl on GPUs), set up by accelerate on first use."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=on_cpu())
+
+
+def block(n: int, r: int | None = None, size: int | None = None) -> range:
+    """The indices [0, n) that process r (default: this one) handles: contiguous, sizes differing by at most 1."""
+    r, size = rank() if r is None else r, world_size() if size is None else size
+    per, extra = divmod(n, size)
+    start = r * per + min(r, extra)
+    return range(start, start + per + (r < extra))
+
+
+def shard(items: list) -> list:
+    """This process's contiguous block of items."""
+    span = block(len(items))
+    return items[span.start : span.stop]
+
+
+def gather(items: list) -> list:
+    """Every process's block (of Python objects), concatenated in rank order, on every process."""
+    if world_size() == 1:
+        return list(items)
+    from accelerate.utils import gather_object
+
+    _group()
+    return gather_object(list(items))
+
+
+def gather_tensor(x: torch.Tensor) -> torch.Tensor:
+    """Equal-shaped tensors of every process, concatenated along dim 0 in rank order, on every process."""
+    if world_size() == 1:
+        return x
+    from accelerate.utils import gather
+
+    _group()
+    return gather(x.contiguous())
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        _group().wait_for_everyone()
+
+
+def close() -> None:
+    """At a stage's end, on every process: wait for all, then leave the group. A process that exits while a
+    peer is still reading its last message (gloo sends asynchronously) makes that peer abort."""
+    if world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def check_divisible(what: str, value: int) -> None:
+    """A global batch split over the processes must split evenly, or the processes would train on different
+    amounts and one process's result would differ from many processes'."""
+    from pipelines.config import ConfigError
+
+    if value % world_size():
+        raise ConfigError(f"{what} = {value} does not split over {world_size()} processes; "
+                          f"use a multiple of {world_size()} or another NPROC")
+
+
+def per_process(what: str, batch_size: int) -> int:
+    """Each process's share of a global batch (a trainer's per-device batch size)."""
+    check_divisible(what, batch_size)
+    return batch_size // world_size()
+
+
+def all_sum(x: torch.Tensor) -> torch.Tensor:
+    """The elementwise sum of x over the processes, on every process."""
+    if world_size() == 1:
+        return x
+    from accelerate.utils import reduce
+
+    _group()
+    return reduce(x.contiguous(), reduction="sum")

@@ -1,0 +1,121 @@
+"""Several processes per stage (accelerate launch, DDP over gloo on this CPU) compute what one process does.
+
+The tolerance, and why:
+- DPO, Unlikelihood, Preferred-FT train off-policy on fixed pairs. The pairs are the same (each row's
+  sample is fixed by its seed, core/lm.sample_seeds), each process's loss is its share of the batch mean,
+  and DDP averages the gradients: the only difference is the order of float additions (an all-reduce
+  instead of one sum), about 1e-7 relative per step. Their checkpoints sample the same tokens, so reward
+  agrees to 1e-6 and KL to 1e-3 relative (float noise of ~1e-6, amplified by a few optimizer steps).
+- PPO samples from the policy it is training. A float-level difference in the weights can, rarely, flip
+  one sampled token (a uniform landing within ~1e-7 of a CDF boundary), and from then on the two runs are
+  different random draws of the same process. So PPO points must agree within 3 combined standard errors
+  (reward and KL), which a real difference in the algorithm (e.g. a mis-scaled gradient) would break.
+"""
+
+import csv
+import math
+import sys
+
+import pytest
+
+from conftest import ROOT, cli
+from pipelines.config import ConfigError
+from pipelines.graph import STAGES, Launch
+
+OFF_POLICY = {"sft", "dpo", "unlikelihood", "preferred-ft"}
+
+
+def _rows(text: str) -> list[dict]:
+    return list(csv.DictReader(text.splitlines()))
+
+
+@pytest.fixture(scope="session")
+def two_process_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs2")
+    proc = cli("run", "imdb-sentiment", "--scale", "micro", "--nproc", "2", run_dir=run_dir, check=True)
+    root = run_dir / "imdb-sentiment" / "micro"
+    return root, (root / "frontier.csv").read_text(), proc.stderr
+
+
+def test_two_processes_give_the_one_process_frontier(micro_run, two_process_run):
+    one, two = _rows(micro_run[2]), _rows(two_process_run[1])
+    key = lambda r: (r["method"], r["run"], r["param"], r["step"], r["n"])  # noqa: E731
+    assert [key(r) for r in one] == [key(r) for r in two]  # same methods, runs, checkpoints, prompts
+    assert {r["method"] for r in one} == OFF_POLICY | {"ppo", "ppo-gt"}
+    for a, b in zip(one, two):
+        x = {k: float(a[k]) for k in ("kl", "kl_se", "reward", "reward_se")}
+        y = {k: float(b[k]) for k in ("kl", "kl_se", "reward", "reward_se")}
+        if a["method"] in OFF_POLICY:
+            assert y["reward"] == pytest.approx(x["reward"], abs=1e-6), (a, b)
+            assert y["kl"] == pytest.approx(x["kl"], rel=1e-3, abs=1e-6), (a, b)
+        else:
+            for m in ("reward", "kl"):
+                assert abs(x[m] - y[m]) <= 3 * math.hypot(x[f"{m}_se"], y[f"{m}_se"]), (m, a, b)
+
+
+def test_the_training_stages_ran_as_two_processes(two_process_run):
+    import json
+
+    root, _, log = two_process_run
+    for stage in STAGES.values():
+        manifest = json.loads((root / stage.name / "manifest.json").read_text())
+        assert manifest["processes"] == (2 if stage.multiprocess else 1), stage.name
+    assert "accelerate.commands.launch" in log and "--num_processes 2" in log
+
+
+def test_launch_commands():
+    sft, report = STAGES["sft"], STAGES["report"]
+    assert Launch().command(sft) == [sys.executable, "-m", "sft"]
+    cmd = Launch(processes=4).command(sft)
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and cmd[-2:] == ["-m", "sft"]
+    assert cmd[cmd.index("--num_processes") + 1] == "4" and "--multi_gpu" in cmd
+    config = ROOT / "configs" / "accelerate" / "fsdp.yaml"
+    cmd = Launch(accelerate_config=config).command(STAGES["unlikelihood"])
+    assert cmd[cmd.index("--config_file") + 1] == str(config) and cmd[-2:] == ["-m", "dpo.relatives"]
+    assert "--num_processes" not in cmd  # the config file's count
+    assert Launch(processes=4).command(report) == [sys.executable, "-m", "report"]  # one process: no training
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(processes=0), "need at least 1 process"),
+    (dict(device="gpu"), "allowed cpu, cuda, cuda:<index>, mps"),
+    (dict(accelerate_config="configs/accelerate/nope.yaml"), "shipped: ddp.yaml, fsdp.yaml, zero2.yaml, zero3.yaml"),
+])
+def test_bad_launch_settings_are_refused(args, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        Launch(**args)
+
+
+def test_bad_nproc_on_the_command_line_is_one_line_and_writes_nothing(tmp_path):
+    proc = cli("run", "imdb-sentiment", "--scale", "micro", "--nproc", "0", run_dir=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --nproc 0: need at least 1 process"
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("zero2", "DEEPSPEED"),
+                                        ("zero3", "DEEPSPEED")])
+def test_shipped_accelerate_configs_load(name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type == kind and config.mixed_precision == "no"
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused(monkeypatch):
+    from core import dist
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match="dpo.batch_size = 8 does not split over 3 processes"):
+        dist.per_process("dpo.batch_size", 8)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert dist.per_process("dpo.batch_size", 8) == 4
+
+
+def test_blocks_cover_the_items_in_order():
+    from core import dist
+
+    for n in (0, 1, 5, 16):
+        for size in (1, 2, 3):
+            blocks = [dist.block(n, r, size) for r in range(size)]
+            assert [i for b in blocks for i in b] == list(range(n))
+            assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
