@@ -77,12 +77,22 @@ def split_prompts(data_cfg, seed: int, split: str, n: int, tokenizer) -> list[li
     return make_prompts(texts, tokenizer, data_cfg.prompt_min_tokens, data_cfg.prompt_max_tokens, seed)
 
 
-def by_length(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
-    """Indices of prompts grouped into batches of equal length: no padding, so sampling is exact."""
-    groups = defaultdict(list)
-    for i, p in enumerate(prompts):
-        groups[len(p)].append(i)
-    return [idx[j : j + batch_size] for _, idx in sorted(groups.items()) for j in range(0, len(idx), batch_size)]
+def length_batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Indices of prompts, sorted by length (stable) and cut into batches: neighbours in a batch differ in
+    length by little, so left-padding them costs little."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    return [order[j : j + batch_size] for j in range(0, len(order), batch_size)]
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as [N, T] ids padded on the left with pad_id, and the attention mask."""
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, width - len(s) :] = torch.tensor(s)
+        attn[b, width - len(s) :] = 1
+    return ids, attn
 
 
 @torch.no_grad()
@@ -91,24 +101,29 @@ def sample_completions(model, prompts: list[list[int]], max_new_tokens: int, eos
     """One pure sample (temperature 1, no top-k / top-p) per prompt, with a KV cache.
 
     Row i draws its tokens by inverting the next-token CDF at uniforms from its own generator (seeds[i]),
-    so its sample does not depend on how rows are batched or split over processes (see sample_seeds).
-    Prompts of equal length are batched together, so nothing is padded. Returns completions in prompt order.
+    so its sample does not depend on how rows are batched or split over processes (see sample_seeds; up to
+    float rounding, which moves a CDF boundary by ~1e-8 and so, rarely, one draw). Prompts are batched by
+    length and left-padded: pads are masked and every row counts its positions from its own first token.
+    Returns completions in prompt order.
     """
-    dev = next(model.parameters()).device
-    out: list[list[int] | None] = [None] * len(prompts)
-    batches = by_length(prompts, batch_size)
     from core.dist import is_main
 
+    dev = next(model.parameters()).device
+    out: list[list[int] | None] = [None] * len(prompts)
+    batches = length_batches(prompts, batch_size)
     quiet = len(batches) < 2 or not is_main()
     for idx in tqdm(batches, desc="sampling", unit="batch", leave=False, disable=True if quiet else None):
-        ids = torch.tensor([prompts[i] for i in idx], device=dev)
+        ids, attn = left_pad([prompts[i] for i in idx], 0)  # any valid id: pads are masked
+        ids, attn = ids.to(dev), attn.to(dev)
+        positions = (attn.cumsum(1) - 1).clamp(min=0)
         uniforms = torch.stack([torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(seeds[i]),
                                            dtype=torch.float64) for i in idx]).to(dev)  # [b, max_new_tokens]
         past, step_input, done = None, ids, torch.zeros(len(idx), dtype=torch.bool, device=dev)
         tokens = []
         for t in range(max_new_tokens):
             with autocast(dev):
-                o = model(input_ids=step_input, past_key_values=past, use_cache=True)
+                o = model(input_ids=step_input, attention_mask=attn, position_ids=positions, past_key_values=past,
+                          use_cache=True)
             past = o.past_key_values
             cdf = torch.softmax(o.logits[:, -1].double(), dim=-1).cumsum(-1)
             nxt = torch.searchsorted(cdf, uniforms[:, t : t + 1] * cdf[:, -1:]).squeeze(1).clamp(max=cdf.shape[1] - 1)
@@ -116,7 +131,8 @@ def sample_completions(model, prompts: list[list[int]], max_new_tokens: int, eos
             done |= nxt == eos_id
             if done.all():
                 break
-            step_input = nxt[:, None]
+            step_input, positions = nxt[:, None], positions[:, -1:] + 1
+            attn = torch.cat([attn, attn.new_ones((len(idx), 1))], 1)
         sampled = torch.stack(tokens, 1).tolist()
         for row, i in zip(sampled, idx):
             out[i] = row[: row.index(eos_id) + 1] if eos_id in row else row

@@ -106,7 +106,7 @@ def test_sampling_is_seeded():
 def test_a_rows_sample_does_not_depend_on_batching_or_sharding():
     """What makes N processes sample what one does: row i's draw depends on seeds[i] only."""
     model = toy_lm(7)
-    prompts = [[i % 3, (i * 7) % 3] for i in range(12)]
+    prompts = [[i % 3, (i * 7) % 3][: 1 + i % 2] + [1] * (i % 4) for i in range(12)]  # 1 to 5 tokens: padded
     seeds = lm.sample_seeds(12, "test", 1)
     whole = lm.sample_completions(model, prompts, max_new_tokens=6, eos_id=99, batch_size=12, seeds=seeds)
     one_by_one = lm.sample_completions(model, prompts, max_new_tokens=6, eos_id=99, batch_size=1, seeds=seeds)
@@ -114,6 +114,17 @@ def test_a_rows_sample_does_not_depend_on_batching_or_sharding():
         model, prompts[lo:hi], max_new_tokens=6, eos_id=99, batch_size=4, seeds=seeds[lo:hi])]
     assert whole == one_by_one == halves
     assert len({tuple(c) for c in whole}) > 3  # and they are not all the same draw
+
+
+def test_left_padding_does_not_change_next_token_probabilities():
+    """A padded batch row sees exactly what the prompt alone sees: pads masked, positions from its first token."""
+    model = toy_lm(8)
+    short, long = [2, 1], [0, 1, 1, 2]
+    ids, attn = lm.left_pad([short, long], pad_id=0)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(1) - 1).clamp(min=0)).logits[:, -1]
+    alone = model(input_ids=torch.tensor([short])).logits[0, -1]
+    assert ids[0].tolist() == [0, 0, 2, 1] and attn[0].tolist() == [0, 0, 1, 1]
+    assert torch.allclose(logits[0], alone, atol=1e-5)
 
 
 def test_prompts_have_2_to_8_tokens():
