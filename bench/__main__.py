@@ -1,6 +1,6 @@
 """make bench: speed side by side, written to bench/results.json and bench/results.md.
 
-Every ratio is measured in this one process, on the same model, data and settings, as the median of
+Every ratio but P4's is measured in this one process, on the same model, data and settings, as the median of
 `--repeats` timings. The model is the tiny scale's (GPT-2 architecture, 2 x 128, 4096-token BPE trained on
 IMDb reviews, random weights: speed does not depend on them); pairs are real review text cut like the
 benchmark's (2-8 token prompts, 48-token completions).
@@ -12,7 +12,9 @@ P2  overhead: our SFT and DPO trainers vs the same TRL trainer scripted by hand 
 P3  the DPO beta sweep: reference log-probs computed once by the pairs stage and shared by K betas, vs K
     stock TRL runs that each compute them.
 P5  evaluation of one checkpoint (sample, score, exact KL) vs raw batched `generate` of as many tokens.
-P4  (our PPO vs TRL 1.12's PPOTrainer) needs a separate environment and is not measured here.
+P4  our PPO vs TRL 1.12's PPOTrainer (bench/ppo_vs_trl.py: TRL 1.12 in a bench-only layer, each run a
+    subprocess) from the latest finished tiny run's models (else the fresh micro run's): episodes/s, and
+    the ground-truth reward and exact KL of each final policy, at fixed KL coefficients.
 """
 
 from __future__ import annotations
@@ -194,8 +196,9 @@ def p5(make_model, tok, prompts, max_new_tokens, repeats):
     def raw_generate():
         torch.manual_seed(0)
         with torch.no_grad():
-            for idx in lm.by_length(prompts, 128):  # equal-length batches: no padding, like ours
-                model.generate(torch.tensor([prompts[i] for i in idx]), do_sample=True, top_k=0, top_p=1.0,
+            for idx in lm.length_batches(prompts, 128):  # the same left-padded batches as ours
+                ids, attn = lm.left_pad([prompts[i] for i in idx], tok.pad_token_id)
+                model.generate(ids, attention_mask=attn, do_sample=True, top_k=0, top_p=1.0,
                                max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                                pad_token_id=tok.pad_token_id)
 
@@ -206,7 +209,7 @@ def p5(make_model, tok, prompts, max_new_tokens, repeats):
 
 
 # ---------------------------------------------------------------------------------------------- P1
-def p1(skip_micro: bool) -> dict:
+def p1(skip_micro: bool, micro_dir: str) -> dict:
     from pipelines import store
     from pipelines.graph import STAGES
 
@@ -216,14 +219,25 @@ def p1(skip_micro: bool) -> dict:
     if manifests:
         out["tiny_stages_s"] = {k: v["wall_time_s"] for k, v in manifests.items()}
         out["tiny_total_s"] = round(sum(out["tiny_stages_s"].values()), 1)
-    if not skip_micro:
-        with tempfile.TemporaryDirectory() as run_dir:
-            env = {**os.environ, "RUN_DIR": run_dir, "WANDB": "off", "PYTHONPATH": str(ROOT)}
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "pipelines", "-q", "run", "imdb-sentiment", "--scale", "micro"],
-                           cwd=ROOT, env=env, check=True)
-            out["micro_end_to_end_s"] = round(time.perf_counter() - t0, 1)
+    if not skip_micro:  # into micro_dir, which P4 falls back on when there is no finished tiny run
+        env = {**os.environ, "RUN_DIR": micro_dir, "WANDB": "off", "PYTHONPATH": str(ROOT)}
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pipelines", "-q", "run", "imdb-sentiment", "--scale", "micro"],
+                       cwd=ROOT, env=env, check=True)
+        out["micro_end_to_end_s"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+# ---------------------------------------------------------------------------------------------- P4
+def p4_source(micro_dir: str) -> Path | None:
+    """The models P4 starts from: the latest tiny run's (sft, reward_model, ground_truth) when finished, else
+    the micro run P1 just made (its rewards mean little; its speed ratio is still measured)."""
+    from pipelines import store
+
+    for root in (store.run_root("imdb-sentiment", "tiny"), Path(micro_dir) / "imdb-sentiment" / "micro"):
+        if all(store.read_manifest(root / n) for n in ("sft", "reward_model", "ground_truth")):
+            return root
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -248,10 +262,31 @@ def markdown(r: dict) -> str:
                  f"{'yes' if p3['ratio'] <= 0.8 else 'no'} |")
     lines.append(f"| P3 | the same measured directly at bench size ({p3['pairs']} pairs, {r['steps']} steps) | "
                  f"{p3['ratio_bench']:.2f} | - | - |")
-    lines.append(f"| P4 | our PPO vs TRL 1.12 PPOTrainer | not measured | >= 1.0 | - |")
+    p4 = r.get("P4")
+    if p4 and p4.get("runs"):
+        lines.append(f"| P4 | PPO episodes/s, ours / TRL 1.12 PPOTrainer (median over KL coefficients; "
+                     f"models of {p4['source_scale']}) | {p4['speed_ratio']:.2f} | >= 1.0 (goal 1.5) | "
+                     f"{'yes' if p4['speed_ratio'] >= 1.0 else 'no'} |")
+        for row in p4["runs"]:
+            o, t = row["ours"], row["trl"]
+            lines.append(f"| P4 | KL coefficient {row['kl_coef']:g} (fixed), {row['steps']} steps: episodes/s ours "
+                         f"{o['episodes_per_s']:.1f}, TRL {t['episodes_per_s']:.1f}; final (KL, ground-truth reward): "
+                         f"ours ({o['kl']:.2f}, {o['gt_reward']:.3f} +- {o['gt_reward_se']:.3f}), TRL "
+                         f"({t['kl']:.2f}, {t['gt_reward']:.3f} +- {t['gt_reward_se']:.3f}) | "
+                         f"{row['speed_ratio']:.2f} | - | - |")
+        gaps = p4.get("reward_gap_at_equal_kl", [])
+        if gaps:  # no worse: no gap below -2 standard errors
+            worse = [g for g in gaps if g["gap"] < -2 * g["gap_se"]]
+            lines.append(f"| P4 | ground-truth reward at equal KL, ours - TRL (interpolated between TRL's points) | "
+                         + ", ".join(f"{g['gap']:+.3f} +- {g['gap_se']:.3f} at KL {g['kl']:.1f}" for g in gaps)
+                         + f" | no worse | {'no' if worse else 'yes'} |")
+    else:
+        lines.append("| P4 | our PPO vs TRL 1.12 PPOTrainer | not measured (no finished run to start from) | "
+                     ">= 1.0 | - |")
     lines.append(f"| P5 | raw generate time / evaluation time of one checkpoint | {p5['ratio']:.3f} | >= 0.5 | "
                  f"{'yes' if p5['ratio'] >= 0.5 else 'no'} |")
-    lines += ["", "## Details", "", "```json", json.dumps({k: r[k] for k in ("P1", "P2", "P3", "P5")}, indent=1),
+    lines += ["", "## Details", "", "```json", json.dumps({k: r[k] for k in ("P1", "P2", "P3", "P4", "P5") if k in r},
+                                                           indent=1),
               "```", ""]
     if p1["tiny_stages_s"]:
         total = p1["tiny_total_s"]
@@ -269,7 +304,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=12, help="optimiser steps per timed training run")
     ap.add_argument("--skip-micro", action="store_true", help="P1 without the fresh micro run")
+    ap.add_argument("--skip-p4", action="store_true", help="without P4 (our PPO vs TRL 1.12, about 5 minutes)")
     args = ap.parse_args()
+    micro_dir = tempfile.mkdtemp(prefix="bench-micro-")
     torch.set_num_threads(1)
     from transformers.utils import logging as hf_logging
 
@@ -332,8 +369,17 @@ def main():
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                           f"Python {platform.python_version()}, torch {torch.__version__}",
                "threads": torch.get_num_threads(), "repeats": args.repeats, "steps": steps, "batch": batch,
-               "written": time.strftime("%Y-%m-%d %H:%M"), "P1": p1(args.skip_micro), "P2": {"dpo": dpo, "sft": sft},
-               "P3": p3, "P5": p5_result}
+               "written": time.strftime("%Y-%m-%d %H:%M"), "P1": p1(args.skip_micro, micro_dir),
+               "P2": {"dpo": dpo, "sft": sft}, "P3": p3, "P5": p5_result}
+    source = None if args.skip_p4 else p4_source(micro_dir)
+    if source is not None:
+        from bench.ppo_vs_trl import p4
+
+        results["P4"] = {**p4(source), "source_scale": source.name}
+        print("P4", results["P4"], file=sys.stderr)
+    import shutil
+
+    shutil.rmtree(micro_dir, ignore_errors=True)
     from pipelines.store import library_versions
 
     results["versions"] = library_versions()
