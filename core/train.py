@@ -21,9 +21,25 @@ def stop_on_non_finite_loss():
     return StopOnNonFiniteLoss()
 
 
-def trainer_device_args() -> dict:
-    """TrainingArguments for this process's device: bf16 on CUDA, fp32 on the CPU (TRL defaults to bf16)."""
+def bf16() -> bool:
+    """The precision rule of every training stage: bf16 on CUDA, fp32 elsewhere (CPU, mps)."""
     from core import dist
 
-    cpu = dist.on_cpu()
-    return {"bf16": not cpu, "use_cpu": cpu, "dataloader_num_workers": 0}
+    return dist.device().type == "cuda"
+
+
+def trainer_device_args() -> dict:
+    """TrainingArguments for this process's device (TRL defaults to bf16, which the CPU must not get)."""
+    from core import dist
+
+    return {"bf16": bf16(), "use_cpu": dist.on_cpu(), "dataloader_num_workers": 0}
+
+
+def loop_accelerator():
+    """The Accelerator of our own loops (PPO, Unlikelihood / Preferred-FT): this process's device, DDP when
+    launched as several, bf16 autocast by the same rule as the TRL stages."""
+    from accelerate import Accelerator
+
+    from core import dist
+
+    return Accelerator(cpu=dist.on_cpu(), mixed_precision="bf16" if bf16() else "no")

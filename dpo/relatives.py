@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from core import job as jobs
 from core import dist, lm, resume, tracking
+from core.train import loop_accelerator
 
 log = logging.getLogger("stage")
 METHODS = {"unlikelihood": ("unlikelihood", "alphas", "alpha"), "preferred_ft": ("preferred-ft", "seeds", "seed")}
@@ -75,10 +76,7 @@ def train_one(method: str, param, cfg, job, pairs: dict, run_dir) -> dict:
     if done := resume.finished_run(run_dir):
         log.info("%s: finished by an earlier attempt", done["run"])
         return done
-    from accelerate import Accelerator
-
-    dev = lm.device()
-    accelerator = Accelerator(cpu=dev.type == "cpu", mixed_precision="bf16" if dev.type == "cuda" else "no")
+    accelerator = loop_accelerator()
     world = dist.world_size()
     last = resume.latest_checkpoint(run_dir)
     model = lm.load_causal_lm(last[1] if last else job.inputs["sft"], accelerator.device).train()

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from core import job as jobs
 from core import dist, lm, resume, tracking
+from core.train import loop_accelerator
 from core.reward import RewardModel
 from core.scorer import load_scorer
 from ppo import algorithm as A
@@ -94,10 +95,7 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
     if done := resume.finished_run(run_dir):
         log.info("%s: finished by an earlier attempt", done["run"])
         return done
-    from accelerate import Accelerator
-
-    dev = lm.device()
-    accelerator = Accelerator(cpu=dev.type == "cpu", mixed_precision="bf16" if dev.type == "cuda" else "no")
+    accelerator = loop_accelerator()
     dev, world = accelerator.device, dist.world_size()
     last = resume.latest_checkpoint(run_dir)
     policy = lm.load_causal_lm(last[1] if last else job.inputs["sft"], dev)
