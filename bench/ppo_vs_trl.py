@@ -175,7 +175,7 @@ def evaluate(run: Path, policy_dir: str, prompts_n: int) -> dict:
     completions = lm.sample_completions(policy, prompts, cfg.eval.max_new_tokens, tokenizer.eos_token_id,
                                         cfg.eval.batch_size, lm.sample_seeds(len(prompts), "eval", cfg.seed))
     rewards = np.asarray(load_scorer(run / "ground_truth")([lm.decode(tokenizer, c) for c in completions]))
-    kl, _ = lm.sequence_kl(policy, ref, prompts, completions, tokenizer.pad_token_id, cfg.eval.batch_size)
+    kl, *_ = lm.sequence_kl(policy, ref, prompts, completions, tokenizer.pad_token_id, cfg.eval.batch_size)
     return {"gt_reward": float(rewards.mean()), "gt_reward_se": float(rewards.std(ddof=1) / len(rewards) ** 0.5),
             "kl": float(kl.double().mean()), "kl_se": float(kl.double().std() / len(kl) ** 0.5)}
 

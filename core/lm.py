@@ -139,6 +139,18 @@ def sample_completions(model, prompts: list[list[int]], max_new_tokens: int, eos
     return out
 
 
+def sample(sampler: str, model, model_dir, prompts: list[list[int]], max_new_tokens: int, eos_id: int,
+           batch_size: int, seeds: list[int]) -> tuple[list[list[int]], list[float] | None]:
+    """Completions from the configured sampler: "hf" (sample_completions, on model) or "vllm" (an engine on
+    model_dir, core/vllm_sampling.py). -> (completions, vLLM's log-probs of them, or None for hf)."""
+    if sampler == "vllm":
+        from core import vllm_sampling
+
+        return vllm_sampling.sample_completions(model_dir, prompts, max_new_tokens, eos_id, seeds,
+                                                next(model.parameters()).device)
+    return sample_completions(model, prompts, max_new_tokens, eos_id, batch_size, seeds), None
+
+
 def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id lists as [N, T] ids padded on the right with pad_id, and the attention mask."""
     width = max(map(len, seqs))
@@ -185,19 +197,23 @@ def completion_logprobs(model, prompts, completions, pad_id: int, batch_size: in
 
 
 @torch.no_grad()
-def sequence_kl(policy, ref, prompts, completions, pad_id: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_kl(policy, ref, prompts, completions, pad_id: int, batch_size: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per sample: the exact sequence KL (sum over response positions of the full-vocabulary per-token KL,
-    prompt masked) and the Monte-Carlo estimate sum(log pi - log ref) of the sampled tokens. -> ([N], [N])."""
+    prompt masked), the Monte-Carlo estimate sum(log pi - log ref) of the sampled tokens, and log pi of the
+    completion. -> ([N], [N], [N])."""
     dev = next(policy.parameters()).device
-    exact, mc = [], []
+    exact, mc, logp = [], [], []
     for j in range(0, len(prompts), batch_size):
         ids, attn, resp = completion_batch(prompts[j : j + batch_size], completions[j : j + batch_size], pad_id, dev)
         # fp32 even on CUDA: this is the measurement, and bf16 logits would blur small per-token KLs
         pl = policy(input_ids=ids, attention_mask=attn).logits[:, :-1]
         rl = pl if ref is policy else ref(input_ids=ids, attention_mask=attn).logits[:, :-1]  # SFT point: one pass
         exact.append((per_token_kl(pl, rl) * resp).sum(1).cpu())
-        mc.append(((token_logprobs(pl, ids[:, 1:]) - token_logprobs(rl, ids[:, 1:])) * resp).sum(1).cpu())
-    return torch.cat(exact), torch.cat(mc)
+        policy_logp = (token_logprobs(pl, ids[:, 1:]) * resp).sum(1)
+        mc.append((policy_logp - (token_logprobs(rl, ids[:, 1:]) * resp).sum(1)).cpu())
+        logp.append(policy_logp.cpu())
+    return torch.cat(exact), torch.cat(mc), torch.cat(logp)
 
 
 def decode(tokenizer, ids: list[int]) -> str:

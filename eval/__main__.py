@@ -6,6 +6,8 @@ KL = the sequence KL(pi || pi_ref) computed exactly: at every response position 
 between the checkpoint's and the SFT model's next-token distributions, summed over the response (prompt
 masked), averaged over samples. The Monte-Carlo estimate sum(log pi - log ref) of the sampled tokens is
 reported beside it. Each checkpoint samples with the same seed (common random numbers across points).
+The sampler is ours (eval.sampler = "hf") or vLLM (core/vllm_sampling.py); the KL and the log-probs are
+always the HF models' own, in fp32.
 """
 
 import csv
@@ -19,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core import job as jobs
-from core import dist, lm, tracking
+from core import dist, lm, tracking, vllm_sampling
 from core.frontier import pareto_front
 from core.scorer import load_scorer
 
@@ -35,15 +37,18 @@ def mean_se(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
 
 
-def evaluate(policy, ref, prompts, tokenizer, scorer, cfg, seed: int) -> tuple[dict, list[str]] | None:
+def evaluate(policy, policy_dir, ref, prompts, tokenizer, scorer, cfg, seed: int) -> tuple[dict, list[str]] | None:
     """One point. With several processes each samples its block of the prompts (the same seeds per prompt
     as one process would use) and computes their KL; the main process gathers them in order, scores and
-    returns the point; the others return None."""
+    returns the point; the others return None. With vLLM (one process) the point also carries the gap
+    between vLLM's and the HF policy's log-probs of the samples (vllm_sampling.logprob_gap)."""
     seeds = lm.sample_seeds(len(prompts), "eval", seed)  # the same for every checkpoint
     mine = dist.shard(prompts)
-    completions = lm.sample_completions(policy, mine, cfg.max_new_tokens, tokenizer.eos_token_id, cfg.batch_size,
-                                        dist.shard(seeds))
-    kl, kl_mc = lm.sequence_kl(policy, ref, mine, completions, tokenizer.pad_token_id, cfg.batch_size)
+    completions, sampler_logps = lm.sample(cfg.sampler, policy, policy_dir, mine, cfg.max_new_tokens,
+                                           tokenizer.eos_token_id, cfg.batch_size, dist.shard(seeds))
+    kl, kl_mc, logp = lm.sequence_kl(policy, ref, mine, completions, tokenizer.pad_token_id, cfg.batch_size)
+    gap = {} if sampler_logps is None else \
+        {"sampler_logp_gap": vllm_sampling.logprob_gap(sampler_logps, logp.tolist(), completions)}
     completions, kl, kl_mc = dist.gather(completions), dist.gather(kl.tolist()), dist.gather(kl_mc.tolist())
     if not dist.is_main():
         return None
@@ -53,7 +58,7 @@ def evaluate(policy, ref, prompts, tokenizer, scorer, cfg, seed: int) -> tuple[d
     reward, reward_se = mean_se(rewards)
     kl_mean, kl_se = mean_se(kl.double().numpy())
     point = dict(kl=kl_mean, kl_se=kl_se, kl_mc=float(kl_mc.double().mean()), reward=reward, reward_se=reward_se,
-                 n=len(prompts))
+                 n=len(prompts), **gap)
     return point, [{"text": t, "reward": round(float(r), 4), "kl": round(float(k), 4)}
                    for t, r, k in zip(texts, rewards, kl.tolist())]
 
@@ -147,14 +152,16 @@ def main():
     t0 = time.time()
     todo = [("sft", "sft", "", 0, None)] + checkpoints(job.inputs)
     log.info("evaluating %d checkpoints (and the SFT model) on %d prompts", len(todo) - 1, len(prompts))
-    rows, samples = [], {}
+    rows, samples, gaps = [], {}, []
     for method, run, param, step, path in tqdm(todo, desc="eval checkpoints", unit="ckpt",
                                                disable=None if dist.is_main() else True):
         policy = ref if path is None else lm.load_causal_lm(path)
-        result = evaluate(policy, ref, prompts, tokenizer, scorer, cfg, job.seed)
+        result = evaluate(policy, path or job.inputs["sft"], ref, prompts, tokenizer, scorer, cfg, job.seed)
         if result is None:  # not the main process: its share is gathered there
             continue
         point, texts = result
+        if "sampler_logp_gap" in point:  # vLLM sampled: its log-probs of the samples vs the HF policy's
+            gaps.append(point.pop("sampler_logp_gap"))
         rows.append(dict(method=method, run=run, param=param, step=step, **point))
         key = "sft" if path is None else f"{method}/{run}/step{step}"
         samples[key] = texts
@@ -184,7 +191,8 @@ def main():
                        "frontier_png": tracking.image(job.out / "frontier.png", "every checkpoint of every method"),
                        "frontier_panels_png": tracking.image(job.out / "frontier_panels.png", "one panel per method")})
     jobs.finish(job, {"points": len(rows), "sft_reward": rows[0]["reward"], "sft_kl": rows[0]["kl"],
-                      "best_reward": max(r["reward"] for r in rows), "eval_seconds": round(time.time() - t0, 2)},
+                      "best_reward": max(r["reward"] for r in rows), "eval_seconds": round(time.time() - t0, 2),
+                      "sampler": cfg.sampler, **({"sampler_logp_gap": max(gaps)} if gaps else {})},
                 wandb_run)
 
 

@@ -5,6 +5,7 @@ For each training prompt (the first 2-8 tokens of a review longer than 200 chara
 score each with the ground truth, and label every pair of them: chosen = the higher P(positive).
 Exact ties carry no preference and are dropped.
 
+The sampler is ours (pairs.sampler = "hf") or vLLM (core/vllm_sampling.py), with the same contract.
 Token ids travel with the text, so DPO trains on exactly the sampled sequences. The reference (SFT)
 log-probs of every completion are computed here, once, and stored with the pairs: they do not depend
 on beta, so the whole DPO sweep shares them.
@@ -18,7 +19,7 @@ import time
 
 import numpy as np
 
-from core import dist, lm, tracking
+from core import dist, lm, tracking, vllm_sampling
 from core import job as jobs
 from core.scorer import load_scorer
 
@@ -51,10 +52,15 @@ def main():
 
     t0 = time.time()
     mine = dist.shard(repeated)  # this process's block of the rows; seeds keep each row's draw the same
-    completions = lm.sample_completions(model, mine, cfg.max_new_tokens, tokenizer.eos_token_id, cfg.batch_size,
-                                        dist.shard(lm.sample_seeds(len(repeated), "pairs", job.seed)))
+    completions, sampler_logps = lm.sample(cfg.sampler, model, job.inputs["sft"], mine, cfg.max_new_tokens,
+                                           tokenizer.eos_token_id, cfg.batch_size,
+                                           dist.shard(lm.sample_seeds(len(repeated), "pairs", job.seed)))
     t_sample = time.time() - t0
     ref_logps = lm.completion_logprobs(model, mine, completions, tokenizer.pad_token_id, cfg.batch_size)
+    extra = {}
+    if sampler_logps is not None:  # vLLM sampled (one process): does its model give the HF model's log-probs?
+        extra["sampler_logp_gap"] = vllm_sampling.logprob_gap(sampler_logps, ref_logps.tolist(), completions)
+        log.info("vLLM vs HF log-probs of the samples: %.2g nats per token apart", extra["sampler_logp_gap"])
     completions, ref_logps = dist.gather(completions), dist.gather(ref_logps.tolist())
     if not dist.is_main():
         return
@@ -82,7 +88,7 @@ def main():
     jobs.finish(job, {"pairs": len(rows), "prompts": len(prompts), "ties_dropped": n_ties,
                       "sft_reward_mean": float(scores.mean()), "sft_reward_std": float(scores.std()),
                       "mean_margin": float(margins.mean()) if len(rows) else 0.0,
-                      "sample_seconds": round(t_sample, 2),
+                      "sample_seconds": round(t_sample, 2), "sampler": cfg.sampler, **extra,
                       "mean_completion_tokens": float(np.mean([len(c) for c in completions]))}, run)
 
 

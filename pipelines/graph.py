@@ -6,10 +6,13 @@ command in a child process, and on success writes the manifest and renames the f
 A stage is skipped when its manifest records the same config hash and the same input identities.
 Asked for several processes (Launch), the stages that train or sample run under `accelerate launch`;
 the process count is not part of the config hash: N processes compute what one does (core/dist.py).
+A stage that samples with vLLM runs in one process, and its config names the sampler ("auto" resolved):
+vLLM's draws are other draws of the same distribution, so a cached HF sample is not reused for it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -91,9 +94,14 @@ class Launch:
     def accelerate(self) -> bool:
         return self.processes > 1 or self.accelerate_config is not None
 
-    def command(self, stage: Stage) -> list[str]:
+    def launches(self, stage: Stage, config: dict | None = None) -> bool:
+        """Whether the stage runs under `accelerate launch`: asked for, and the stage trains or samples with
+        our code (a stage that samples with vLLM runs in one process)."""
+        return self.accelerate and stage.multiprocess and not _samples_with_vllm(config or {})
+
+    def command(self, stage: Stage, config: dict | None = None) -> list[str]:
         module = ["-m", stage.module or stage.name]
-        if not (self.accelerate and stage.multiprocess):
+        if not self.launches(stage, config):
             return [sys.executable, *module]
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(_free_port())]
         # no config: plain DDP (on a machine without GPUs accelerate runs it on the CPU, over gloo)
@@ -116,11 +124,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
 def stage_config(cfg: BenchmarkConfig, stage: Stage, protocol: dict | None = None) -> dict:
     config = {"seed": cfg.seed, **{name: cfg.section(name) for name in stage.sections}}
+    for section in config.values():  # pairs.sampler / eval.sampler: "auto" -> the sampler that will run
+        if isinstance(section, dict) and section.get("sampler") == "auto":
+            section["sampler"] = "vllm" if vllm_installed() else "hf"
     if stage.name == "report":  # its protocol table sets this scale beside the paper's settings
         config["protocol"] = protocol or {}
     return config
+
+
+def _samples_with_vllm(config: dict) -> bool:
+    return any(isinstance(s, dict) and s.get("sampler") == "vllm" for s in config.values())
 
 
 def _why_stale(manifest: dict | None, config: dict, inputs: dict) -> str | None:
@@ -155,6 +174,10 @@ def check(cfg: BenchmarkConfig, only: list[str] | None) -> None:
     for name in only or []:
         if name not in STAGES:
             raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    for name in ("pairs", "eval"):
+        if cfg.section(name)["sampler"] == "vllm" and not vllm_installed():
+            raise ConfigError(f"{name}.sampler = 'vllm' but vLLM is not installed in {sys.prefix}: `make env-vllm` "
+                              f"and VENV=.venv-vllm, or sampler = 'hf' / 'auto'")
     root = store.run_root(cfg.benchmark, cfg.scale)
     for name in only or []:
         missing = [n for n in STAGES[name].needs if n not in only and store.read_manifest(root / n) is None]
@@ -210,10 +233,12 @@ def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root:
     }
     (tmp / "job.json").write_text(json.dumps(job, indent=2))
     start = time.time()
-    command = launch.command(stage) + [str(tmp / "job.json")]
-    processes = launch.processes if launch.accelerate and stage.multiprocess else 1
-    if launch.accelerate and stage.multiprocess:
+    command = launch.command(stage, config) + [str(tmp / "job.json")]
+    processes = launch.processes if launch.launches(stage, config) else 1
+    if launch.launches(stage, config):
         log.info("[%s] %s", stage.name, " ".join(command[1:]))
+    elif launch.accelerate and stage.multiprocess:
+        log.info("[%s] one process: it samples with vLLM, which batches the whole prompt set itself", stage.name)
     proc = subprocess.run(command, env=_child_env(cfg, launch), cwd=store.REPO_ROOT)
     wall = time.time() - start
     if proc.returncode != 0:

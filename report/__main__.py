@@ -108,6 +108,13 @@ def samples_table(rows: list[dict], samples: dict, n: int) -> tuple[list[str], l
     return ["prompt", "method", "completion", "reward"], body
 
 
+def sampler_row(stage: str, metrics: dict) -> list[str]:
+    """Who drew the stage's samples; for vLLM, how far its log-probs of them were from the HF model's."""
+    gap = metrics.get("sampler_logp_gap")
+    return [f"{stage}: sampler", metrics.get("sampler", "hf") +
+            ("" if gap is None else f" (its log-probs {gap:.2g} nats per token from the HF model's)")]
+
+
 def build(job) -> list[tuple]:
     cfg = job.section("report")
     inputs = job.inputs
@@ -142,7 +149,8 @@ def build(job) -> list[tuple]:
             ["reward model: Spearman correlation with the ground truth", fmt(rm.get("spearman_with_ground_truth"))],
             ["ground truth: held-out accuracy (full reviews)", fmt(gt.get("heldout_accuracy"))],
             ["ground truth: held-out accuracy (first words only)", fmt(gt.get("heldout_accuracy_prefix"))],
-            ["pairs: labelled pairs (ties dropped)", f"{pairs['pairs']:,} ({pairs.get('ties_dropped', 0)})"]]),
+            ["pairs: labelled pairs (ties dropped)", f"{pairs['pairs']:,} ({pairs.get('ties_dropped', 0)})"],
+            sampler_row("pairs", pairs), sampler_row("eval", manifests["eval"]["metrics"])]),
         ("h2", "Compute"),
         ("table", *compute_table(runs, manifests, pairs_tokens)),
         ("table", ["stage", "wall time (s)", "peak memory (MiB)"],

@@ -1,11 +1,13 @@
 """The typed config: every scale resolves; bad values are one-line errors naming the key, exit 2, nothing written."""
 
+import dataclasses
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import cli
-from pipelines import config
+from pipelines import config, graph
 from pipelines.config import ConfigError
 
 BASE = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
@@ -53,6 +55,7 @@ BAD = [
     ("[imdb-sentiment.scales.bad]\nfoo = 1", "unknown key imdb-sentiment.foo"),
     ("[imdb-sentiment.scales.bad]\ndpo = 3", "imdb-sentiment.dpo must be a table"),
     ("[imdb-sentiment.scales.bad.sft]\nwarmup_ratio = 1.5", "sft.warmup_ratio = 1.5: must be >= 0 and <= 1"),
+    ("[imdb-sentiment.scales.bad.eval]\nsampler = \"vlm\"", "eval.sampler = 'vlm': allowed values are 'auto', 'hf', 'vllm'"),
 ]
 
 
@@ -94,3 +97,35 @@ def test_bad_source_is_refused_before_any_stage(tmp_path):
 def test_reference_doc_is_current():
     doc = Path(__file__).resolve().parent.parent / "docs" / "config.md"
     assert doc.read_text() == config.reference_markdown(), "run `make reference`"
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_auto_sampler_is_resolved_into_the_config_hash(monkeypatch, installed):
+    """"auto" becomes the sampler that will run: vLLM's draws differ from ours, so its samples are a new job."""
+    monkeypatch.setattr(graph, "vllm_installed", lambda: installed)
+    cfg = config.load("imdb-sentiment", "micro")
+    for name in ("pairs", "eval"):
+        stage_cfg = graph.stage_config(cfg, graph.STAGES[name])
+        assert stage_cfg[name]["sampler"] == ("vllm" if installed else "hf")
+        # explicit "hf" is the same job as "auto" without vLLM, whatever is installed
+        hf = dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), sampler="hf")})
+        same = config.stable_hash(graph.stage_config(hf, graph.STAGES[name])) == config.stable_hash(stage_cfg)
+        assert same is not installed
+
+
+def test_a_stage_that_samples_with_vllm_runs_in_one_process():
+    launch, stage = graph.Launch(processes=4), graph.STAGES["eval"]
+    assert launch.launches(stage, {"eval": {"sampler": "hf"}})
+    assert launch.command(stage, {"eval": {"sampler": "vllm"}}) == [sys.executable, "-m", "eval"]
+    assert not launch.launches(stage, {"eval": {"sampler": "vllm"}})
+
+
+def test_vllm_sampler_without_vllm_is_refused_before_any_stage(tmp_path, monkeypatch):
+    if graph.vllm_installed():
+        pytest.skip("vLLM is installed here")
+    path = tmp_path / "bench.toml"
+    path.write_text(BASE + "\n[imdb-sentiment.scales.bad.pairs]\nsampler = \"vllm\"\n")
+    proc = cli("--config", str(path), "run", "imdb-sentiment", "--scale", "bad", run_dir=tmp_path / "runs")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "pairs.sampler = 'vllm' but vLLM is not installed" in proc.stderr and "make env-vllm" in proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))

@@ -38,8 +38,9 @@ def test_exact_sequence_kl_matches_brute_force(prompt):
     policy, ref = toy_lm(0, vocab), toy_lm(1, vocab)
     ys = [list(y) for y in itertools.product(range(vocab), repeat=length)]
     prompts = [prompt] * len(ys)
-    exact, mc = lm.sequence_kl(policy, ref, prompts, ys, pad_id=0, batch_size=7)
+    exact, mc, logp = lm.sequence_kl(policy, ref, prompts, ys, pad_id=0, batch_size=7)
     weights = torch.exp(lm.completion_logprobs(policy, prompts, ys, pad_id=0, batch_size=5))
+    assert torch.allclose(logp.exp(), weights, atol=1e-6)  # its log pi is completion_logprobs' (other batches)
     assert weights.sum().item() == pytest.approx(1.0, abs=1e-5)  # the enumeration covers every response
     truth = brute_force_kl(policy, ref, prompt, length, vocab)
     assert truth > 0.05
@@ -52,7 +53,7 @@ def test_exact_sequence_kl_matches_brute_force(prompt):
 
 def test_kl_of_a_model_to_itself_is_zero():
     policy = toy_lm(0)
-    exact, mc = lm.sequence_kl(policy, policy, [[0], [1, 2]], [[1, 2, 0], [2]], pad_id=0, batch_size=2)
+    exact, mc, _ = lm.sequence_kl(policy, policy, [[0], [1, 2]], [[1, 2, 0], [2]], pad_id=0, batch_size=2)
     assert exact.tolist() == [0.0, 0.0] and mc.tolist() == [0.0, 0.0]
 
 

@@ -1,0 +1,101 @@
+"""vLLM sampling (pairs.sampler / eval.sampler = "vllm"): the contract of the HF sampler, the same distribution,
+and a micro run sampling with it. Needs the optional extra: `make test-vllm` (a .venv-vllm with vLLM);
+skipped where vLLM is not installed. The spine's side (resolving "auto", one process) is in test_config.py.
+
+vLLM's CPU attention takes head sizes of 32 and up, so these models use n_embd 64 with 2 heads.
+"""
+
+import json
+import math
+import re
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from core import lm, vllm_sampling  # noqa: E402
+from conftest import ROOT, cli  # noqa: E402
+
+EOS, VOCAB = 2, 16
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=64, n_layer=2, n_head=2, eos_token_id=EOS,
+                        bos_token_id=EOS, pad_token_id=1)
+    path = tmp_path_factory.mktemp("vllm") / "gpt2"
+    GPT2LMHeadModel(config).save_pretrained(path)
+    return path
+
+
+def test_completions_follow_the_hf_samplers_contract(model_dir):
+    hf = lm.load_causal_lm(model_dir, CPU)
+    prompts = [[i % 5, 3, 4][: 1 + i % 3] + [7] * (i % 4) for i in range(24)]  # 1 to 6 tokens
+    seeds = lm.sample_seeds(len(prompts), "test", 0)
+    comps, logps = vllm_sampling.sample_completions(model_dir, prompts, 6, EOS, seeds, CPU)
+    assert len(comps) == len(prompts)
+    for c in comps:
+        assert 1 <= len(c) <= 6 and EOS not in c[:-1]  # cut after the first EOS, which is kept
+        assert c[-1] == EOS or len(c) == 6
+    assert any(c[-1] == EOS for c in comps) and any(len(c) == 6 and EOS not in c for c in comps)
+    # seeded per row: the same seeds give the same draws, whatever else is in the batch
+    again, _ = vllm_sampling.sample_completions(model_dir, prompts[5:9], 6, EOS, seeds[5:9], CPU)
+    assert again == comps[5:9]
+    assert len({tuple(c) for c in comps}) > 12
+    # in prompt order, and the log-probs are those of the HF model (fp32 on both sides)
+    hf_logps = lm.completion_logprobs(hf, prompts, comps, pad_id=1, batch_size=8)
+    assert torch.allclose(torch.tensor(logps), hf_logps, atol=1e-4)
+    assert vllm_sampling.logprob_gap(logps, hf_logps.tolist(), comps) < 1e-5
+
+
+def test_vllm_draws_from_the_hf_samplers_distribution(model_dir):
+    """Pure sampling, none of the generation_config's defaults: the first token's frequencies match softmax(logits),
+    and whole sequences have the HF sampler's mean log-probability (both within 4 standard errors)."""
+    hf = lm.load_causal_lm(model_dir, CPU)
+    n, prompt = 3000, [0, 3]
+    first, _ = vllm_sampling.sample_completions(model_dir, [prompt] * n, 1, EOS, lm.sample_seeds(n, "first", 0), CPU)
+    freq = torch.bincount(torch.tensor([c[0] for c in first]), minlength=VOCAB).float() / n
+    probs = torch.softmax(hf(input_ids=torch.tensor([prompt])).logits[0, -1], -1)
+    assert torch.allclose(freq, probs, atol=4 * math.sqrt(0.25 / n))
+
+    m = 1500
+    ours = lm.sample_completions(hf, [prompt] * m, 8, EOS, 500, lm.sample_seeds(m, "ours", 0))
+    theirs, _ = vllm_sampling.sample_completions(model_dir, [prompt] * m, 8, EOS, lm.sample_seeds(m, "vllm", 0), CPU)
+    a, b = (lm.completion_logprobs(hf, [prompt] * m, c, pad_id=1, batch_size=500).double() for c in (ours, theirs))
+    se = math.sqrt(a.var() / m + b.var() / m)
+    assert abs(a.mean() - b.mean()) < 4 * se
+    assert abs(sum(map(len, ours)) - sum(map(len, theirs))) / m < 0.5  # and about as long
+
+
+def _micro_vllm_config(tmp_path):
+    """The micro scale with both samplers set to vLLM and a model whose heads vLLM's CPU attention takes."""
+    text = (ROOT / "benchmarks.toml").read_text()
+    for header in ("[imdb-sentiment.scales.micro.pairs]", "[imdb-sentiment.scales.micro.eval]"):
+        text = text.replace(header, header + '\nsampler = "vllm"')
+    text = re.sub(r"(\[imdb-sentiment\.scales\.micro\.sft\][^\[]*?)n_embd = 32", r"\1n_embd = 64", text)
+    path = tmp_path / "benchmarks.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_micro_run_samples_with_vllm_in_one_process(tmp_path):
+    config = _micro_vllm_config(tmp_path)
+    run_dir = tmp_path / "runs"
+    proc = cli("--config", str(config), "run", "imdb-sentiment", "--scale", "micro", "--nproc", "2",
+               run_dir=run_dir, check=True)
+    root = run_dir / "imdb-sentiment" / "micro"
+    manifests = {s: json.loads((root / s / "manifest.json").read_text()) for s in ("sft", "pairs", "eval")}
+    assert manifests["sft"]["processes"] == 2  # training still runs in two processes ...
+    for stage in ("pairs", "eval"):  # ... the sampling stages in one, with vLLM, as their config says
+        m = manifests[stage]
+        assert m["processes"] == 1 and m["config"][stage]["sampler"] == "vllm" and m["metrics"]["sampler"] == "vllm"
+        assert m["metrics"]["sampler_logp_gap"] < 1e-4  # vLLM's model is the HF checkpoint, to fp32 precision
+    assert "one process: it samples with vLLM" in proc.stderr
+    rows = (root / "frontier.csv").read_text().splitlines()
+    assert len(rows) > 5 and {r.split(",")[0] for r in rows[1:]} >= {"sft", "dpo", "ppo", "ppo-gt"}
+    assert "eval: sampler | vllm (its log-probs" in (root / "report.md").read_text()
