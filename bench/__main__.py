@@ -12,6 +12,8 @@ P2  overhead: our SFT and DPO trainers vs the same TRL trainer scripted by hand 
 P3  the DPO beta sweep: reference log-probs computed once by the pairs stage and shared by K betas, vs K
     stock TRL runs that each compute them.
 P5  evaluation of one checkpoint (sample, score, exact KL) vs raw batched `generate` of as many tokens.
+P6  the vLLM sampler vs ours (only where vLLM is installed: `make bench VLLM=1`): the same prompts and seeds,
+    one sample each, vLLM's engine start included (the eval stage starts one per checkpoint).
 P4  our PPO vs TRL 1.12's PPOTrainer (bench/ppo_vs_trl.py: TRL 1.12 in a bench-only layer, each run a
     subprocess) from the latest finished tiny run's models (else the fresh micro run's): episodes/s, and
     the ground-truth reward and exact KL of each final policy, at fixed KL coefficients.
@@ -191,7 +193,7 @@ def p5(make_model, tok, prompts, max_new_tokens, repeats):
     model, ref = make_model().eval(), make_model().eval()
     texts = [tok.decode(p) for p in prompts]
     scorer = TfidfLogRegScorer.fit(texts * 2, [0, 1] * len(texts), 1.0, 0)
-    cfg = SimpleNamespace(max_new_tokens=max_new_tokens, batch_size=128)
+    cfg = SimpleNamespace(max_new_tokens=max_new_tokens, batch_size=128, sampler="hf")
 
     def raw_generate():
         torch.manual_seed(0)
@@ -202,10 +204,36 @@ def p5(make_model, tok, prompts, max_new_tokens, repeats):
                                max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                                pad_token_id=tok.pad_token_id)
 
-    t_eval = median_time(lambda: evaluate(model, ref, prompts, tok, scorer, cfg, 0), repeats)
+    t_eval = median_time(lambda: evaluate(model, None, ref, prompts, tok, scorer, cfg, 0), repeats)
     t_gen = median_time(raw_generate, repeats)
     return {"eval_one_checkpoint_s": t_eval, "raw_generate_s": t_gen, "ratio": t_gen / t_eval,
             "prompts": len(prompts), "max_new_tokens": max_new_tokens}
+
+
+# ---------------------------------------------------------------------------------------------- P6
+def p6(make_model, tok, prompts, max_new_tokens, repeats) -> dict | None:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    from core import lm, vllm_sampling
+
+    model, eos, cpu = make_model().eval(), tok.eos_token_id, torch.device("cpu")
+    seeds = lm.sample_seeds(len(prompts), "bench", 0)
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        tokens = {}
+
+        def ours():
+            tokens["ours"] = sum(map(len, lm.sample_completions(model, prompts, max_new_tokens, eos, 128, seeds)))
+
+        def theirs():
+            comps, _ = vllm_sampling.sample_completions(folder, prompts, max_new_tokens, eos, seeds, cpu)
+            tokens["vllm"] = sum(map(len, comps))
+
+        t_ours, t_vllm = median_time(ours, repeats), median_time(theirs, repeats)
+    return {"ours_s": t_ours, "vllm_s": t_vllm, "ratio": t_vllm / t_ours, "ours_tokens": tokens["ours"],
+            "vllm_tokens": tokens["vllm"], "prompts": len(prompts), "max_new_tokens": max_new_tokens}
 
 
 # ---------------------------------------------------------------------------------------------- P1
@@ -285,7 +313,11 @@ def markdown(r: dict) -> str:
                      ">= 1.0 | - |")
     lines.append(f"| P5 | raw generate time / evaluation time of one checkpoint | {p5['ratio']:.3f} | >= 0.5 | "
                  f"{'yes' if p5['ratio'] >= 0.5 else 'no'} |")
-    lines += ["", "## Details", "", "```json", json.dumps({k: r[k] for k in ("P1", "P2", "P3", "P4", "P5") if k in r},
+    p6 = r.get("P6")
+    lines.append(f"| P6 | sampling time, vLLM / ours ({p6['prompts']} prompts, {p6['max_new_tokens']} tokens, engine "
+                 f"start included) | {p6['ratio']:.2f} | - | - |" if p6 else
+                 "| P6 | sampling time, vLLM / ours | not measured (vLLM not installed: make bench VLLM=1) | - | - |")
+    lines += ["", "## Details", "", "```json", json.dumps({k: r[k] for k in ("P1", "P2", "P3", "P4", "P5", "P6") if k in r},
                                                            indent=1),
               "```", ""]
     if p1["tiny_stages_s"]:
@@ -365,12 +397,14 @@ def main():
     prompts = [p["prompt_ids"] for p in pairs[:256]]
     p5_result = p5(make_model, tok, prompts, 48, args.repeats)
     print("P5", p5_result, file=sys.stderr)
+    p6_result = p6(make_model, tok, [p["prompt_ids"] for p in pairs[:1024]], 48, args.repeats)  # last: vLLM
+    print("P6", p6_result, file=sys.stderr)  # binds threads and starts a process group in this process
 
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                           f"Python {platform.python_version()}, torch {torch.__version__}",
                "threads": torch.get_num_threads(), "repeats": args.repeats, "steps": steps, "batch": batch,
                "written": time.strftime("%Y-%m-%d %H:%M"), "P1": p1(args.skip_micro, micro_dir),
-               "P2": {"dpo": dpo, "sft": sft}, "P3": p3, "P5": p5_result}
+               "P2": {"dpo": dpo, "sft": sft}, "P3": p3, "P5": p5_result, "P6": p6_result}
     source = None if args.skip_p4 else p4_source(micro_dir)
     if source is not None:
         from bench.ppo_vs_trl import p4

@@ -30,13 +30,16 @@ GPU_MEMORY_SHARE = 0.4  # of the GPU for vLLM's weights and KV cache; the HF pol
 
 def _engine(model_dir: Path, max_model_len: int, dev: torch.device):
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process (see above)
+    # one engine per checkpoint: its start-up log each time would drown the stage's own (-v shows it)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if os.environ.get("PIPELINES_LOG_LEVEL") == "DEBUG" else "ERROR")
     if dev.type == "cpu":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default takes a share of the RAM
     from vllm import LLM
 
     return LLM(model=str(model_dir), skip_tokenizer_init=True, generation_config="vllm", seed=0,
                dtype="bfloat16" if dev.type == "cuda" else "float32",  # as the HF sampler's autocast
-               max_model_len=max_model_len, enforce_eager=True, gpu_memory_utilization=GPU_MEMORY_SHARE)
+               max_model_len=max_model_len, enforce_eager=True, gpu_memory_utilization=GPU_MEMORY_SHARE,
+               use_tqdm_on_load=False)
 
 
 @torch.no_grad()
