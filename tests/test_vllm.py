@@ -72,6 +72,19 @@ def test_vllm_draws_from_the_hf_samplers_distribution(model_dir):
     assert abs(sum(map(len, ours)) - sum(map(len, theirs))) / m < 0.5  # and about as long
 
 
+def test_a_model_vllm_cannot_run_is_a_one_line_error(tmp_path):
+    """The micro scale's 16-wide heads have no vLLM CPU attention kernel: a ConfigError naming the fix."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from pipelines.config import ConfigError
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(
+        tmp_path / "narrow")
+    with pytest.raises(ConfigError, match="set pairs.sampler / eval.sampler = 'hf'") as e:
+        vllm_sampling.sample_completions(tmp_path / "narrow", [[0, 1]], 4, EOS, [0], CPU)
+    assert "\n" not in str(e.value)
+
+
 def _micro_vllm_config(tmp_path):
     """The micro scale with both samplers set to vLLM and a model whose heads vLLM's CPU attention takes."""
     text = (ROOT / "benchmarks.toml").read_text()
