@@ -83,6 +83,49 @@ def test_sampling_follows_the_model_distribution():
     assert torch.allclose(freq, probs, atol=4 * math.sqrt(0.25 / n))
 
 
+@torch.no_grad()
+def sampled_minus_expected_logp(model, prompts, comps) -> tuple[float, float]:
+    """Mean and standard error over completions of sum_t [log p(x_t | x_<t) + H(p(. | x_<t))].
+
+    Under pure sampling from the model each term has mean 0 whatever its context (the sampled token's expected
+    log-probability is minus the entropy), so the mean is 0 within noise; a sharper sampler (top-k, top-p,
+    temperature < 1) pushes it up, a flatter one down. Far tighter than comparing the draws of two samplers."""
+    ids, attn, resp = lm.completion_batch(prompts, comps, 0, torch.device("cpu"))
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits[:, :-1].double(), -1)
+    terms = torch.gather(logp, 2, ids[:, 1:, None]).squeeze(-1) - (logp.exp() * logp).sum(-1)
+    per_completion = (terms * resp).sum(1)
+    return per_completion.mean().item(), (per_completion.std() / math.sqrt(len(comps))).item()
+
+
+class Tempered(torch.nn.Module):
+    """A model's next-token distribution at another temperature: what a sampler with temperature != 1 draws."""
+
+    def __init__(self, model, temperature: float):
+        super().__init__()
+        self.model, self.temperature = model, temperature
+
+    def forward(self, **kwargs):
+        out = self.model(**kwargs)
+        out.logits = out.logits / self.temperature
+        return out
+
+
+def test_every_sampled_token_has_its_expected_log_probability():
+    """Whole completions, padded batches, EOS: the sampler draws from the model (the mean above is 0), and the
+    check sees a sampler at temperature 0.8 or 1.25."""
+    model = toy_lm(9, vocab=8)
+    n = 2000
+    prompts = [[i % 8, (3 * i) % 8][: 1 + i % 2] for i in range(n)]
+    seeds = lm.sample_seeds(n, "test", 3)
+    comps = lm.sample_completions(model, prompts, max_new_tokens=6, eos_id=7, batch_size=256, seeds=seeds)
+    mean, se = sampled_minus_expected_logp(model, prompts, comps)
+    assert abs(mean) < 4 * se, (mean, se)
+    for temperature, sign in ((0.8, 1), (1.25, -1)):
+        tempered = lm.sample_completions(Tempered(model, temperature), prompts, 6, 7, 256, seeds)
+        mean, se = sampled_minus_expected_logp(model, prompts, tempered)
+        assert sign * mean > 6 * se, (temperature, mean, se)
+
+
 def test_completions_stop_after_eos_and_keep_prompt_order():
     model = toy_lm(5)
     prompts = [[0], [1, 2], [2], [0, 0, 1]]

@@ -16,6 +16,7 @@ pytest.importorskip("vllm")
 
 from core import lm, vllm_sampling  # noqa: E402
 from conftest import ROOT, cli  # noqa: E402
+from test_lm import sampled_minus_expected_logp  # noqa: E402
 
 EOS, VOCAB = 2, 16
 CPU = torch.device("cpu")
@@ -53,9 +54,10 @@ def test_completions_follow_the_hf_samplers_contract(model_dir):
     assert vllm_sampling.logprob_gap(logps, hf_logps.tolist(), comps) < 1e-5
 
 
-def test_vllm_draws_from_the_hf_samplers_distribution(model_dir):
+def test_vllm_draws_from_the_models_distribution(model_dir):
     """Pure sampling, none of the generation_config's defaults: the first token's frequencies match softmax(logits),
-    and whole sequences have the HF sampler's mean log-probability (both within 4 standard errors)."""
+    and over whole completions every sampled token has the log-probability it should on average (both samplers;
+    a top-k sampler fails the same check)."""
     hf = lm.load_causal_lm(model_dir, CPU)
     n, prompt = 3000, [0, 3]
     first, _ = vllm_sampling.sample_completions(model_dir, [prompt] * n, 1, EOS, lm.sample_seeds(n, "first", 0), CPU)
@@ -63,13 +65,24 @@ def test_vllm_draws_from_the_hf_samplers_distribution(model_dir):
     probs = torch.softmax(hf(input_ids=torch.tensor([prompt])).logits[0, -1], -1)
     assert torch.allclose(freq, probs, atol=4 * math.sqrt(0.25 / n))
 
-    m = 1500
+    m = 2000
     ours = lm.sample_completions(hf, [prompt] * m, 8, EOS, 500, lm.sample_seeds(m, "ours", 0))
     theirs, _ = vllm_sampling.sample_completions(model_dir, [prompt] * m, 8, EOS, lm.sample_seeds(m, "vllm", 0), CPU)
-    a, b = (lm.completion_logprobs(hf, [prompt] * m, c, pad_id=1, batch_size=500).double() for c in (ours, theirs))
-    se = math.sqrt(a.var() / m + b.var() / m)
-    assert abs(a.mean() - b.mean()) < 4 * se
-    assert abs(sum(map(len, ours)) - sum(map(len, theirs))) / m < 0.5  # and about as long
+    for comps in (ours, theirs):
+        mean, se = sampled_minus_expected_logp(hf, [prompt] * m, comps)
+        assert abs(mean) < 4 * se, (mean, se)
+
+    from vllm import LLM, SamplingParams  # the check has teeth: vLLM with top-k 4 fails it
+    llm = LLM(model=str(model_dir), skip_tokenizer_init=True, generation_config="vllm", dtype="float32",
+              enforce_eager=True, max_model_len=16)
+    try:
+        out = llm.generate([{"prompt_token_ids": prompt}] * m,
+                           SamplingParams(top_k=4, max_tokens=8, stop_token_ids=[EOS], seed=0, detokenize=False),
+                           use_tqdm=False)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    mean, se = sampled_minus_expected_logp(hf, [prompt] * m, [list(o.outputs[0].token_ids) for o in out])
+    assert mean > 10 * se
 
 
 def test_a_model_vllm_cannot_run_is_a_one_line_error(tmp_path):
