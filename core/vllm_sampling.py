@@ -59,7 +59,7 @@ def sample_completions(model_dir, prompts: list[list[int]], max_new_tokens: int,
                                  stop_token_ids=[eos_id], ignore_eos=False, seed=s, logprobs=0, detokenize=False)
                   for s in seeds]
         outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-    except RuntimeError as e:  # e.g. vLLM's CPU attention has no kernel for the micro scale's 16-wide heads
+    except RuntimeError as e:  # e.g. vLLM's CPU attention has no kernel for 16-wide heads
         raise ConfigError(f"vLLM cannot sample from {model_dir} here ({str(e).strip().splitlines()[-1]}); "
                           f"set pairs.sampler / eval.sampler = 'hf'") from None
     finally:
