@@ -110,7 +110,7 @@ def test_reward_model_is_normalised_and_reports_its_diagnostics(micro_run):
 
 @pytest.mark.parametrize("value_model", ["reward_model", "policy_head"])
 def test_ppo_gt_raises_ground_truth_reward(micro_run, tmp_path, value_model):
-    """PPO on the ground truth, long enough to learn (25 steps of 32 rollouts, seconds at micro scale)."""
+    """PPO on the ground truth, long enough to learn (40 steps of 32 rollouts, seconds at micro scale)."""
     import shutil
 
     _, root, _ = micro_run
@@ -122,8 +122,8 @@ def test_ppo_gt_raises_ground_truth_reward(micro_run, tmp_path, value_model):
     path = tmp_path / "bench.toml"
     path.write_text(toml.replace(micro_ppo, "\n".join([
         "[imdb-sentiment.scales.micro.ppo]", 'methods = ["ppo-gt"]', "target_kls = [10.0]",
-        "rollouts_per_step = 32", "minibatch_size = 16", "ppo_epochs = 2", "steps = 25", "learning_rate = 3e-3",
-        "value_learning_rate = 3e-3", "init_kl_coef = 0.01", "max_new_tokens = 8", "eval_every = 25",
+        "rollouts_per_step = 32", "minibatch_size = 16", "ppo_epochs = 2", "steps = 40", "learning_rate = 3e-3",
+        "value_learning_rate = 3e-3", "init_kl_coef = 0.01", "max_new_tokens = 8", "eval_every = 40",
         f'value_model = "{value_model}"'])))
     cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", "--stages", "ppo", run_dir=store,
         check=True)
