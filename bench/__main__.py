@@ -22,6 +22,7 @@ P4  our PPO vs TRL 1.12's PPOTrainer (bench/ppo_vs_trl.py: TRL 1.12 in a bench-o
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -212,8 +213,6 @@ def p5(make_model, tok, prompts, max_new_tokens, repeats):
 
 # ---------------------------------------------------------------------------------------------- P6
 def p6(make_model, tok, prompts, max_new_tokens, repeats) -> dict | None:
-    import importlib.util
-
     if importlib.util.find_spec("vllm") is None:
         return None
     from core import lm, vllm_sampling
@@ -278,7 +277,8 @@ def markdown(r: dict) -> str:
         lines.append(f"| P1 | tiny pipeline, sum of stage wall times (latest run) | {p1['tiny_total_s']:.0f} s | "
                      f"<= 300 s | {'yes' if p1['tiny_total_s'] <= 300 else 'no'} |")
     if "micro_end_to_end_s" in p1:
-        lines.append(f"| P1 | micro pipeline end to end (fresh) | {p1['micro_end_to_end_s']:.0f} s | - | - |")
+        lines.append(f"| P1 | micro pipeline end to end (fresh{', pairs / eval sampled with vLLM' if r.get('vllm_installed') else ''}) "
+                     f"| {p1['micro_end_to_end_s']:.0f} s | - | - |")
     for name in ("sft", "dpo"):
         d = p2[name]
         lines.append(f"| P2 | {name.upper()} step time, ours / TRL scripted by hand | {d['ours_vs_trl']:.2f} | <= 1.05 | "
@@ -397,20 +397,22 @@ def main():
     prompts = [p["prompt_ids"] for p in pairs[:256]]
     p5_result = p5(make_model, tok, prompts, 48, args.repeats)
     print("P5", p5_result, file=sys.stderr)
-    p6_result = p6(make_model, tok, [p["prompt_ids"] for p in pairs[:1024]], 48, args.repeats)  # last: vLLM
-    print("P6", p6_result, file=sys.stderr)  # binds threads and starts a process group in this process
 
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                           f"Python {platform.python_version()}, torch {torch.__version__}",
                "threads": torch.get_num_threads(), "repeats": args.repeats, "steps": steps, "batch": batch,
                "written": time.strftime("%Y-%m-%d %H:%M"), "P1": p1(args.skip_micro, micro_dir),
-               "P2": {"dpo": dpo, "sft": sft}, "P3": p3, "P5": p5_result, "P6": p6_result}
+               "P2": {"dpo": dpo, "sft": sft}, "P3": p3, "P5": p5_result,
+               "vllm_installed": importlib.util.find_spec("vllm") is not None}  # then P1's micro run samples with it
     source = None if args.skip_p4 else p4_source(micro_dir)
     if source is not None:
         from bench.ppo_vs_trl import p4
 
         results["P4"] = {**p4(source), "source_scale": source.name}
         print("P4", results["P4"], file=sys.stderr)
+    # last: vLLM's engine changes this process (environment, a process group while it runs)
+    results["P6"] = p6(make_model, tok, [p["prompt_ids"] for p in pairs[:1024]], 48, args.repeats)
+    print("P6", results["P6"], file=sys.stderr)
     import shutil
 
     shutil.rmtree(micro_dir, ignore_errors=True)

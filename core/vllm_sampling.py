@@ -1,4 +1,4 @@
-"""Sampling with vLLM, when it is installed (`make env-vllm`): the contract of core.lm.sample_completions.
+"""Sampling with vLLM, when it is installed (`make ... VLLM=1`): the contract of core.lm.sample_completions.
 
 The same draw as the HF sampler: one pure sample per prompt (temperature 1, no top-k / top-p, none of the
 model's generation_config defaults), at most max_new_tokens ids, cut after the first EOS and keeping it,
@@ -30,12 +30,16 @@ from pipelines.config import ConfigError
 GPU_MEMORY_SHARE = 0.4  # of the GPU for vLLM's weights and KV cache; the HF policy / reference share the rest
 
 
-def _engine(model_dir: Path, max_model_len: int, dev: torch.device):
+def _configure_vllm(dev: torch.device) -> None:
+    """vLLM reads these when it is first imported: call before that."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process (see above)
     # one engine per checkpoint: its start-up log each time would drown the stage's own (-v shows it)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if os.environ.get("PIPELINES_LOG_LEVEL") == "DEBUG" else "ERROR")
     if dev.type == "cpu":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default takes a share of the RAM
+
+
+def _engine(model_dir: Path, max_model_len: int, dev: torch.device):
     from vllm import LLM
 
     return LLM(model=str(model_dir), skip_tokenizer_init=True, generation_config="vllm", seed=0,
@@ -49,6 +53,7 @@ def sample_completions(model_dir, prompts: list[list[int]], max_new_tokens: int,
                        dev: torch.device) -> tuple[list[list[int]], list[float]]:
     """One pure sample per prompt from the model in model_dir (an HF folder). -> (completions, their
     log-probabilities under vLLM's forward pass), both in prompt order."""
+    _configure_vllm(dev)
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -59,9 +64,11 @@ def sample_completions(model_dir, prompts: list[list[int]], max_new_tokens: int,
                                  stop_token_ids=[eos_id], ignore_eos=False, seed=s, logprobs=0, detokenize=False)
                   for s in seeds]
         outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-    except RuntimeError as e:  # e.g. vLLM's CPU attention has no kernel for 16-wide heads
+    except RuntimeError as e:
+        if "Unsupported" not in str(e):  # vLLM refusing the model (e.g. no CPU attention kernel for 16-wide heads)
+            raise
         raise ConfigError(f"vLLM cannot sample from {model_dir} here ({str(e).strip().splitlines()[-1]}); "
-                          f"set pairs.sampler / eval.sampler = 'hf'") from None
+                          f"set pairs.sampler / eval.sampler = 'hf'") from e
     finally:
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()
@@ -78,7 +85,8 @@ def sample_completions(model_dir, prompts: list[list[int]], max_new_tokens: int,
 
 
 def logprob_gap(sampler_logps, hf_logps, completions) -> float:
-    """Mean |log p_vLLM - log p_HF| per sampled token: ~3e-7 in fp32 on the CPU here (bf16 on a GPU will be
-    looser; not measured here); far larger means the engine's model is not the HF model."""
+    """sum over sequences of |log p_vLLM(sequence) - log p_HF(sequence)|, divided by the number of sampled
+    tokens: 2.7e-7 in fp32 on the CPU here (bf16 on a GPU will be looser; not measured); far larger means the
+    engine's model is not the HF model."""
     tokens = sum(map(len, completions))
     return float(sum(abs(a - b) for a, b in zip(sampler_logps, hf_logps)) / max(tokens, 1))

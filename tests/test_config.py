@@ -127,5 +127,5 @@ def test_vllm_sampler_without_vllm_is_refused_before_any_stage(tmp_path, monkeyp
     path.write_text(BASE + "\n[imdb-sentiment.scales.bad.pairs]\nsampler = \"vllm\"\n")
     proc = cli("--config", str(path), "run", "imdb-sentiment", "--scale", "bad", run_dir=tmp_path / "runs")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "pairs.sampler = 'vllm' but vLLM is not installed" in proc.stderr and "make env-vllm" in proc.stderr
+    assert "pairs.sampler = 'vllm' but vLLM is not installed" in proc.stderr and "VLLM=1" in proc.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))

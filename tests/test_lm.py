@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from conftest import sampled_minus_expected_logp
 from core import lm
 
 
@@ -81,20 +82,6 @@ def test_sampling_follows_the_model_distribution():
     probs = torch.softmax(model(input_ids=torch.tensor([[1]])).logits[0, -1], -1)
     freq = torch.bincount(torch.tensor([c[0] for c in comps]), minlength=3).float() / n
     assert torch.allclose(freq, probs, atol=4 * math.sqrt(0.25 / n))
-
-
-@torch.no_grad()
-def sampled_minus_expected_logp(model, prompts, comps) -> tuple[float, float]:
-    """Mean and standard error over completions of sum_t [log p(x_t | x_<t) + H(p(. | x_<t))].
-
-    Under pure sampling from the model each term has mean 0 whatever its context (the sampled token's expected
-    log-probability is minus the entropy), so the mean is 0 within noise; a sharper sampler (top-k, top-p,
-    temperature < 1) pushes it up, a flatter one down. Far tighter than comparing the draws of two samplers."""
-    ids, attn, resp = lm.completion_batch(prompts, comps, 0, torch.device("cpu"))
-    logp = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits[:, :-1].double(), -1)
-    terms = torch.gather(logp, 2, ids[:, 1:, None]).squeeze(-1) - (logp.exp() * logp).sum(-1)
-    per_completion = (terms * resp).sum(1)
-    return per_completion.mean().item(), (per_completion.std() / math.sqrt(len(comps))).item()
 
 
 class Tempered(torch.nn.Module):

@@ -14,8 +14,7 @@ import torch
 pytest.importorskip("vllm")
 
 from core import lm, vllm_sampling  # noqa: E402
-from conftest import ROOT, cli  # noqa: E402
-from test_lm import sampled_minus_expected_logp  # noqa: E402
+from conftest import ROOT, cli, sampled_minus_expected_logp  # noqa: E402
 
 EOS, VOCAB = 2, 16
 CPU = torch.device("cpu")
