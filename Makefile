@@ -34,7 +34,7 @@ help:  ## list the targets
 	@echo "make wandb-sync                                upload the offline wandb runs in ./wandb"
 	@echo "make reference                                 regenerate docs/config.md from pipelines/config.py"
 	@echo "make env                                       create .venv (done automatically by the others)"
-	@echo "VLLM=1 with any target                          use .venv-vllm: the project with vLLM, which then samples"
+	@echo "VLLM=1 with any target                         use .venv-vllm: the project with vLLM, which then samples"
 	@echo "                                               pairs and eval (pairs.sampler / eval.sampler = auto)"
 	@echo "make clean-runs                                delete runs/ (RUN_DIR)"
 	@echo "Results: \$${RUN_DIR:-runs}/<benchmark>/<scale>/frontier.{csv,png,pdf}, report.{md,html}"
