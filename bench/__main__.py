@@ -305,7 +305,7 @@ def markdown(r: dict) -> str:
         gaps = p4.get("reward_gap_at_equal_kl", [])
         if gaps:  # no worse: no gap below -2 standard errors
             worse = [g for g in gaps if g["gap"] < -2 * g["gap_se"]]
-            lines.append(f"| P4 | ground-truth reward at equal KL, ours - TRL (interpolated between TRL's points) | "
+            lines.append("| P4 | ground-truth reward at equal KL, ours - TRL (interpolated between TRL's points) | "
                          + ", ".join(f"{g['gap']:+.3f} +- {g['gap_se']:.3f} at KL {g['kl']:.1f}" for g in gaps)
                          + f" | no worse | {'no' if worse else 'yes'} |")
     else:

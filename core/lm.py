@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
-from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
