@@ -81,11 +81,6 @@ def gather_tensor(x: torch.Tensor) -> torch.Tensor:
     return gather(x.contiguous())
 
 
-def barrier() -> None:
-    if world_size() > 1:
-        _group().wait_for_everyone()
-
-
 def close() -> None:
     """At a stage's end, on every process: wait for all, then leave the group. A process that exits while a
     peer is still reading its last message (gloo sends asynchronously) makes that peer abort."""

@@ -9,10 +9,10 @@ the whole sweep. A checkpoint is kept every `eval_every` steps and at the end; r
 
 import logging
 import math
-import time
 
 from core import job as jobs
 from core import dist, resume, tracking
+from core.run import MethodRun
 from core.lm_head import plain_lm_head
 from core.train import stop_on_non_finite_loss, trainer_device_args
 
@@ -46,11 +46,11 @@ def make_trainer_class():
     return PairsDPOTrainer
 
 
-def train_one(beta: float, cfg, job, pairs, run_dir):
+def train_one(beta: float, cfg, job, pairs):
     """One DPO run from the SFT model; a killed run resumes from its latest checkpoint (TRL's resume)."""
-    if done := resume.finished_run(run_dir):
-        log.info("%s: finished by an earlier attempt", done["run"])
-        return done
+    run = MethodRun(job, "dpo", f"beta{beta:g}", "beta", beta)
+    if run.summary:
+        return run.summary
     from trl import DPOConfig
 
     from core import lm
@@ -60,7 +60,7 @@ def train_one(beta: float, cfg, job, pairs, run_dir):
     tokenizer = lm.load_tokenizer(job.inputs["sft"])
     steps = cfg.max_steps or math.ceil(len(pairs) / cfg.batch_size)
     args = DPOConfig(
-        output_dir=str(run_dir), beta=beta, loss_type=["sigmoid"], precompute_ref_log_probs=True,
+        output_dir=str(run.folder), beta=beta, loss_type=["sigmoid"], precompute_ref_log_probs=True,
         learning_rate=cfg.learning_rate, optim="rmsprop" if cfg.optimizer == "rmsprop" else "adamw_torch",
         warmup_steps=cfg.warmup_steps, lr_scheduler_type="constant_with_warmup",
         per_device_train_batch_size=dist.per_process("dpo.batch_size", cfg.batch_size), max_steps=steps, max_length=None,
@@ -69,27 +69,20 @@ def train_one(beta: float, cfg, job, pairs, run_dir):
         **trainer_device_args(), disable_tqdm=not dist.is_main(), remove_unused_columns=False,
         logging_nan_inf_filter=False,
     )
-    run = tracking.start(job, f"dpo-beta{beta:g}", "dpo", {"beta": beta})  # TRL's callback logs into it
+    run.start()  # TRL's callback logs into its wandb run; TRL resumes the training itself
     trainer = make_trainer_class()(model=model, args=args, train_dataset=pairs, processing_class=tokenizer,
                                    callbacks=[stop_on_non_finite_loss()])
-    t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(run_dir))
+    result = trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(run.folder))
     history = [h for h in trainer.state.log_history if "loss" in h]
     if result.global_step % cfg.eval_every:  # the trainer saved the multiples of eval_every; keep the last step too
-        trainer.save_model(str(run_dir / f"checkpoint-{result.global_step}"))
-    resume.strip_checkpoints(run_dir)  # eval needs the weights and config only
+        trainer.save_model(str(run.folder / f"checkpoint-{result.global_step}"))
     per_pair = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(pairs["prompt_ids"], pairs["chosen_ids"],
                                                                     pairs["rejected_ids"])) / len(pairs)
-    summary = resume.mark_finished(run_dir, {
-        "method": "dpo", "run": f"beta{beta:g}", "param": beta, "param_name": "beta",
-        "checkpoints": resume.checkpoint_list(run_dir, job.out),
-        "steps": result.global_step, "train_seconds": round(time.time() - t0, 2),
-        "tokens_trained": round(per_pair * result.global_step * cfg.batch_size),  # pairs seen x mean pair length
-        "final_loss": history[-1]["loss"] if history else None,
-        "final_reward_accuracy": history[-1].get("rewards/accuracies") if history else None,
-    })
-    tracking.end(run, {k: v for k, v in summary.items() if k != "checkpoints"})
-    return summary
+    return run.finish(
+        steps=result.global_step,
+        tokens_trained=round(per_pair * result.global_step * cfg.batch_size),  # pairs seen x mean pair length
+        final_loss=history[-1]["loss"] if history else None,
+        final_reward_accuracy=history[-1].get("rewards/accuracies") if history else None)
 
 
 def main():
@@ -101,7 +94,7 @@ def main():
     runs = []
     for beta in cfg.betas:
         log.info("DPO beta=%g on %d pairs", beta, len(pairs))
-        runs.append(train_one(beta, cfg, job, pairs, job.out / f"beta{beta:g}"))
+        runs.append(train_one(beta, cfg, job, pairs))
         log.info("beta=%g: %d steps in %.0fs, final loss %s", beta, runs[-1]["steps"], runs[-1]["train_seconds"],
                  runs[-1]["final_loss"])
     jobs.finish_runs(job, runs, ("final_loss",))

@@ -19,13 +19,13 @@ Run as `python -m dpo.relatives job.json`; the job's stage name says which metho
 
 import logging
 import math
-import time
 
 import torch
 from tqdm.auto import tqdm
 
 from core import job as jobs
-from core import dist, lm, resume, tracking
+from core import dist, lm
+from core.run import MethodRun
 from core.train import loop_accelerator
 
 log = logging.getLogger("stage")
@@ -70,49 +70,39 @@ def data_order(n: int, steps: int, batch_size: int, seed: int) -> list[list[int]
     return [flat[i * batch_size : (i + 1) * batch_size].tolist() for i in range(steps)]
 
 
-def train_one(method: str, param, cfg, job, pairs: dict, run_dir) -> dict:
+def train_one(method: str, param, cfg, job, pairs: dict) -> dict:
     """One run from the SFT model. param: alpha (unlikelihood) or the data-order seed (preferred-ft).
     A run killed part-way resumes from its latest checkpoint; a finished one is not trained again."""
-    if done := resume.finished_run(run_dir):
-        log.info("%s: finished by an earlier attempt", done["run"])
-        return done
+    name = METHODS[job.stage][2]
     accelerator = loop_accelerator()
+    run = MethodRun(job, method, f"{name}{param:g}", name, param, accelerator=accelerator)
+    if run.summary:
+        return run.summary
     world = dist.world_size()
-    last = resume.latest_checkpoint(run_dir)
-    model = lm.load_causal_lm(last[1] if last else job.inputs["sft"], accelerator.device).train()
+    model = lm.load_causal_lm(run.latest or job.inputs["sft"], accelerator.device).train()
     pad_id = lm.load_tokenizer(job.inputs["sft"]).pad_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.RMSprop(params, lr=cfg.learning_rate) if cfg.optimizer == "rmsprop"
            else torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0))
     warmup = max(1, cfg.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-    raw_model = model
     model, opt = accelerator.prepare(model, opt)
+    resumable = {"optimizer": opt, "scheduler": sched}
+    state = run.start(resumable)
     steps = cfg.max_steps or math.ceil(len(pairs["prompt_ids"]) / cfg.batch_size)
     seed = param if method == "preferred-ft" else job.seed
     alpha = param if method == "unlikelihood" else 0.0
-    done_steps, history, tokens, seconds = 0, [], 0, 0.0
-    if last:
-        done_steps, _, state = last
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        history, tokens, seconds = state["history"], state["tokens"], state["seconds"]
-        log.info("%s %g: resuming after step %d", method, param, done_steps)
-    t0 = time.time() - seconds
-    name = METHODS[job.stage][2]
-    run = tracking.start(job, f"{method}-{name}{param:g}", method, {name: param})
     order = data_order(len(pairs["prompt_ids"]), steps, cfg.batch_size, seed)
     bar = tqdm(order, desc=f"{method} {param:g}", unit="step", disable=None if dist.is_main() else True)
     for step, idx in enumerate(bar, start=1):
-        if step <= done_steps:
+        if step <= state.step:
             continue
         # the whole batch's token counts; then this process trains on its block of the batch
         chosen_tokens = torch.tensor(float(sum(len(pairs["chosen_ids"][i]) for i in idx)))
         rejected_tokens = torch.tensor(float(sum(len(pairs["rejected_ids"][i]) for i in idx)))
-        tokens += sum(len(pairs["prompt_ids"][i]) + len(pairs["chosen_ids"][i]) for i in idx)
+        state.tokens_trained += sum(len(pairs["prompt_ids"][i]) + len(pairs["chosen_ids"][i]) for i in idx)
         if method == "unlikelihood":
-            tokens += sum(len(pairs["prompt_ids"][i]) + len(pairs["rejected_ids"][i]) for i in idx)
+            state.tokens_trained += sum(len(pairs["prompt_ids"][i]) + len(pairs["rejected_ids"][i]) for i in idx)
         idx = dist.shard(idx)
         prompts = [pairs["prompt_ids"][i] for i in idx]
         chosen = [pairs["chosen_ids"][i] for i in idx]
@@ -127,30 +117,19 @@ def train_one(method: str, param, cfg, job, pairs: dict, run_dir) -> dict:
                 logps, mask = completion_token_logps(model, prompts, chosen, pad_id)
                 loss = preferred_ft_loss(logps, mask, chosen_tokens)
         batch_loss = float(dist.all_sum(loss.detach()))  # the processes' shares add up to the batch's loss
-        if not math.isfinite(batch_loss):
-            good = resume.latest_checkpoint(run_dir)
-            raise FloatingPointError(f"{method} {param:g}: loss is {batch_loss} at step {step}; stopping "
-                                     f"(last good checkpoint: {good[1] if good else 'none'})")
+        run.check_finite(batch_loss, step)
         opt.zero_grad(set_to_none=True)
         accelerator.backward(world * loss)  # DDP averages the processes' gradients; each is a share of the sum
         opt.step()
         sched.step()
-        history.append(batch_loss)
-        tracking.log_train(run, step, {"loss": history[-1], "learning_rate": sched.get_last_lr()[0]})
+        state.step = step
+        state.history.append(batch_loss)
+        run.log(step, {"loss": batch_loss, "learning_rate": sched.get_last_lr()[0]})
         if step % cfg.eval_every == 0 or step == steps:
-            weights = accelerator.get_state_dict(model)  # every process takes part (sharded models)
-            resume.save_checkpoint(raw_model, run_dir / f"checkpoint-{step}", {
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
-                "history": history, "tokens": tokens, "seconds": time.time() - t0}, weights)
-            recent = history[-cfg.eval_every:]
+            run.save(state, model, resumable)
+            recent = state.history[-cfg.eval_every:]
             log.info("%s %g step %d/%d: loss %.4f", method, param, step, steps, sum(recent) / len(recent))
-    resume.strip_checkpoints(run_dir)
-    summary = resume.mark_finished(run_dir, {
-        "method": method, "run": f"{name}{param:g}", "param": param, "param_name": name,
-        "checkpoints": resume.checkpoint_list(run_dir, job.out), "steps": steps,
-        "train_seconds": round(time.time() - t0, 2), "tokens_trained": tokens, "final_loss": history[-1]})
-    tracking.end(run, {k: v for k, v in summary.items() if k != "checkpoints"})
-    return summary
+    return run.finish(state, final_loss=state.history[-1])
 
 
 def main():
@@ -165,7 +144,7 @@ def main():
     runs = []
     for param in getattr(cfg, sweep_key):
         log.info("%s %s=%g on %d pairs", method, name, param, len(data))
-        runs.append(train_one(method, param, cfg, job, pairs, job.out / f"{name}{param:g}"))
+        runs.append(train_one(method, param, cfg, job, pairs))
     jobs.finish_runs(job, runs, ("final_loss",))
 
 

@@ -3,7 +3,7 @@
 tiny: TF-IDF (word 1-2 grams) + logistic regression fit on labelled training reviews.
 paper: the siebert/sentiment-roberta-large-english classifier, referenced by name.
 The manifest records accuracy on held-out labelled reviews, on full texts and on their first
-`prefix_tokens` words (about what a prompt + completion holds).
+`prefix_words` words (about what a prompt + completion holds).
 """
 
 import logging
@@ -41,8 +41,8 @@ def main():
     held = splits.gt_heldout
     labels = [r.label for r in held]
     full = accuracy(scorer([r.text for r in held]), labels)
-    prefix = accuracy(scorer([" ".join(r.text.split()[: cfg.prefix_tokens]) for r in held]), labels)
-    log.info("held-out accuracy %.3f on full reviews, %.3f on their first %d words", full, prefix, cfg.prefix_tokens)
+    prefix = accuracy(scorer([" ".join(r.text.split()[: cfg.prefix_words]) for r in held]), labels)
+    log.info("held-out accuracy %.3f on full reviews, %.3f on their first %d words", full, prefix, cfg.prefix_words)
     jobs.finish(job, {"heldout_accuracy": full, "heldout_accuracy_prefix": prefix, "n_train": n_train,
                       "n_heldout": len(held), "fit_seconds": round(time.time() - t0, 2)}, run)
 

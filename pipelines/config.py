@@ -70,11 +70,12 @@ class SFTConfig:
 class GroundTruthConfig:
     kind: str = spec(choices=("tfidf-logreg", "hf-classifier"), help="the sentiment scorer; reward = P(positive)")
     model: str = spec("", help="hf-classifier only: hub id or local folder of a sequence classifier")
-    batch_size: int = spec(16, gt=0, help="texts scored per batch")
+    batch_size: int = spec(16, gt=0, help="hf-classifier only: texts scored per batch")
     max_length: int = spec(512, gt=0, help="hf-classifier only: truncation length in tokens")
     train_reviews: int = spec(0, ge=0, help="tfidf-logreg only: labelled reviews to fit on (0 = all not held out)")
     C: float = spec(4.0, gt=0, help="tfidf-logreg only: inverse L2 strength of the logistic regression")
-    prefix_tokens: int = spec(48, gt=0, help="the manifest also reports accuracy on reviews cut to this many tokens")
+    prefix_words: int = spec(48, gt=0, help="the manifest also reports accuracy on reviews cut to this many words "
+                                            "(about what a prompt + completion holds)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,22 +9,25 @@ One run per method and target KL. Each PPO step:
   4. Advantages by GAE (gamma, lambda) on the value model's estimates, whitened over the batch.
   5. Several epochs over minibatches: clipped policy loss and clipped value loss.
   6. KL control: the adaptive controller of Ziegler et al. steers beta_KL toward the target sequence KL.
-The value model is initialised from the reward model (as in lm-human-preferences), or is a head on the
-policy. The parts are pure functions in ppo/algorithm.py. A checkpoint is kept every `eval_every` steps.
-Under `accelerate launch` the rollouts and minibatches are split over the processes (see train_run);
-on CUDA the forward passes run in bf16 autocast, the losses in fp32.
+The value model is a separate network initialised from the reward model (Stiennon et al. 2020), or a scalar
+head on the policy (Ziegler et al.'s lm-human-preferences, policy.py: `scalar_heads=['value']`). The parts are
+pure functions in ppo/algorithm.py; the algorithm reads top to bottom in train_run, rollout and ppo_update,
+each step citing the line of lm-human-preferences (train_policy.py) it follows. A checkpoint is kept every
+`eval_every` steps. Under `accelerate launch` the rollouts and minibatches are split over the processes; on
+CUDA the forward passes run in bf16 autocast, the losses in fp32.
 """
 
 import json
 import logging
 import random
-import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from core import job as jobs
-from core import dist, lm, resume, tracking
+from core import dist, lm
+from core.run import MethodRun
 from core.train import loop_accelerator
 from core.reward import RewardModel
 from core.scorer import load_scorer
@@ -42,8 +45,8 @@ def response_view(x: torch.Tensor, starts: torch.Tensor, width: int) -> torch.Te
 class ValueModel(torch.nn.Module):
     """V(s_t) at every position: a scalar head on a transformer's hidden states.
 
-    reward_model: a separate network, the reward model's backbone and head (lm-human-preferences' choice);
-    policy_head: a new head on the policy's own hidden states (one forward serves both)."""
+    reward_model: a separate network, the reward model's backbone and head (Stiennon et al. 2020's choice);
+    policy_head: a new head on the policy's own hidden states, one forward serving both (lm-human-preferences)."""
 
     def __init__(self, kind: str, reward_model_dir, policy):
         super().__init__()
@@ -83,22 +86,103 @@ def batch_tensors(prompts, completions, pad_id, dev):
     return ids.to(dev), attn.to(dev), starts.to(dev), lengths.to(dev)
 
 
-def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score_fn, run_dir):
-    """One run from the SFT model. A run killed part-way resumes from its latest checkpoint (weights,
-    optimizers, KL coefficient, RNG state); a finished one is not trained again.
+@dataclass
+class Rollouts:
+    """One PPO step's batch, whole on every process. B rollouts, L = prompt + response tokens, T = the longest
+    response. Response position t of row b is token starts[b] + 1 + t of ids[b]."""
+    ids: torch.Tensor  # [B, L] prompt + completion, right-padded
+    attn: torch.Tensor  # [B, L]
+    starts: torch.Tensor  # [B] the position whose logits predict the first response token
+    mask: torch.Tensor  # [B, T] 1 on response tokens (up to and including EOS)
+    score: torch.Tensor  # [B] the reward model's or the ground truth's score of each rollout
+    logp: torch.Tensor  # [B, T] log pi_old of each response token (the policy that sampled it)
+    ref_logp: torch.Tensor  # [B, T] log pi_ref of each response token
+    values: torch.Tensor  # [B, T] V_old of the state before each response token
+    completions: list  # B token id lists
 
-    With N processes each samples and scores its block of the step's rollouts and computes their log-probs
-    and values; these are gathered, so every process holds the whole batch and computes the same advantages
-    and KL coefficient. Each minibatch (the same ones as one process would draw) is split over the
-    processes; each divides its part of the loss by the whole minibatch's token count, and the averaged
-    gradients, x N, are the one-process gradient."""
-    if done := resume.finished_run(run_dir):
-        log.info("%s: finished by an earlier attempt", done["run"])
-        return done
+    def view(self, x: torch.Tensor, rows) -> torch.Tensor:
+        """Per-position values of these rows [b, L-1] as response positions [b, T]."""
+        return response_view(x, self.starts[rows], self.mask.shape[1])
+
+
+# ============================================================================================== ALGO LOGIC
+def rollout(policy, ref, value, prompts, seeds, score_fn, cfg, tokenizer, dev) -> Rollouts:
+    """Steps 1-2: one pure sample per prompt from the current policy (lm-human-preferences, train_policy.py
+    PPOTrainer.step: `policy.respond`), its score (`score_fn`), and the log-probs of the sampled tokens under
+    the policy and the reference and the values (`ref_policy.analyze_responses`). With N processes each
+    samples, scores and runs the forward passes for its block of rows; the results are gathered in order."""
+    mine = dist.block(len(prompts))
+    rows = slice(mine.start, mine.stop)
+    my_completions = lm.sample_completions(policy, prompts[rows], cfg.max_new_tokens, tokenizer.eos_token_id,
+                                           len(prompts), seeds[rows])
+    score = dist.gather_tensor(score_fn(prompts[rows], my_completions).float().to(dev))
+    completions = dist.gather(my_completions)
+    ids, attn, starts, lengths = batch_tensors(prompts, completions, tokenizer.pad_token_id, dev)
+    width = int(lengths.max())
+    mask = (torch.arange(width, device=dev)[None] < lengths[:, None]).float()
+    with torch.no_grad(), lm.autocast(dev):
+        logp, _, hidden = forward_policy(policy, ids[rows], attn[rows], cfg.value_model == "policy_head",
+                                         want_entropy=False)
+        ref_logp, _, _ = forward_policy(ref, ids[rows], attn[rows], False, want_entropy=False)
+        values = value(ids[rows], attn[rows], hidden).float()
+    logp, ref_logp, values = (dist.gather_tensor(response_view(x, starts[rows], width)) * mask
+                              for x in (logp, ref_logp, values))
+    return Rollouts(ids, attn, starts, mask, score, logp, ref_logp, values, completions)
+
+
+def ppo_update(policy, value, policy_opt, value_opt, batch: Rollouts, advantages, returns, cfg, accelerator,
+               minibatch_seeds: list[int], check_finite) -> tuple[dict, int]:
+    """Step 5: `ppo_epochs` passes over the batch in shuffled minibatches (train_policy.py PPOTrainer.train: a
+    fresh permutation each epoch), each a clipped policy loss and a clipped value loss (PPOTrainer.loss;
+    Schulman et al. 2017, eq. 7 and 9). Ziegler et al. train one network with pg_loss + vf_coef * vf_loss
+    (value_model = policy_head); with a separate value network (value_model = reward_model, as Stiennon et
+    al. 2020) each network takes its own loss. One Adam per network at a constant learning rate (Ziegler et al.
+    decay it linearly to 0: a departure).
+    Each minibatch is split over the processes; each divides its part of the loss by the whole minibatch's
+    token count, so the averaged gradients x N are the one-process gradient. -> (mean statistics, tokens)."""
+    world, shared = dist.world_size(), cfg.value_model == "policy_head"
+    mask, stats, tokens_trained = batch.mask, [], 0
+    policy.train()
+    for epoch in range(cfg.ppo_epochs):
+        shuffle = torch.Generator().manual_seed(minibatch_seeds[epoch])
+        for mb in torch.randperm(len(batch.ids), generator=shuffle).split(cfg.minibatch_size):
+            n_tokens = mask[mb].sum()  # the whole minibatch's
+            tokens_trained += int(batch.attn[mb].sum())
+            part = dist.block(len(mb))
+            mb = mb[part.start : part.stop]  # this process's part of it
+            logp, entropy, hidden = forward_policy(policy, batch.ids[mb], batch.attn[mb], shared)
+            pg_loss, clipfrac, approx_kl = A.policy_loss(batch.view(logp, mb), batch.logp[mb], advantages[mb],
+                                                         mask[mb], cfg.clip_range, n_tokens)
+            values = batch.view(value(batch.ids[mb], batch.attn[mb], hidden), mb).float()
+            vf_loss, vf_clipfrac = A.value_loss(values, batch.values[mb], returns[mb], mask[mb],
+                                                cfg.value_clip_range, n_tokens)
+            # the processes' parts summed: the minibatch's values (one collective for all of them)
+            parts = dist.all_sum(torch.stack([x.detach().float() for x in (
+                pg_loss, vf_loss, clipfrac, approx_kl, A.masked_mean(batch.view(entropy, mb), mask[mb], n_tokens),
+                vf_clipfrac)]))
+            check_finite(float(parts[:2].sum()))
+            stats.append(parts)
+            policy_opt.zero_grad()
+            value_opt.zero_grad()
+            # x world: DDP averages the processes' gradients, and each part is already a share of the mean
+            accelerator.backward(world * (pg_loss + cfg.vf_coef * vf_loss if shared else pg_loss + vf_loss))
+            policy_opt.step()
+            value_opt.step()
+    keys = ("policy_loss", "value_loss", "clipfrac", "approx_kl", "entropy", "value_clipfrac")
+    return dict(zip(keys, torch.stack(stats).mean(0).tolist())), tokens_trained
+
+
+def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score_fn):
+    """One run from the SFT model: `steps` PPO steps, each rollout -> rewards and advantages -> update ->
+    KL control. A run killed part-way resumes from its latest checkpoint (weights, optimizers, KL
+    coefficient, RNG state); a finished one is not trained again."""
     accelerator = loop_accelerator()
-    dev, world = accelerator.device, dist.world_size()
-    last = resume.latest_checkpoint(run_dir)
-    policy = lm.load_causal_lm(last[1] if last else job.inputs["sft"], dev)
+    name = f"{method}-kl{target_kl:g}"
+    run = MethodRun(job, method, name, "target_kl", target_kl, label=name, accelerator=accelerator)
+    if run.summary:
+        return run.summary
+    dev = accelerator.device
+    policy = lm.load_causal_lm(run.latest or job.inputs["sft"], dev)
     ref = lm.load_causal_lm(job.inputs["sft"], dev).requires_grad_(False)
     value = ValueModel(cfg.value_model, job.inputs["reward_model"], policy).to(dev)
     policy_opt = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
@@ -107,125 +191,59 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
     policy, value, policy_opt, value_opt = accelerator.prepare(policy, value, policy_opt, value_opt)
     kl_ctl = (A.AdaptiveKLController(cfg.init_kl_coef, target_kl, cfg.kl_horizon) if cfg.kl_control == "adaptive"
               else A.FixedKLController(cfg.init_kl_coef))
+    resumable = {"value": value, "policy_optimizer": policy_opt, "value_optimizer": value_opt}
+    state = run.start(resumable)
+    kl_ctl.value = state.extra.get("kl_coef", kl_ctl.value)
     order = list(range(len(prompts)))
     random.Random(job.seed).shuffle(order)
-    shared_forward = cfg.value_model == "policy_head"
-    done_steps, history, tokens_generated, tokens_trained, seconds = 0, [], 0, 0, 0.0
-    if last:
-        done_steps, _, state = last
-        accelerator.unwrap_model(value).load_state_dict(state["value"])
-        policy_opt.load_state_dict(state["policy_optimizer"])
-        value_opt.load_state_dict(state["value_optimizer"])
-        kl_ctl.value = state["kl_coef"]
-        torch.set_rng_state(state["rng"])
-        history, tokens_generated, tokens_trained = state["history"], state["tokens_generated"], state["tokens_trained"]
-        seconds = state["seconds"]
-        log.info("%s target %g: resuming after step %d", method, target_kl, done_steps)
-    t0 = time.time() - seconds
-    run = tracking.start(job, f"{method}-kl{target_kl:g}", method, {"target_kl": target_kl})
-    mine = dist.block(cfg.rollouts_per_step)  # this process's rollouts of each step
-    for step in range(done_steps + 1, cfg.steps + 1):
+    for step in range(state.step + 1, cfg.steps + 1):
         start = (step - 1) * cfg.rollouts_per_step
         batch_prompts = [prompts[order[(start + i) % len(order)]] for i in range(cfg.rollouts_per_step)]
+        seeds = lm.sample_seeds(cfg.rollouts_per_step, "ppo", job.seed, step)
 
-        # 1-2. rollouts and their scores: each process its block, gathered in order
+        # 1-2. rollouts, their scores, log-probs and values
         policy.eval()
-        my_prompts = batch_prompts[mine.start : mine.stop]
-        seeds = lm.sample_seeds(cfg.rollouts_per_step, "ppo", job.seed, step)[mine.start : mine.stop]
-        my_completions = lm.sample_completions(raw_policy, my_prompts, cfg.max_new_tokens, tokenizer.eos_token_id,
-                                               cfg.rollouts_per_step, seeds)
-        score = dist.gather_tensor(score_fn(my_prompts, my_completions).float().to(dev))
-        completions = dist.gather(my_completions)
-        tokens_generated += sum(map(len, completions))
-        ids, attn, starts, lengths = batch_tensors(batch_prompts, completions, tokenizer.pad_token_id, dev)
-        width = int(lengths.max())
-        mask = (torch.arange(width, device=dev)[None] < lengths[:, None]).float()
-        view = lambda x, rows: response_view(x, starts[rows], width)  # noqa: E731
-        rows = slice(mine.start, mine.stop)
+        batch = rollout(raw_policy, ref, raw_value, batch_prompts, seeds, score_fn, cfg, tokenizer, dev)
         with torch.no_grad():
-            with lm.autocast(dev):
-                old_logp, _, hidden = forward_policy(raw_policy, ids[rows], attn[rows], shared_forward,
-                                                     want_entropy=False)
-                ref_logp, _, _ = forward_policy(ref, ids[rows], attn[rows], False, want_entropy=False)
-                old_values = raw_value(ids[rows], attn[rows], hidden).float()
-            old_logp, ref_logp, old_values = (dist.gather_tensor(view(x, rows)) * mask
-                                              for x in (old_logp, ref_logp, old_values))
+            # 3. per-token reward: -beta * KL_t at every response token, the score added at the last one
+            #    (train_policy.py PPOTrainer.compute_rewards: `rewards[:, -1] += scores`; here the last token of
+            #    each response, as responses end at their own EOS)
+            kl = A.kl_penalty(batch.logp, batch.ref_logp, cfg.kl_estimator) * batch.mask
+            rewards = A.token_rewards(batch.score, kl, kl_ctl.value, batch.mask)
+            # 4. GAE over the response, then advantages whitened over the batch (PPOTrainer.loss)
+            advantages, returns = A.gae(rewards, batch.values, batch.mask, cfg.gamma, cfg.lam)
+            advantages = A.whiten(advantages, batch.mask)
 
-            # 3-4. per-token rewards, advantages (the whole batch, on every process alike)
-            kl = A.kl_penalty(old_logp, ref_logp, cfg.kl_estimator) * mask
-            rewards = A.token_rewards(score, kl, kl_ctl.value, mask)
-            advantages, returns = A.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-            advantages = A.whiten(advantages, mask)
+        # 5. PPO epochs over minibatches
+        stats, tokens = ppo_update(policy, value, policy_opt, value_opt, batch, advantages, returns, cfg, accelerator,
+                                   [lm.sample_seeds(1, "ppo-minibatches", job.seed, step, e)[0]
+                                    for e in range(cfg.ppo_epochs)],
+                                   lambda loss: run.check_finite(loss, step))
 
-        # 5. PPO epochs over minibatches, each split over the processes
-        policy.train()
-        keys = ("policy_loss", "value_loss", "clipfrac", "approx_kl", "entropy", "value_clipfrac")
-        stats = []
-        for epoch in range(cfg.ppo_epochs):
-            shuffle = torch.Generator().manual_seed(lm.sample_seeds(1, "ppo-minibatches", job.seed, step, epoch)[0])
-            for mb in torch.randperm(cfg.rollouts_per_step, generator=shuffle).split(cfg.minibatch_size):
-                n_tokens = mask[mb].sum()  # the whole minibatch's
-                tokens_trained += int(attn[mb].sum())
-                part = dist.block(len(mb))
-                mb = mb[part.start : part.stop]  # this process's part of it
-                mb_mask = mask[mb]
-                logp, entropy, hidden = forward_policy(policy, ids[mb], attn[mb], shared_forward)
-                mb_view = lambda x: response_view(x, starts[mb], width)  # noqa: E731
-                pg_loss, clipfrac, approx_kl = A.policy_loss(mb_view(logp), old_logp[mb], advantages[mb], mb_mask,
-                                                             cfg.clip_range, n_tokens)
-                values = mb_view(value(ids[mb], attn[mb], hidden)).float()
-                vf_loss, vf_clipfrac = A.value_loss(values, old_values[mb], returns[mb], mb_mask,
-                                                    cfg.value_clip_range, n_tokens)
-                # the processes' parts summed: the minibatch's values (one collective for all of them)
-                parts = torch.stack([x.detach().float() for x in (pg_loss, vf_loss, clipfrac, approx_kl,
-                                     A.masked_mean(mb_view(entropy), mb_mask, n_tokens), vf_clipfrac)])
-                stats.append(dist.all_sum(parts))
-                if not torch.isfinite(stats[-1][:2].sum()):
-                    good = resume.latest_checkpoint(run_dir)
-                    raise FloatingPointError(
-                        f"{method} target {target_kl:g}: loss is {float(stats[-1][:2].sum())} at step {step}; "
-                        f"stopping (last good checkpoint: {good[1] if good else 'none'})")
-                policy_opt.zero_grad()
-                value_opt.zero_grad()
-                # policy_head: one network, one weighted loss; reward_model: two networks, each its own loss.
-                # x world: DDP averages the processes' gradients, and each part is already a share of the mean.
-                accelerator.backward(world * (pg_loss + cfg.vf_coef * vf_loss if shared_forward else pg_loss + vf_loss))
-                policy_opt.step()
-                value_opt.step()
-
-        # 6. KL control on the measured sequence KL of this batch
+        # 6. KL control on this batch's sequence KL (train_policy.py: `kl_ctl.update(stats['objective/kl'],
+        #    batch_size)` after the update, with the KL of the rollouts)
         seq_kl = float(kl.sum(1).mean())
         coef = kl_ctl.value
         kl_ctl.update(seq_kl, cfg.rollouts_per_step)
-        means = torch.stack(stats).mean(0).tolist()
-        row = {"step": step, "score": float(score.mean()), "kl": seq_kl, "kl_coef": coef,
-               "explained_variance": A.explained_variance(old_values, returns, mask),
-               "response_length": float(lengths.float().mean()), "seconds": round(time.time() - t0, 2),
-               **dict(zip(keys, means))}
-        history.append(row)
-        tracking.log_train(run, step, {k: v for k, v in row.items() if k != "step"})
-        eta = (time.time() - t0) / step * (cfg.steps - step)
+
+        # ------------------------------------------------------------------------------------ plumbing
+        state.step, state.extra["kl_coef"] = step, kl_ctl.value
+        state.tokens_generated += sum(map(len, batch.completions))
+        state.tokens_trained += tokens
+        row = {"step": step, "score": float(batch.score.mean()), "kl": seq_kl, "kl_coef": coef,
+               "explained_variance": A.explained_variance(batch.values, returns, batch.mask),
+               "response_length": float(batch.mask.sum(1).mean()), "seconds": round(run.elapsed(), 2), **stats}
+        state.history.append(row)
+        run.log(step, {k: v for k, v in row.items() if k != "step"})
+        eta = run.elapsed() / step * (cfg.steps - step)
         log.info("%s target %g step %d/%d: score %.3f, KL %.2f, coef %.3f, entropy %.2f, clipfrac %.2f (ETA %.0fs)",
                  method, target_kl, step, cfg.steps, row["score"], seq_kl, coef, row["entropy"], row["clipfrac"], eta)
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            weights = accelerator.get_state_dict(policy)  # every process takes part (sharded models)
-            value_weights = accelerator.get_state_dict(value)
-            resume.save_checkpoint(raw_policy, run_dir / f"checkpoint-{step}", {
-                "value": value_weights, "policy_optimizer": policy_opt.state_dict(),
-                "value_optimizer": value_opt.state_dict(), "kl_coef": kl_ctl.value, "rng": torch.get_rng_state(),
-                "history": history, "tokens_generated": tokens_generated, "tokens_trained": tokens_trained,
-                "seconds": time.time() - t0}, weights)
+            run.save(state, policy, resumable)
     if dist.is_main():
-        (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    resume.strip_checkpoints(run_dir)
-    summary = resume.mark_finished(run_dir, {
-        "method": method, "run": f"{method}-kl{target_kl:g}", "param": target_kl, "param_name": "target_kl",
-        "checkpoints": resume.checkpoint_list(run_dir, job.out), "steps": cfg.steps,
-        "train_seconds": round(time.time() - t0, 2), "tokens_generated": tokens_generated,
-        "tokens_trained": tokens_trained, "final_score": history[-1]["score"], "final_kl": history[-1]["kl"],
-        "final_kl_coef": kl_ctl.value})
-    tracking.end(run, {k: v for k, v in summary.items() if k != "checkpoints"})
-    return summary
+        (run.folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state.history))
+    return run.finish(state, final_score=state.history[-1]["score"], final_kl=state.history[-1]["kl"],
+                      final_kl_coef=kl_ctl.value)
 
 
 def main():
@@ -249,8 +267,7 @@ def main():
     for method in cfg.methods:
         for target in cfg.target_kls:
             torch.manual_seed(job.seed)
-            run = train_run(method, target, cfg, job, prompts, tokenizer, scorers[method],
-                            job.out / f"{method}-kl{target:g}")
+            run = train_run(method, target, cfg, job, prompts, tokenizer, scorers[method])
             log.info("%s: %d steps in %.0fs, final score %.3f, KL %.2f", run["run"], run["steps"],
                      run["train_seconds"], run["final_score"], run["final_kl"])
             runs.append(run)

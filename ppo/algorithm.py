@@ -50,13 +50,13 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, advantages + values
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Zero mean, unit variance over the masked entries (the mean is kept when shift_mean is False)."""
+def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance over the masked entries (lm-human-preferences' utils.whiten). [B, T] -> [B, T]."""
     n = mask.sum()
     mean = (x * mask).sum() / n
     var = (((x - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1)
     out = (x - mean) * torch.rsqrt(var + 1e-8)
-    return (out if shift_mean else out + mean) * mask
+    return out * mask
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, n_tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -103,7 +103,8 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 
 class AdaptiveKLController:
-    """Ziegler et al. (2019): steer the KL coefficient toward a target sequence KL.
+    """Ziegler et al. (2019), lm-human-preferences train_policy.py AdaptiveKLController: steer the KL
+    coefficient toward a target sequence KL.
 
     error = clip(KL / target - 1, -0.2, 0.2); coef <- coef * (1 + error * n / horizon), n = rollouts this step."""
 

@@ -26,7 +26,7 @@ from core.train import stop_on_non_finite_loss, trainer_device_args
 log = logging.getLogger("stage")
 
 
-def split_prompts(prompts: list[tuple], share: float, seed: int) -> set[tuple]:
+def heldout_prompt_set(prompts: list[tuple], share: float, seed: int) -> set[tuple]:
     """A seeded share of the distinct prompts, held out."""
     distinct = sorted(set(prompts))
     random.Random(seed).shuffle(distinct)
@@ -44,7 +44,7 @@ def main():
 
     pairs = load_from_disk(str(job.inputs["pairs"] / "dataset"))
     samples = load_from_disk(str(job.inputs["pairs"] / "samples"))
-    held = split_prompts([tuple(p) for p in pairs["prompt_ids"]], cfg.heldout_prompts, job.seed)
+    held = heldout_prompt_set([tuple(p) for p in pairs["prompt_ids"]], cfg.heldout_prompts, job.seed)
     is_held = [tuple(p) in held for p in pairs["prompt_ids"]]
     seqs = {side: [p + c for p, c in zip(pairs["prompt_ids"], pairs[f"{side}_ids"])] for side in ("chosen", "rejected")}
     train = Dataset.from_dict({f"{side}_ids": [s for s, h in zip(seqs[side], is_held) if not h]

@@ -13,7 +13,7 @@ from pipelines.config import ConfigError
 BASE = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
 
 
-@pytest.mark.parametrize("scale", ["tiny", "micro", "paper"])
+@pytest.mark.parametrize("scale", config.scale_names(config.read_toml(), "imdb-sentiment"))
 def test_every_scale_resolves(scale):
     cfg = config.load("imdb-sentiment", scale)
     assert cfg.scale == scale and cfg.dpo.betas

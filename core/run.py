@@ -1,0 +1,147 @@
+"""A method run's life in one place: start or resume it, check it, checkpoint it, finish it.
+
+Every method stage trains one run per swept parameter (DPO's beta, PPO's target KL, ...) from the SFT model,
+and every run goes through `MethodRun`:
+
+    run = MethodRun(job, "unlikelihood", "alpha0.5", "alpha", 0.5)
+    if run.summary:                          # finished by an earlier attempt: not trained again
+        return run.summary
+    model = load(run.latest or sft)          # a killed run resumes from its newest complete checkpoint
+    state = run.start({"optimizer": opt})    # restores the optimizer, the loop state and the RNG, opens tracking
+    for step in range(state.step + 1, steps + 1):
+        loss = ...
+        run.check_finite(loss, step)         # a NaN / inf loss stops the stage, naming the last good checkpoint
+        ...
+        state.step = step
+        if step % eval_every == 0:
+            run.save(state, model, {"optimizer": opt})
+    return run.finish(state, final_loss=...)  # runs.json's entry: checkpoints, time, tokens, the method's own
+
+A stage trained by a TRL trainer (which checkpoints and resumes itself) uses `summary`, `start` and `finish`.
+The run's folder is <stage out>/<name>; its checkpoints are checkpoint-<step>/ (core/resume.py), and
+run.json marks it finished. A run is never marked finished with non-finite weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from core import dist, resume, tracking
+
+log = logging.getLogger("stage")
+
+
+@dataclass
+class LoopState:
+    """What a training loop carries across a checkpoint besides weights and optimizers."""
+    step: int = 0  # optimiser steps (PPO: PPO steps) done
+    seconds: float = 0.0  # training time so far, over every attempt
+    history: list = field(default_factory=list)  # one entry per step: the loss, or a dict of statistics
+    tokens_generated: int = 0
+    tokens_trained: int = 0
+    extra: dict = field(default_factory=dict)  # the method's own scalars (PPO: the KL coefficient)
+
+
+class MethodRun:
+    def __init__(self, job, method: str, name: str, param_name: str, param, label: str | None = None,
+                 accelerator=None):
+        """name: the run's folder and its name in runs.json and frontier.csv; label: its wandb name
+        (default <method>-<name>); accelerator: gathers sharded weights for checkpoints (our loops)."""
+        self.job, self.method, self.name, self.param_name, self.param = job, method, name, param_name, param
+        self.label = label or f"{method}-{name}"
+        self.folder = Path(job.out) / name
+        self.accelerator = accelerator
+        self.summary = resume.finished_run(self.folder)  # set: finished by an earlier attempt
+        if self.summary:
+            log.info("%s: finished by an earlier attempt", self.summary["run"])
+        last = resume.latest_checkpoint(self.folder)
+        self.latest: Path | None = last[1] if last else None  # the weights to start from, when resuming
+        self._saved_state = last[2] if last else None
+        self.tracker, self._t0 = None, time.time()
+
+    # ------------------------------------------------------------------------------------------ start
+    def start(self, resumable: dict | None = None) -> LoopState:
+        """Open the run's tracking; when resuming, load each of `resumable` (modules, optimizers, schedulers)
+        from the newest checkpoint, and the loop state and torch's RNG. -> the loop state (step 0 when new)."""
+        state = LoopState()
+        if self._saved_state is not None:
+            saved = self._saved_state
+            for key, obj in (resumable or {}).items():
+                target = self.accelerator.unwrap_model(obj) if self.accelerator and isinstance(obj, torch.nn.Module) \
+                    else obj
+                target.load_state_dict(saved[key])
+            torch.set_rng_state(saved["rng"])
+            state = LoopState(**saved["loop"])
+            log.info("%s: resuming after step %d", self.label, state.step)
+        self._t0 = time.time() - state.seconds
+        self.tracker = tracking.start(self.job, self.label, self.method, {self.param_name: self.param})
+        return state
+
+    def elapsed(self) -> float:
+        """Training seconds over every attempt of this run."""
+        return time.time() - self._t0
+
+    def log(self, step: int, metrics: dict) -> None:
+        tracking.log_train(self.tracker, step, metrics)
+
+    # ------------------------------------------------------------------------------------------ checks
+    def check_finite(self, loss: float, step: int) -> None:
+        """Stop the stage when a loss is NaN or inf: the checkpoints before it stay, the run is not finished."""
+        if not math.isfinite(loss):
+            good = resume.latest_checkpoint(self.folder)
+            raise FloatingPointError(f"{self.label}: loss is {loss} at step {step}; stopping "
+                                     f"(last good checkpoint: {good[1] if good else 'none'})")
+
+    # ------------------------------------------------------------------------------------------ save
+    def save(self, state: LoopState, model, resumable: dict | None = None) -> None:
+        """checkpoint-<state.step>: the model's weights (what eval reads), and what resuming needs: the state
+        of each of `resumable`, the loop state and the RNG. Refused when a weight is not finite: a step can
+        leave NaN weights behind a finite loss, and such a checkpoint must not be evaluated or resumed from."""
+        acc = self.accelerator
+        state.seconds = self.elapsed()
+        raw = acc.unwrap_model(model) if acc else model
+        weights = acc.get_state_dict(model) if acc else None  # every process takes part (sharded models)
+        check_finite_weights(weights if weights is not None else raw.state_dict(), f"{self.label} step {state.step}")
+        saved = {key: (acc.get_state_dict(obj) if acc and isinstance(obj, torch.nn.Module) else obj.state_dict())
+                 for key, obj in (resumable or {}).items()}
+        saved.update(loop=dataclasses.asdict(state), rng=torch.get_rng_state())
+        resume.save_checkpoint(raw, self.folder / f"checkpoint-{state.step}", saved, weights)
+
+    # ------------------------------------------------------------------------------------------ finish
+    def finish(self, state: LoopState | None = None, **summary) -> dict:
+        """Keep only what eval needs of each checkpoint, check their weights are finite, write run.json (which
+        marks the run finished) and close its tracking. -> the summary, as runs.json lists it."""
+        resume.strip_checkpoints(self.folder)
+        checkpoints = resume.checkpoint_list(self.folder, self.job.out)
+        if dist.is_main():  # the one that writes run.json
+            for c in checkpoints:
+                check_finite_weights(load_weights(self.job.out / c["path"]), f"{self.label} {c['path']}")
+        record = {"method": self.method, "run": self.name, "param": self.param, "param_name": self.param_name,
+                  "checkpoints": checkpoints, "train_seconds": round(self.elapsed(), 2)}
+        if state is not None:  # our loops; a TRL stage passes its own counts
+            record["steps"] = state.step
+            record.update({k: getattr(state, k) for k in ("tokens_generated", "tokens_trained") if getattr(state, k)})
+        record.update(summary)
+        summary = resume.mark_finished(self.folder, record)
+        tracking.end(self.tracker, {k: v for k, v in summary.items() if k != "checkpoints"})
+        return summary
+
+
+def load_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def check_finite_weights(weights: dict, where: str) -> None:
+    """FloatingPointError naming the first tensor with a NaN or inf."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise FloatingPointError(f"{where}: weight {name} is not finite; the run is not marked finished")
