@@ -122,9 +122,8 @@ def time_dpo_stock(pairs, make_model, tok, steps, batch):
 
 def time_dpo_plain(ds, make_model, pad_id, steps, batch, beta=0.1):
     """The floor: the DPO loss in a plain loop, the same batches and optimizer."""
-    import torch.nn.functional as F
-
     from core import lm
+    from dpo.loss import dpo_loss
 
     model = make_model().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
@@ -136,8 +135,8 @@ def time_dpo_plain(ds, make_model, pad_id, steps, batch, beta=0.1):
                                               torch.device("cpu"))
         logps = (lm.token_logprobs(model(input_ids=ids, attention_mask=attn).logits[:, :-1], ids[:, 1:]) * resp).sum(1)
         n = len(prompts)
-        margin = (logps[:n] - torch.tensor(rows["ref_chosen_logps"])) - (logps[n:] - torch.tensor(rows["ref_rejected_logps"]))
-        loss = -F.logsigmoid(beta * margin).mean()
+        loss, _, _ = dpo_loss(logps[:n], logps[n:], torch.tensor(rows["ref_chosen_logps"]),
+                              torch.tensor(rows["ref_rejected_logps"]), beta)
         opt.zero_grad()
         loss.backward()
         opt.step()
