@@ -63,10 +63,15 @@ def test_trl_dpo_loss_equals_dpo_loss_on_the_same_batch(tmp_path):
     policy, ref = toy_lm(0, vocab).train(), toy_lm(1, vocab)  # two models: the reference log-probs matter
     gen = torch.Generator().manual_seed(0)
     ids = lambda n: torch.randint(1, vocab, (n,), generator=gen).tolist()  # noqa: E731
+    logps = lambda model, completions: lm.completion_logprobs(model, prompts, completions, pad_id, 8)  # noqa: E731
     prompts = [ids(n) for n in (2, 3, 1, 4)]
-    chosen, rejected = [ids(n) for n in (3, 5, 2, 4)], [ids(n) for n in (4, 2, 5, 3)]
-    ref_chosen = lm.completion_logprobs(ref, prompts, chosen, pad_id, 8)
-    ref_rejected = lm.completion_logprobs(ref, prompts, rejected, pad_id, 8)
+    a, b = [ids(n) for n in (3, 5, 2, 4)], [ids(n) for n in (4, 2, 5, 3)]
+    # chosen: the completion the policy already prefers (as after some training), so every margin is positive
+    # and a flipped sign or a missing beta moves the loss far
+    a_first = (logps(policy, a) - logps(ref, a) > logps(policy, b) - logps(ref, b)).tolist()
+    chosen = [x if first else y for x, y, first in zip(a, b, a_first)]
+    rejected = [y if first else x for x, y, first in zip(a, b, a_first)]
+    ref_chosen, ref_rejected = logps(ref, chosen), logps(ref, rejected)
     pairs = Dataset.from_dict({"prompt_ids": prompts, "chosen_ids": chosen, "rejected_ids": rejected,
                                "ref_chosen_logps": ref_chosen.tolist(), "ref_rejected_logps": ref_rejected.tolist()})
 
@@ -80,10 +85,9 @@ def test_trl_dpo_loss_equals_dpo_loss_on_the_same_batch(tmp_path):
         trl_loss = trainer.compute_loss(trainer.model, batch).item()
     metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
 
-    loss, chosen_rewards, rejected_rewards = dpo_loss(
-        lm.completion_logprobs(policy, prompts, chosen, pad_id, 8),
-        lm.completion_logprobs(policy, prompts, rejected, pad_id, 8), ref_chosen, ref_rejected, beta)
-    assert abs(loss.item() - math.log(2)) > 0.01  # margins away from 0 (both signs): a wrong beta or sign shows
+    loss, chosen_rewards, rejected_rewards = dpo_loss(logps(policy, chosen), logps(policy, rejected), ref_chosen,
+                                                      ref_rejected, beta)
     assert trl_loss == pytest.approx(loss.item(), rel=1e-5)
+    assert loss.item() < math.log(2) - 0.05  # the margins are positive and not small
     assert metrics["rewards/chosen"] == pytest.approx(chosen_rewards.mean().item(), rel=1e-5, abs=1e-6)
     assert metrics["rewards/rejected"] == pytest.approx(rejected_rewards.mean().item(), rel=1e-5, abs=1e-6)
