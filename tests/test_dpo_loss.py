@@ -63,8 +63,8 @@ def test_trl_dpo_loss_equals_dpo_loss_on_the_same_batch(tmp_path):
     policy, ref = toy_lm(0, vocab).train(), toy_lm(1, vocab)  # two models: the reference log-probs matter
     gen = torch.Generator().manual_seed(0)
     ids = lambda n: torch.randint(1, vocab, (n,), generator=gen).tolist()  # noqa: E731
-    logps = lambda model, completions: lm.completion_logprobs(model, prompts, completions, pad_id, 8)  # noqa: E731
     prompts = [ids(n) for n in (2, 3, 1, 4)]
+    logps = lambda model, completions: lm.completion_logprobs(model, prompts, completions, pad_id, 8)  # noqa: E731
     a, b = [ids(n) for n in (3, 5, 2, 4)], [ids(n) for n in (4, 2, 5, 3)]
     # chosen: the completion the policy already prefers (as after some training), so every margin is positive
     # and a flipped sign or a missing beta moves the loss far
