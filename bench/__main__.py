@@ -40,13 +40,31 @@ OUT = ROOT / "bench"
 TINY = dict(vocab_size=4096, n_layer=2, n_embd=128, n_head=4, dropout=0.0, max_length=64)
 
 
+class Stopwatch:
+    """`with Stopwatch() as watch: ...`, then watch.seconds is the block's wall time. Every timing here is one,
+    so every number is measured the same way (perf_counter, nothing but the block inside)."""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+
+
 def median_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        with Stopwatch() as watch:
+            fn()
+        times.append(watch.seconds)
     return statistics.median(times)
+
+
+def show(label: str, result):
+    """Print a measurement as it lands (the bench takes minutes) and pass it on."""
+    print(label, result, file=sys.stderr)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- fixture
@@ -100,9 +118,9 @@ def time_dpo_ours(ds, make_model, tok, steps, batch):
 
     trainer = make_trainer_class()(model=make_model(), args=dpo_args(tempfile.mkdtemp(), steps, batch, True),
                                    train_dataset=ds, processing_class=tok)
-    t0 = time.perf_counter()
-    trainer.train()
-    return time.perf_counter() - t0
+    with Stopwatch() as train:
+        trainer.train()
+    return train.seconds
 
 
 def time_dpo_stock(pairs, make_model, tok, steps, batch):
@@ -111,37 +129,51 @@ def time_dpo_stock(pairs, make_model, tok, steps, batch):
     from trl import DPOTrainer
 
     text = Dataset.from_dict({k: [tok.decode(p[f"{k}_ids"]) for p in pairs] for k in ("prompt", "chosen", "rejected")})
-    t0 = time.perf_counter()
-    trainer = DPOTrainer(model=make_model(), args=dpo_args(tempfile.mkdtemp(), steps, batch, True),
-                         train_dataset=text, processing_class=tok)
-    t_init = time.perf_counter() - t0  # tokenization and the reference log-probs over the whole dataset
-    t0 = time.perf_counter()
-    trainer.train()
-    return t_init, time.perf_counter() - t0
+    with Stopwatch() as init:  # tokenization and the reference log-probs over the whole dataset
+        trainer = DPOTrainer(model=make_model(), args=dpo_args(tempfile.mkdtemp(), steps, batch, True),
+                             train_dataset=text, processing_class=tok)
+    with Stopwatch() as train:
+        trainer.train()
+    return init.seconds, train.seconds
 
 
 def time_dpo_plain(ds, make_model, pad_id, steps, batch, beta=0.1):
     """The floor: the DPO loss in a plain loop, the same batches and optimizer."""
-    import torch.nn.functional as F
-
     from core import lm
+    from dpo.loss import dpo_loss
 
     model = make_model().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
-    t0 = time.perf_counter()
-    for s in range(steps):
-        rows = ds[s * batch : (s + 1) * batch]
-        prompts = rows["prompt_ids"]
-        ids, attn, resp = lm.completion_batch(prompts + prompts, rows["chosen_ids"] + rows["rejected_ids"], pad_id,
-                                              torch.device("cpu"))
-        logps = (lm.token_logprobs(model(input_ids=ids, attention_mask=attn).logits[:, :-1], ids[:, 1:]) * resp).sum(1)
-        n = len(prompts)
-        margin = (logps[:n] - torch.tensor(rows["ref_chosen_logps"])) - (logps[n:] - torch.tensor(rows["ref_rejected_logps"]))
-        loss = -F.logsigmoid(beta * margin).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return time.perf_counter() - t0
+    with Stopwatch() as train:
+        for s in range(steps):
+            rows = ds[s * batch : (s + 1) * batch]
+            prompts = rows["prompt_ids"]
+            ids, attn, resp = lm.completion_batch(prompts + prompts, rows["chosen_ids"] + rows["rejected_ids"], pad_id,
+                                                  torch.device("cpu"))
+            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+            logps = (lm.token_logprobs(logits, ids[:, 1:]) * resp).sum(1)
+            n = len(prompts)
+            loss, _, _ = dpo_loss(logps[:n], logps[n:], torch.tensor(rows["ref_chosen_logps"]),
+                                  torch.tensor(rows["ref_rejected_logps"]), beta)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return train.seconds
+
+
+def p2_dpo(ds, pairs, make_model, tok, steps: int, batch: int, repeats: int) -> dict:
+    """Per-step times from runs of `steps` steps: ours, stock TRL (its reference precompute timed apart), plain."""
+    ours = median_time(lambda: time_dpo_ours(ds, make_model, tok, steps, batch), repeats) / steps
+    stock_runs = [time_dpo_stock(pairs[: steps * batch], make_model, tok, steps, batch) for _ in range(repeats)]
+    plain = median_time(lambda: time_dpo_plain(ds, make_model, tok.pad_token_id, steps, batch), repeats) / steps
+    # TRL tokenizes the text pairs and precomputes the reference log-probs in its constructor (timed as
+    # init); its per-step time comes from runs of 1 and `steps` steps
+    stock_one = [time_dpo_stock(pairs[: steps * batch], make_model, tok, 1, batch)[1] for _ in range(repeats)]
+    stock_total = statistics.median(t for _, t in stock_runs)
+    stock_step = (stock_total - statistics.median(stock_one)) / (steps - 1)
+    stock_ref = statistics.median(t for t, _ in stock_runs)  # tokenization + reference precompute
+    return {"ours_step_s": ours, "trl_step_s": stock_step, "plain_step_s": plain, "ours_vs_trl": ours / stock_step,
+            "ours_vs_plain": ours / plain, "trl_tokenize_and_reference_s": stock_ref}
 
 
 # ---------------------------------------------------------------------------------------------- P2: SFT
@@ -163,9 +195,9 @@ def time_sft(token_ids, make_model, tok, steps, batch, ours: bool):
                          train_dataset=Dataset.from_dict({"input_ids": token_ids}), processing_class=tok)
     if ours:
         plain_lm_head(trainer.model)  # what sft/__main__.py does off GPU
-    t0 = time.perf_counter()
-    trainer.train()
-    return time.perf_counter() - t0
+    with Stopwatch() as train:
+        trainer.train()
+    return train.seconds
 
 
 def time_sft_plain(token_ids, make_model, pad_id, steps, batch):
@@ -173,18 +205,52 @@ def time_sft_plain(token_ids, make_model, pad_id, steps, batch):
 
     model = make_model().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    t0 = time.perf_counter()
-    for s in range(steps):
-        ids, attn = lm.right_pad(token_ids[s * batch : (s + 1) * batch], pad_id)
-        loss = model(input_ids=ids, attention_mask=attn, labels=ids.masked_fill(attn == 0, -100)).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return time.perf_counter() - t0
+    with Stopwatch() as train:
+        for s in range(steps):
+            ids, attn = lm.right_pad(token_ids[s * batch : (s + 1) * batch], pad_id)
+            loss = model(input_ids=ids, attention_mask=attn, labels=ids.masked_fill(attn == 0, -100)).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return train.seconds
+
+
+def p2_sft(reviews, make_model, tok, steps: int, batch: int, repeats: int) -> dict:
+    """Per-step times from runs of `steps` steps on the first reviews cut to the tiny max_length."""
+    sft_ids = [ids[: TINY["max_length"]] for ids in tok(reviews[: steps * batch], add_special_tokens=False)["input_ids"]]
+    ours = median_time(lambda: time_sft(sft_ids, make_model, tok, steps, batch, True), repeats) / steps
+    trl = median_time(lambda: time_sft(sft_ids, make_model, tok, steps, batch, False), repeats) / steps
+    plain = median_time(lambda: time_sft_plain(sft_ids, make_model, tok.pad_token_id, steps, batch), repeats) / steps
+    return {"ours_step_s": ours, "trl_step_s": trl, "plain_step_s": plain, "ours_vs_trl": ours / trl,
+            "ours_vs_plain": ours / plain}
+
+
+# ---------------------------------------------------------------------------------------------- P3
+def p3_beta_sweep(dpo: dict, pairs, make_model, pad_id, steps: int, batch: int, repeats: int) -> dict:
+    """K betas over the same steps*batch pairs, from P2's DPO unit costs and our reference pass timed here."""
+    from pipelines.config import load
+
+    tiny = load("imdb-sentiment", "tiny")  # the sweep as benchmarks.toml ships it
+    k, n_steps = len(tiny.dpo.betas), tiny.dpo.max_steps
+    n_pairs = tiny.pairs.prompts * tiny.pairs.samples_per_prompt * (tiny.pairs.samples_per_prompt - 1) // 2
+    ours, stock_step, stock_ref = dpo["ours_step_s"], dpo["trl_step_s"], dpo["trl_tokenize_and_reference_s"]
+    ref_ours = median_time(lambda: dpo_columns(pairs[: steps * batch], make_model().eval(), pad_id), repeats)
+    shared = ref_ours + k * ours * steps
+    independent = k * (stock_ref + stock_step * steps)
+    # the tiny sweep itself (its pairs and DPO steps) from the same measured unit costs: TRL precomputes the
+    # reference over the whole dataset in every run; the pairs stage does it once
+    per_pair_ours, per_pair_trl = ref_ours / (steps * batch), stock_ref / (steps * batch)
+    tiny_shared = n_pairs * per_pair_ours + k * n_steps * ours
+    tiny_independent = k * (n_pairs * per_pair_trl + n_steps * stock_step)
+    return {"betas": k, "pairs": steps * batch, "tiny_pairs": n_pairs, "tiny_steps": n_steps,
+            "ours_reference_once_s": ref_ours, "shared_s": shared,
+            "independent_trl_s": independent, "ratio_bench": shared / independent,
+            "tiny_sweep_shared_s": tiny_shared, "tiny_sweep_independent_s": tiny_independent,
+            "ratio": tiny_shared / tiny_independent}
 
 
 # ---------------------------------------------------------------------------------------------- P5
-def p5(make_model, tok, prompts, max_new_tokens, repeats):
+def p5_evaluation(make_model, tok, prompts, max_new_tokens, repeats):
     from types import SimpleNamespace
 
     from core import lm
@@ -212,7 +278,7 @@ def p5(make_model, tok, prompts, max_new_tokens, repeats):
 
 
 # ---------------------------------------------------------------------------------------------- P6
-def p6(make_model, tok, prompts, max_new_tokens, repeats) -> dict | None:
+def p6_vllm(make_model, tok, prompts, max_new_tokens, repeats) -> dict | None:
     if importlib.util.find_spec("vllm") is None:
         return None
     from core import lm, vllm_sampling
@@ -236,7 +302,7 @@ def p6(make_model, tok, prompts, max_new_tokens, repeats) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------------------- P1
-def p1(skip_micro: bool, micro_dir: str) -> dict:
+def p1_pipeline(skip_micro: bool, micro_dir: str) -> dict:
     from pipelines import store
     from pipelines.graph import STAGES
 
@@ -248,10 +314,10 @@ def p1(skip_micro: bool, micro_dir: str) -> dict:
         out["tiny_total_s"] = round(sum(out["tiny_stages_s"].values()), 1)
     if not skip_micro:  # into micro_dir, which P4 falls back on when there is no finished tiny run
         env = {**os.environ, "RUN_DIR": micro_dir, "WANDB": "off", "PYTHONPATH": str(ROOT)}
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pipelines", "-q", "run", "imdb-sentiment", "--scale", "micro"],
-                       cwd=ROOT, env=env, check=True)
-        out["micro_end_to_end_s"] = round(time.perf_counter() - t0, 1)
+        with Stopwatch() as run:
+            subprocess.run([sys.executable, "-m", "pipelines", "-q", "run", "imdb-sentiment", "--scale", "micro"],
+                           cwd=ROOT, env=env, check=True)
+        out["micro_end_to_end_s"] = round(run.seconds, 1)
     return out
 
 
@@ -265,6 +331,16 @@ def p4_source(micro_dir: str) -> Path | None:
         if all(store.read_manifest(root / n) for n in ("sft", "reward_model", "ground_truth")):
             return root
     return None
+
+
+def p4_ppo(skip: bool, micro_dir: str) -> dict | None:
+    """bench/ppo_vs_trl.py's P4 from p4_source's models; None when skipped or there are none."""
+    source = None if skip else p4_source(micro_dir)
+    if source is None:
+        return None
+    from bench.ppo_vs_trl import p4
+
+    return {**p4(source), "source_scale": source.name}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -346,73 +422,24 @@ def main():
     hf_logging.disable_progress_bar()
     torch.manual_seed(0)
     tok, make_model, reviews, pairs = fixture()
-    pad_id, batch, steps = tok.pad_token_id, 32, args.steps
-    ds = dpo_columns(pairs, make_model().eval(), pad_id)
+    batch, steps, repeats = 32, args.steps, args.repeats
+    ds = dpo_columns(pairs, make_model().eval(), tok.pad_token_id)
     print("fixture ready", file=sys.stderr)
 
-    # P2 DPO: per-step times from runs of `steps` steps (the stock run's reference precompute timed apart)
-    ours = median_time(lambda: time_dpo_ours(ds, make_model, tok, steps, batch), args.repeats) / steps
-    stock_runs = [time_dpo_stock(pairs[: steps * batch], make_model, tok, steps, batch) for _ in range(args.repeats)]
-    plain = median_time(lambda: time_dpo_plain(ds, make_model, pad_id, steps, batch), args.repeats) / steps
-    # TRL tokenizes the text pairs and precomputes the reference log-probs in its constructor (timed as
-    # init); its per-step time comes from runs of 1 and `steps` steps
-    stock_one = [time_dpo_stock(pairs[: steps * batch], make_model, tok, 1, batch)[1] for _ in range(args.repeats)]
-    stock_total = statistics.median(t for _, t in stock_runs)
-    stock_step = (stock_total - statistics.median(stock_one)) / (steps - 1)
-    stock_ref = statistics.median(t for t, _ in stock_runs)  # tokenization + reference precompute
-    dpo = {"ours_step_s": ours, "trl_step_s": stock_step, "plain_step_s": plain, "ours_vs_trl": ours / stock_step,
-           "ours_vs_plain": ours / plain, "trl_tokenize_and_reference_s": stock_ref}
-    print("P2 dpo", dpo, file=sys.stderr)
-
-    # P2 SFT
-    sft_ids = [ids[: TINY["max_length"]] for ids in tok(reviews[: steps * batch], add_special_tokens=False)["input_ids"]]
-    s_ours = median_time(lambda: time_sft(sft_ids, make_model, tok, steps, batch, True), args.repeats) / steps
-    s_trl = median_time(lambda: time_sft(sft_ids, make_model, tok, steps, batch, False), args.repeats) / steps
-    s_plain = median_time(lambda: time_sft_plain(sft_ids, make_model, pad_id, steps, batch), args.repeats) / steps
-    sft = {"ours_step_s": s_ours, "trl_step_s": s_trl, "plain_step_s": s_plain, "ours_vs_trl": s_ours / s_trl,
-           "ours_vs_plain": s_ours / s_plain}
-    print("P2 sft", sft, file=sys.stderr)
-
-    # P3: K betas over the same steps*batch pairs
-    from pipelines.config import load
-
-    tiny = load("imdb-sentiment", "tiny")  # the sweep as benchmarks.toml ships it
-    k, n_steps = len(tiny.dpo.betas), tiny.dpo.max_steps
-    n_pairs = tiny.pairs.prompts * tiny.pairs.samples_per_prompt * (tiny.pairs.samples_per_prompt - 1) // 2
-    ref_ours = median_time(lambda: dpo_columns(pairs[: steps * batch], make_model().eval(), pad_id), args.repeats)
-    shared = ref_ours + k * ours * steps
-    independent = k * (stock_ref + stock_step * steps)
-    # the tiny sweep itself (its pairs and DPO steps) from the same measured unit costs: TRL precomputes the
-    # reference over the whole dataset in every run; the pairs stage does it once
-    per_pair_ours, per_pair_trl = ref_ours / (steps * batch), stock_ref / (steps * batch)
-    tiny_shared = n_pairs * per_pair_ours + k * n_steps * ours
-    tiny_independent = k * (n_pairs * per_pair_trl + n_steps * stock_step)
-    p3 = {"betas": k, "pairs": steps * batch, "tiny_pairs": n_pairs, "tiny_steps": n_steps,
-          "ours_reference_once_s": ref_ours, "shared_s": shared,
-          "independent_trl_s": independent, "ratio_bench": shared / independent,
-          "tiny_sweep_shared_s": tiny_shared, "tiny_sweep_independent_s": tiny_independent,
-          "ratio": tiny_shared / tiny_independent}
-    print("P3", p3, file=sys.stderr)
-
-    prompts = [p["prompt_ids"] for p in pairs[:256]]
-    p5_result = p5(make_model, tok, prompts, 48, args.repeats)
-    print("P5", p5_result, file=sys.stderr)
-
+    dpo = show("P2 dpo", p2_dpo(ds, pairs, make_model, tok, steps, batch, repeats))
+    sft = show("P2 sft", p2_sft(reviews, make_model, tok, steps, batch, repeats))
+    p3 = show("P3", p3_beta_sweep(dpo, pairs, make_model, tok.pad_token_id, steps, batch, repeats))
+    p5 = show("P5", p5_evaluation(make_model, tok, [p["prompt_ids"] for p in pairs[:256]], 48, repeats))
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                           f"Python {platform.python_version()}, torch {torch.__version__}",
-               "threads": torch.get_num_threads(), "repeats": args.repeats, "steps": steps, "batch": batch,
-               "written": time.strftime("%Y-%m-%d %H:%M"), "P1": p1(args.skip_micro, micro_dir),
-               "P2": {"dpo": dpo, "sft": sft}, "P3": p3, "P5": p5_result,
+               "threads": torch.get_num_threads(), "repeats": repeats, "steps": steps, "batch": batch,
+               "written": time.strftime("%Y-%m-%d %H:%M"), "P1": p1_pipeline(args.skip_micro, micro_dir),
+               "P2": {"dpo": dpo, "sft": sft}, "P3": p3, "P5": p5,
                "vllm_installed": importlib.util.find_spec("vllm") is not None}  # then P1's micro run samples with it
-    source = None if args.skip_p4 else p4_source(micro_dir)
-    if source is not None:
-        from bench.ppo_vs_trl import p4
-
-        results["P4"] = {**p4(source), "source_scale": source.name}
-        print("P4", results["P4"], file=sys.stderr)
+    if (p4 := p4_ppo(args.skip_p4, micro_dir)) is not None:
+        results["P4"] = show("P4", p4)
     # last: vLLM's engine changes this process (environment, a process group while it runs)
-    results["P6"] = p6(make_model, tok, [p["prompt_ids"] for p in pairs[:1024]], 48, args.repeats)
-    print("P6", results["P6"], file=sys.stderr)
+    results["P6"] = show("P6", p6_vllm(make_model, tok, [p["prompt_ids"] for p in pairs[:1024]], 48, repeats))
     import shutil
 
     shutil.rmtree(micro_dir, ignore_errors=True)
