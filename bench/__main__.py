@@ -373,7 +373,8 @@ def markdown(r: dict) -> str:
                      f"{'yes' if p4['speed_ratio'] >= 1.0 else 'no'} |")
         for row in p4["runs"]:
             o, t = row["ours"], row["trl"]
-            lines.append(f"| P4 | KL coefficient {row['kl_coef']:g} (fixed), {row['steps']} steps: episodes/s ours "
+            lines.append(f"| P4 | KL coefficient {row['kl_coef']:g} (fixed), seed {row.get('seed', 0)}, {row['steps']} "
+                         f"steps: episodes/s ours "
                          f"{o['episodes_per_s']:.1f}, TRL {t['episodes_per_s']:.1f}; final (KL, ground-truth reward): "
                          f"ours ({o['kl']:.2f}, {o['gt_reward']:.3f} +- {o['gt_reward_se']:.3f}), TRL "
                          f"({t['kl']:.2f}, {t['gt_reward']:.3f} +- {t['gt_reward_se']:.3f}) | "
@@ -384,6 +385,11 @@ def markdown(r: dict) -> str:
             lines.append("| P4 | ground-truth reward at equal KL, ours - TRL (interpolated between TRL's points) | "
                          + ", ".join(f"{g['gap']:+.3f} +- {g['gap_se']:.3f} at KL {g['kl']:.1f}" for g in gaps)
                          + f" | no worse | {'no' if worse else 'yes'} |")
+        mean = p4.get("mean_reward_gap")
+        if mean and mean.get("low") is not None:  # the gaps of every seed: behind only if the interval is below 0
+            lines.append(f"| P4 | mean reward gap at equal KL over {len(p4['seeds'])} training seeds ({mean['n']} gaps), "
+                         f"95% bootstrap interval | {mean['mean']:+.3f} [{mean['low']:+.3f}, {mean['high']:+.3f}] | "
+                         f"not behind | {'no' if mean['high'] < 0 else 'yes'} |")
     else:
         lines.append("| P4 | our PPO vs TRL 1.12 PPOTrainer | not measured (no finished run to start from) | "
                      ">= 1.0 | - |")

@@ -20,6 +20,7 @@ prompt, ground-truth reward, exact sequence KL to the SFT model).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -41,12 +42,12 @@ def ensure_trl_layer() -> Path:
     return TRL_LAYER
 
 
-def tiny_ppo_config(beta: float, steps: int):
-    from pipelines.config import load
-
-    cfg = load("imdb-sentiment", "tiny")
+def tiny_ppo_config(beta: float, steps: int, seed: int = 0):
     from dataclasses import replace
 
+    from pipelines.config import load
+
+    cfg = replace(load("imdb-sentiment", "tiny"), seed=seed)  # the training seed: prompt order and sampling
     return cfg, replace(cfg.ppo, methods=["ppo"], target_kls=[1.0], kl_control="fixed", init_kl_coef=beta,
                         steps=steps, eval_every=steps)
 
@@ -57,7 +58,7 @@ def train_prompts(cfg, n: int, tokenizer):
     return lm.split_prompts(cfg.data, cfg.seed, "train", n, tokenizer)
 
 
-def run_ours(run: Path, out: Path, beta: float, steps: int) -> dict:
+def run_ours(run: Path, out: Path, beta: float, steps: int, seed: int) -> dict:
     """Our PPO (ppo/__main__.train_run) with a fixed KL coefficient."""
     import torch
 
@@ -67,16 +68,16 @@ def run_ours(run: Path, out: Path, beta: float, steps: int) -> dict:
     from ppo.__main__ import train_run
 
     torch.set_num_threads(1)
-    cfg, ppo = tiny_ppo_config(beta, steps)
+    cfg, ppo = tiny_ppo_config(beta, steps, seed)
     tokenizer = lm.load_tokenizer(run / "sft")
     prompts = train_prompts(cfg, ppo.rollouts_per_step * steps, tokenizer)
     rm = RewardModel(run / "reward_model")
-    job = Job(stage="ppo", benchmark="imdb-sentiment", scale="tiny", seed=cfg.seed, torch_threads=1, config={},
-              inputs={"sft": run / "sft", "reward_model": run / "reward_model"}, out=out)
+    job = Job(stage="ppo", benchmark="imdb-sentiment", scale="tiny", seed=cfg.seed, torch_threads=1,
+              config={"train": cfg.section("train")}, inputs={"sft": run / "sft", "reward_model": run / "reward_model"},
+              out=out / "ours")
     torch.manual_seed(cfg.seed)
-    summary = train_run("ppo", 1.0, ppo, job, prompts, tokenizer, lambda p, c: rm([a + b for a, b in zip(p, c)]),
-                        out / "ours")
-    return {"train_seconds": summary["train_seconds"], "policy": str(out / summary["checkpoints"][-1]["path"])}
+    summary = train_run("ppo", 1.0, ppo, job, prompts, tokenizer, lambda p, c: rm([a + b for a, b in zip(p, c)]))
+    return {"train_seconds": summary["train_seconds"], "policy": str(out / "ours" / summary["checkpoints"][-1]["path"])}
 
 
 def reward_model_for_trl(folder: Path):
@@ -120,7 +121,7 @@ def reward_model_for_trl(folder: Path):
     return MeanPooledReward()
 
 
-def run_trl(run: Path, out: Path, beta: float, steps: int) -> dict:
+def run_trl(run: Path, out: Path, beta: float, steps: int, seed: int) -> dict:
     """TRL 1.12's PPOTrainer on the same models and settings (run with the TRL 1.12 layer on PYTHONPATH)."""
     import torch
     import trl
@@ -130,7 +131,7 @@ def run_trl(run: Path, out: Path, beta: float, steps: int) -> dict:
 
     assert trl.__version__ == "1.12.0", trl.__version__
     torch.set_num_threads(1)
-    cfg, ppo = tiny_ppo_config(beta, steps)
+    cfg, ppo = tiny_ppo_config(beta, steps, seed)
     tokenizer = AutoTokenizer.from_pretrained(run / "sft")
     tokenizer.padding_side = "left"  # TRL generates from left-padded queries
     prompts = train_prompts(cfg, ppo.rollouts_per_step * steps, tokenizer)
@@ -161,11 +162,10 @@ def run_trl(run: Path, out: Path, beta: float, steps: int) -> dict:
 
 def evaluate(run: Path, policy_dir: str, prompts_n: int) -> dict:
     """One pure sample per held-out prompt: ground-truth reward and exact sequence KL to the SFT model."""
-    import numpy as np
     import torch
 
     from core import lm
-    from core.scorer import load_scorer
+    from core.scorer import GroundTruth
     from pipelines.config import load
 
     cfg = load("imdb-sentiment", "tiny")
@@ -174,14 +174,15 @@ def evaluate(run: Path, policy_dir: str, prompts_n: int) -> dict:
     prompts = lm.split_prompts(cfg.data, cfg.seed, "eval", prompts_n, tokenizer)
     completions = lm.sample_completions(policy, prompts, cfg.eval.max_new_tokens, tokenizer.eos_token_id,
                                         cfg.eval.batch_size, lm.sample_seeds(len(prompts), "eval", cfg.seed))
-    rewards = np.asarray(load_scorer(run / "ground_truth")([lm.decode(tokenizer, c) for c in completions]))
+    rewards = GroundTruth(run / "ground_truth", cfg.ground_truth.reads, tokenizer)(prompts, completions)
     kl, *_ = lm.sequence_kl(policy, ref, prompts, completions, tokenizer.pad_token_id, cfg.eval.batch_size)
     return {"gt_reward": float(rewards.mean()), "gt_reward_se": float(rewards.std(ddof=1) / len(rewards) ** 0.5),
             "kl": float(kl.double().mean()), "kl_se": float(kl.double().std() / len(kl) ** 0.5)}
 
 
-def p4(run: Path, betas=(0.05, 0.15), steps: int = 24, eval_prompts: int = 256) -> dict:
-    """Both implementations at each fixed KL coefficient: episodes/s and (KL, ground-truth reward)."""
+def p4(run: Path, betas=(0.05, 0.15), steps: int = 24, eval_prompts: int = 256, seeds=(0, 1, 2)) -> dict:
+    """Both implementations at each fixed KL coefficient and training seed: episodes/s and (KL, ground-truth
+    reward); the reward gap at equal KL per seed, and its mean over seeds with a 95% bootstrap interval."""
     import tempfile
 
     layer = ensure_trl_layer()
@@ -190,22 +191,37 @@ def p4(run: Path, betas=(0.05, 0.15), steps: int = 24, eval_prompts: int = 256) 
     pythonpath = {"ours": str(ROOT), "trl": os.pathsep.join([str(layer), str(ROOT)])}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for beta in betas:
-            row = {"kl_coef": beta, "steps": steps, "episodes": 64 * steps}
+        for seed, beta in itertools.product(seeds, betas):
+            row = {"kl_coef": beta, "seed": seed, "steps": steps, "episodes": 64 * steps}
             for impl in ("ours", "trl"):
-                out = Path(tmp) / f"{impl}-{beta:g}"
+                out = Path(tmp) / f"{impl}-{beta:g}-seed{seed}"
                 out.mkdir()
                 subprocess.run([sys.executable, "-m", "bench.ppo_vs_trl", impl, str(run), str(out), str(beta),
-                                str(steps)], check=True, cwd=ROOT, env={**env, "PYTHONPATH": pythonpath[impl]})
+                                str(steps), str(seed)], check=True, cwd=ROOT,
+                               env={**env, "PYTHONPATH": pythonpath[impl]})
                 result = json.loads((out / "result.json").read_text())
                 row[impl] = {"train_seconds": result["train_seconds"],
                              "episodes_per_s": round(row["episodes"] / result["train_seconds"], 3),
                              **evaluate(run, result["policy"], eval_prompts)}
             row["speed_ratio"] = row["ours"]["episodes_per_s"] / row["trl"]["episodes_per_s"]
             rows.append(row)
-    return {"runs": rows, "source_run": str(run), "trl": "1.12.0",
+    gaps = [g for seed in seeds for g in reward_gaps([r["ours"] for r in rows if r["seed"] == seed],
+                                                     [r["trl"] for r in rows if r["seed"] == seed])]
+    return {"runs": rows, "source_run": str(run), "trl": "1.12.0", "seeds": list(seeds),
             "speed_ratio": statistics.median(r["speed_ratio"] for r in rows),
-            "reward_gap_at_equal_kl": reward_gaps([r["ours"] for r in rows], [r["trl"] for r in rows])}
+            "reward_gap_at_equal_kl": gaps, "mean_reward_gap": mean_with_interval([g["gap"] for g in gaps])}
+
+
+def mean_with_interval(values: list[float]) -> dict:
+    """The mean and a 95% percentile-bootstrap interval over the values (scipy.stats.bootstrap)."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    if len(values) < 2:
+        return {"mean": values[0] if values else None, "low": None, "high": None, "n": len(values)}
+    ci = bootstrap((np.asarray(values),), np.mean, confidence_level=0.95, method="percentile", random_state=0,
+                   n_resamples=10_000).confidence_interval
+    return {"mean": float(np.mean(values)), "low": float(ci.low), "high": float(ci.high), "n": len(values)}
 
 
 def reward_gaps(ours: list[dict], trl: list[dict]) -> list[dict]:
@@ -232,8 +248,9 @@ def main():
     ap.add_argument("out", type=Path)
     ap.add_argument("beta", type=float)
     ap.add_argument("steps", type=int)
+    ap.add_argument("seed", type=int)
     a = ap.parse_args()
-    result = (run_ours if a.impl == "ours" else run_trl)(a.run, a.out, a.beta, a.steps)
+    result = (run_ours if a.impl == "ours" else run_trl)(a.run, a.out, a.beta, a.steps, a.seed)
     (a.out / "result.json").write_text(json.dumps(result))
 
 

@@ -41,13 +41,26 @@ def sample_seeds(n: int, *key) -> list[int]:
 
 
 def load_causal_lm(path, dev: torch.device | None = None):
+    """A causal LM in eval mode, with dropout off (see disable_dropout)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per checkpoint load drowns the stage's own progress
 
     model = AutoModelForCausalLM.from_pretrained(path)
-    return model.to(dev or device()).eval()
+    return disable_dropout(model).to(dev or device()).eval()
+
+
+def disable_dropout(model):
+    """Dropout off in every layer, in train mode too: every method trains without it (TRL's trainers do the same).
+    With dropout on, PPO's update would see other log-probs than the rollout's no-dropout pass, so the ratio
+    pi / pi_old would not be 1 before the first step."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):  # Llama-style attention takes a float
+            module.attention_dropout = 0.0
+    return model
 
 
 def load_tokenizer(path):

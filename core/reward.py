@@ -63,5 +63,24 @@ class RewardModel:
         return (raw_scores(self.model, seqs, self.pad_id, batch_size) - self.shift) / self.scale
 
 
+def value_network(folder: Path):
+    """The reward model as PPO's value network at its start: (backbone, head), the head a copy of the reward
+    head with the normalisation folded in, head(h) = (score(h) - shift) / scale, so the values start in the units
+    of the normalised reward they predict (mean pooling: a sequence's reward is the mean of these over its
+    tokens). Dropout off."""
+    from transformers import AutoModelForSequenceClassification
+
+    from core.lm import disable_dropout
+
+    folder = Path(folder)
+    net = disable_dropout(AutoModelForSequenceClassification.from_pretrained(folder))
+    meta = json.loads((folder / "reward.json").read_text())
+    head = torch.nn.Linear(net.score.in_features, 1)
+    with torch.no_grad():
+        head.weight.copy_(net.score.weight / meta["scale"])
+        head.bias.copy_(((net.score.bias if net.score.bias is not None else 0.0) - meta["shift"]) / meta["scale"])
+    return net.base_model, head
+
+
 def save_reward_meta(folder: Path, shift: float, scale: float, pooling: str) -> None:
     (Path(folder) / "reward.json").write_text(json.dumps({"shift": shift, "scale": scale, "pooling": pooling}))

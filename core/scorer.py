@@ -1,6 +1,10 @@
 """The ground-truth sentiment scorer: reward(text) = P(positive | text).
 
-Two kinds, one interface (`load_scorer(folder)(texts) -> np.ndarray of P(positive)`):
+Stages call it through `GroundTruth`, which decides what it reads of a sample: by default the prompt and the
+completion together, exactly the text a reader sees (the paper's r(x, y) = P(positive | x, y); pairs are
+labelled by p(positive | x, y_w) > p(positive | x, y_l)), or the completion alone (ground_truth.reads).
+
+Two kinds of scorer, one interface (`load_scorer(folder)(texts) -> np.ndarray of P(positive)`):
 - tfidf-logreg: TF-IDF over word 1-2 grams + logistic regression, saved as JSON + safetensors (no pickle);
 - hf-classifier: a transformers sequence classifier (the paper's siebert), whose positive index is read
   from its config's id2label, never assumed.
@@ -67,14 +71,18 @@ def positive_index(id2label: dict) -> int:
 
 
 class HFClassifierScorer:
-    def __init__(self, model_name: str, batch_size: int, max_length: int):
+    def __init__(self, model_name: str, batch_size: int, max_length: int, device=None):
+        """device: where the classifier runs (default: this process's device, core.dist.device: --device /
+        PIPELINES_DEVICE, else the process's own GPU, else the CPU); never a GPU the process was not given."""
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from core.dist import device as process_device
 
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(model_name)
         self.model = AutoModelForSequenceClassification.from_pretrained(model_name).eval()
-        self.model.to("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(device if device is not None else process_device())
         self.pos = positive_index(self.model.config.id2label)
         self.batch_size, self.max_length = batch_size, max_length
 
@@ -93,9 +101,29 @@ def save_hf_reference(folder: Path, model_name: str, batch_size: int, max_length
     (folder / "scorer.json").write_text(json.dumps(meta))
 
 
-def load_scorer(folder: Path):
+def load_scorer(folder: Path, device=None):
     folder = Path(folder)
     meta = json.loads((folder / "scorer.json").read_text())
     if meta["kind"] == "tfidf-logreg":
         return TfidfLogRegScorer.load(folder, meta)
-    return HFClassifierScorer(meta["model"], meta["batch_size"], meta["max_length"])
+    return HFClassifierScorer(meta["model"], meta["batch_size"], meta["max_length"], device)
+
+
+READS = ("prompt+completion", "completion")
+
+
+class GroundTruth:
+    """The true reward of samples given as token ids: P(positive) of the decoded prompt + completion (one decode
+    of the joined ids: the text a reader sees), or of the completion alone. -> np.ndarray [N]."""
+
+    def __init__(self, folder: Path, reads: str, tokenizer, device=None):
+        if reads not in READS:
+            raise ValueError(f"ground_truth.reads = {reads!r}; allowed: {', '.join(READS)}")
+        self.scorer, self.reads, self.tokenizer = load_scorer(folder, device), reads, tokenizer
+
+    def texts(self, prompts: list[list[int]], completions: list[list[int]]) -> list[str]:
+        seqs = completions if self.reads == "completion" else [p + c for p, c in zip(prompts, completions)]
+        return [self.tokenizer.decode(s, skip_special_tokens=True) for s in seqs]
+
+    def __call__(self, prompts: list[list[int]], completions: list[list[int]]) -> np.ndarray:
+        return np.asarray(self.scorer(self.texts(prompts, completions)), dtype=np.float64)

@@ -28,11 +28,13 @@ def bf16() -> bool:
     return dist.device().type == "cuda"
 
 
-def trainer_device_args() -> dict:
-    """TrainingArguments for this process's device (TRL defaults to bf16, which the CPU must not get)."""
+def trainer_args(job) -> dict:
+    """TrainingArguments every TRL stage shares: this process's device (TRL defaults to bf16, which the CPU must
+    not get) and the [train] rules (gradient clipping)."""
     from core import dist
 
-    return {"bf16": bf16(), "use_cpu": dist.on_cpu(), "dataloader_num_workers": 0}
+    return {"bf16": bf16(), "use_cpu": dist.on_cpu(), "dataloader_num_workers": 0,
+            "max_grad_norm": job.section("train").max_grad_norm}
 
 
 def loop_accelerator():

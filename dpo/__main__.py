@@ -4,7 +4,9 @@
 
 Each run starts from the SFT model, which is also the reference. Training is TRL's DPOTrainer, handed the
 pairs as token ids (exactly what was sampled) and the reference log-probs the pairs stage computed once for
-the whole sweep. A checkpoint is kept every `eval_every` steps and at the end; runs.json lists them for eval.
+the whole sweep. It trains on the pairs of training prompts; at every kept checkpoint (every `eval_every` steps
+and the last) it reports the DPO loss and reward accuracy on pairs of the held-out prompts (runs.json's
+"heldout"), so a beta whose held-out loss rises is seen. runs.json lists the checkpoints for eval.
 """
 
 import logging
@@ -14,10 +16,11 @@ from core import job as jobs
 from core import dist, resume, tracking
 from core.run import MethodRun
 from core.lm_head import plain_lm_head
-from core.train import stop_on_non_finite_loss, trainer_device_args
+from core.train import stop_on_non_finite_loss, trainer_args
 
 log = logging.getLogger("stage")
 COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"]
+HELDOUT_EVAL_PAIRS = 512  # held-out pairs scored at each checkpoint (a seeded sample of them)
 
 
 def make_trainer_class():
@@ -46,7 +49,7 @@ def make_trainer_class():
     return PairsDPOTrainer
 
 
-def train_one(beta: float, cfg, job, pairs):
+def train_one(beta: float, cfg, job, pairs, heldout):
     """One DPO run from the SFT model; a killed run resumes from its latest checkpoint (TRL's resume)."""
     run = MethodRun(job, "dpo", f"beta{beta:g}", "beta", beta)
     if run.summary:
@@ -65,24 +68,30 @@ def train_one(beta: float, cfg, job, pairs):
         warmup_steps=cfg.warmup_steps, lr_scheduler_type="constant_with_warmup",
         per_device_train_batch_size=dist.per_process("dpo.batch_size", cfg.batch_size), max_steps=steps, max_length=None,
         save_strategy="steps", save_steps=cfg.eval_every, save_total_limit=None,
+        eval_strategy="steps", eval_steps=cfg.eval_every,  # the held-out DPO loss at every checkpoint
+        per_device_eval_batch_size=dist.per_process("dpo.batch_size", cfg.batch_size),
         logging_steps=max(1, cfg.eval_every // 4), report_to=tracking.report_to(job), seed=job.seed, data_seed=job.seed,
-        **trainer_device_args(), disable_tqdm=not dist.is_main(), remove_unused_columns=False,
+        **trainer_args(job), disable_tqdm=not dist.is_main(), remove_unused_columns=False,
         logging_nan_inf_filter=False,
     )
     run.start()  # TRL's callback logs into its wandb run; TRL resumes the training itself
-    trainer = make_trainer_class()(model=model, args=args, train_dataset=pairs, processing_class=tokenizer,
-                                   callbacks=[stop_on_non_finite_loss()])
+    trainer = make_trainer_class()(model=model, args=args, train_dataset=pairs, eval_dataset=heldout,
+                                   processing_class=tokenizer, callbacks=[stop_on_non_finite_loss()])
     result = trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(run.folder))
     history = [h for h in trainer.state.log_history if "loss" in h]
     if result.global_step % cfg.eval_every:  # the trainer saved the multiples of eval_every; keep the last step too
         trainer.save_model(str(run.folder / f"checkpoint-{result.global_step}"))
+        trainer.evaluate()
+    heldout_curve = [{"step": h["step"], "loss": h["eval_loss"], "reward_accuracy": h.get("eval_rewards/accuracies")}
+                     for h in trainer.state.log_history if "eval_loss" in h]
     per_pair = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(pairs["prompt_ids"], pairs["chosen_ids"],
                                                                     pairs["rejected_ids"])) / len(pairs)
     return run.finish(
         steps=result.global_step,
         tokens_trained=round(per_pair * result.global_step * cfg.batch_size),  # pairs seen x mean pair length
         final_loss=history[-1]["loss"] if history else None,
-        final_reward_accuracy=history[-1].get("rewards/accuracies") if history else None)
+        final_reward_accuracy=history[-1].get("rewards/accuracies") if history else None,
+        heldout=heldout_curve)  # per checkpoint: DPO loss and reward accuracy on held-out prompts' pairs
 
 
 def main():
@@ -90,13 +99,17 @@ def main():
     cfg = job.section("dpo")
     from datasets import load_from_disk
 
-    pairs = load_from_disk(str(job.inputs["pairs"] / "dataset")).select_columns(COLUMNS)
+    data = load_from_disk(str(job.inputs["pairs"] / "dataset"))
+    pairs = data.filter(lambda r: not r["heldout"]).select_columns(COLUMNS)
+    heldout = data.filter(lambda r: r["heldout"]).select_columns(COLUMNS)
+    heldout = heldout.shuffle(seed=job.seed).select(range(min(HELDOUT_EVAL_PAIRS, len(heldout))))
     runs = []
     for beta in cfg.betas:
         log.info("DPO beta=%g on %d pairs", beta, len(pairs))
-        runs.append(train_one(beta, cfg, job, pairs))
-        log.info("beta=%g: %d steps in %.0fs, final loss %s", beta, runs[-1]["steps"], runs[-1]["train_seconds"],
-                 runs[-1]["final_loss"])
+        runs.append(train_one(beta, cfg, job, pairs, heldout))
+        log.info("beta=%g: %d steps in %.0fs, final loss %s, held-out loss by checkpoint %s", beta, runs[-1]["steps"],
+                 runs[-1]["train_seconds"], runs[-1]["final_loss"],
+                 [round(h["loss"], 4) for h in runs[-1]["heldout"]])
     jobs.finish_runs(job, runs, ("final_loss",))
 
 

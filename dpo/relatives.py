@@ -42,17 +42,23 @@ def preferred_ft_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor,
     return -(chosen_logps * chosen_mask).sum() / (chosen_mask.sum() if chosen_tokens is None else chosen_tokens)
 
 
+def unlikelihood_term(rejected_logps: torch.Tensor, rejected_mask: torch.Tensor,
+                      rejected_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """-mean over rejected tokens of log(1 - pi(token)) (>= 0; 0 when the model gives them no mass).
+
+    rejected_logps, rejected_mask [B, T'] as preferred_ft_loss's chosen_*. -> scalar. 1 - p is floored at 1e-6
+    so a rejected token the model is certain of gives a large finite loss, not inf."""
+    one_minus_p = (-torch.expm1(rejected_logps)).clamp(min=1e-6)
+    n_rejected = rejected_mask.sum() if rejected_tokens is None else rejected_tokens
+    return -(torch.log(one_minus_p) * rejected_mask).sum() / n_rejected
+
+
 def unlikelihood_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_logps: torch.Tensor,
                       rejected_mask: torch.Tensor, alpha: float, chosen_tokens: torch.Tensor | None = None,
                       rejected_tokens: torch.Tensor | None = None) -> torch.Tensor:
-    """Preferred-FT's loss minus alpha x the mean over rejected tokens of log(1 - pi(token)).
-
-    chosen_* [B, T] and rejected_* [B, T'] as in preferred_ft_loss. -> scalar. 1 - p is floored at 1e-6 so a
-    rejected token the model is certain of gives a large finite loss, not inf."""
-    one_minus_p = (-torch.expm1(rejected_logps)).clamp(min=1e-6)
-    n_rejected = rejected_mask.sum() if rejected_tokens is None else rejected_tokens
-    unlikely = (torch.log(one_minus_p) * rejected_mask).sum() / n_rejected
-    return preferred_ft_loss(chosen_logps, chosen_mask, chosen_tokens) - alpha * unlikely
+    """Preferred-FT's loss plus alpha x unlikelihood_term. chosen_* [B, T], rejected_* [B, T']. -> scalar."""
+    return (preferred_ft_loss(chosen_logps, chosen_mask, chosen_tokens)
+            + alpha * unlikelihood_term(rejected_logps, rejected_mask, rejected_tokens))
 
 
 def completion_token_logps(model, prompts, completions, pad_id: int):
@@ -68,6 +74,12 @@ def data_order(n: int, steps: int, batch_size: int, seed: int) -> list[list[int]
     g = torch.Generator().manual_seed(seed)
     flat = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(steps * batch_size / n))])
     return [flat[i * batch_size : (i + 1) * batch_size].tolist() for i in range(steps)]
+
+
+def data_seed(method: str, param, job_seed: int) -> int:
+    """Each run its own data order: Preferred-FT's seed is its parameter, each Unlikelihood alpha has its own
+    (they shared Preferred-FT seed 0's order once, which made alpha look like it did more than it did)."""
+    return param if method == "preferred-ft" else lm.sample_seeds(1, "unlikelihood-order", job_seed, param)[0]
 
 
 def train_one(method: str, param, cfg, job, pairs: dict) -> dict:
@@ -90,8 +102,9 @@ def train_one(method: str, param, cfg, job, pairs: dict) -> dict:
     resumable = {"optimizer": opt, "scheduler": sched}
     state = run.start(resumable)
     steps = cfg.max_steps or math.ceil(len(pairs["prompt_ids"]) / cfg.batch_size)
-    seed = param if method == "preferred-ft" else job.seed
+    seed = data_seed(method, param, job.seed)
     alpha = param if method == "unlikelihood" else 0.0
+    max_grad_norm = job.section("train").max_grad_norm
     order = data_order(len(pairs["prompt_ids"]), steps, cfg.batch_size, seed)
     bar = tqdm(order, desc=f"{method} {param:g}", unit="step", disable=None if dist.is_main() else True)
     for step, idx in enumerate(bar, start=1):
@@ -113,6 +126,9 @@ def train_one(method: str, param, cfg, job, pairs: dict) -> dict:
                 n = len(idx)
                 loss = unlikelihood_loss(logps[:n], mask[:n], logps[n:], mask[n:], alpha, chosen_tokens,
                                          rejected_tokens)
+                term = alpha * unlikelihood_term(logps[n:], mask[n:], rejected_tokens).detach()
+                state.extra["unlikelihood_term_sum"] = state.extra.get("unlikelihood_term_sum", 0.0) + \
+                    float(dist.all_sum(term))
             else:
                 logps, mask = completion_token_logps(model, prompts, chosen, pad_id)
                 loss = preferred_ft_loss(logps, mask, chosen_tokens)
@@ -120,6 +136,7 @@ def train_one(method: str, param, cfg, job, pairs: dict) -> dict:
         run.check_finite(batch_loss, step)
         opt.zero_grad(set_to_none=True)
         accelerator.backward(world * loss)  # DDP averages the processes' gradients; each is a share of the sum
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)  # the suite's one rule ([train])
         opt.step()
         sched.step()
         state.step = step
@@ -129,7 +146,10 @@ def train_one(method: str, param, cfg, job, pairs: dict) -> dict:
             run.save(state, model, resumable)
             recent = state.history[-cfg.eval_every:]
             log.info("%s %g step %d/%d: loss %.4f", method, param, step, steps, sum(recent) / len(recent))
-    return run.finish(state, final_loss=state.history[-1])
+    extra = {}
+    if method == "unlikelihood":  # how much the term adds to Preferred-FT's loss: alpha x its mean, in nats
+        extra["unlikelihood_term"] = state.extra["unlikelihood_term_sum"] / state.step
+    return run.finish(state, final_loss=state.history[-1], **extra)
 
 
 def main():
@@ -139,7 +159,7 @@ def main():
     dist.check_divisible(f"{job.stage}.batch_size", cfg.batch_size)
     from datasets import load_from_disk
 
-    data = load_from_disk(str(job.inputs["pairs"] / "dataset"))
+    data = load_from_disk(str(job.inputs["pairs"] / "dataset")).filter(lambda r: not r["heldout"])
     pairs = {c: data[c] for c in ("prompt_ids", "chosen_ids", "rejected_ids")}
     runs = []
     for param in getattr(cfg, sweep_key):

@@ -1,7 +1,8 @@
 """Stage eval: every checkpoint of every method as one (KL, reward) point, as in the paper's Fig. 2 (left).
 
 For the SFT model (the KL = 0 point) and each kept checkpoint: one pure sample per held-out prompt
-(temperature 1, top_k 0, top_p 1); reward = mean ground-truth P(positive) with its standard error;
+(temperature 1, top_k 0, top_p 1); reward = mean ground-truth P(positive | prompt + completion) (or of the
+completion alone: ground_truth.reads) with its standard error;
 KL = the sequence KL(pi || pi_ref) computed exactly: at every response position the full-vocabulary KL
 between the checkpoint's and the SFT model's next-token distributions, summed over the response (prompt
 masked), averaged over samples. The Monte-Carlo estimate sum(log pi - log ref) of the sampled tokens is
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from core import job as jobs
 from core import dist, lm, tracking, vllm_sampling
 from core.frontier import pareto_front
-from core.scorer import load_scorer
+from core.scorer import GroundTruth
 
 log = logging.getLogger("stage")
 FIELDS = ["method", "run", "param", "step", "kl", "kl_se", "kl_mc", "reward", "reward_se", "n"]
@@ -37,7 +38,7 @@ def mean_se(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
 
 
-def evaluate(policy, policy_dir, ref, prompts, tokenizer, scorer, cfg, seed: int) -> tuple[dict, list[str]] | None:
+def evaluate(policy, policy_dir, ref, prompts, tokenizer, ground_truth, cfg, seed: int) -> tuple[dict, list[str]] | None:
     """One point. With several processes each samples its block of the prompts (the same seeds per prompt
     as one process would use) and computes their KL; the main process gathers them in order, scores and
     returns the point; the others return None. With vLLM (one process) the point also carries the gap
@@ -54,7 +55,7 @@ def evaluate(policy, policy_dir, ref, prompts, tokenizer, scorer, cfg, seed: int
         return None
     kl, kl_mc = torch.tensor(kl, dtype=torch.float64), torch.tensor(kl_mc, dtype=torch.float64)
     texts = [lm.decode(tokenizer, c) for c in completions]
-    rewards = np.asarray(scorer(texts), dtype=np.float64)
+    rewards = ground_truth(prompts, completions)
     reward, reward_se = mean_se(rewards)
     kl_mean, kl_se = mean_se(kl.double().numpy())
     point = dict(kl=kl_mean, kl_se=kl_se, kl_mc=float(kl_mc.double().mean()), reward=reward, reward_se=reward_se,
@@ -145,7 +146,7 @@ def main():
     cfg, data_cfg = job.section("eval"), job.section("data")
     tokenizer = lm.load_tokenizer(job.inputs["sft"])
     ref = lm.load_causal_lm(job.inputs["sft"])
-    scorer = load_scorer(job.inputs["ground_truth"])
+    ground_truth = GroundTruth(job.inputs["ground_truth"], job.section("ground_truth").reads, tokenizer)
     prompts = lm.split_prompts(data_cfg, job.seed, "eval", cfg.prompts, tokenizer)
     prompt_texts = [lm.decode(tokenizer, p) for p in prompts]
 
@@ -156,10 +157,13 @@ def main():
     for method, run, param, step, path in tqdm(todo, desc="eval checkpoints", unit="ckpt",
                                                disable=None if dist.is_main() else True):
         policy = ref if path is None else lm.load_causal_lm(path)
-        result = evaluate(policy, path or job.inputs["sft"], ref, prompts, tokenizer, scorer, cfg, job.seed)
+        result = evaluate(policy, path or job.inputs["sft"], ref, prompts, tokenizer, ground_truth, cfg, job.seed)
         if result is None:  # not the main process: its share is gathered there
             continue
         point, texts = result
+        if not all(math.isfinite(point[k]) for k in ("kl", "reward")):  # never a NaN in frontier.csv
+            raise FloatingPointError(f"{run} step {step}: KL {point['kl']}, reward {point['reward']} are not finite; "
+                                     f"the checkpoint {path} gives non-finite log-probs or scores")
         if "sampler_logp_gap" in point:  # vLLM sampled: its log-probs of the samples vs the HF policy's
             gaps.append(point.pop("sampler_logp_gap"))
         rows.append(dict(method=method, run=run, param=param, step=step, **point))

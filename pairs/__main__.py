@@ -2,7 +2,8 @@
 
 For each training prompt (the first 2-8 tokens of a review longer than 200 characters), draw
 `samples_per_prompt` completions from the SFT model by pure sampling (temperature 1, top_k 0, top_p 1),
-score each with the ground truth, and label every pair of them: chosen = the higher P(positive).
+score each with the ground truth (by default P(positive | prompt + completion), the paper's r(x, y)), and
+label every pair of them: chosen = the higher P(positive).
 Exact ties carry no preference and are dropped.
 
 The sampler is ours (pairs.sampler = "hf") or vLLM (core/vllm_sampling.py), with the same contract.
@@ -15,13 +16,14 @@ process gathers them in order and writes the dataset.
 
 import itertools
 import logging
+import random
 import time
 
 import numpy as np
 
 from core import dist, lm, tracking, vllm_sampling
 from core import job as jobs
-from core.scorer import load_scorer
+from core.scorer import GroundTruth
 
 log = logging.getLogger("stage")
 
@@ -37,6 +39,14 @@ def label_pairs(scores: np.ndarray) -> tuple[list[tuple[int, int]], int]:
     return pairs, ties
 
 
+def heldout_prompt_set(prompts: list[list[int]], share: float, seed: int) -> set[tuple]:
+    """A seeded share of the distinct prompts (at least one): their pairs are held out from every method's
+    training, for the reward model's accuracy and DPO's held-out loss."""
+    distinct = sorted(set(map(tuple, prompts)))
+    random.Random(seed).shuffle(distinct)
+    return set(distinct[: max(1, round(share * len(distinct)))])
+
+
 def main():
     job = jobs.start()
     run = tracking.start(job)
@@ -45,7 +55,7 @@ def main():
 
     tokenizer = lm.load_tokenizer(job.inputs["sft"])
     model = lm.load_causal_lm(job.inputs["sft"])
-    scorer = load_scorer(job.inputs["ground_truth"])
+    ground_truth = GroundTruth(job.inputs["ground_truth"], job.section("ground_truth").reads, tokenizer)
     prompts = lm.split_prompts(data_cfg, job.seed, "train", cfg.prompts, tokenizer)
     k = cfg.samples_per_prompt
     repeated = [p for p in prompts for _ in range(k)]
@@ -65,10 +75,11 @@ def main():
     if not dist.is_main():
         return
     completion_texts = [lm.decode(tokenizer, c) for c in completions]
-    scores = scorer(completion_texts)
+    scores = ground_truth(repeated, completions)  # what the ground truth reads: prompt + completion by default
     log.info("%d samples in %.0fs (%.0f tokens/s); mean reward %.3f", len(completions), t_sample,
              sum(map(len, completions)) / t_sample, scores.mean())
 
+    held = heldout_prompt_set(prompts, cfg.heldout_prompts, job.seed)
     rows, n_ties = [], 0
     for p, prompt in enumerate(prompts):
         block = range(p * k, (p + 1) * k)
@@ -80,12 +91,15 @@ def main():
             rows.append(dict(prompt=prompt_text, chosen=completion_texts[c], rejected=completion_texts[r],
                              score_chosen=float(scores[c]), score_rejected=float(scores[r]), prompt_ids=prompt,
                              chosen_ids=completions[c], rejected_ids=completions[r],
-                             ref_chosen_logps=float(ref_logps[c]), ref_rejected_logps=float(ref_logps[r])))
+                             ref_chosen_logps=float(ref_logps[c]), ref_rejected_logps=float(ref_logps[r]),
+                             heldout=tuple(prompt) in held))
     Dataset.from_list(rows).save_to_disk(str(job.out / "dataset"))
-    Dataset.from_dict(dict(prompt_ids=repeated, completion_ids=completions, score=scores.tolist())).save_to_disk(
+    Dataset.from_dict(dict(prompt_ids=repeated, completion_ids=completions, score=scores.tolist(),
+                           heldout=[tuple(p) in held for p in repeated])).save_to_disk(
         str(job.out / "samples"))
     margins = np.array([r["score_chosen"] - r["score_rejected"] for r in rows])
     jobs.finish(job, {"pairs": len(rows), "prompts": len(prompts), "ties_dropped": n_ties,
+                      "heldout_prompts": len(held), "heldout_pairs": sum(r["heldout"] for r in rows),
                       "sft_reward_mean": float(scores.mean()), "sft_reward_std": float(scores.std()),
                       "mean_margin": float(margins.mean()) if len(rows) else 0.0,
                       "sample_seconds": round(t_sample, 2), "sampler": cfg.sampler, **extra,

@@ -69,6 +69,9 @@ class SFTConfig:
 @dataclass(frozen=True, kw_only=True)
 class GroundTruthConfig:
     kind: str = spec(choices=("tfidf-logreg", "hf-classifier"), help="the sentiment scorer; reward = P(positive)")
+    reads: str = spec("prompt+completion", choices=("prompt+completion", "completion"),
+                      help="what the scorer reads of a sample: the prompt and completion together, as a reader "
+                           "does (the paper's r(x, y)), or the completion alone (for comparison)")
     model: str = spec("", help="hf-classifier only: hub id or local folder of a sequence classifier")
     batch_size: int = spec(16, gt=0, help="hf-classifier only: texts scored per batch")
     max_length: int = spec(512, gt=0, help="hf-classifier only: truncation length in tokens")
@@ -82,6 +85,8 @@ class GroundTruthConfig:
 class PairsConfig:
     prompts: int = spec(gt=0, help="training prompts (prefixes of reviews not held out)")
     samples_per_prompt: int = spec(4, ge=2, help="SFT samples per prompt; every pair of them is labelled")
+    heldout_prompts: float = spec(0.1, gt=0, le=0.5, help="share of pair prompts held out from every method's "
+                                  "training: the reward model's accuracy / correlation and DPO's held-out loss")
     max_new_tokens: int = spec(gt=0, help="tokens sampled per completion (temperature 1, top_k 0, top_p 1)")
     batch_size: int = spec(64, gt=0, help="prompts per generate / forward batch")
     sampler: str = sampler_spec()
@@ -120,7 +125,6 @@ class RewardModelConfig:
     learning_rate: float = spec(gt=0, help="peak learning rate (AdamW, linear decay)")
     batch_size: int = spec(gt=0, help="pairs per optimiser step")
     epochs: float = spec(1.0, gt=0, help="passes over the training pairs")
-    heldout_prompts: float = spec(0.1, gt=0, le=0.5, help="share of pair prompts held out for accuracy / correlation")
     normalize_scale: bool = spec(False, help="also scale rewards to std 1 (they are always shifted to mean 0)")
     pooling: str = spec("last", choices=("last", "mean"), help="score = the head on the last token, or its mean")
 
@@ -133,6 +137,8 @@ class PPOConfig:
     kl_control: str = spec("adaptive", choices=("adaptive", "fixed"), help="Ziegler et al.'s controller, or fixed")
     init_kl_coef: float = spec(0.1, ge=0, help="KL coefficient at step 0 (the fixed one when kl_control = fixed)")
     kl_horizon: int = spec(10_000, gt=0, help="adaptive controller horizon, in rollouts")
+    kl_hold: bool = spec(True, help="adaptive only: the coefficient is not lowered before the measured KL first "
+                                    "reaches the target (anti-windup; Ziegler et al.'s rule lowers it from step 1)")
     kl_estimator: str = spec("k1", choices=("k1", "k3"), help="per-token KL penalty estimator")
     value_model: str = spec("reward_model", choices=("reward_model", "policy_head"),
                             help="a separate value network initialised from the reward model, or a head on the policy")
@@ -168,6 +174,13 @@ class ReportConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """What every training stage does alike (SFT, the reward model and every method)."""
+    max_grad_norm: float = spec(1.0, gt=0, help="each optimiser's gradient is clipped to this global L2 norm "
+                                                "(TRL's default; our own loops follow it)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class BenchmarkConfig:
     benchmark: str = spec(help="the benchmark's name (set from the table name)")
     scale: str = spec(help="the scale's name (set from the command line)")
@@ -175,6 +188,7 @@ class BenchmarkConfig:
     seed: int = spec(0, ge=0, help="seeds every split, sample and initialisation")
     torch_threads: int = spec(0, ge=0, help="torch intra-op threads in each stage (0 = torch's default)")
     data: DataConfig = spec(help="[data] the IMDb source, splits and prompts")
+    train: TrainConfig = spec(TrainConfig(), help="[train] the rules every training stage follows")
     sft: SFTConfig = spec(help="[sft] the supervised model every method starts from")
     ground_truth: GroundTruthConfig = spec(help="[ground_truth] the sentiment scorer")
     pairs: PairsConfig = spec(help="[pairs] the preference data")

@@ -29,8 +29,8 @@ from core import job as jobs
 from core import dist, lm
 from core.run import MethodRun
 from core.train import loop_accelerator
-from core.reward import RewardModel
-from core.scorer import load_scorer
+from core.reward import RewardModel, value_network
+from core.scorer import GroundTruth
 from ppo import algorithm as A
 
 log = logging.getLogger("stage")
@@ -51,12 +51,9 @@ class ValueModel(torch.nn.Module):
     def __init__(self, kind: str, reward_model_dir, policy):
         super().__init__()
         self.kind = kind
-        if kind == "reward_model":
-            from transformers import AutoModelForSequenceClassification
-
-            net = AutoModelForSequenceClassification.from_pretrained(reward_model_dir)
-            self.backbone, self.head = net.base_model, net.score
-        else:
+        if kind == "reward_model":  # starts as the normalised reward model (core/reward.py)
+            self.backbone, self.head = value_network(reward_model_dir)
+        else:  # starts at 0, the normalised rewards' mean on SFT samples
             self.backbone, self.head = None, torch.nn.Linear(policy.config.hidden_size, 1)
             torch.nn.init.zeros_(self.head.weight), torch.nn.init.zeros_(self.head.bias)
 
@@ -131,7 +128,7 @@ def rollout(policy, ref, value, prompts, seeds, score_fn, cfg, tokenizer, dev) -
 
 
 def ppo_update(policy, value, policy_opt, value_opt, batch: Rollouts, advantages, returns, cfg, accelerator,
-               minibatch_seeds: list[int], check_finite) -> tuple[dict, int]:
+               minibatch_seeds: list[int], max_grad_norm: float, check_finite) -> tuple[dict, int]:
     """Step 5: `ppo_epochs` passes over the batch in shuffled minibatches (train_policy.py PPOTrainer.train: a
     fresh permutation each epoch), each a clipped policy loss and a clipped value loss (PPOTrainer.loss;
     Schulman et al. 2017, eq. 7 and 9). Ziegler et al. train one network with pg_loss + vf_coef * vf_loss
@@ -166,6 +163,9 @@ def ppo_update(policy, value, policy_opt, value_opt, batch: Rollouts, advantages
             value_opt.zero_grad()
             # x world: DDP averages the processes' gradients, and each part is already a share of the mean
             accelerator.backward(world * (pg_loss + cfg.vf_coef * vf_loss if shared else pg_loss + vf_loss))
+            # gradient clipping (the suite's one rule, [train] max_grad_norm; lm-human-preferences does not clip)
+            accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+            accelerator.clip_grad_norm_(value.parameters(), max_grad_norm)
             policy_opt.step()
             value_opt.step()
     keys = ("policy_loss", "value_loss", "clipfrac", "approx_kl", "entropy", "value_clipfrac")
@@ -189,11 +189,12 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
     value_opt = torch.optim.Adam(value.parameters(), lr=cfg.value_learning_rate)
     raw_policy, raw_value = policy, value  # for sampling and no-grad passes: no gradient sync needed there
     policy, value, policy_opt, value_opt = accelerator.prepare(policy, value, policy_opt, value_opt)
-    kl_ctl = (A.AdaptiveKLController(cfg.init_kl_coef, target_kl, cfg.kl_horizon) if cfg.kl_control == "adaptive"
-              else A.FixedKLController(cfg.init_kl_coef))
+    kl_ctl = (A.AdaptiveKLController(cfg.init_kl_coef, target_kl, cfg.kl_horizon, cfg.kl_hold)
+              if cfg.kl_control == "adaptive" else A.FixedKLController(cfg.init_kl_coef))
     resumable = {"value": value, "policy_optimizer": policy_opt, "value_optimizer": value_opt}
     state = run.start(resumable)
     kl_ctl.value = state.extra.get("kl_coef", kl_ctl.value)
+    kl_ctl.reached = state.extra.get("kl_reached", False)
     order = list(range(len(prompts)))
     random.Random(job.seed).shuffle(order)
     for step in range(state.step + 1, cfg.steps + 1):
@@ -218,7 +219,7 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
         stats, tokens = ppo_update(policy, value, policy_opt, value_opt, batch, advantages, returns, cfg, accelerator,
                                    [lm.sample_seeds(1, "ppo-minibatches", job.seed, step, e)[0]
                                     for e in range(cfg.ppo_epochs)],
-                                   lambda loss: run.check_finite(loss, step))
+                                   job.section("train").max_grad_norm, lambda loss: run.check_finite(loss, step))
 
         # 6. KL control on this batch's sequence KL (train_policy.py: `kl_ctl.update(stats['objective/kl'],
         #    batch_size)` after the update, with the KL of the rollouts)
@@ -227,7 +228,7 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
         kl_ctl.update(seq_kl, cfg.rollouts_per_step)
 
         # ------------------------------------------------------------------------------------ plumbing
-        state.step, state.extra["kl_coef"] = step, kl_ctl.value
+        state.step, state.extra["kl_coef"], state.extra["kl_reached"] = step, kl_ctl.value, kl_ctl.reached
         state.tokens_generated += sum(map(len, batch.completions))
         state.tokens_trained += tokens
         row = {"step": step, "score": float(batch.score.mean()), "kl": seq_kl, "kl_coef": coef,
@@ -246,6 +247,23 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
                       final_kl_coef=kl_ctl.value)
 
 
+def score_functions(methods, job, tokenizer) -> dict:
+    """Each method's training reward of (prompts, completions) -> [B], on one scale: mean 0 and std 1 on SFT
+    samples of training prompts, so one KL coefficient means the same for both. ppo: the learned reward model
+    (normalised by the reward_model stage); ppo-gt: the ground truth's P(positive | prompt + completion),
+    normalised here with the mean and std of the pairs stage's SFT samples (eval still reports P(positive))."""
+    scorers = {}
+    if "ppo" in methods:
+        rm = RewardModel(job.inputs["reward_model"], lm.device())
+        scorers["ppo"] = lambda p, c: rm([a + b for a, b in zip(p, c)])
+    if "ppo-gt" in methods:
+        gt = GroundTruth(job.inputs["ground_truth"], job.section("ground_truth").reads, tokenizer, lm.device())
+        sft = json.loads((job.inputs["pairs"] / "metrics.json").read_text())  # the SFT samples' ground truth
+        shift, scale = sft["sft_reward_mean"], sft["sft_reward_std"]
+        scorers["ppo-gt"] = lambda p, c: torch.tensor((gt(p, c) - shift) / scale, dtype=torch.float32)
+    return scorers
+
+
 def main():
     job = jobs.start()
     cfg, data_cfg = job.section("ppo"), job.section("data")
@@ -255,13 +273,7 @@ def main():
     # distinct prompts for every rollout where the split has enough (then they cycle)
     prompts = lm.split_prompts(data_cfg, job.seed, "train", cfg.rollouts_per_step * cfg.steps, tokenizer)
 
-    scorers = {}
-    if "ppo" in cfg.methods:
-        rm = RewardModel(job.inputs["reward_model"], lm.device())
-        scorers["ppo"] = lambda p, c: rm([a + b for a, b in zip(p, c)])
-    if "ppo-gt" in cfg.methods:
-        gt = load_scorer(job.inputs["ground_truth"])
-        scorers["ppo-gt"] = lambda p, c: torch.tensor(gt([lm.decode(tokenizer, x) for x in c]), dtype=torch.float32)
+    scorers = score_functions(cfg.methods, job, tokenizer)
 
     runs = []
     for method in cfg.methods:

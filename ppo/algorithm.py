@@ -106,13 +106,23 @@ class AdaptiveKLController:
     """Ziegler et al. (2019), lm-human-preferences train_policy.py AdaptiveKLController: steer the KL
     coefficient toward a target sequence KL.
 
-    error = clip(KL / target - 1, -0.2, 0.2); coef <- coef * (1 + error * n / horizon), n = rollouts this step."""
+    error = clip(KL / target - 1, -0.2, 0.2); coef <- coef * (1 + error * n / horizon), n = rollouts this step.
 
-    def __init__(self, init_coef: float, target: float, horizon: int):
-        self.value, self.target, self.horizon = init_coef, target, horizon
+    hold (anti-windup, our departure): the coefficient is not lowered before the measured KL has first reached
+    the target. A run starts at KL 0, so Ziegler's rule lowers the coefficient at every early step (error -0.2)
+    only because the policy has not moved yet; over a run as short as this suite's, it then overshoots its
+    target and the upward correction comes too late. Ziegler et al. ran thousands of steps with horizon 10,000,
+    where those first steps do not matter."""
+
+    def __init__(self, init_coef: float, target: float, horizon: int, hold: bool = False):
+        self.value, self.target, self.horizon, self.hold = init_coef, target, horizon, hold
+        self.reached = False  # has the measured KL reached the target yet
 
     def update(self, current_kl: float, n_steps: int) -> float:
         error = min(max(current_kl / self.target - 1, -0.2), 0.2)
+        self.reached |= current_kl >= self.target
+        if error < 0 and self.hold and not self.reached:
+            return self.value
         self.value *= 1 + error * n_steps / self.horizon
         return self.value
 

@@ -108,6 +108,32 @@ def samples_table(rows: list[dict], samples: dict, n: int) -> tuple[list[str], l
     return ["prompt", "method", "completion", "reward"], body
 
 
+def checks_table(rows: list[dict], runs: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
+    """Does each run do what it was set to? PPO: its last checkpoint's exact KL against its target (a run that
+    misses it by more than 25% is flagged); DPO: the held-out DPO loss over its checkpoints; Unlikelihood: the
+    size of its unlikelihood term (alpha x the mean -log(1 - p) over rejected tokens), against Preferred-FT's loss."""
+    body = []
+    for method in ("ppo", "ppo-gt"):
+        for run in runs.get(method, []):
+            last = max((r for r in rows if r["run"] == run["run"]), key=lambda r: r["step"], default=None)
+            if last is None:
+                continue
+            ratio = last["kl"] / run["param"]
+            body.append([run["run"], f"final KL {last['kl']:.2f} for target {run['param']:g} ({ratio:.2f}x)",
+                         "yes" if 0.75 <= ratio <= 1.25 else "NO: misses its target by more than 25%"])
+    for run in runs.get("dpo", []):
+        curve = run.get("heldout") or []
+        if curve:
+            losses = " -> ".join(f"{h['loss']:.3f}" for h in curve)
+            body.append([f"dpo-{run['run']}", f"held-out DPO loss by checkpoint {losses} (log 2 = 0.693)",
+                         "yes" if curve[-1]["loss"] < 0.6931 else "NO: held-out loss did not fall below log 2"])
+    for run in runs.get("unlikelihood", []):
+        if "unlikelihood_term" in run:
+            body.append([f"unlikelihood-{run['run']}", f"unlikelihood term {run['unlikelihood_term']:.4f} nats "
+                         f"beside a total loss of {run['final_loss']:.3f}", "-"])
+    return ["run", "measured", "as intended"], body
+
+
 def sampler_row(stage: str, metrics: dict) -> list[str]:
     """Who drew the stage's samples; for vLLM, how far its log-probs of them were from the HF model's."""
     gap = metrics.get("sampler_logp_gap")
@@ -133,7 +159,8 @@ def build(job) -> list[tuple]:
         ("h1", f"{job.benchmark} at scale {job.scale}: RLHF (PPO) vs DPO"),
         ("p", f"Every method starts from one SFT model and is evaluated on {ev['prompts']} held-out IMDb prompts, "
               f"one pure sample each ({ev['max_new_tokens']} tokens at most): reward = the ground truth's mean "
-              f"P(positive), KL = the exact sequence KL(pi || pi_ref) to the SFT model. Seed {job.seed}; "
+              f"P(positive | {job.config['ground_truth']['reads']}), KL = the exact sequence KL(pi || pi_ref) to "
+              f"the SFT model. Seed {job.seed}; "
               f"written {time.strftime('%Y-%m-%d %H:%M')}; frontier.csv has every point with its standard errors."),
         ("h2", "Reward vs KL (the DPO paper's Fig. 2, left)"),
         ("img", "frontier.png", "every checkpoint of every method; lines: each method's Pareto front"),
@@ -143,6 +170,10 @@ def build(job) -> list[tuple]:
               f"area = the mean over budgets 0-{cfg.area_max_kl:g} of that best reward. SFT: reward "
               f"{sft['reward']:.3f} +- {sft['reward_se']:.3f} at KL 0."),
         ("table", *method_table(rows, runs, cfg)),
+        ("h2", "Training checks"),
+        ("p", "Each run against what it was set to do (PPO: within 25% of its target KL; DPO: held-out loss "
+              "below log 2 at its last checkpoint)."),
+        ("table", *checks_table(rows, runs)),
         ("h2", "Reward model and ground truth"),
         ("table", ["diagnostic", "value"], [
             ["reward model: held-out pair accuracy", fmt(rm.get("heldout_pair_accuracy"))],

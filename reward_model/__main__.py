@@ -3,7 +3,7 @@
     L_BT = -E log sigmoid( r(x, y_w) - r(x, y_l) )
 
 Initialised from the SFT model with a scalar head (same tokenizer as the policy), trained with TRL's
-RewardTrainer on the pairs' token ids. A share of the pair prompts is held out: the manifest reports
+RewardTrainer on the pairs' token ids, less those of the pairs stage's held-out prompts: the manifest reports
 accuracy on their pairs (labels from the ground truth) and the Spearman correlation with the ground
 truth on their SFT samples. As prior RLHF work does, rewards are then shifted so SFT samples on training
 prompts score mean 0 (and scaled to std 1 if asked); the offsets are saved with the model.
@@ -12,7 +12,6 @@ The score is the head on the last token (the usual choice) or its mean over all 
 
 import logging
 import math
-import random
 import shutil
 import time
 
@@ -21,16 +20,9 @@ import numpy as np
 from core import dist, resume, tracking
 from core import job as jobs
 from core.reward import RewardModel, pool_mean, save_reward_meta
-from core.train import stop_on_non_finite_loss, trainer_device_args
+from core.train import stop_on_non_finite_loss, trainer_args
 
 log = logging.getLogger("stage")
-
-
-def heldout_prompt_set(prompts: list[tuple], share: float, seed: int) -> set[tuple]:
-    """A seeded share of the distinct prompts, held out."""
-    distinct = sorted(set(prompts))
-    random.Random(seed).shuffle(distinct)
-    return set(distinct[: max(1, round(share * len(distinct)))])
 
 
 def main():
@@ -44,8 +36,7 @@ def main():
 
     pairs = load_from_disk(str(job.inputs["pairs"] / "dataset"))
     samples = load_from_disk(str(job.inputs["pairs"] / "samples"))
-    held = heldout_prompt_set([tuple(p) for p in pairs["prompt_ids"]], cfg.heldout_prompts, job.seed)
-    is_held = [tuple(p) in held for p in pairs["prompt_ids"]]
+    is_held = pairs["heldout"]  # the pairs stage's held-out prompts
     seqs = {side: [p + c for p, c in zip(pairs["prompt_ids"], pairs[f"{side}_ids"])] for side in ("chosen", "rejected")}
     train = Dataset.from_dict({f"{side}_ids": [s for s, h in zip(seqs[side], is_held) if not h]
                                for side in ("chosen", "rejected")})
@@ -61,11 +52,11 @@ def main():
         per_device_train_batch_size=dist.per_process("reward_model.batch_size", cfg.batch_size),
         learning_rate=cfg.learning_rate, lr_scheduler_type="linear", max_length=None,
         save_strategy="steps", save_steps=max(1, steps // 10), save_total_limit=1,
-        logging_steps=max(1, steps // 10), report_to=tracking.report_to(job), seed=job.seed, **trainer_device_args(),
+        logging_steps=max(1, steps // 10), report_to=tracking.report_to(job), seed=job.seed, **trainer_args(job),
         disable_tqdm=not dist.is_main(), center_rewards_coefficient=None, logging_nan_inf_filter=False,
     )
     t0 = time.time()
-    log.info("training on %d pairs (%d prompts held out)", len(train), len(held))
+    log.info("training on %d pairs (%d held out)", len(train), sum(is_held))
     trainer = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                             callbacks=[stop_on_non_finite_loss()])
     # a killed run resumes from the newest of its checkpoints (every tenth of the steps)
@@ -80,7 +71,7 @@ def main():
     # evaluate on held-out prompts.
     save_reward_meta(job.out, 0.0, 1.0, cfg.pooling)
     sample_seqs = [p + c for p, c in zip(samples["prompt_ids"], samples["completion_ids"])]
-    sample_held = np.array([tuple(p) in held for p in samples["prompt_ids"]])
+    sample_held = np.array(samples["heldout"])
     raw = RewardModel(job.out)(sample_seqs, 128).numpy()
     shift = float(raw[~sample_held].mean())
     scale = float(raw[~sample_held].std()) if cfg.normalize_scale else 1.0

@@ -14,7 +14,7 @@ from pathlib import Path
 from core import dist, resume, tracking
 from core import job as jobs
 from core.lm_head import plain_lm_head
-from core.train import stop_on_non_finite_loss, trainer_device_args
+from core.train import stop_on_non_finite_loss, trainer_args
 from pipelines.data import make_splits
 
 log = logging.getLogger("stage")
@@ -115,7 +115,7 @@ def main():
         num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate, warmup_steps=int(cfg.warmup_ratio * steps),
         lr_scheduler_type="linear", max_length=cfg.max_length, packing=False, logging_steps=max(1, steps // 20),
         save_strategy="steps", save_steps=max(1, steps // 10), save_total_limit=1, report_to=tracking.report_to(job), seed=job.seed,
-        **trainer_device_args(), disable_tqdm=not dist.is_main(), logging_nan_inf_filter=False,
+        **trainer_args(job), disable_tqdm=not dist.is_main(), logging_nan_inf_filter=False,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
                          callbacks=[stop_on_non_finite_loss()])

@@ -50,8 +50,8 @@ def test_frontier_has_the_sft_point_and_every_dpo_checkpoint(micro_run):
 def test_report_has_every_table_filled_from_the_run(micro_run):
     _, root, _ = micro_run
     md = (root / "report.md").read_text()
-    for heading in ("## Reward vs KL", "## Per method", "## Reward model and ground truth", "## Compute",
-                    "## Samples", "## Protocol"):
+    for heading in ("## Reward vs KL", "## Per method", "## Training checks", "## Reward model and ground truth",
+                    "## Compute", "## Samples", "## Protocol"):
         assert heading in md, heading
     for label in ("| SFT |", "| DPO |", "| PPO |", "| PPO-GT |", "| Unlikelihood |", "| Preferred-FT |"):
         assert label in md, label
@@ -60,7 +60,11 @@ def test_report_has_every_table_filled_from_the_run(micro_run):
     assert "| `dpo.betas` | [0.05, 0.1, 1.0, 5.0] | [0.1, 1.0] | differs |" in md
     assert "](frontier.png)" in md and (root / "report" / "frontier.png").exists()
     html = (root / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2 and html.count("<table>") == sum(line.startswith("| --- |") for line in md.splitlines()) == 6
+    assert html.count("data:image/png;base64,") == 2 and html.count("<table>") == sum(line.startswith("| --- |") for line in md.splitlines()) == 7
+    # every PPO run against its target, every DPO run's held-out loss, the unlikelihood term's size
+    for run in ("| ppo-kl2 | final KL ", "| ppo-gt-kl2 | final KL ", "| dpo-beta0.1 | held-out DPO loss by checkpoint ",
+                "| unlikelihood-alpha0.5 | unlikelihood term "):
+        assert run in md, run
 
 
 def test_pairs_are_oriented_and_prompts_have_2_to_8_tokens(micro_run):
@@ -102,10 +106,24 @@ def test_changing_dpo_reruns_dpo_eval_and_report_only(micro_run, tmp_path):
 def test_reward_model_is_normalised_and_reports_its_diagnostics(micro_run):
     _, root, _ = micro_run
     m = json.loads((root / "reward_model" / "manifest.json").read_text())["metrics"]
-    assert abs(m["normalized_train_mean"]) < 1e-4 and m["scale"] == 1.0
+    assert abs(m["normalized_train_mean"]) < 1e-4 and m["scale"] > 0  # std-normalised (normalize_scale)
     assert 0 <= m["heldout_pair_accuracy"] <= 1 and -1 <= m["spearman_with_ground_truth"] <= 1
     assert json.loads((root / "reward_model" / "reward.json").read_text()) == {
-        "shift": m["shift"], "scale": 1.0, "pooling": "mean"}
+        "shift": m["shift"], "scale": m["scale"], "pooling": "mean"}
+    pairs = json.loads((root / "pairs" / "manifest.json").read_text())["metrics"]
+    assert m["heldout_pairs"] == pairs["heldout_pairs"] > 0  # the pairs stage's held-out prompts
+
+
+def test_dpo_reports_its_held_out_loss_at_every_checkpoint_and_trains_on_training_prompts_only(micro_run):
+    from datasets import load_from_disk
+
+    _, root, _ = micro_run
+    for run in json.loads((root / "dpo" / "runs.json").read_text()):
+        assert [h["step"] for h in run["heldout"]] == [c["step"] for c in run["checkpoints"]]
+        assert all(h["loss"] > 0 and 0 <= h["reward_accuracy"] <= 1 for h in run["heldout"])
+    data = load_from_disk(str(root / "pairs" / "dataset"))
+    held = {tuple(p) for p, h in zip(data["prompt_ids"], data["heldout"]) if h}
+    assert held and held.isdisjoint(tuple(p) for p, h in zip(data["prompt_ids"], data["heldout"]) if not h)
 
 
 @pytest.mark.parametrize("value_model", ["reward_model", "policy_head"])

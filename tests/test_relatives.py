@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dpo.relatives import data_order, preferred_ft_loss, unlikelihood_loss
+from dpo.relatives import data_order, data_seed, preferred_ft_loss, unlikelihood_loss, unlikelihood_term
 
 CHOSEN = torch.tensor([[-1.0, -2.0, -9.0], [-3.0, -9.0, -9.0]])  # log p of each target token
 CHOSEN_MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # -9: prompt or padding, must not count
@@ -25,6 +25,13 @@ def test_unlikelihood_loss_by_hand():
         assert got == pytest.approx(2.0 - alpha * unlikely, rel=1e-6)
 
 
+def test_the_unlikelihood_term_is_what_unlikelihood_adds_to_preferred_ft():
+    term = unlikelihood_term(REJECTED, REJECTED_MASK).item()
+    assert term == pytest.approx(-(math.log(0.5) + math.log(0.25)) / 2)
+    gap = unlikelihood_loss(CHOSEN, CHOSEN_MASK, REJECTED, REJECTED_MASK, 0.3) - preferred_ft_loss(CHOSEN, CHOSEN_MASK)
+    assert gap.item() == pytest.approx(0.3 * term)
+
+
 def test_unlikelihood_pushes_rejected_tokens_down_and_stays_finite_when_p_is_1():
     rejected = REJECTED.clone().requires_grad_(True)
     unlikelihood_loss(CHOSEN, CHOSEN_MASK, rejected, REJECTED_MASK, 0.5).backward()
@@ -32,6 +39,13 @@ def test_unlikelihood_pushes_rejected_tokens_down_and_stays_finite_when_p_is_1()
     certain = torch.zeros(1, 2)  # p = 1
     loss = unlikelihood_loss(CHOSEN[:1], CHOSEN_MASK[:1], certain, torch.ones(1, 2), 1.0)
     assert torch.isfinite(loss) and loss.item() == pytest.approx(1.5 - math.log(1e-6), rel=1e-4)
+
+
+def test_every_run_has_its_own_data_order():
+    seeds = [data_seed("unlikelihood", a, 0) for a in (0.05, 0.1, 0.5, 1.0)] + \
+            [data_seed("preferred-ft", s, 0) for s in (0, 1, 2)]
+    assert len(set(seeds)) == 7 and seeds[-3:] == [0, 1, 2]
+    assert data_seed("unlikelihood", 0.5, 1) != data_seed("unlikelihood", 0.5, 0)
 
 
 def test_data_order_covers_every_pair_once_per_epoch_and_follows_the_seed():
