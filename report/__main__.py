@@ -110,7 +110,8 @@ def samples_table(rows: list[dict], samples: dict, n: int) -> tuple[list[str], l
 
 def checks_table(rows: list[dict], runs: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
     """Does each run do what it was set to? PPO: its last checkpoint's exact KL against its target (a run that
-    misses it by more than 25% is flagged); DPO: the held-out DPO loss over its checkpoints; Unlikelihood: the
+    misses it by more than 25% is flagged); DPO: the held-out DPO loss over its checkpoints (flagged when it rises:
+    above log 2 alone is not a failure, the spread of per-pair margins adds beta^2 var / 8 to it); Unlikelihood: the
     size of its unlikelihood term (alpha x the mean -log(1 - p) over rejected tokens), against Preferred-FT's loss."""
     body = []
     for method in ("ppo", "ppo-gt"):
@@ -125,8 +126,11 @@ def checks_table(rows: list[dict], runs: dict[str, list[dict]]) -> tuple[list[st
         curve = run.get("heldout") or []
         if curve:
             losses = " -> ".join(f"{h['loss']:.3f}" for h in curve)
-            body.append([f"dpo-{run['run']}", f"held-out DPO loss by checkpoint {losses} (log 2 = 0.693)",
-                         "yes" if curve[-1]["loss"] < 0.6931 else "NO: held-out loss did not fall below log 2"])
+            accuracy = " -> ".join(f"{h['reward_accuracy']:.2f}" for h in curve)
+            body.append([f"dpo-{run['run']}", f"held-out DPO loss by checkpoint {losses} (log 2 = 0.693 at the "
+                         f"start), reward accuracy {accuracy}",
+                         "yes" if len(curve) < 2 or curve[-1]["loss"] < curve[0]["loss"] else
+                         "NO: the held-out loss rises"])
     for run in runs.get("unlikelihood", []):
         if "unlikelihood_term" in run:
             body.append([f"unlikelihood-{run['run']}", f"unlikelihood term {run['unlikelihood_term']:.4f} nats "
@@ -171,8 +175,8 @@ def build(job) -> list[tuple]:
               f"{sft['reward']:.3f} +- {sft['reward_se']:.3f} at KL 0."),
         ("table", *method_table(rows, runs, cfg)),
         ("h2", "Training checks"),
-        ("p", "Each run against what it was set to do (PPO: within 25% of its target KL; DPO: held-out loss "
-              "below log 2 at its last checkpoint)."),
+        ("p", "Each run against what it was set to do (PPO: within 25% of its target KL; DPO: a held-out loss "
+              "that falls over its checkpoints)."),
         ("table", *checks_table(rows, runs)),
         ("h2", "Reward model and ground truth"),
         ("table", ["diagnostic", "value"], [
