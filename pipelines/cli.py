@@ -86,6 +86,7 @@ def _dispatch(args) -> int:
     if only is not None and not only:
         raise ConfigError("--stages is empty; give stage names separated by commas")
     launch = graph.Launch(args.nproc, args.accelerate_config, args.device)
+    store.check_run_dir(store.run_root(cfg.benchmark, cfg.scale))
     data.check_source(cfg.data.source)
     graph.check(cfg, only)
     hub.check_hub(cfg)

@@ -200,6 +200,8 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
             inputs = {need: identities.get(need) for need in stage.needs}
             manifest = store.read_manifest(final)
             why = _why_stale(manifest, config, inputs)
+            if manifest is None and final.exists():
+                why = f"{final / 'manifest.json'} is missing or unreadable"
             if only is None or stage.name in only:
                 if force or why:
                     identities[stage.name] = _run_stage(cfg, stage, config, inputs, final, root, "--force" if force else why,

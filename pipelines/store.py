@@ -33,11 +33,31 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+MANIFEST_KEYS = ("config", "config_hash", "inputs", "identity")
+
+
 def read_manifest(stage_dir: Path) -> dict | None:
+    """A finished stage's manifest, or None: not there, or unreadable (bytes, a list, keys missing), which
+    means the same to the run: redo the stage."""
     try:
-        return json.loads((stage_dir / "manifest.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        manifest = json.loads((stage_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: not UTF-8, not JSON
         return None
+    if not isinstance(manifest, dict) or any(key not in manifest for key in MANIFEST_KEYS):
+        return None
+    return manifest
+
+
+def check_run_dir(root: Path) -> None:
+    """Refuse a run folder that cannot be written (RUN_DIR a file, a folder without write access) before
+    anything is written, rather than with a traceback at the first write."""
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"RUN_DIR: {existing} is a file; allowed: a folder, or a path where one can be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"RUN_DIR: {existing} is not writable; allowed: a folder you can write to")
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -97,7 +117,10 @@ class RunLock:
         self.path = root / ".lock"
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # what check_run_dir could not see (a read-only file system, as root)
+            raise ConfigError(f"RUN_DIR: cannot create {self.path.parent} ({e.strerror})") from None
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)

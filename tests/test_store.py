@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from conftest import cli
 from pipelines import graph, store
 from pipelines.config import ConfigError
 
@@ -61,3 +62,36 @@ def test_why_stale_names_the_changed_keys():
     changed = {"seed": 0, "dpo": {"betas": [0.1, 1.0], "batch_size": 8}}
     assert graph._why_stale(manifest, changed, {"sft": "a"}) == "config changed: dpo.betas"
     assert graph._why_stale(manifest, config, {"sft": "b"}) == "inputs changed: sft"
+
+
+@pytest.mark.parametrize("content", [b"\x8f\x00\xffrandom bytes", b"[1, 2, 3]", b'{"stage": "report"}', b""])
+def test_an_unreadable_manifest_means_redo_that_stage(tmp_path, content):
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "manifest.json").write_bytes(content)
+    assert store.read_manifest(tmp_path / "report") is None
+
+
+def test_a_corrupt_manifest_reruns_its_stage_only(micro_copy):
+    run_dir, root = micro_copy
+    (root / "report" / "manifest.json").write_bytes(b"\x8f\x00\xff not json")
+    (root / "eval" / "manifest.json").write_text("[1, 2]")
+    proc = cli("run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
+    assert "[eval] " in proc.stderr and "eval/manifest.json is missing or unreadable" in proc.stderr
+    assert "[sft] up to date" in proc.stderr and "Traceback" not in proc.stderr
+    assert store.read_manifest(root / "eval") and store.read_manifest(root / "report")
+
+
+@pytest.mark.parametrize("where", ["file", "file/below"])
+def test_run_dir_that_is_a_file_is_one_line(tmp_path, where):
+    (tmp_path / "file").write_text("not a folder")
+    proc = cli("run", "imdb-sentiment", "--scale", "micro", run_dir=tmp_path / where)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"RUN_DIR: {tmp_path / 'file'} is a file" in proc.stderr
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_run_dir_not_writable_is_refused(tmp_path):
+    (tmp_path / "ro").mkdir(mode=0o500)
+    with pytest.raises(ConfigError, match="is not writable"):
+        store.check_run_dir(tmp_path / "ro" / "runs")
