@@ -41,25 +41,29 @@ class Stage:
     what: str = ""
     module: str = ""  # the command is `python -m <module>` (default: the stage's name)
     multiprocess: bool = True  # runs under `accelerate launch` when several processes are asked for
+    split: tuple[str, ...] = ()  # config keys (section.key) whose batches are split evenly over the processes
 
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("sft", ("data", "sft"), what="fine-tune a causal LM on IMDb reviews"),
+        Stage("sft", ("data", "sft"), what="fine-tune a causal LM on IMDb reviews", split=("sft.batch_size",)),
         Stage("ground_truth", ("data", "ground_truth"), what="the sentiment scorer, reward = P(positive)",
               multiprocess=False),
         Stage("pairs", ("data", "pairs", "ground_truth"), needs=("sft", "ground_truth"),
               what="4 SFT samples per prompt, all pairs labelled by the ground truth"),
-        Stage("dpo", ("dpo",), needs=("sft", "pairs"), what="DPO, one run per beta"),
+        Stage("dpo", ("dpo",), needs=("sft", "pairs"), what="DPO, one run per beta", split=("dpo.batch_size",)),
         Stage("unlikelihood", ("unlikelihood",), needs=("sft", "pairs"), module="dpo.relatives",
-              what="Unlikelihood on the pairs, one run per alpha"),
+              what="Unlikelihood on the pairs, one run per alpha", split=("unlikelihood.batch_size",)),
         Stage("preferred_ft", ("preferred_ft",), needs=("sft", "pairs"), module="dpo.relatives",
-              what="Preferred-FT: fine-tuning on the chosen completions, one run per seed"),
+              what="Preferred-FT: fine-tuning on the chosen completions, one run per seed",
+              split=("preferred_ft.batch_size",)),
         Stage("reward_model", ("reward_model",), needs=("sft", "pairs"),
-              what="Bradley-Terry reward model on the pairs, normalised on SFT samples"),
+              what="Bradley-Terry reward model on the pairs, normalised on SFT samples",
+              split=("reward_model.batch_size",)),
         Stage("ppo", ("data", "ppo", "ground_truth"), needs=("sft", "ground_truth", "reward_model"),
-              what="PPO on the learned reward (ppo) and on the ground truth (ppo-gt)"),
+              what="PPO on the learned reward (ppo) and on the ground truth (ppo-gt)",
+              split=("ppo.rollouts_per_step", "ppo.minibatch_size")),
         Stage("eval", ("data", "eval", "ground_truth"),
               needs=("sft", "ground_truth", "dpo", "unlikelihood", "preferred_ft", "ppo"),
               publish=("frontier.csv", "frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf"),
@@ -86,9 +90,28 @@ class Launch:
             raise ConfigError(f"--nproc {self.processes}: need at least 1 process")
         if self.device is not None and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(f"--device {self.device!r}: allowed cpu, cuda, cuda:<index>, mps")
-        if self.accelerate_config is not None and not Path(self.accelerate_config).is_file():
-            raise ConfigError(f"--accelerate-config {self.accelerate_config}: no such file "
-                              f"(shipped: {', '.join(sorted(p.name for p in ACCELERATE_CONFIGS.glob('*.yaml')))})")
+        if self.accelerate_config is not None:
+            shipped = ", ".join(sorted(p.name for p in ACCELERATE_CONFIGS.glob("*.yaml")))
+            if not Path(self.accelerate_config).is_file():
+                raise ConfigError(f"--accelerate-config {self.accelerate_config}: no such file (shipped: {shipped})")
+            import yaml
+
+            try:
+                ok = isinstance(yaml.safe_load(Path(self.accelerate_config).read_text(encoding="utf-8")), dict)
+            except (yaml.YAMLError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"--accelerate-config {self.accelerate_config}: not a YAML mapping of accelerate "
+                                  f"settings (shipped: {shipped})")
+
+    @property
+    def count(self) -> int:
+        """Processes per launched stage: --nproc, else the accelerate config file's num_processes."""
+        if self.processes > 1 or self.accelerate_config is None:
+            return self.processes
+        import yaml
+
+        return int(yaml.safe_load(Path(self.accelerate_config).read_text(encoding="utf-8")).get("num_processes", 1))
 
     @property
     def accelerate(self) -> bool:
@@ -165,11 +188,19 @@ def _child_env(cfg: BenchmarkConfig, launch: Launch) -> dict:
     return env
 
 
-def check(cfg: BenchmarkConfig, only: list[str] | None) -> None:
+def check(cfg: BenchmarkConfig, only: list[str] | None, launch: Launch = Launch()) -> None:
     """Refuse a stage selection that cannot run, before anything is written."""
     for name in only or []:
         if name not in STAGES:
             raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    for stage in (STAGES[name] for name in only or STAGES):
+        config = stage_config(cfg, stage)
+        n = launch.count if launch.launches(stage, config) else 1
+        for key in stage.split:  # the stage would refuse it itself (core.dist), but only after the ones before it
+            section, field = key.split(".")
+            if config[section][field] % n:
+                raise ConfigError(f"--nproc {n}: {key} = {config[section][field]} does not split over {n} "
+                                  f"processes; allowed: a process count that divides it")
     for name in ("pairs", "eval"):
         if cfg.section(name)["sampler"] == "vllm" and not vllm_installed():
             raise ConfigError(f"{name}.sampler = 'vllm' but vLLM is not installed in {sys.prefix}: run with "
@@ -185,7 +216,7 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
         protocol: dict | None = None, launch: Launch = Launch()) -> Path:
     """Run the benchmark's stages in order, skipping the finished ones. Returns the run folder.
     protocol: the benchmark's table before scale overrides (config.protocol), for the report."""
-    check(cfg, only)
+    check(cfg, only, launch)
     root = store.run_root(cfg.benchmark, cfg.scale)
     tracking = job_tracking(cfg.benchmark, cfg.scale)  # one wandb group for this whole run
     if tracking["mode"] != "disabled":
