@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    graph.handle_signals()
     args = _parser().parse_args(argv)
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
@@ -58,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     except graph.StageFailed as e:
         sys.stderr.write(f"error: {e}\n")
         return 1
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted; finished stages are kept, the rest reruns next time\n")
-        return 130
+    except graph.Interrupted as e:
+        during = f" during stage {e.stage}" if e.stage else ""
+        sys.stderr.write(f"interrupted by {e}{during}; finished stages are kept: run the same command again to "
+                         f"resume\n")
+        return 128 + e.signum
 
 
 def _dispatch(args) -> int:

@@ -18,9 +18,11 @@ import logging
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,7 +225,7 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
         log.info("wandb: %s, project %s, group %s%s", tracking["mode"], tracking["project"], tracking["group"],
                  " (no API key: `make wandb-sync` uploads later; WANDB=off turns it off)"
                  if tracking["mode"] == "offline" else "")
-    with store.RunLock(root):
+    with store.RunLock(root) as lock:
         identities: dict[str, str] = {}
         for stage in STAGES.values():
             final = root / stage.name
@@ -236,7 +238,7 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
             if only is None or stage.name in only:
                 if force or why:
                     identities[stage.name] = _run_stage(cfg, stage, config, inputs, final, root, "--force" if force else why,
-                                                        tracking, launch)
+                                                        tracking, launch, lock)
                     continue
                 log.info("[%s] up to date, skipped (%s)", stage.name, final)
             elif why and manifest is not None:
@@ -247,7 +249,7 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
 
 
 def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root: Path, why: str,
-               tracking: dict, launch: Launch) -> str:
+               tracking: dict, launch: Launch, lock: store.RunLock) -> str:
     log.info("[%s] %s (%s scale) - runs because %s", stage.name, stage.what, cfg.scale, why)
     log.info("[%s] inputs: %s; writes %s", stage.name,
              ", ".join(str(root / n) for n in stage.needs) or "the data source", final)
@@ -268,10 +270,20 @@ def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root:
         log.info("[%s] %s", stage.name, " ".join(command[1:]))
     elif launch.accelerate and stage.multiprocess:
         log.info("[%s] one process: it samples with vLLM, which batches the whole prompt set itself", stage.name)
-    proc = subprocess.run(command, env=_child_env(cfg, launch), cwd=store.REPO_ROOT)
+    # Ctrl-C reaches every process of the terminal's group: the stage ignores SIGINT (no traceback of its
+    # own) and the spine, which gets it too, stops the stage as it does for a signal sent to the spine alone.
+    proc = subprocess.Popen(command, env=_child_env(cfg, launch), cwd=store.REPO_ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    lock.cover(proc.pid)  # a stage outliving a SIGKILLed spine still holds the run folder
+    try:
+        returncode = proc.wait()
+    except Interrupted as e:
+        _stop(proc)
+        e.stage = stage.name
+        raise
     wall = time.time() - start
-    if proc.returncode != 0:
-        raise StageFailed(f"stage {stage.name} failed (exit {proc.returncode}) after {wall:.0f}s; "
+    if returncode != 0:
+        raise StageFailed(f"stage {stage.name} failed (exit {returncode}) after {wall:.0f}s; "
                           f"its unfinished output is in {tmp}")
     metrics = json.loads((tmp / "metrics.json").read_text())
     manifest = {
@@ -283,10 +295,11 @@ def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root:
         "versions": store.library_versions(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    store.write_json_atomic(tmp / "manifest.json", manifest)
-    store.commit_dir(tmp, final)
-    for name in stage.publish:
-        store.publish_file(final / name, root / name)
+    with _signals_deferred():  # the manifest, the rename and the published files land together
+        store.write_json_atomic(tmp / "manifest.json", manifest)
+        store.commit_dir(tmp, final)
+        for name in stage.publish:
+            store.publish_file(final / name, root / name)
     log.info("[%s] done in %.0fs: %s", stage.name, wall, _headline(metrics))
     return manifest["identity"]
 
@@ -298,3 +311,53 @@ def _headline(metrics: dict) -> str:
 
 class StageFailed(RuntimeError):
     pass
+
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(BaseException):
+    """A stop signal to the spine (Ctrl-C, or SIGTERM / SIGHUP from a scheduler or a closed terminal).
+    stage: the stage that was running, if one was."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.stage = signum, None
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def handle_signals() -> None:
+    """The spine's stop signals become Interrupted, which stops the running stage before the spine leaves."""
+    for s in SIGNALS:
+        signal.signal(s, _raise_interrupted)
+
+
+@contextmanager
+def _signals_deferred():
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a stage and everything it started (accelerate's workers, wandb's service) and wait for it.
+    SIGKILL: it prints nothing, and a stage is built to survive it (checkpoints and stage folders are
+    renamed into place; the fault tests kill stages so), so the next run resumes."""
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in [proc, *tree]:  # the stage first, so it starts nothing new
+        try:
+            p.kill()
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            pass
+    proc.wait()
+    psutil.wait_procs(tree, timeout=30)

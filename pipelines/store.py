@@ -60,10 +60,14 @@ def check_run_dir(root: Path) -> None:
         raise ConfigError(f"RUN_DIR: {existing} is not writable; allowed: a folder you can write to")
 
 
-def write_json_atomic(path: Path, obj) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def temp_dir_for(final: Path, resume_key: str | None = None) -> tuple[Path, bool]:
@@ -111,7 +115,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """An exclusive lock on one benchmark/scale store; a lock left by a dead process is taken over."""
+    """An exclusive lock on one benchmark/scale store; a lock left by a dead process is taken over.
+    The lock file holds the spine's PID and that of the stage it runs (cover): the lock is live while
+    either is."""
 
     def __init__(self, root: Path):
         self.path = root / ".lock"
@@ -126,17 +132,22 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 try:
-                    holder = int(self.path.read_text().strip() or 0)
-                except (ValueError, FileNotFoundError):
-                    holder = 0
-                if holder and _pid_alive(holder) and holder != os.getpid():
-                    raise ConfigError(f"{self.path.parent} is in use by process {holder} (lock {self.path})") from None
+                    holders = [int(pid) for pid in self.path.read_text().split()]
+                except (ValueError, OSError):
+                    holders = []
+                live = [pid for pid in holders if pid != os.getpid() and _pid_alive(pid)]
+                if live:
+                    raise ConfigError(f"{self.path.parent} is in use by process {live[0]} (lock {self.path})") from None
                 self.path.unlink(missing_ok=True)  # stale: its holder is gone
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(str(os.getpid()))
             return self
         raise ConfigError(f"could not take the lock {self.path}")
+
+    def cover(self, pid: int) -> None:
+        """Hold the lock for this child (a stage) too, until the next one."""
+        write_text_atomic(self.path, f"{os.getpid()}\n{pid}\n")
 
     def __exit__(self, *exc):
         self.path.unlink(missing_ok=True)
