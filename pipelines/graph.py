@@ -12,6 +12,7 @@ vLLM's draws are other draws of the same distribution, so a cached HF sample is 
 
 from __future__ import annotations
 
+import filecmp
 import importlib.util
 import json
 import logging
@@ -241,6 +242,7 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
                                                         tracking, launch, lock)
                     continue
                 log.info("[%s] up to date, skipped (%s)", stage.name, final)
+                _publish(stage, final, root)  # a deleted or edited top-level copy comes back
             elif why and manifest is not None:
                 log.warning("[%s] not selected but stale (%s); later stages use it as it is", stage.name, why)
             if manifest is not None:
@@ -298,10 +300,16 @@ def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root:
     with _signals_deferred():  # the manifest, the rename and the published files land together
         store.write_json_atomic(tmp / "manifest.json", manifest)
         store.commit_dir(tmp, final)
-        for name in stage.publish:
-            store.publish_file(final / name, root / name)
+        _publish(stage, final, root)
     log.info("[%s] done in %.0fs: %s", stage.name, wall, _headline(metrics))
     return manifest["identity"]
+
+
+def _publish(stage: Stage, final: Path, root: Path) -> None:
+    """Copy the stage's published files (frontier.csv, report.md, ...) to the run folder where they differ."""
+    for name in stage.publish:
+        if not (root / name).is_file() or not filecmp.cmp(final / name, root / name, shallow=False):
+            store.publish_file(final / name, root / name)
 
 
 def _headline(metrics: dict) -> str:

@@ -95,3 +95,14 @@ def test_run_dir_not_writable_is_refused(tmp_path):
     (tmp_path / "ro").mkdir(mode=0o500)
     with pytest.raises(ConfigError, match="is not writable"):
         store.check_run_dir(tmp_path / "ro" / "runs")
+
+
+def test_deleted_or_edited_results_are_published_again(micro_copy):
+    run_dir, root = micro_copy
+    (root / "frontier.csv").unlink()
+    (root / "report.md").unlink()
+    (root / "frontier.png").write_bytes(b"edited")
+    proc = cli("run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
+    assert "[report] up to date" in proc.stderr
+    for name in ("frontier.csv", "report.md", "frontier.png"):
+        assert (root / name).read_bytes() == (root / ("report" if name == "report.md" else "eval") / name).read_bytes()
