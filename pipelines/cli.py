@@ -90,7 +90,7 @@ def _dispatch(args) -> int:
         raise ConfigError("--stages is empty; give stage names separated by commas")
     launch = graph.Launch(args.nproc, args.accelerate_config, args.device)
     store.check_run_dir(store.run_root(cfg.benchmark, cfg.scale))
-    data.check_source(cfg.data.source)
+    data.check(cfg)
     graph.check(cfg, only, launch)
     hub.check_hub(cfg)
     log.info("benchmark %s, scale %s (choose another with --scale, or SCALE=... with make); runs in %s",

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+BASE_TOML = (ROOT / "benchmarks.toml").read_text()
 SHARED_IMDB = ROOT.parent / "shared" / "data" / "imdb"
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tests run on 2 shared cores
