@@ -90,12 +90,13 @@ def _dispatch(args) -> int:
         raise ConfigError("--stages is empty; give stage names separated by commas")
     launch = graph.Launch(args.nproc, args.accelerate_config, args.device)
     store.check_run_dir(store.run_root(cfg.benchmark, cfg.scale))
-    data.check(cfg)
+    source_id = data.check(cfg)
     graph.check(cfg, only, launch)
     hub.check_hub(cfg)
     log.info("benchmark %s, scale %s (choose another with --scale, or SCALE=... with make); runs in %s",
              cfg.benchmark, cfg.scale, store.run_root(cfg.benchmark, cfg.scale))
-    root = graph.run(cfg, only, args.force, config_mod.protocol(args.benchmark, args.config), launch)
+    root = graph.run(cfg, only, args.force, config_mod.protocol(args.benchmark, args.config), launch,
+                     source_id)
     for name in ("frontier.png", "frontier.csv", "report.md", "report.html"):
         if (root / name).exists():
             log.info("result: %s", root / name)

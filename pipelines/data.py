@@ -13,7 +13,9 @@ either way they are disjoint from train.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
+import hashlib
 import json
 import random
 import re
@@ -65,13 +67,50 @@ def check_source(source: str) -> None:
         raise ConfigError(f"data.source = {source!r}: folder {arg} not found")
 
 
-def check(cfg) -> None:
+def source_files(source: str) -> list[Path]:
+    """The files a file source (jsonl:, aclimdb:) is read from; [] for the others."""
+    kind, arg = parse_source(source)
+    folder = Path(arg)
+    if kind == "jsonl":
+        return [p for p in (_find_jsonl(folder, "train"), _find_jsonl(folder, "test")) if p]
+    if kind == "aclimdb":
+        return sorted(p for split in ("train", "test") for sub in ("pos", "neg")
+                      for p in (folder / split / sub).glob("*") if p.is_file())
+    return []
+
+
+def identity(source: str, cache) -> str | None:
+    """A file source's content (every file's sha256 through store.HashCache), so that a file edited in place
+    reruns the stages that read it; None for a package or hub source (its name is its identity)."""
+    files = source_files(source)
+    if not files:
+        return None
+    return hashlib.sha256("".join(f"{p}\0{cache.sha256(p)}\n" for p in files).encode()).hexdigest()[:16]
+
+
+def check(cfg) -> str | None:
     """Everything the stages will ask of a local source, before any of them runs: every line or file readable
     (a bad one is a ConfigError naming it), both labels, and enough reviews for the splits, the pair prompts,
-    SFT and the ground truth (cfg: the BenchmarkConfig). A hub source is checked by its stages."""
+    SFT and the ground truth (cfg: the BenchmarkConfig). A hub source is checked by its stages.
+    Returns the source's identity. A source and settings that passed before (same content) are not read again."""
+    from . import store
+    from .config import stable_hash
+
     check_source(cfg.data.source)
     if parse_source(cfg.data.source)[0] == "hf":
-        return
+        return None
+    cache = store.HashCache()
+    source_id = identity(cfg.data.source, cache)
+    key = "checked:" + stable_hash([source_id or cfg.data.source, dataclasses.asdict(cfg.data), cfg.seed,
+                                    cfg.pairs.prompts, cfg.sft.reviews, cfg.ground_truth.train_reviews])
+    if key not in cache.entries:
+        _check_counts(cfg)
+        cache.entries[key], cache.changed = True, True
+    cache.save()  # only once the source has passed: bad input writes nothing
+    return source_id
+
+
+def _check_counts(cfg) -> None:
     splits = make_splits(cfg.data, cfg.seed)
     long_enough = len(prompt_reviews(splits.train, cfg.data))
     for key, wanted, have, what in (
@@ -140,14 +179,15 @@ def _read_jsonl(path: Path) -> list[Review]:
     return _both_labels(rows, path)
 
 
-def _load_jsonl(folder: Path) -> tuple[list[Review], list[Review] | None]:
-    def find(split):
-        for name in (f"imdb_{split}.jsonl.gz", f"imdb_{split}.jsonl", f"{split}.jsonl"):
-            if (folder / name).exists():
-                return folder / name
-        return None
+def _find_jsonl(folder: Path, split: str) -> Path | None:
+    for name in (f"imdb_{split}.jsonl.gz", f"imdb_{split}.jsonl", f"{split}.jsonl"):
+        if (folder / name).exists():
+            return folder / name
+    return None
 
-    train, test = find("train"), find("test")
+
+def _load_jsonl(folder: Path) -> tuple[list[Review], list[Review] | None]:
+    train, test = _find_jsonl(folder, "train"), _find_jsonl(folder, "test")
     if train is None:
         raise ConfigError(f"data.source: no imdb_train.jsonl(.gz) in {folder}")
     return _read_jsonl(train), _read_jsonl(test) if test else None

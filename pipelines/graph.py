@@ -216,9 +216,10 @@ def check(cfg: BenchmarkConfig, only: list[str] | None, launch: Launch = Launch(
 
 
 def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False,
-        protocol: dict | None = None, launch: Launch = Launch()) -> Path:
+        protocol: dict | None = None, launch: Launch = Launch(), source_id: str | None = None) -> Path:
     """Run the benchmark's stages in order, skipping the finished ones. Returns the run folder.
-    protocol: the benchmark's table before scale overrides (config.protocol), for the report."""
+    protocol: the benchmark's table before scale overrides (config.protocol), for the report.
+    source_id: a file source's content (data.check), an input of the stages that read the data."""
     check(cfg, only, launch)
     root = store.run_root(cfg.benchmark, cfg.scale)
     tracking = job_tracking(cfg.benchmark, cfg.scale)  # one wandb group for this whole run
@@ -232,10 +233,14 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
             final = root / stage.name
             config = stage_config(cfg, stage, protocol)
             inputs = {need: identities.get(need) for need in stage.needs}
+            if source_id and "data" in stage.sections:
+                inputs["data"] = source_id
             manifest = store.read_manifest(final)
             why = _why_stale(manifest, config, inputs)
             if manifest is None and final.exists():
                 why = f"{final / 'manifest.json'} is missing or unreadable"
+            elif manifest is not None and not why:
+                why = store.damaged(final, manifest)
             if only is None or stage.name in only:
                 if force or why:
                     identities[stage.name] = _run_stage(cfg, stage, config, inputs, final, root, "--force" if force else why,
@@ -294,6 +299,7 @@ def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root:
         # A fresh nonce per execution: a rerun (even --force with the same config) invalidates downstream.
         "identity": stable_hash([stable_hash(config), inputs, secrets.token_hex(8)]),
         "metrics": metrics, "wall_time_s": round(wall, 2), "processes": processes,
+        "files": store.file_sizes(tmp),  # checked before the stage is skipped (store.damaged)
         "versions": store.library_versions(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -7,6 +7,7 @@ file per benchmark/scale keeps two runs from writing the same store.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,8 +20,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LIBRARIES = ("torch", "transformers", "trl", "datasets", "accelerate", "tokenizers", "scikit-learn", "numpy")
 
 
+def runs_dir() -> Path:
+    return Path(os.environ.get("RUN_DIR") or REPO_ROOT / "runs")
+
+
 def run_root(benchmark: str, scale: str) -> Path:
-    return Path(os.environ.get("RUN_DIR") or REPO_ROOT / "runs") / benchmark / scale
+    return runs_dir() / benchmark / scale
 
 
 def library_versions() -> dict[str, str]:
@@ -46,6 +51,57 @@ def read_manifest(stage_dir: Path) -> dict | None:
     if not isinstance(manifest, dict) or any(key not in manifest for key in MANIFEST_KEYS):
         return None
     return manifest
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """Every file under a finished stage's folder (but its manifest) and its size, for the manifest."""
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"}
+
+
+def damaged(folder: Path, manifest: dict) -> str | None:
+    """What no longer matches the files a finished stage recorded (deleted, truncated, rewritten), or None.
+    Manifests written before files were recorded pass."""
+    for name, size in manifest.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != size:
+            return f"{path} has {path.stat().st_size} bytes, not the {size} it was written with"
+    return None
+
+
+class HashCache:
+    """sha256 of files, remembered by path, size and modification time (RUN_DIR/.cache/file-hashes.json):
+    a large source is read once, and any edit (its size or time changes) is hashed again. data.check also
+    records here which source contents and settings have passed its checks."""
+
+    def __init__(self):
+        self.path = runs_dir() / ".cache" / "file-hashes.json"
+        try:
+            self.entries = json.loads(self.path.read_text())
+            assert isinstance(self.entries, dict)
+        except (OSError, ValueError, AssertionError):
+            self.entries = {}
+        self.changed = False
+
+    def sha256(self, path: Path) -> str:
+        st = path.stat()
+        key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns]
+        hit = self.entries.get(key)
+        if isinstance(hit, list) and hit[:2] == stamp:
+            return hit[2]
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        self.entries[key], self.changed = [*stamp, h.hexdigest()], True
+        return h.hexdigest()
+
+    def save(self) -> None:
+        if self.changed:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.path, self.entries)
 
 
 def check_run_dir(root: Path) -> None:

