@@ -285,6 +285,8 @@ def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root:
     try:
         returncode = proc.wait()
     except Interrupted as e:
+        for s in SIGNALS:  # the spine is leaving: a second Ctrl-C must not cut the stopping short
+            signal.signal(s, signal.SIG_IGN)
         _stop(proc)
         e.stage = stage.name
         raise
