@@ -213,6 +213,11 @@ def check(cfg: BenchmarkConfig, only: list[str] | None, launch: Launch = Launch(
         missing = [n for n in STAGES[name].needs if n not in only and store.read_manifest(root / n) is None]
         if missing:
             raise ConfigError(f"stage {name} needs {', '.join(missing)}, not finished: run it first")
+        for need in (n for n in STAGES[name].needs if n not in only):
+            problem = store.damaged(root / need, store.read_manifest(root / need))
+            if problem:
+                raise ConfigError(f"stage {name} needs {need}, whose files are damaged ({problem}): run it "
+                                  f"again too (--stages {need},{name})")
 
 
 def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False,

@@ -59,10 +59,10 @@ def file_sizes(folder: Path) -> dict[str, int]:
             if p.is_file() and p.name != "manifest.json"}
 
 
-def damaged(folder: Path, manifest: dict) -> str | None:
+def damaged(folder: Path, manifest: dict | None) -> str | None:
     """What no longer matches the files a finished stage recorded (deleted, truncated, rewritten), or None.
     Manifests written before files were recorded pass."""
-    for name, size in manifest.get("files", {}).items():
+    for name, size in (manifest or {}).get("files", {}).items():
         path = folder / name
         if not path.is_file():
             return f"{path} is missing"

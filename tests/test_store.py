@@ -127,3 +127,12 @@ def test_a_truncated_stage_file_reruns_that_stage(micro_copy):
     proc = cli("run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
     assert "[report] " in proc.stderr and "report/report.html has 9 bytes" in proc.stderr, proc.stderr
     assert "[eval] up to date" in proc.stderr and store.damaged(root / "report", store.read_manifest(root / "report")) is None
+
+
+def test_a_selected_stage_refuses_a_damaged_input(micro_copy):
+    """--stages report with eval's files damaged: one line naming the file, not a traceback from the stage."""
+    run_dir, root = micro_copy
+    (root / "eval" / "samples.json").unlink()
+    proc = cli("run", "imdb-sentiment", "--scale", "micro", "--stages", "report", "--force", run_dir=run_dir)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "stage report needs eval, whose files are damaged" in proc.stderr and "samples.json is missing" in proc.stderr
