@@ -90,9 +90,10 @@ def _dispatch(args) -> int:
         raise ConfigError("--stages is empty; give stage names separated by commas")
     launch = graph.Launch(args.nproc, args.accelerate_config, args.device)
     store.check_run_dir(store.run_root(cfg.benchmark, cfg.scale))
-    source_id = data.check(cfg)
+    data.check_source(cfg.data.source)
     graph.check(cfg, only, launch)
     hub.check_hub(cfg)
+    source_id = data.check(cfg)  # the last check: once the source passes, it is remembered in RUN_DIR/.cache
     log.info("benchmark %s, scale %s (choose another with --scale, or SCALE=... with make); runs in %s",
              cfg.benchmark, cfg.scale, store.run_root(cfg.benchmark, cfg.scale))
     root = graph.run(cfg, only, args.force, config_mod.protocol(args.benchmark, args.config), launch,

@@ -100,12 +100,16 @@ class Launch:
             import yaml
 
             try:
-                ok = isinstance(yaml.safe_load(Path(self.accelerate_config).read_text(encoding="utf-8")), dict)
+                settings = yaml.safe_load(Path(self.accelerate_config).read_text(encoding="utf-8"))
             except (yaml.YAMLError, ValueError):
-                ok = False
-            if not ok:
+                settings = None
+            if not isinstance(settings, dict):
                 raise ConfigError(f"--accelerate-config {self.accelerate_config}: not a YAML mapping of accelerate "
                                   f"settings (shipped: {shipped})")
+            n = settings.get("num_processes", 1)
+            if type(n) is not int or n < 1:
+                raise ConfigError(f"--accelerate-config {self.accelerate_config}: num_processes = {n!r}; allowed: "
+                                  f"an integer >= 1")
 
     @property
     def count(self) -> int:
@@ -114,7 +118,7 @@ class Launch:
             return self.processes
         import yaml
 
-        return int(yaml.safe_load(Path(self.accelerate_config).read_text(encoding="utf-8")).get("num_processes", 1))
+        return yaml.safe_load(Path(self.accelerate_config).read_text(encoding="utf-8")).get("num_processes", 1)
 
     @property
     def accelerate(self) -> bool:
