@@ -161,13 +161,16 @@ def publish_file(src: Path, dst: Path) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Running, not a zombie: a stage killed with its spine may wait a while for a reaper (in a container,
+    none may come), and it holds nothing."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
 
 
 class RunLock:

@@ -1,9 +1,11 @@
 """The run store: atomic stage folders, the lock, and why a stage reruns."""
 
 import os
+import time
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from conftest import cli
@@ -136,3 +138,14 @@ def test_a_selected_stage_refuses_a_damaged_input(micro_copy):
     proc = cli("run", "imdb-sentiment", "--scale", "micro", "--stages", "report", "--force", run_dir=run_dir)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "stage report needs eval, whose files are damaged" in proc.stderr and "samples.json is missing" in proc.stderr
+
+
+def test_a_zombie_does_not_hold_the_lock(tmp_path):
+    """A stage killed with its spine is a zombie until something reaps it (in a container, maybe never)."""
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.01)
+    (tmp_path / ".lock").write_text(f"999999999\n{zombie.pid}\n")
+    with store.RunLock(tmp_path):
+        pass
+    zombie.wait()
