@@ -286,17 +286,18 @@ def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root:
         log.info("[%s] %s", stage.name, " ".join(command[1:]))
     elif launch.accelerate and stage.multiprocess:
         log.info("[%s] one process: it samples with vLLM, which batches the whole prompt set itself", stage.name)
-    # Ctrl-C reaches every process of the terminal's group: the stage ignores SIGINT (no traceback of its
-    # own) and the spine, which gets it too, stops the stage as it does for a signal sent to the spine alone.
-    proc = subprocess.Popen(command, env=_child_env(cfg, launch), cwd=store.REPO_ROOT,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    lock.cover(proc.pid)  # a stage outliving a SIGKILLed spine still holds the run folder
+    proc = None
     try:
+        with _signals_deferred():  # a signal now would leave a started stage unknown to the spine
+            proc = subprocess.Popen(command, env=_child_env(cfg, launch), cwd=store.REPO_ROOT,
+                                    preexec_fn=_stage_signals)
+            lock.cover(proc.pid)  # a stage outliving a SIGKILLed spine still holds the run folder
         returncode = proc.wait()
     except Interrupted as e:
         for s in SIGNALS:  # the spine is leaving: a second Ctrl-C must not cut the stopping short
             signal.signal(s, signal.SIG_IGN)
-        _stop(proc)
+        if proc is not None:
+            _stop(proc)
         e.stage = stage.name
         raise
     wall = time.time() - start
@@ -358,6 +359,14 @@ def handle_signals() -> None:
     """The spine's stop signals become Interrupted, which stops the running stage before the spine leaves."""
     for s in SIGNALS:
         signal.signal(s, _raise_interrupted)
+
+
+def _stage_signals() -> None:
+    """In the stage's process, before it starts. Ctrl-C reaches every process of the terminal's group: the
+    stage ignores SIGINT (no traceback of its own) and the spine, which gets it too, stops the stage as for
+    a signal sent to the spine alone. The spine's blocked signals (_signals_deferred) are not inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
 
 @contextmanager
