@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    graph.handle_signals()
     args = _parser().parse_args(argv)
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
@@ -58,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     except graph.StageFailed as e:
         sys.stderr.write(f"error: {e}\n")
         return 1
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted; finished stages are kept, the rest reruns next time\n")
-        return 130
+    except graph.Interrupted as e:
+        during = f" during stage {e.stage}" if e.stage else ""
+        sys.stderr.write(f"interrupted by {e}{during}; finished stages are kept: run the same command again to "
+                         f"resume\n")
+        return 128 + e.signum
 
 
 def _dispatch(args) -> int:
@@ -86,12 +89,15 @@ def _dispatch(args) -> int:
     if only is not None and not only:
         raise ConfigError("--stages is empty; give stage names separated by commas")
     launch = graph.Launch(args.nproc, args.accelerate_config, args.device)
+    store.check_run_dir(store.run_root(cfg.benchmark, cfg.scale))
     data.check_source(cfg.data.source)
-    graph.check(cfg, only)
+    graph.check(cfg, only, launch)
     hub.check_hub(cfg)
+    source_id = data.check(cfg)  # the last check: once the source passes, it is remembered in RUN_DIR/.cache
     log.info("benchmark %s, scale %s (choose another with --scale, or SCALE=... with make); runs in %s",
              cfg.benchmark, cfg.scale, store.run_root(cfg.benchmark, cfg.scale))
-    root = graph.run(cfg, only, args.force, config_mod.protocol(args.benchmark, args.config), launch)
+    root = graph.run(cfg, only, args.force, config_mod.protocol(args.benchmark, args.config), launch,
+                     source_id)
     for name in ("frontier.png", "frontier.csv", "report.md", "report.html"):
         if (root / name).exists():
             log.info("result: %s", root / name)

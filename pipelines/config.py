@@ -12,12 +12,17 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_FILE = Path(__file__).resolve().parent.parent / "benchmarks.toml"
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+# Benchmark and scale names become folders (runs/<benchmark>/<scale>): no separators, no "." or "..".
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class ConfigError(ValueError):
@@ -117,7 +122,7 @@ class UnlikelihoodConfig(PairTrainingConfig):
 @dataclass(frozen=True, kw_only=True)
 class PreferredFTConfig(PairTrainingConfig):
     seeds: list[int] = spec(help="one run per seed (of the data order): fine-tuning on the chosen completions",
-                            ge=0, nonempty=True)
+                            ge=0, le=MAX_SEED, nonempty=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,7 +190,7 @@ class BenchmarkConfig:
     benchmark: str = spec(help="the benchmark's name (set from the table name)")
     scale: str = spec(help="the scale's name (set from the command line)")
     description: str = spec("", help="one line shown by `show`")
-    seed: int = spec(0, ge=0, help="seeds every split, sample and initialisation")
+    seed: int = spec(0, ge=0, le=MAX_SEED, help="seeds every split, sample and initialisation")
     torch_threads: int = spec(0, ge=0, help="torch intra-op threads in each stage (0 = torch's default)")
     data: DataConfig = spec(help="[data] the IMDb source, splits and prompts")
     train: TrainConfig = spec(TrainConfig(), help="[train] the rules every training stage follows")
@@ -216,6 +221,9 @@ class BenchmarkConfig:
                             ("ppo.methods", self.ppo.methods)):
             if len(set(values)) != len(values):
                 raise ConfigError(f"{key} has repeated values {values}: each is one run")
+        if self.eval.prompts > self.data.eval_reviews:
+            raise ConfigError(f"eval.prompts ({self.eval.prompts}) > data.eval_reviews ({self.data.eval_reviews}): "
+                              f"each prompt is one held-out review; allowed at most {self.data.eval_reviews}")
         if self.ppo.rollouts_per_step % self.ppo.minibatch_size:
             raise ConfigError(f"ppo.minibatch_size ({self.ppo.minibatch_size}) must divide ppo.rollouts_per_step "
                               f"({self.ppo.rollouts_per_step})")
@@ -238,6 +246,8 @@ def _check_scalar(key: str, value, tp, meta: dict):
         value = float(value)
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"{key} = {value!r}: expected {_type_name(tp)}")
+    if tp is float and not math.isfinite(value):  # nan passes no bound check, inf passes "> 0"
+        raise ConfigError(f"{key} = {value!r}: expected a finite number")
     allowed = []
     if meta.get("choices") is not None and value not in meta["choices"]:
         raise ConfigError(f"{key} = {value!r}: allowed values are {', '.join(map(repr, meta['choices']))}")
@@ -250,8 +260,9 @@ def _check_scalar(key: str, value, tp, meta: dict):
     return value
 
 
-def _build(cls, table: dict, prefix: str):
-    """Build dataclass `cls` from a TOML table, checking every key and value."""
+def _build(cls, table: dict, prefix: str, partial: bool = False):
+    """Build dataclass `cls` from a TOML table, checking every key and value. partial: check the keys that
+    are there and return them as a dict (a table that scales complete)."""
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in table:
         if key not in known:
@@ -261,6 +272,8 @@ def _build(cls, table: dict, prefix: str):
         key = prefix + name
         tp = typing.get_type_hints(cls)[name]
         if name not in table:
+            if partial:
+                continue
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"missing key {key} ({f.metadata['help']})")
             continue
@@ -268,7 +281,7 @@ def _build(cls, table: dict, prefix: str):
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise ConfigError(f"{key} must be a table [{key}]")
-            values[name] = _build(tp, value, key + ".")
+            values[name] = _build(tp, value, key + ".", partial)
         elif typing.get_origin(tp) is list:
             if not isinstance(value, list):
                 raise ConfigError(f"{key} = {value!r}: expected {_type_name(tp)}")
@@ -278,7 +291,7 @@ def _build(cls, table: dict, prefix: str):
             values[name] = [_check_scalar(f"{key}[{i}]", v, item, f.metadata) for i, v in enumerate(value)]
         else:
             values[name] = _check_scalar(key, value, tp, f.metadata)
-    return cls(**values)
+    return values if partial else cls(**values)
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -297,6 +310,12 @@ def read_toml(path: Path = DEFAULT_FILE) -> dict:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; give a .toml file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text (TOML files are UTF-8)") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
 
@@ -309,22 +328,52 @@ def scale_names(doc: dict, benchmark: str) -> list[str]:
     return list(doc.get(benchmark, {}).get("scales", {}))
 
 
-def load(benchmark: str, scale: str | None = None, path: Path = DEFAULT_FILE) -> BenchmarkConfig:
-    """The resolved config of one benchmark at one scale (its default scale when None)."""
-    doc = read_toml(path)
-    if benchmark not in benchmark_names(doc):
-        raise ConfigError(f"unknown benchmark {benchmark!r}; {path.name} defines: {', '.join(benchmark_names(doc))}")
+def check_name(what: str, name: str) -> None:
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ConfigError(f"{what} name {name!r} becomes a folder name: allowed letters, digits, '_', '-' and "
+                          f"'.', starting with a letter or digit")
+
+
+def _resolve(doc: dict, benchmark: str, scale: str | None, path: Path) -> BenchmarkConfig:
+    check_name("benchmark", benchmark)
     table = dict(doc[benchmark])
     scales = table.pop("scales", {})
     default_scale = table.pop("default_scale", None)
     scale = scale or default_scale
-    if scale not in scales:
+    if not isinstance(scales, dict) or scale not in scales:
         raise ConfigError(f"unknown scale {scale!r} for {benchmark}; allowed: {', '.join(scales)}")
+    check_name("scale", scale)
+    if not isinstance(scales[scale], dict):
+        raise ConfigError(f"{benchmark}.scales.{scale} must be a table [{benchmark}.scales.{scale}]")
     merged = _merge(table, scales[scale])
     if "benchmark" in merged or "scale" in merged:
         raise ConfigError(f"{benchmark}: 'benchmark' and 'scale' are set from the names, not as keys")
     merged.update(benchmark=benchmark, scale=scale)
     return _build(BenchmarkConfig, merged, f"{benchmark}.")
+
+
+def check_file(doc: dict, path: Path) -> None:
+    """The whole file, not only the scale being run: every benchmark's own table (the paper's protocol, which
+    the report prints) and every scale resolved, so a mistake anywhere is found on the next run."""
+    for benchmark in benchmark_names(doc):
+        table = {k: v for k, v in doc[benchmark].items() if k not in ("scales", "default_scale")}
+        _build(BenchmarkConfig, table, f"{benchmark}.", partial=True)
+        for scale in scale_names(doc, benchmark):
+            try:
+                _resolve(doc, benchmark, scale, path)
+            except ConfigError as e:
+                raise ConfigError(f"{path.name}, scale {scale}: {e}") from None
+
+
+def load(benchmark: str, scale: str | None = None, path: Path = DEFAULT_FILE) -> BenchmarkConfig:
+    """The resolved config of one benchmark at one scale (its default scale when None), after the whole file
+    is checked."""
+    doc = read_toml(path)
+    if benchmark not in benchmark_names(doc):
+        raise ConfigError(f"unknown benchmark {benchmark!r}; {path.name} defines: {', '.join(benchmark_names(doc))}")
+    cfg = _resolve(doc, benchmark, scale, path)  # first: its own errors read without the file prefix
+    check_file(doc, path)
+    return cfg
 
 
 def protocol(benchmark: str, path: Path = DEFAULT_FILE) -> dict:

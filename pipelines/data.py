@@ -13,10 +13,13 @@ either way they are disjoint from train.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
+import hashlib
 import json
 import random
 import re
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,6 +27,7 @@ from pathlib import Path
 from .config import ConfigError, DataConfig
 
 SOURCE_KINDS = ("hf", "package", "jsonl", "aclimdb")
+REVIEW_FILE = re.compile(r"\d+_\d+\.txt")  # aclImdb: <review id>_<star rating>.txt
 _BR = re.compile(r"(\s*<br\s*/?>\s*)+", re.IGNORECASE)
 
 
@@ -63,6 +67,63 @@ def check_source(source: str) -> None:
         raise ConfigError(f"data.source = {source!r}: folder {arg} not found")
 
 
+def source_files(source: str) -> list[Path]:
+    """The files a file source (jsonl:, aclimdb:) is read from; [] for the others."""
+    kind, arg = parse_source(source)
+    folder = Path(arg)
+    if kind == "jsonl":
+        return [p for p in (_find_jsonl(folder, "train"), _find_jsonl(folder, "test")) if p]
+    if kind == "aclimdb":
+        return sorted(p for split in ("train", "test") for sub in ("pos", "neg")
+                      for p in (folder / split / sub).glob("*") if p.is_file())
+    return []
+
+
+def identity(source: str, cache) -> str | None:
+    """A file source's content (every file's sha256 through store.HashCache), so that a file edited in place
+    reruns the stages that read it; None for a package or hub source (its name is its identity)."""
+    files = source_files(source)
+    if not files:
+        return None
+    return hashlib.sha256("".join(f"{p}\0{cache.sha256(p)}\n" for p in files).encode()).hexdigest()[:16]
+
+
+def check(cfg) -> str | None:
+    """Everything the stages will ask of a local source, before any of them runs: every line or file readable
+    (a bad one is a ConfigError naming it), both labels, and enough reviews for the splits, the pair prompts,
+    SFT and the ground truth (cfg: the BenchmarkConfig). A hub source is checked by its stages.
+    Returns the source's identity. A source and settings that passed before (same content) are not read again."""
+    from . import store
+    from .config import stable_hash
+
+    check_source(cfg.data.source)
+    if parse_source(cfg.data.source)[0] == "hf":
+        return None
+    cache = store.HashCache()
+    source_id = identity(cfg.data.source, cache)
+    key = "checked:" + stable_hash([source_id or cfg.data.source, dataclasses.asdict(cfg.data), cfg.seed,
+                                    cfg.pairs.prompts, cfg.sft.reviews, cfg.ground_truth.train_reviews])
+    if key not in cache.entries:
+        _check_counts(cfg)
+        cache.entries[key], cache.changed = True, True
+    cache.save()  # only once the source has passed: bad input writes nothing
+    return source_id
+
+
+def _check_counts(cfg) -> None:
+    splits = make_splits(cfg.data, cfg.seed)
+    long_enough = len(prompt_reviews(splits.train, cfg.data))
+    for key, wanted, have, what in (
+        ("pairs.prompts", cfg.pairs.prompts, long_enough,
+         f"training reviews longer than data.min_review_chars ({cfg.data.min_review_chars})"),
+        ("sft.reviews", cfg.sft.reviews, len(splits.train), "training reviews"),
+        ("ground_truth.train_reviews", cfg.ground_truth.train_reviews, len(splits.train), "training reviews"),
+    ):
+        if wanted > have:
+            raise ConfigError(f"{key} = {wanted} but {cfg.data.source} has {have} {what} (after the held-out "
+                              f"reviews); allowed at most {have}")
+
+
 def _reviews(rows) -> list[Review]:
     return [Review(clean_text(text), int(label)) for text, label in rows]
 
@@ -75,27 +136,58 @@ def _load_package() -> tuple[list[Review], None]:
     return _reviews(rows), None
 
 
-def _read_jsonl(path: Path) -> list[Review]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            try:
-                d = json.loads(line)
-                rows.append((d["text"], d["label"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ConfigError(f"{path}:{n}: not a JSON object with 'text' and 'label'") from None
+LINE = "each line is a JSON object with 'text' (a string) and 'label' (0 = negative, 1 = positive)"
+
+
+def _row(d, where: str) -> tuple[str, int]:
+    """One review's (text, label), or a ConfigError naming where it is and what is allowed."""
+    if not isinstance(d, dict) or "text" not in d or "label" not in d:
+        raise ConfigError(f"{where}: not a JSON object with 'text' and 'label'; {LINE}")
+    if not isinstance(d["text"], str):
+        raise ConfigError(f"{where}: 'text' is {d['text']!r}; allowed: a string")
+    if type(d["label"]) is not int or d["label"] not in (0, 1):
+        raise ConfigError(f"{where}: 'label' is {d['label']!r}; allowed: 0 (negative) or 1 (positive)")
+    return d["text"], d["label"]
+
+
+def _both_labels(rows: list[tuple[str, int]], where) -> list[Review]:
+    labels = {label for _, label in rows}
+    if labels != {0, 1}:
+        raise ConfigError(f"{where}: {len(rows)} reviews, labels {sorted(labels)}; the ground truth needs reviews "
+                          f"of both labels (0 and 1)")
     return _reviews(rows)
 
 
-def _load_jsonl(folder: Path) -> tuple[list[Review], list[Review] | None]:
-    def find(split):
-        for name in (f"imdb_{split}.jsonl.gz", f"imdb_{split}.jsonl", f"{split}.jsonl"):
-            if (folder / name).exists():
-                return folder / name
-        return None
+def _read_jsonl(path: Path) -> list[Review]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    try:
+        with opener(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    d = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise ConfigError(f"{path}:{n}: not UTF-8 text; {LINE}") from None
+                except json.JSONDecodeError:
+                    raise ConfigError(f"{path}:{n}: not a JSON object; {LINE}") from None
+                rows.append(_row(d, f"{path}:{n}"))
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # truncated or not gzip at all
+        raise ConfigError(f"{path}: not a complete gzip file ({e}); allowed: gzip-compressed JSON lines "
+                          f"(.jsonl.gz) or plain .jsonl") from None
+    return _both_labels(rows, path)
 
-    train, test = find("train"), find("test")
+
+def _find_jsonl(folder: Path, split: str) -> Path | None:
+    for name in (f"imdb_{split}.jsonl.gz", f"imdb_{split}.jsonl", f"{split}.jsonl"):
+        if (folder / name).exists():
+            return folder / name
+    return None
+
+
+def _load_jsonl(folder: Path) -> tuple[list[Review], list[Review] | None]:
+    train, test = _find_jsonl(folder, "train"), _find_jsonl(folder, "test")
     if train is None:
         raise ConfigError(f"data.source: no imdb_train.jsonl(.gz) in {folder}")
     return _read_jsonl(train), _read_jsonl(test) if test else None
@@ -105,13 +197,24 @@ def _load_aclimdb(folder: Path) -> tuple[list[Review], list[Review] | None]:
     def split(name):
         rows = []
         for label, sub in ((0, "neg"), (1, "pos")):
-            files = sorted((folder / name / sub).glob("*.txt"), key=lambda p: int(p.stem.split("_")[0]))
-            rows += [(p.read_text(encoding="utf-8"), label) for p in files]
-        return _reviews(rows)
+            if not (folder / name / sub).is_dir():
+                raise ConfigError(f"data.source: {folder} has no {name}/{sub} folder (the aclImdb tarball's tree: "
+                                  f"train/pos, train/neg, optionally test/pos, test/neg)")
+            files = list((folder / name / sub).iterdir())
+            for p in files:
+                if not (p.is_file() and REVIEW_FILE.fullmatch(p.name)):
+                    raise ConfigError(f"{p}: unexpected in the aclImdb tree; allowed in {name}/{sub}: only review "
+                                      f"files <id>_<rating>.txt")
+            for p in sorted(files, key=lambda p: int(p.stem.split("_")[0])):
+                try:
+                    rows.append((p.read_text(encoding="utf-8"), label))
+                except UnicodeDecodeError:
+                    raise ConfigError(f"{p}: not UTF-8 text; allowed: UTF-8 review files") from None
+        return _both_labels(rows, folder / name)
 
-    if not (folder / "train" / "pos").is_dir():
-        raise ConfigError(f"data.source: {folder} has no train/pos folder (the aclImdb tarball's tree)")
-    return split("train"), split("test") if (folder / "test" / "pos").is_dir() else None
+    if not (folder / "train").is_dir():
+        raise ConfigError(f"data.source: {folder} has no train folder (the aclImdb tarball's tree)")
+    return split("train"), split("test") if (folder / "test").is_dir() else None
 
 
 def _load_hf(name: str) -> tuple[list[Review], list[Review] | None]:
@@ -151,8 +254,9 @@ def make_splits(cfg: DataConfig, seed: int) -> Splits:
     gt_idx = [i for i in order if i not in taken][: cfg.gt_heldout_reviews]
     if len(eval_idx) < cfg.eval_reviews or len(gt_idx) < cfg.gt_heldout_reviews:
         raise ConfigError(
-            f"data: the source has too few reviews for eval_reviews={cfg.eval_reviews} and "
-            f"gt_heldout_reviews={cfg.gt_heldout_reviews}"
+            f"data: {cfg.source} has too few reviews for eval_reviews={cfg.eval_reviews} (it has {len(eval_idx)} "
+            f"longer than min_review_chars={cfg.min_review_chars}) and gt_heldout_reviews="
+            f"{cfg.gt_heldout_reviews} ({len(gt_idx)} left)"
         )
     # IMDb repeats some reviews (within train, and across train and test): disjoint means by text.
     held_texts = {pool[i].text for i in eval_idx + gt_idx}

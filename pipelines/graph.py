@@ -12,15 +12,18 @@ vLLM's draws are other draws of the same distribution, so a cached HF sample is 
 
 from __future__ import annotations
 
+import filecmp
 import importlib.util
 import json
 import logging
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,25 +44,31 @@ class Stage:
     what: str = ""
     module: str = ""  # the command is `python -m <module>` (default: the stage's name)
     multiprocess: bool = True  # runs under `accelerate launch` when several processes are asked for
+    split: tuple[str, ...] = ()  # config keys (section.key) whose batches are split evenly over the processes
 
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("sft", ("data", "sft", "train"), what="fine-tune a causal LM on IMDb reviews"),
+        Stage("sft", ("data", "sft", "train"), what="fine-tune a causal LM on IMDb reviews",
+              split=("sft.batch_size",)),
         Stage("ground_truth", ("data", "ground_truth"), what="the sentiment scorer, reward = P(positive)",
               multiprocess=False),
         Stage("pairs", ("data", "pairs", "ground_truth"), needs=("sft", "ground_truth"),
               what="4 SFT samples per prompt, all pairs labelled by the ground truth"),
-        Stage("dpo", ("dpo", "train"), needs=("sft", "pairs"), what="DPO, one run per beta"),
+        Stage("dpo", ("dpo", "train"), needs=("sft", "pairs"), what="DPO, one run per beta",
+              split=("dpo.batch_size",)),
         Stage("unlikelihood", ("unlikelihood", "train"), needs=("sft", "pairs"), module="dpo.relatives",
-              what="Unlikelihood on the pairs, one run per alpha"),
+              what="Unlikelihood on the pairs, one run per alpha", split=("unlikelihood.batch_size",)),
         Stage("preferred_ft", ("preferred_ft", "train"), needs=("sft", "pairs"), module="dpo.relatives",
-              what="Preferred-FT: fine-tuning on the chosen completions, one run per seed"),
+              what="Preferred-FT: fine-tuning on the chosen completions, one run per seed",
+              split=("preferred_ft.batch_size",)),
         Stage("reward_model", ("reward_model", "train"), needs=("sft", "pairs"),
-              what="Bradley-Terry reward model on the pairs, normalised on SFT samples"),
+              what="Bradley-Terry reward model on the pairs, normalised on SFT samples",
+              split=("reward_model.batch_size",)),
         Stage("ppo", ("data", "ppo", "ground_truth", "train"), needs=("sft", "ground_truth", "pairs", "reward_model"),
-              what="PPO on the learned reward (ppo) and on the ground truth (ppo-gt)"),
+              what="PPO on the learned reward (ppo) and on the ground truth (ppo-gt)",
+              split=("ppo.rollouts_per_step", "ppo.minibatch_size")),
         Stage("eval", ("data", "eval", "ground_truth"),
               needs=("sft", "ground_truth", "dpo", "unlikelihood", "preferred_ft", "ppo"),
               publish=("frontier.csv", "frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf"),
@@ -86,9 +95,32 @@ class Launch:
             raise ConfigError(f"--nproc {self.processes}: need at least 1 process")
         if self.device is not None and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(f"--device {self.device!r}: allowed cpu, cuda, cuda:<index>, mps")
-        if self.accelerate_config is not None and not Path(self.accelerate_config).is_file():
-            raise ConfigError(f"--accelerate-config {self.accelerate_config}: no such file "
-                              f"(shipped: {', '.join(sorted(p.name for p in ACCELERATE_CONFIGS.glob('*.yaml')))})")
+        if self.accelerate_config is not None:
+            shipped = ", ".join(sorted(p.name for p in ACCELERATE_CONFIGS.glob("*.yaml")))
+            if not Path(self.accelerate_config).is_file():
+                raise ConfigError(f"--accelerate-config {self.accelerate_config}: no such file (shipped: {shipped})")
+            import yaml
+
+            try:
+                settings = yaml.safe_load(Path(self.accelerate_config).read_text(encoding="utf-8"))
+            except (yaml.YAMLError, ValueError):
+                settings = None
+            if not isinstance(settings, dict):
+                raise ConfigError(f"--accelerate-config {self.accelerate_config}: not a YAML mapping of accelerate "
+                                  f"settings (shipped: {shipped})")
+            n = settings.get("num_processes", 1)
+            if type(n) is not int or n < 1:
+                raise ConfigError(f"--accelerate-config {self.accelerate_config}: num_processes = {n!r}; allowed: "
+                                  f"an integer >= 1")
+
+    @property
+    def count(self) -> int:
+        """Processes per launched stage: --nproc, else the accelerate config file's num_processes."""
+        if self.processes > 1 or self.accelerate_config is None:
+            return self.processes
+        import yaml
+
+        return yaml.safe_load(Path(self.accelerate_config).read_text(encoding="utf-8")).get("num_processes", 1)
 
     @property
     def accelerate(self) -> bool:
@@ -165,11 +197,19 @@ def _child_env(cfg: BenchmarkConfig, launch: Launch) -> dict:
     return env
 
 
-def check(cfg: BenchmarkConfig, only: list[str] | None) -> None:
+def check(cfg: BenchmarkConfig, only: list[str] | None, launch: Launch = Launch()) -> None:
     """Refuse a stage selection that cannot run, before anything is written."""
     for name in only or []:
         if name not in STAGES:
             raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    for stage in (STAGES[name] for name in only or STAGES):
+        config = stage_config(cfg, stage)
+        n = launch.count if launch.launches(stage, config) else 1
+        for key in stage.split:  # the stage would refuse it itself (core.dist), but only after the ones before it
+            section, field = key.split(".")
+            if config[section][field] % n:
+                raise ConfigError(f"--nproc {n}: {key} = {config[section][field]} does not split over {n} "
+                                  f"processes; allowed: a process count that divides it")
     for name in ("pairs", "eval"):
         if cfg.section(name)["sampler"] == "vllm" and not vllm_installed():
             raise ConfigError(f"{name}.sampler = 'vllm' but vLLM is not installed in {sys.prefix}: run with "
@@ -179,33 +219,46 @@ def check(cfg: BenchmarkConfig, only: list[str] | None) -> None:
         missing = [n for n in STAGES[name].needs if n not in only and store.read_manifest(root / n) is None]
         if missing:
             raise ConfigError(f"stage {name} needs {', '.join(missing)}, not finished: run it first")
+        for need in (n for n in STAGES[name].needs if n not in only):
+            problem = store.damaged(root / need, store.read_manifest(root / need))
+            if problem:
+                raise ConfigError(f"stage {name} needs {need}, whose files are damaged ({problem}): run it "
+                                  f"again too (--stages {need},{name})")
 
 
 def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False,
-        protocol: dict | None = None, launch: Launch = Launch()) -> Path:
+        protocol: dict | None = None, launch: Launch = Launch(), source_id: str | None = None) -> Path:
     """Run the benchmark's stages in order, skipping the finished ones. Returns the run folder.
-    protocol: the benchmark's table before scale overrides (config.protocol), for the report."""
-    check(cfg, only)
+    protocol: the benchmark's table before scale overrides (config.protocol), for the report.
+    source_id: a file source's content (data.check), an input of the stages that read the data."""
+    check(cfg, only, launch)
     root = store.run_root(cfg.benchmark, cfg.scale)
     tracking = job_tracking(cfg.benchmark, cfg.scale)  # one wandb group for this whole run
     if tracking["mode"] != "disabled":
         log.info("wandb: %s, project %s, group %s%s", tracking["mode"], tracking["project"], tracking["group"],
                  " (no API key: `make wandb-sync` uploads later; WANDB=off turns it off)"
                  if tracking["mode"] == "offline" else "")
-    with store.RunLock(root):
+    with store.RunLock(root) as lock:
         identities: dict[str, str] = {}
         for stage in STAGES.values():
             final = root / stage.name
             config = stage_config(cfg, stage, protocol)
             inputs = {need: identities.get(need) for need in stage.needs}
+            if source_id and "data" in stage.sections:
+                inputs["data"] = source_id
             manifest = store.read_manifest(final)
             why = _why_stale(manifest, config, inputs)
+            if manifest is None and final.exists():
+                why = f"{final / 'manifest.json'} is missing or unreadable"
+            elif manifest is not None and not why:
+                why = store.damaged(final, manifest)
             if only is None or stage.name in only:
                 if force or why:
                     identities[stage.name] = _run_stage(cfg, stage, config, inputs, final, root, "--force" if force else why,
-                                                        tracking, launch)
+                                                        tracking, launch, lock)
                     continue
                 log.info("[%s] up to date, skipped (%s)", stage.name, final)
+                _publish(stage, final, root)  # a deleted or edited top-level copy comes back
             elif why and manifest is not None:
                 log.warning("[%s] not selected but stale (%s); later stages use it as it is", stage.name, why)
             if manifest is not None:
@@ -214,7 +267,7 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
 
 
 def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root: Path, why: str,
-               tracking: dict, launch: Launch) -> str:
+               tracking: dict, launch: Launch, lock: store.RunLock) -> str:
     log.info("[%s] %s (%s scale) - runs because %s", stage.name, stage.what, cfg.scale, why)
     log.info("[%s] inputs: %s; writes %s", stage.name,
              ", ".join(str(root / n) for n in stage.needs) or "the data source", final)
@@ -235,10 +288,23 @@ def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root:
         log.info("[%s] %s", stage.name, " ".join(command[1:]))
     elif launch.accelerate and stage.multiprocess:
         log.info("[%s] one process: it samples with vLLM, which batches the whole prompt set itself", stage.name)
-    proc = subprocess.run(command, env=_child_env(cfg, launch), cwd=store.REPO_ROOT)
+    proc = None
+    try:
+        with _signals_deferred():  # a signal now would leave a started stage unknown to the spine
+            proc = subprocess.Popen(command, env=_child_env(cfg, launch), cwd=store.REPO_ROOT,
+                                    preexec_fn=_stage_signals)
+            lock.cover(proc.pid)  # a stage outliving a SIGKILLed spine still holds the run folder
+        returncode = proc.wait()
+    except Interrupted as e:
+        for s in SIGNALS:  # the spine is leaving: a second Ctrl-C must not cut the stopping short
+            signal.signal(s, signal.SIG_IGN)
+        if proc is not None:
+            _stop(proc)
+        e.stage = stage.name
+        raise
     wall = time.time() - start
-    if proc.returncode != 0:
-        raise StageFailed(f"stage {stage.name} failed (exit {proc.returncode}) after {wall:.0f}s; "
+    if returncode != 0:
+        raise StageFailed(f"stage {stage.name} failed (exit {returncode}) after {wall:.0f}s; "
                           f"its unfinished output is in {tmp}")
     metrics = json.loads((tmp / "metrics.json").read_text())
     manifest = {
@@ -247,15 +313,23 @@ def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root:
         # A fresh nonce per execution: a rerun (even --force with the same config) invalidates downstream.
         "identity": stable_hash([stable_hash(config), inputs, secrets.token_hex(8)]),
         "metrics": metrics, "wall_time_s": round(wall, 2), "processes": processes,
+        "files": store.file_sizes(tmp),  # checked before the stage is skipped (store.damaged)
         "versions": store.library_versions(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    store.write_json_atomic(tmp / "manifest.json", manifest)
-    store.commit_dir(tmp, final)
-    for name in stage.publish:
-        store.publish_file(final / name, root / name)
+    with _signals_deferred():  # the manifest, the rename and the published files land together
+        store.write_json_atomic(tmp / "manifest.json", manifest)
+        store.commit_dir(tmp, final)
+        _publish(stage, final, root)
     log.info("[%s] done in %.0fs: %s", stage.name, wall, _headline(metrics))
     return manifest["identity"]
+
+
+def _publish(stage: Stage, final: Path, root: Path) -> None:
+    """Copy the stage's published files (frontier.csv, report.md, ...) to the run folder where they differ."""
+    for name in stage.publish:
+        if not (root / name).is_file() or not filecmp.cmp(final / name, root / name, shallow=False):
+            store.publish_file(final / name, root / name)
 
 
 def _headline(metrics: dict) -> str:
@@ -265,3 +339,61 @@ def _headline(metrics: dict) -> str:
 
 class StageFailed(RuntimeError):
     pass
+
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(BaseException):
+    """A stop signal to the spine (Ctrl-C, or SIGTERM / SIGHUP from a scheduler or a closed terminal).
+    stage: the stage that was running, if one was."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.stage = signum, None
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def handle_signals() -> None:
+    """The spine's stop signals become Interrupted, which stops the running stage before the spine leaves."""
+    for s in SIGNALS:
+        signal.signal(s, _raise_interrupted)
+
+
+def _stage_signals() -> None:
+    """In the stage's process, before it starts. Ctrl-C reaches every process of the terminal's group: the
+    stage ignores SIGINT (no traceback of its own) and the spine, which gets it too, stops the stage as for
+    a signal sent to the spine alone. The spine's blocked signals (_signals_deferred) are not inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+@contextmanager
+def _signals_deferred():
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a stage and everything it started (accelerate's workers, wandb's service) and wait for it.
+    SIGKILL: it prints nothing, and a stage is built to survive it (checkpoints and stage folders are
+    renamed into place; the fault tests kill stages so), so the next run resumes."""
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in [proc, *tree]:  # the stage first, so it starts nothing new
+        try:
+            p.kill()
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            pass
+    proc.wait()
+    psutil.wait_procs(tree, timeout=30)

@@ -7,6 +7,7 @@ file per benchmark/scale keeps two runs from writing the same store.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,8 +20,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LIBRARIES = ("torch", "transformers", "trl", "datasets", "accelerate", "tokenizers", "scikit-learn", "numpy")
 
 
+def runs_dir() -> Path:
+    return Path(os.environ.get("RUN_DIR") or REPO_ROOT / "runs")
+
+
 def run_root(benchmark: str, scale: str) -> Path:
-    return Path(os.environ.get("RUN_DIR") or REPO_ROOT / "runs") / benchmark / scale
+    return runs_dir() / benchmark / scale
 
 
 def library_versions() -> dict[str, str]:
@@ -33,17 +38,92 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+MANIFEST_KEYS = ("config", "config_hash", "inputs", "identity")
+
+
 def read_manifest(stage_dir: Path) -> dict | None:
+    """A finished stage's manifest, or None: not there, or unreadable (bytes, a list, keys missing), which
+    means the same to the run: redo the stage."""
     try:
-        return json.loads((stage_dir / "manifest.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        manifest = json.loads((stage_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: not UTF-8, not JSON
         return None
+    if not isinstance(manifest, dict) or any(key not in manifest for key in MANIFEST_KEYS):
+        return None
+    return manifest
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """Every file under a finished stage's folder (but its manifest) and its size, for the manifest."""
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"}
+
+
+def damaged(folder: Path, manifest: dict | None) -> str | None:
+    """What no longer matches the files a finished stage recorded (deleted, truncated, rewritten), or None.
+    Manifests written before files were recorded pass."""
+    for name, size in (manifest or {}).get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != size:
+            return f"{path} has {path.stat().st_size} bytes, not the {size} it was written with"
+    return None
+
+
+class HashCache:
+    """sha256 of files, remembered by path, size and modification time (RUN_DIR/.cache/file-hashes.json):
+    a large source is read once, and any edit (its size or time changes) is hashed again. data.check also
+    records here which source contents and settings have passed its checks."""
+
+    def __init__(self):
+        self.path = runs_dir() / ".cache" / "file-hashes.json"
+        try:
+            self.entries = json.loads(self.path.read_text())
+            assert isinstance(self.entries, dict)
+        except (OSError, ValueError, AssertionError):
+            self.entries = {}
+        self.changed = False
+
+    def sha256(self, path: Path) -> str:
+        st = path.stat()
+        key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns]
+        hit = self.entries.get(key)
+        if isinstance(hit, list) and hit[:2] == stamp:
+            return hit[2]
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        self.entries[key], self.changed = [*stamp, h.hexdigest()], True
+        return h.hexdigest()
+
+    def save(self) -> None:
+        if self.changed:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.path, self.entries)
+
+
+def check_run_dir(root: Path) -> None:
+    """Refuse a run folder that cannot be written (RUN_DIR a file, a folder without write access) before
+    anything is written, rather than with a traceback at the first write."""
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"RUN_DIR: {existing} is a file; allowed: a folder, or a path where one can be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"RUN_DIR: {existing} is not writable; allowed: a folder you can write to")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def temp_dir_for(final: Path, resume_key: str | None = None) -> tuple[Path, bool]:
@@ -81,39 +161,52 @@ def publish_file(src: Path, dst: Path) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Running, not a zombie: a stage killed with its spine may wait a while for a reaper (in a container,
+    none may come), and it holds nothing."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
 
 
 class RunLock:
-    """An exclusive lock on one benchmark/scale store; a lock left by a dead process is taken over."""
+    """An exclusive lock on one benchmark/scale store; a lock left by a dead process is taken over.
+    The lock file holds the spine's PID and that of the stage it runs (cover): the lock is live while
+    either is."""
 
     def __init__(self, root: Path):
         self.path = root / ".lock"
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # what check_run_dir could not see (a read-only file system, as root)
+            raise ConfigError(f"RUN_DIR: cannot create {self.path.parent} ({e.strerror})") from None
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 try:
-                    holder = int(self.path.read_text().strip() or 0)
-                except (ValueError, FileNotFoundError):
-                    holder = 0
-                if holder and _pid_alive(holder) and holder != os.getpid():
-                    raise ConfigError(f"{self.path.parent} is in use by process {holder} (lock {self.path})") from None
+                    holders = [int(pid) for pid in self.path.read_text().split()]
+                except (ValueError, OSError):
+                    holders = []
+                live = [pid for pid in holders if pid != os.getpid() and _pid_alive(pid)]
+                if live:
+                    raise ConfigError(f"{self.path.parent} is in use by process {live[0]} (lock {self.path})") from None
                 self.path.unlink(missing_ok=True)  # stale: its holder is gone
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(str(os.getpid()))
             return self
         raise ConfigError(f"could not take the lock {self.path}")
+
+    def cover(self, pid: int) -> None:
+        """Hold the lock for this child (a stage) too, until the next one."""
+        write_text_atomic(self.path, f"{os.getpid()}\n{pid}\n")
 
     def __exit__(self, *exc):
         self.path.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+BASE_TOML = (ROOT / "benchmarks.toml").read_text()
 SHARED_IMDB = ROOT.parent / "shared" / "data" / "imdb"
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tests run on 2 shared cores
@@ -49,3 +50,13 @@ def sampled_minus_expected_logp(model, prompts, comps) -> tuple[float, float]:
     terms = torch.gather(logp, 2, ids[:, 1:, None]).squeeze(-1) - (logp.exp() * logp).sum(-1)
     per_completion = (terms * resp).sum(1)
     return per_completion.mean().item(), (per_completion.std() / math.sqrt(len(comps))).item()
+
+
+@pytest.fixture
+def micro_copy(micro_run, tmp_path):
+    """A private copy of the finished micro run (RUN_DIR, its micro folder) for a test that damages it."""
+    import shutil
+
+    run_dir = tmp_path / "runs"
+    shutil.copytree(micro_run[1], run_dir / "imdb-sentiment" / "micro", symlinks=True)
+    return run_dir, run_dir / "imdb-sentiment" / "micro"

@@ -129,3 +129,65 @@ def test_vllm_sampler_without_vllm_is_refused_before_any_stage(tmp_path, monkeyp
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "pairs.sampler = 'vllm' but vLLM is not installed" in proc.stderr and "VLLM=1" in proc.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
+
+
+BAD += [
+    ("[imdb-sentiment.scales.bad]\nseed = 4294967296", "imdb-sentiment.seed = 4294967296: must be >= 0 and <= 4294967295"),
+    ("[imdb-sentiment.scales.bad.preferred_ft]\nseeds = [4294967296]", "preferred_ft.seeds[0] = 4294967296: must be"),
+    ("[imdb-sentiment.scales.bad.sft]\nepochs = inf", "sft.epochs = inf: expected a finite number"),
+    ("[imdb-sentiment.scales.bad.dpo]\nlearning_rate = nan", "dpo.learning_rate = nan: expected a finite number"),
+    ("[imdb-sentiment.scales.bad.eval]\nprompts = 1001", "eval.prompts (1001) > data.eval_reviews (1000)"),
+]
+
+
+@pytest.mark.parametrize("table,name", [('[imdb-sentiment.scales."../../escape"]', "../../escape"),
+                                        ('[imdb-sentiment.scales."/tmp/abs"]', "/tmp/abs"),
+                                        ('[imdb-sentiment.scales.".."]', ".."),
+                                        ('["../evil".scales.x]\n[imdb-sentiment.scales.x]', "../evil")])
+def test_a_name_that_would_leave_the_run_folder_is_refused(tmp_path, table, name):
+    """Benchmark and scale names become folders under RUN_DIR: '..', '/' or a leading '.' never reach the disk."""
+    path = tmp_path / "bench.toml"
+    path.write_text(BASE + "\n" + table + "\n")
+    scale = "x" if name == "../evil" else name
+    proc = cli("--config", str(path), "run", "imdb-sentiment", "--scale", scale, run_dir=tmp_path / "r" / "runs")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"name {name!r} becomes a folder name" in proc.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bench.toml"]  # nothing written, inside or out
+
+
+@pytest.mark.parametrize("override", ["[imdb-sentiment.scales.other.dpo]\nbetas = [0.0]",
+                                      "[imdb-sentiment.scales.other.sft]\nlearning_rat = 1e-3",
+                                      "[imdb-sentiment.scales.other]\nseed = \"zero\""])
+def test_another_scales_mistake_stops_every_run(tmp_path, override):
+    """The whole file is checked on every run: a mistake in a scale nobody runs today is found now."""
+    path = tmp_path / "bench.toml"
+    path.write_text(BASE + "\n" + override + "\n")
+    proc = cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", run_dir=tmp_path / "runs")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "bench.toml, scale other: " in proc.stderr and "imdb-sentiment." in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_protocol_table_itself_is_checked(tmp_path):
+    """The benchmark's own table (printed by the report as the paper's protocol), even where the scale being
+    run overrides the mistake."""
+    path = tmp_path / "bench.toml"
+    path.write_text(BASE.replace("prompts = 1000", 'prompts = "all"'))
+    with pytest.raises(ConfigError, match="imdb-sentiment.eval.prompts = 'all': expected an integer"):
+        config.load("imdb-sentiment", "micro", path)
+
+
+def test_every_scale_of_the_shipped_file_resolves():
+    doc = config.read_toml()
+    config.check_file(doc, config.DEFAULT_FILE)
+    assert {"tiny", "micro", "paper", "gpt2", "smol"} <= set(config.scale_names(doc, "imdb-sentiment"))
+
+
+@pytest.mark.parametrize("make,message", [(lambda p: p.mkdir(), "is a folder"),
+                                          (lambda p: p.write_bytes(b"seed = \"\xff\xfe\"\n"), "is not UTF-8 text")])
+def test_config_that_is_a_folder_or_not_utf8_is_one_line(tmp_path, make, message):
+    path = tmp_path / "bench.toml"
+    make(path)
+    proc = cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", run_dir=tmp_path / "runs")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert message in proc.stderr and not (tmp_path / "runs").exists()

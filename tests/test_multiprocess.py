@@ -119,3 +119,24 @@ def test_blocks_cover_the_items_in_order():
             blocks = [dist.block(n, r, size) for r in range(size)]
             assert [i for b in blocks for i in b] == list(range(n))
             assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--nproc", "3"], "--nproc 3: sft.batch_size = 16 does not split over 3 processes"),
+    (["--nproc", "3", "--stages", "ppo"], "--nproc 3: ppo.rollouts_per_step = 16 does not split over 3 processes"),
+    (["--accelerate-config", "BAD"], "not a YAML mapping of accelerate settings"),
+    (["--accelerate-config", "THREE"], "--nproc 3: sft.batch_size = 16 does not split over 3 processes"),
+    (["--accelerate-config", "ZERO"], "num_processes = 0; allowed: an integer >= 1"),
+])
+def test_launch_that_a_stage_would_refuse_is_refused_before_anything_runs(tmp_path, args, message):
+    """Every stage's batches are checked against the process count up front (not in the stage, after the
+    stages before it have run), and an accelerate config must be YAML."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("num_processes: [2\n  : : tabs\t:")
+    (tmp_path / "three.yaml").write_text("distributed_type: MULTI_CPU\nnum_processes: 3\n")
+    (tmp_path / "zero.yaml").write_text("num_processes: 0\n")
+    files = {"BAD": bad, "THREE": tmp_path / "three.yaml", "ZERO": tmp_path / "zero.yaml"}
+    args = [str(files.get(a, a)) for a in args]
+    proc = cli("run", "imdb-sentiment", "--scale", "micro", *args, run_dir=tmp_path / "runs")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert message in proc.stderr and not (tmp_path / "runs").exists()
