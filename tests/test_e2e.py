@@ -191,3 +191,22 @@ def _with_key(toml: str, section: str, key: str, value: str) -> str:
     body, tail = rest.split("\n\n", 1)
     lines = [line for line in body.splitlines() if not line.startswith(f"{key} ")]
     return head + section + "\n".join([f"{key} = {value}"] + lines) + "\n\n" + tail
+
+
+def test_eval_refuses_a_checkpoint_with_non_finite_weights(micro_copy):
+    """A checkpoint with a NaN weight (a step can leave one behind a finite loss) never becomes a frontier
+    point: eval stops with one line naming the run and step, and frontier.csv keeps the last good one."""
+    from safetensors.torch import load_file, save_file
+
+    store, root = micro_copy
+    before = (root / "frontier.csv").read_text()
+    weights_file = root / "dpo" / "beta0.1" / "checkpoint-6" / "model.safetensors"
+    weights = load_file(str(weights_file))
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name][0] = float("nan")  # same size: the stage's files still match its manifest
+    save_file(weights, str(weights_file), metadata={"format": "pt"})
+    proc = cli("run", "imdb-sentiment", "--scale", "micro", "--stages", "eval", "--force", run_dir=store)
+    assert proc.returncode == 1
+    assert "beta0.1 step 6: KL nan" in proc.stderr and "not finite" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (root / "frontier.csv").read_text() == before
