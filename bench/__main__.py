@@ -368,8 +368,7 @@ def markdown(r: dict) -> str:
                  f"{p3['ratio_bench']:.2f} | - | - |")
     p4 = r.get("P4")
     if p4 and p4.get("written"):  # P4 measured on its own (bench.ppo_vs_trl.p4), after the rest
-        lines.insert(3, f"P4 measured on its own ({p4['written']}): {p4.get('note', '')}")
-        lines.insert(4, "")
+        lines[3:3] = ["", f"P4 measured on its own ({p4['written']}): {p4.get('note', '')}"]
     if p4 and p4.get("runs"):
         lines.append(f"| P4 | PPO episodes/s, ours / TRL 1.12 PPOTrainer (median over KL coefficients; "
                      f"models of {p4['source_scale']}) | {p4['speed_ratio']:.2f} | >= 1.0 (goal 1.5) | "

@@ -90,8 +90,8 @@ def test_a_second_run_trains_nothing(micro_run):
     assert before == {s: json.loads((root / s / "manifest.json").read_text())["identity"] for s in STAGES}
 
 
-def test_changing_dpo_reruns_dpo_eval_and_report_only(micro_run, tmp_path):
-    run_dir, root, _ = micro_run
+def test_changing_dpo_reruns_dpo_eval_and_report_only(micro_copy, tmp_path):
+    run_dir, root = micro_copy  # a private copy: the shared micro run keeps the shipped config for other tests
     before = {s: json.loads((root / s / "manifest.json").read_text())["identity"] for s in STAGES}
     toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
     path = tmp_path / "bench.toml"

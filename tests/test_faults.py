@@ -79,5 +79,5 @@ def test_a_stage_killed_after_a_checkpoint_resumes_from_it(micro_run, tmp_path, 
     assert finish(run_dir, tmp_path / "final.log") == expected
     log = (tmp_path / "final.log").read_text()
     assert f"[{stage}] resuming the interrupted run" in log
-    assert {"dpo": "resuming from checkpoint-3", "ppo": "ppo target 2: resuming after step 2",
-            "unlikelihood": "unlikelihood 0.5: resuming after step 3"}[stage] in log
+    assert {"dpo": "resuming from checkpoint-3", "ppo": "ppo-kl2: resuming after step 2",
+            "unlikelihood": "unlikelihood-alpha0.5: resuming after step 3"}[stage] in log
