@@ -389,8 +389,8 @@ def markdown(r: dict) -> str:
                          + f" | no worse | {'no' if worse else 'yes'} |")
         mean = p4.get("mean_reward_gap")
         if mean and mean.get("low") is not None:  # the gaps of every seed: behind only if the interval is below 0
-            lines.append(f"| P4 | mean reward gap at equal KL over {len(p4['seeds'])} training seeds ({mean['n']} gaps), "
-                         f"95% bootstrap interval | {mean['mean']:+.3f} [{mean['low']:+.3f}, {mean['high']:+.3f}] | "
+            lines.append(f"| P4 | mean reward gap at equal KL over training seeds ({mean['n']} of {len(p4['seeds'])} "
+                         f"seeds gave one), 95% t-interval over seeds | {mean['mean']:+.3f} [{mean['low']:+.3f}, {mean['high']:+.3f}] | "
                          f"not behind | {'no' if mean['high'] < 0 else 'yes'} |")
     else:
         lines.append("| P4 | our PPO vs TRL 1.12 PPOTrainer | not measured (no finished run to start from) | "

@@ -118,11 +118,11 @@ class MethodRun:
     def finish(self, state: LoopState | None = None, **summary) -> dict:
         """Keep only what eval needs of each checkpoint, check their weights are finite, write run.json (which
         marks the run finished) and close its tracking. -> the summary, as runs.json lists it."""
-        resume.strip_checkpoints(self.folder)
         checkpoints = resume.checkpoint_list(self.folder, self.job.out)
-        if dist.is_main():  # the one that writes run.json
+        if dist.is_main():  # the one that writes run.json; before stripping, so a refused run can still resume
             for c in checkpoints:
                 check_finite_weights(load_weights(self.job.out / c["path"]), f"{self.label} {c['path']}")
+        resume.strip_checkpoints(self.folder)
         record = {"method": self.method, "run": self.name, "param": self.param, "param_name": self.param_name,
                   "checkpoints": checkpoints, "train_seconds": round(self.elapsed(), 2)}
         if state is not None:  # our loops; a TRL stage passes its own counts

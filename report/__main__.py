@@ -126,7 +126,8 @@ def checks_table(rows: list[dict], runs: dict[str, list[dict]]) -> tuple[list[st
         curve = run.get("heldout") or []
         if curve:
             losses = " -> ".join(f"{h['loss']:.3f}" for h in curve)
-            accuracy = " -> ".join(f"{h['reward_accuracy']:.2f}" for h in curve)
+            accuracy = " -> ".join("n/a" if h["reward_accuracy"] is None else f"{h['reward_accuracy']:.2f}"
+                                   for h in curve)
             body.append([f"dpo-{run['run']}", f"held-out DPO loss by checkpoint {losses} (log 2 = 0.693 at the "
                          f"start), reward accuracy {accuracy}",
                          "yes" if len(curve) < 2 or curve[-1]["loss"] < curve[0]["loss"] else

@@ -77,3 +77,4 @@ def test_non_finite_weights_are_never_saved_nor_marked_finished(tmp_path):
     with pytest.raises(FloatingPointError, match="checkpoint-3: weight .* is not finite"):
         run.finish(state)
     assert not (tmp_path / "ppo-kl3" / "run.json").exists()
+    assert (tmp_path / "ppo-kl3" / "checkpoint-1" / "training_state.pt").exists()  # still resumable from the good one
