@@ -128,6 +128,8 @@ class AdaptiveKLController:
 
 
 class FixedKLController:
+    reached = False  # the adaptive controller's hold state, so both save and resume alike
+
     def __init__(self, init_coef: float):
         self.value = init_coef
 
