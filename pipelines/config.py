@@ -141,6 +141,8 @@ class PPOConfig:
     target_kls: list[float] = spec(gt=0, nonempty=True, help="one run per method and target sequence KL")
     kl_control: str = spec("adaptive", choices=("adaptive", "fixed"), help="Ziegler et al.'s controller, or fixed")
     init_kl_coef: float = spec(0.1, ge=0, help="KL coefficient at step 0 (the fixed one when kl_control = fixed)")
+    init_kl_coefs: list[float] = spec([], ge=0, help="one step-0 coefficient per target KL, in target_kls' order "
+                                                     "(empty: init_kl_coef for every target); see docs/kl-control.md")
     kl_horizon: int = spec(10_000, gt=0, help="adaptive controller horizon, in rollouts")
     kl_hold: bool = spec(True, help="adaptive only: the coefficient is not lowered before the measured KL first "
                                     "reaches the target (anti-windup; Ziegler et al.'s rule lowers it from step 1)")
@@ -224,6 +226,9 @@ class BenchmarkConfig:
         if self.eval.prompts > self.data.eval_reviews:
             raise ConfigError(f"eval.prompts ({self.eval.prompts}) > data.eval_reviews ({self.data.eval_reviews}): "
                               f"each prompt is one held-out review; allowed at most {self.data.eval_reviews}")
+        if self.ppo.init_kl_coefs and len(self.ppo.init_kl_coefs) != len(self.ppo.target_kls):
+            raise ConfigError(f"ppo.init_kl_coefs has {len(self.ppo.init_kl_coefs)} values for "
+                              f"{len(self.ppo.target_kls)} target_kls; allowed: one per target, or none")
         if self.ppo.rollouts_per_step % self.ppo.minibatch_size:
             raise ConfigError(f"ppo.minibatch_size ({self.ppo.minibatch_size}) must divide ppo.rollouts_per_step "
                               f"({self.ppo.rollouts_per_step})")

@@ -172,6 +172,16 @@ def ppo_update(policy, value, policy_opt, value_opt, batch: Rollouts, advantages
     return dict(zip(keys, torch.stack(stats).mean(0).tolist())), tokens_trained
 
 
+def initial_kl_coef(cfg, target_kl: float) -> float:
+    """The KL coefficient at step 0: this target's entry of init_kl_coefs, or init_kl_coef. Ziegler et al. start
+    every run at one coefficient and let the controller find its level over thousands of steps (horizon 10,000);
+    a short run can only fine-tune, so it starts each target near the coefficient that reaches it
+    (docs/kl-control.md)."""
+    if cfg.init_kl_coefs:
+        return cfg.init_kl_coefs[cfg.target_kls.index(target_kl)]
+    return cfg.init_kl_coef
+
+
 def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score_fn):
     """One run from the SFT model: `steps` PPO steps, each rollout -> rewards and advantages -> update ->
     KL control. A run killed part-way resumes from its latest checkpoint (weights, optimizers, KL
@@ -189,8 +199,9 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
     value_opt = torch.optim.Adam(value.parameters(), lr=cfg.value_learning_rate)
     raw_policy, raw_value = policy, value  # for sampling and no-grad passes: no gradient sync needed there
     policy, value, policy_opt, value_opt = accelerator.prepare(policy, value, policy_opt, value_opt)
-    kl_ctl = (A.AdaptiveKLController(cfg.init_kl_coef, target_kl, cfg.kl_horizon, cfg.kl_hold)
-              if cfg.kl_control == "adaptive" else A.FixedKLController(cfg.init_kl_coef))
+    init_kl_coef = initial_kl_coef(cfg, target_kl)
+    kl_ctl = (A.AdaptiveKLController(init_kl_coef, target_kl, cfg.kl_horizon, cfg.kl_hold)
+              if cfg.kl_control == "adaptive" else A.FixedKLController(init_kl_coef))
     resumable = {"value": value, "policy_optimizer": policy_opt, "value_optimizer": value_opt}
     state = run.start(resumable)
     kl_ctl.value = state.extra.get("kl_coef", kl_ctl.value)

@@ -77,6 +77,17 @@ def test_adaptive_kl_controller_update_rule():
     assert A.FixedKLController(0.2).update(100.0, 512) == 0.2
 
 
+def test_each_target_starts_at_its_own_coefficient_when_given():
+    from types import SimpleNamespace
+
+    from ppo.__main__ import initial_kl_coef
+
+    cfg = SimpleNamespace(target_kls=[3.0, 6.0, 9.0], init_kl_coef=0.1, init_kl_coefs=[0.3, 0.12, 0.075])
+    assert [initial_kl_coef(cfg, t) for t in (3.0, 6.0, 9.0)] == [0.3, 0.12, 0.075]
+    cfg.init_kl_coefs = []
+    assert [initial_kl_coef(cfg, t) for t in (3.0, 9.0)] == [0.1, 0.1]
+
+
 def test_one_update_moves_a_toy_policy_toward_reward():
     """A 3-armed bandit: arm 2 pays 1. One clipped-surrogate step raises its probability."""
     torch.manual_seed(0)
