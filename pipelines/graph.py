@@ -12,6 +12,7 @@ vLLM's draws are other draws of the same distribution, so a cached HF sample is 
 
 from __future__ import annotations
 
+import dataclasses
 import filecmp
 import importlib.util
 import json
@@ -47,6 +48,8 @@ class Stage:
     split: tuple[str, ...] = ()  # config keys (section.key) whose batches are split evenly over the processes
 
 
+# In topological order, and in the order ready stages start: the reward model and PPO, the longest chain,
+# before DPO and its relatives, so that the slowest stage does not start last.
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
@@ -56,6 +59,12 @@ STAGES: dict[str, Stage] = {
               multiprocess=False),
         Stage("pairs", ("data", "pairs", "ground_truth"), needs=("sft", "ground_truth"),
               what="4 SFT samples per prompt, all pairs labelled by the ground truth"),
+        Stage("reward_model", ("reward_model", "train"), needs=("sft", "pairs"),
+              what="Bradley-Terry reward model on the pairs, normalised on SFT samples",
+              split=("reward_model.batch_size",)),
+        Stage("ppo", ("data", "ppo", "ground_truth", "train"), needs=("sft", "ground_truth", "pairs", "reward_model"),
+              what="PPO on the learned reward (ppo) and on the ground truth (ppo-gt)",
+              split=("ppo.rollouts_per_step", "ppo.minibatch_size")),
         Stage("dpo", ("dpo", "train"), needs=("sft", "pairs"), what="DPO, one run per beta",
               split=("dpo.batch_size",)),
         Stage("unlikelihood", ("unlikelihood", "train"), needs=("sft", "pairs"), module="dpo.relatives",
@@ -63,12 +72,6 @@ STAGES: dict[str, Stage] = {
         Stage("preferred_ft", ("preferred_ft", "train"), needs=("sft", "pairs"), module="dpo.relatives",
               what="Preferred-FT: fine-tuning on the chosen completions, one run per seed",
               split=("preferred_ft.batch_size",)),
-        Stage("reward_model", ("reward_model", "train"), needs=("sft", "pairs"),
-              what="Bradley-Terry reward model on the pairs, normalised on SFT samples",
-              split=("reward_model.batch_size",)),
-        Stage("ppo", ("data", "ppo", "ground_truth", "train"), needs=("sft", "ground_truth", "pairs", "reward_model"),
-              what="PPO on the learned reward (ppo) and on the ground truth (ppo-gt)",
-              split=("ppo.rollouts_per_step", "ppo.minibatch_size")),
         Stage("eval", ("data", "eval", "ground_truth"),
               needs=("sft", "ground_truth", "dpo", "unlikelihood", "preferred_ft", "ppo"),
               publish=("frontier.csv", "frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf"),
@@ -83,16 +86,24 @@ STAGES: dict[str, Stage] = {
 
 @dataclass(frozen=True)
 class Launch:
-    """How stages are started: one process (the default), or `accelerate launch` with `processes` of them
-    and / or an accelerate config file (configs/accelerate/*.yaml: DDP, FSDP, DeepSpeed ZeRO-2/3).
+    """How stages are started.
+    processes: per stage that trains or samples (`accelerate launch`, DDP unless an accelerate config file
+      says otherwise: configs/accelerate/*.yaml). None (the default): as many as `workers` for a stage that
+      runs alone in the graph (sft, pairs, eval: every other such stage is before or after it), one for the
+      others, which then run side by side.
+    workers: processes the run may keep busy at once; None: on a CPU, its cores over the scale's torch
+      threads (2 on a 2-core machine at 1 thread); with a GPU, 1.
     device: PIPELINES_DEVICE for the stages (cpu, cuda, cuda:1, mps); None picks the GPU when there is one."""
-    processes: int = 1
+    processes: int | None = None
     accelerate_config: Path | None = None
     device: str | None = None
+    workers: int | None = None
 
     def __post_init__(self):
-        if self.processes < 1:
+        if self.processes is not None and self.processes < 1:
             raise ConfigError(f"--nproc {self.processes}: need at least 1 process")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers {self.workers}: need at least 1")
         if self.device is not None and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(f"--device {self.device!r}: allowed cpu, cuda, cuda:<index>, mps")
         if self.accelerate_config is not None:
@@ -114,22 +125,49 @@ class Launch:
                                   f"an integer >= 1")
 
     @property
+    def fixed(self) -> bool:
+        """Whether the user set the processes per stage (--nproc, or an accelerate config file)."""
+        return self.processes is not None or self.accelerate_config is not None
+
+    @property
     def count(self) -> int:
-        """Processes per launched stage: --nproc, else the accelerate config file's num_processes."""
-        if self.processes > 1 or self.accelerate_config is None:
+        """Processes per launched stage when fixed: --nproc, else the accelerate config file's num_processes."""
+        if self.processes is not None and (self.processes > 1 or self.accelerate_config is None):
             return self.processes
+        if self.accelerate_config is None:
+            return 1
         import yaml
 
         return yaml.safe_load(Path(self.accelerate_config).read_text(encoding="utf-8")).get("num_processes", 1)
 
-    @property
-    def accelerate(self) -> bool:
-        return self.processes > 1 or self.accelerate_config is not None
+    def resolved(self, torch_threads: int) -> "Launch":
+        """This launch with `workers` filled in for this machine."""
+        if self.workers is not None:
+            return self
+        gpu = self.device.startswith(("cuda", "mps")) if self.device else _has_gpu()
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = 1 if gpu or not torch_threads else max(1, cores // torch_threads)
+        return dataclasses.replace(self, workers=workers)
+
+    def processes_for(self, stage: Stage, config: dict | None = None) -> int:
+        """How many processes the stage runs as: 1 for a stage that trains nothing or samples with vLLM
+        (which batches the whole prompt set itself); the fixed count; else, for a stage alone in the graph,
+        the most processes up to `workers` that split its batches evenly, and 1 for the others."""
+        if not stage.multiprocess or (config or {}).get(stage.name, {}).get("sampler") == "vllm":
+            return 1
+        if self.fixed:
+            return self.count
+        if stage.name not in SOLO:
+            return 1
+        sizes = [config[key.split(".")[0]][key.split(".")[1]] for key in stage.split] if config else []
+        return max(n for n in range(1, (self.workers or 1) + 1) if all(size % n == 0 for size in sizes))
 
     def launches(self, stage: Stage, config: dict | None = None) -> bool:
-        """Whether the stage runs under `accelerate launch`: asked for, and the stage trains or samples with
-        our code (a stage that samples with vLLM runs in one process)."""
-        return self.accelerate and stage.multiprocess and (config or {}).get(stage.name, {}).get("sampler") != "vllm"
+        """Whether the stage runs under `accelerate launch`: several processes, or an accelerate config file,
+        for a stage that trains or samples with our code."""
+        vllm = (config or {}).get(stage.name, {}).get("sampler") == "vllm"
+        return self.processes_for(stage, config) > 1 or (self.accelerate_config is not None and stage.multiprocess
+                                                         and not vllm)
 
     def command(self, stage: Stage, config: dict | None = None) -> list[str]:
         module = ["-m", stage.module or stage.name]
@@ -139,9 +177,31 @@ class Launch:
         # no config: plain DDP (on a machine without GPUs accelerate runs it on the CPU, over gloo)
         cmd += ["--config_file", str(self.accelerate_config)] if self.accelerate_config else \
             ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"]
-        if self.processes > 1:  # else the config file's count
-            cmd += ["--num_processes", str(self.processes)]
+        if self.processes is not None or self.accelerate_config is None:  # else the config file's count
+            cmd += ["--num_processes", str(self.processes_for(stage, config))]
         return cmd + module
+
+
+def _has_gpu() -> bool:
+    import torch  # only here: the spine starts fast without it
+
+    return torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+
+
+def _descendants(name: str) -> set[str]:
+    below = {s.name for s in STAGES.values() if name in s.needs}
+    return below.union(*(_descendants(n) for n in below)) if below else set()
+
+
+def _solo() -> frozenset[str]:
+    """Multiprocess stages that can never run beside another multiprocess stage: each other one is upstream
+    or downstream of it."""
+    multi = [s.name for s in STAGES.values() if s.multiprocess]
+    related = {n: _descendants(n) | {m for m in multi if n in _descendants(m)} for n in multi}
+    return frozenset(n for n in multi if all(m == n or m in related[n] for m in multi))
+
+
+SOLO = _solo()
 
 
 ACCELERATE_CONFIGS = store.REPO_ROOT / "configs" / "accelerate"
@@ -183,6 +243,13 @@ def _why_stale(manifest: dict | None, config: dict, inputs: dict) -> str | None:
     return None
 
 
+def _why_to_run(final: Path, manifest: dict | None, config: dict, inputs: dict) -> str | None:
+    """None when the stage's folder is finished, matches and is whole; otherwise why it must run."""
+    if manifest is None and final.exists():
+        return f"{final / 'manifest.json'} is missing or unreadable"
+    return _why_stale(manifest, config, inputs) or (store.damaged(final, manifest) if manifest else None)
+
+
 def _child_env(cfg: BenchmarkConfig, launch: Launch) -> dict:
     env = dict(os.environ)
     if launch.device:
@@ -204,7 +271,7 @@ def check(cfg: BenchmarkConfig, only: list[str] | None, launch: Launch = Launch(
             raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     for stage in (STAGES[name] for name in only or STAGES):
         config = stage_config(cfg, stage)
-        n = launch.count if launch.launches(stage, config) else 1
+        n = launch.processes_for(stage, config)
         for key in stage.split:  # the stage would refuse it itself (core.dist), but only after the ones before it
             section, field = key.split(".")
             if config[section][field] % n:
@@ -227,10 +294,13 @@ def check(cfg: BenchmarkConfig, only: list[str] | None, launch: Launch = Launch(
 
 
 def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False,
-        protocol: dict | None = None, launch: Launch = Launch(), source_id: str | None = None) -> Path:
-    """Run the benchmark's stages in order, skipping the finished ones. Returns the run folder.
+        protocol: dict | None = None, launch: Launch = Launch(workers=1), source_id: str | None = None) -> Path:
+    """Run the benchmark's stages, skipping the finished ones; stages whose inputs are ready run side by side
+    while `launch.workers` allows (a stage's processes each take one worker; ground_truth and report, which
+    train no language model, take none). Returns the run folder.
     protocol: the benchmark's table before scale overrides (config.protocol), for the report.
     source_id: a file source's content (data.check), an input of the stages that read the data."""
+    launch = launch.resolved(cfg.torch_threads)
     check(cfg, only, launch)
     root = store.run_root(cfg.benchmark, cfg.scale)
     tracking = job_tracking(cfg.benchmark, cfg.scale)  # one wandb group for this whole run
@@ -239,35 +309,82 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
                  " (no API key: `make wandb-sync` uploads later; WANDB=off turns it off)"
                  if tracking["mode"] == "offline" else "")
     with store.RunLock(root) as lock:
-        identities: dict[str, str] = {}
-        for stage in STAGES.values():
-            final = root / stage.name
-            config = stage_config(cfg, stage, protocol)
-            inputs = {need: identities.get(need) for need in stage.needs}
-            if source_id and "data" in stage.sections:
-                inputs["data"] = source_id
-            manifest = store.read_manifest(final)
-            why = _why_stale(manifest, config, inputs)
-            if manifest is None and final.exists():
-                why = f"{final / 'manifest.json'} is missing or unreadable"
-            elif manifest is not None and not why:
-                why = store.damaged(final, manifest)
-            if only is None or stage.name in only:
-                if force or why:
-                    identities[stage.name] = _run_stage(cfg, stage, config, inputs, final, root, "--force" if force else why,
-                                                        tracking, launch, lock)
-                    continue
-                log.info("[%s] up to date, skipped (%s)", stage.name, final)
-                _publish(stage, final, root)  # a deleted or edited top-level copy comes back
-            elif why and manifest is not None:
-                log.warning("[%s] not selected but stale (%s); later stages use it as it is", stage.name, why)
-            if manifest is not None:
-                identities[stage.name] = manifest["identity"]
+        identities: dict[str, str] = {}  # of the stages this run may read: finished now or before
+        settled: set[str] = set()  # stages decided: run, skipped, or not selected
+        waiting = list(STAGES.values())  # in priority order (STAGES lists the longest chain's stages first)
+        running: dict[str, _Running] = {}
+        try:
+            while waiting or running:
+                busy = sum(r.processes for r in running.values() if r.stage.multiprocess)
+                for stage in [s for s in waiting if all(n in settled for n in s.needs)]:
+                    final = root / stage.name
+                    config = stage_config(cfg, stage, protocol)
+                    inputs = {need: identities.get(need) for need in stage.needs}
+                    if source_id and "data" in stage.sections:
+                        inputs["data"] = source_id
+                    manifest = store.read_manifest(final)
+                    why = _why_to_run(final, manifest, config, inputs)
+                    if (only is None or stage.name in only) and (force or why):
+                        n = launch.processes_for(stage, config) if stage.multiprocess else 0
+                        if running and busy + n > launch.workers:
+                            continue  # its turn comes when a running stage finishes
+                        _start_stage(cfg, stage, config, inputs, final, root, "--force" if force else why,
+                                     tracking, launch, running, lock)
+                        busy += n
+                    else:
+                        if only is None or stage.name in only:
+                            log.info("[%s] up to date, skipped (%s)", stage.name, final)
+                            _publish(stage, final, root)  # a deleted or edited top-level copy comes back
+                        elif why and manifest is not None:
+                            log.warning("[%s] not selected but stale (%s); later stages use it as it is",
+                                        stage.name, why)
+                        if manifest is not None:
+                            identities[stage.name] = manifest["identity"]
+                        settled.add(stage.name)
+                    waiting.remove(stage)
+                    break  # a stage started or settled: look again from the top
+                else:
+                    done = next((r for r in running.values() if r.proc.poll() is not None), None)
+                    if done is None and not running:
+                        raise RuntimeError(f"stages {[s.name for s in waiting]} wait for stages that never run")
+                    if done is None:
+                        time.sleep(0.2)
+                        continue
+                    del running[done.stage.name]
+                    lock.cover([r.proc.pid for r in running.values()])
+                    if done.proc.returncode != 0:
+                        for other in running.values():
+                            log.error("[%s] stopped: stage %s failed; it resumes on the next run",
+                                      other.stage.name, done.stage.name)
+                            _stop(other.proc)
+                        running.clear()
+                    identities[done.stage.name] = _finish_stage(cfg, done, root)
+                    settled.add(done.stage.name)
+        except Interrupted as e:
+            for s in SIGNALS:  # the spine is leaving: a second Ctrl-C must not cut the stopping short
+                signal.signal(s, signal.SIG_IGN)
+            for r in running.values():
+                _stop(r.proc)
+            e.stage = ", ".join(running) or None
+            raise
     return root
 
 
-def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root: Path, why: str,
-               tracking: dict, launch: Launch, lock: store.RunLock) -> str:
+@dataclass
+class _Running:
+    stage: Stage
+    proc: subprocess.Popen
+    config: dict
+    inputs: dict
+    tmp: Path
+    final: Path
+    processes: int
+    start: float
+
+
+def _start_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root: Path, why: str,
+                 tracking: dict, launch: Launch, running: dict[str, _Running], lock: store.RunLock) -> None:
+    """Start the stage's process and add it to `running`, which the lock covers."""
     log.info("[%s] %s (%s scale) - runs because %s", stage.name, stage.what, cfg.scale, why)
     log.info("[%s] inputs: %s; writes %s", stage.name,
              ", ".join(str(root / n) for n in stage.needs) or "the data source", final)
@@ -281,46 +398,41 @@ def _run_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root:
         "inputs": {n: str(root / n) for n in stage.needs}, "tracking": tracking,
     }
     (tmp / "job.json").write_text(json.dumps(job, indent=2))
-    start = time.time()
     command = launch.command(stage, config) + [str(tmp / "job.json")]
-    processes = launch.processes if launch.launches(stage, config) else 1
     if launch.launches(stage, config):
         log.info("[%s] %s", stage.name, " ".join(command[1:]))
-    elif launch.accelerate and stage.multiprocess:
+    elif launch.fixed and launch.count > 1 and stage.multiprocess:
         log.info("[%s] one process: it samples with vLLM, which batches the whole prompt set itself", stage.name)
-    proc = None
-    try:
-        with _signals_deferred():  # a signal now would leave a started stage unknown to the spine
-            proc = subprocess.Popen(command, env=_child_env(cfg, launch), cwd=store.REPO_ROOT,
-                                    preexec_fn=_stage_signals)
-            lock.cover(proc.pid)  # a stage outliving a SIGKILLed spine still holds the run folder
-        returncode = proc.wait()
-    except Interrupted as e:
-        for s in SIGNALS:  # the spine is leaving: a second Ctrl-C must not cut the stopping short
-            signal.signal(s, signal.SIG_IGN)
-        if proc is not None:
-            _stop(proc)
-        e.stage = stage.name
-        raise
-    wall = time.time() - start
-    if returncode != 0:
-        raise StageFailed(f"stage {stage.name} failed (exit {returncode}) after {wall:.0f}s; "
+    with _signals_deferred():  # a signal now would leave a started stage unknown to the spine
+        proc = subprocess.Popen(command, env=_child_env(cfg, launch), cwd=store.REPO_ROOT,
+                                preexec_fn=_stage_signals)
+        running[stage.name] = _Running(stage, proc, config, inputs, tmp, final, launch.processes_for(stage, config),
+                                       time.time())
+        lock.cover([r.proc.pid for r in running.values()])  # a stage outliving a SIGKILLed spine holds the folder
+
+
+def _finish_stage(cfg, r: _Running, root: Path) -> str:
+    """A stage's process has ended: on success write its manifest and move its folder into place."""
+    stage, tmp = r.stage, r.tmp
+    wall = time.time() - r.start
+    if r.proc.returncode != 0:
+        raise StageFailed(f"stage {stage.name} failed (exit {r.proc.returncode}) after {wall:.0f}s; "
                           f"its unfinished output is in {tmp}")
     metrics = json.loads((tmp / "metrics.json").read_text())
     manifest = {
         "stage": stage.name, "benchmark": cfg.benchmark, "scale": cfg.scale, "seed": cfg.seed,
-        "config": config, "config_hash": stable_hash(config), "inputs": inputs,
+        "config": r.config, "config_hash": stable_hash(r.config), "inputs": r.inputs,
         # A fresh nonce per execution: a rerun (even --force with the same config) invalidates downstream.
-        "identity": stable_hash([stable_hash(config), inputs, secrets.token_hex(8)]),
-        "metrics": metrics, "wall_time_s": round(wall, 2), "processes": processes,
+        "identity": stable_hash([stable_hash(r.config), r.inputs, secrets.token_hex(8)]),
+        "metrics": metrics, "wall_time_s": round(wall, 2), "processes": r.processes,
         "files": store.file_sizes(tmp),  # checked before the stage is skipped (store.damaged)
         "versions": store.library_versions(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     with _signals_deferred():  # the manifest, the rename and the published files land together
         store.write_json_atomic(tmp / "manifest.json", manifest)
-        store.commit_dir(tmp, final)
-        _publish(stage, final, root)
+        store.commit_dir(tmp, r.final)
+        _publish(stage, r.final, root)
     log.info("[%s] done in %.0fs: %s", stage.name, wall, _headline(metrics))
     return manifest["identity"]
 

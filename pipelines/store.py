@@ -175,7 +175,7 @@ def _pid_alive(pid: int) -> bool:
 
 class RunLock:
     """An exclusive lock on one benchmark/scale store; a lock left by a dead process is taken over.
-    The lock file holds the spine's PID and that of the stage it runs (cover): the lock is live while
+    The lock file holds the spine's PID and those of the stages it runs (cover): the lock is live while
     either is."""
 
     def __init__(self, root: Path):
@@ -204,9 +204,9 @@ class RunLock:
             return self
         raise ConfigError(f"could not take the lock {self.path}")
 
-    def cover(self, pid: int) -> None:
-        """Hold the lock for this child (a stage) too, until the next one."""
-        write_text_atomic(self.path, f"{os.getpid()}\n{pid}\n")
+    def cover(self, pids: list[int]) -> None:
+        """Hold the lock for these children (the running stages) too, until the next call."""
+        write_text_atomic(self.path, "".join(f"{pid}\n" for pid in [os.getpid(), *pids]))
 
     def __exit__(self, *exc):
         self.path.unlink(missing_ok=True)

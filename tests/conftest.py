@@ -11,6 +11,9 @@ BASE_TOML = (ROOT / "benchmarks.toml").read_text()
 SHARED_IMDB = ROOT.parent / "shared" / "data" / "imdb"
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tests run on 2 shared cores
+# Two stages side by side, and sft / pairs / eval as two processes, on any machine: the runs the tests compare
+# must be split the same way (the process count moves results at float level).
+os.environ["PIPELINES_WORKERS"] = "2"
 os.environ.setdefault("WANDB", "off")  # test_wandb.py turns it on (offline) where it checks the logging
 
 import torch  # noqa: E402  (after OMP_NUM_THREADS)

@@ -28,6 +28,20 @@ def test_every_stage_finished_with_a_manifest(micro_run):
     assert not list(root.glob(".*tmp*"))  # no half-written folder left
 
 
+def test_stages_ran_side_by_side_and_the_lone_ones_as_two_processes(micro_run):
+    """Two workers (conftest): once pairs is done, the reward model and DPO start together; sft, pairs and
+    eval, which nothing can run beside, ran as two processes each, the others as one."""
+    from datetime import datetime
+
+    _, root, _ = micro_run
+    m = {s: json.loads((root / s / "manifest.json").read_text()) for s in STAGES}
+    end = {s: datetime.strptime(m[s]["finished_at"], "%Y-%m-%dT%H:%M:%S%z").timestamp() for s in STAGES}
+    start = {s: end[s] - m[s]["wall_time_s"] for s in STAGES}
+    assert start["dpo"] < end["reward_model"] - 1 and start["reward_model"] < end["dpo"] - 1, (start, end)
+    assert abs(start["dpo"] - start["reward_model"]) < 2 and start["dpo"] >= end["pairs"] - 1
+    assert {s: m[s]["processes"] for s in STAGES} == {**{s: 1 for s in STAGES}, "sft": 2, "pairs": 2, "eval": 2}
+
+
 def test_frontier_has_the_sft_point_and_every_dpo_checkpoint(micro_run):
     _, root, _ = micro_run
     table = rows(root / "frontier.csv")

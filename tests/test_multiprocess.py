@@ -76,8 +76,41 @@ def test_launch_commands():
     assert Launch(processes=4).command(report) == [sys.executable, "-m", "report"]  # one process: no training
 
 
+def test_stages_alone_in_the_graph_take_every_worker_and_the_others_one():
+    """sft, pairs and eval cannot run beside another training stage: they get the workers as processes (as
+    many as split their batches); the method stages get one each and run side by side."""
+    from pipelines import config as C
+    from pipelines.graph import SOLO, stage_config
+
+    assert SOLO == {"sft", "pairs", "eval"}
+    cfg = C.load("imdb-sentiment", "micro")
+    counts = lambda launch: {s.name: launch.processes_for(s, stage_config(cfg, s)) for s in STAGES.values()}  # noqa
+    assert counts(Launch(workers=2)) == {"sft": 2, "ground_truth": 1, "pairs": 2, "reward_model": 1, "ppo": 1,
+                                         "dpo": 1, "unlikelihood": 1, "preferred_ft": 1, "eval": 2, "report": 1}
+    assert counts(Launch(workers=3))["sft"] == 2  # sft.batch_size = 16: the most processes that split it
+    assert counts(Launch(workers=3))["pairs"] == 3  # no batch to split
+    assert set(counts(Launch(workers=1)).values()) == {1}
+    fixed = counts(Launch(processes=2, workers=8))
+    assert fixed["dpo"] == fixed["sft"] == 2 and fixed["report"] == 1
+    assert Launch(workers=2).command(STAGES["dpo"], stage_config(cfg, STAGES["dpo"]))[1:] == ["-m", "dpo"]
+    cmd = Launch(workers=2).command(STAGES["sft"], stage_config(cfg, STAGES["sft"]))
+    assert cmd[cmd.index("--num_processes") + 1] == "2"
+
+
+def test_workers_default_to_the_cores_over_the_torch_threads(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert Launch(device="cpu").resolved(torch_threads=1).workers == 8
+    assert Launch(device="cpu").resolved(torch_threads=4).workers == 2
+    assert Launch(device="cpu").resolved(torch_threads=0).workers == 1  # torch's own threads use every core
+    assert Launch(device="cuda").resolved(torch_threads=1).workers == 1
+    assert Launch(device="cpu", workers=3).resolved(torch_threads=1).workers == 3
+
+
 @pytest.mark.parametrize("args, message", [
     (dict(processes=0), "need at least 1 process"),
+    (dict(workers=0), "--workers 0: need at least 1"),
     (dict(device="gpu"), "allowed cpu, cuda, cuda:<index>, mps"),
     (dict(accelerate_config="configs/accelerate/nope.yaml"), "shipped: ddp.yaml, fsdp.yaml, zero2.yaml, zero3.yaml"),
 ])
