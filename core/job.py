@@ -96,6 +96,8 @@ def finish_runs(job: Job, runs: list[dict], per_run: tuple[str, ...]) -> None:
 def run(main) -> None:
     """Run a stage's main(): an expected failure (bad input, a NaN loss) is one log line and exit 1.
     With several processes, all wait for each other at the end (dist.close)."""
+    from torch.distributed import DistError
+
     from core import dist
     from pipelines.config import ConfigError
 
@@ -105,3 +107,9 @@ def run(main) -> None:
     except (ConfigError, FloatingPointError, FileNotFoundError) as e:
         logging.getLogger("stage").error("%s: %s", type(e).__name__, e)
         raise SystemExit(1) from None
+    except (DistError, RuntimeError) as e:  # a peer process left (its own error is logged): no second traceback
+        if dist.world_size() == 1 or not (isinstance(e, DistError) or "Connection closed by peer" in str(e)):
+            raise
+        logging.getLogger("stage").error("stopped: another process of this stage failed")
+        sys.stderr.flush()
+        os._exit(1)  # not SystemExit: tearing down the broken process group would abort with C++ noise

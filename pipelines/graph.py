@@ -173,7 +173,7 @@ class Launch:
         module = ["-m", stage.module or stage.name]
         if not self.launches(stage, config):
             return [sys.executable, *module]
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(_free_port())]
+        cmd = [sys.executable, "-m", "core.launch", "--main_process_port", str(_free_port())]  # accelerate launch
         # no config: plain DDP (on a machine without GPUs accelerate runs it on the CPU, over gloo)
         cmd += ["--config_file", str(self.accelerate_config)] if self.accelerate_config else \
             ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"]

@@ -60,14 +60,14 @@ def test_the_training_stages_ran_as_two_processes(two_process_run):
     for stage in STAGES.values():
         manifest = json.loads((root / stage.name / "manifest.json").read_text())
         assert manifest["processes"] == (2 if stage.multiprocess else 1), stage.name
-    assert "accelerate.commands.launch" in log and "--num_processes 2" in log
+    assert "-m core.launch" in log and "--num_processes 2" in log
 
 
 def test_launch_commands():
     sft, report = STAGES["sft"], STAGES["report"]
     assert Launch().command(sft) == [sys.executable, "-m", "sft"]
     cmd = Launch(processes=4).command(sft)
-    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and cmd[-2:] == ["-m", "sft"]
+    assert cmd[1:3] == ["-m", "core.launch"] and cmd[-2:] == ["-m", "sft"]
     assert cmd[cmd.index("--num_processes") + 1] == "4" and "--multi_gpu" in cmd
     config = ROOT / "configs" / "accelerate" / "fsdp.yaml"
     cmd = Launch(accelerate_config=config).command(STAGES["unlikelihood"])
