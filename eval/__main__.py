@@ -8,23 +8,27 @@ between the checkpoint's and the SFT model's next-token distributions, summed ov
 masked), averaged over samples. The Monte-Carlo estimate sum(log pi - log ref) of the sampled tokens is
 reported beside it. Each checkpoint samples with the same seed (common random numbers across points).
 The sampler is ours (eval.sampler = "hf") or vLLM (core/vllm_sampling.py); the KL and the log-probs are
-always the HF models' own, in fp32.
+always the HF models' own, in fp32. A point whose inputs did not change since the last evaluation is reused
+(PointCache), so rerunning one method stage re-evaluates its checkpoints only.
 """
 
 import csv
+import hashlib
 import json
 import logging
 import math
 import time
 
+from pathlib import Path
+
 import numpy as np
 import torch
+import transformers
 from tqdm.auto import tqdm
 
 from core import job as jobs
-from core import dist, lm, tracking, vllm_sampling
+from core import dist, lm, scorer, tracking, vllm_sampling
 from core.frontier import pareto_front
-from core.scorer import GroundTruth
 
 log = logging.getLogger("stage")
 FIELDS = ["method", "run", "param", "step", "kl", "kl_se", "kl_mc", "reward", "reward_se", "n"]
@@ -129,6 +133,60 @@ def plot(rows: list[dict], path_stem) -> None:
     plt.close(fig)
 
 
+class PointCache:
+    """Points of earlier evaluations, reused when nothing they depend on changed: the same checkpoint weights,
+    the same SFT reference, tokenizer and ground truth, the same eval config, data config and seed, the same
+    evaluation code and torch / transformers versions. The last
+    finished eval folder's points/<key>.json are read; every point of this evaluation is written to this
+    one's, so a rerun after one method stage changed evaluates that stage's checkpoints only."""
+
+    def __init__(self, job):
+        self.old = job.out.parent / job.stage / "points"  # the finished eval this run replaces
+        self.new = job.out / "points"
+        self.new.mkdir(exist_ok=True)
+        # what is there now (new: a resumed evaluation's own points): every process sees the same files, so all
+        # skip a point together; a point written later in this run (a twin checkpoint) is evaluated again
+        self.known = {p.stem: p for folder in (self.old, self.new) if folder.is_dir() for p in folder.glob("*.json")}
+        versions = [torch.__version__, transformers.__version__]
+        self.base = hashlib.sha256(json.dumps([job.config, job.seed, versions], sort_keys=True).encode())
+        for module in (__file__, lm.__file__, scorer.__file__, vllm_sampling.__file__):  # the evaluation's code
+            self.base.update(Path(module).read_bytes())
+        for folder in (job.inputs["sft"], job.inputs["ground_truth"]):
+            _hash_model_files(self.base, folder)
+
+    def key(self, checkpoint) -> str:
+        h = self.base.copy()
+        if checkpoint is not None:
+            _hash_model_files(h, checkpoint)
+        return h.hexdigest()[:32]
+
+    def get(self, key: str):
+        if key not in self.known:
+            return None
+        try:
+            hit = json.loads(self.known[key].read_text())
+            return hit["point"], hit["samples"]
+        except (OSError, ValueError, KeyError, TypeError):  # damaged: evaluate again
+            return None
+
+    def put(self, key: str, point: dict, samples: list) -> None:
+        tmp = self.new / f".{key}.tmp"
+        tmp.write_text(json.dumps({"point": point, "samples": samples}))
+        tmp.replace(self.new / f"{key}.json")
+
+
+def _hash_model_files(h, folder) -> None:
+    """Add what defines a model or scorer folder to h: its weights, config, tokenizer (not its logs)."""
+    names = sorted(p.name for p in folder.glob("*.safetensors"))
+    names += [n for n in ("config.json", "tokenizer.json", "tokenizer_config.json", "scorer.json")
+              if (folder / n).is_file()]
+    for name in names:
+        h.update(name.encode())
+        with open(folder / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+
+
 def checkpoints(inputs: dict) -> list[tuple]:
     """(method, run, param, step, folder) of every kept checkpoint of every method stage."""
     out = []
@@ -146,21 +204,30 @@ def main():
     cfg, data_cfg = job.section("eval"), job.section("data")
     tokenizer = lm.load_tokenizer(job.inputs["sft"])
     ref = lm.load_causal_lm(job.inputs["sft"])
-    ground_truth = GroundTruth(job.inputs["ground_truth"], job.section("ground_truth").reads, tokenizer)
+    ground_truth = scorer.GroundTruth(job.inputs["ground_truth"], job.section("ground_truth").reads, tokenizer)
     prompts = lm.split_prompts(data_cfg, job.seed, "eval", cfg.prompts, tokenizer)
     prompt_texts = [lm.decode(tokenizer, p) for p in prompts]
 
     t0 = time.time()
     todo = [("sft", "sft", "", 0, None)] + checkpoints(job.inputs)
     log.info("evaluating %d checkpoints (and the SFT model) on %d prompts", len(todo) - 1, len(prompts))
-    rows, samples, gaps = [], {}, []
+    cache = PointCache(job)
+    rows, samples, gaps, reused = [], {}, [], 0
     for method, run, param, step, path in tqdm(todo, desc="eval checkpoints", unit="ckpt",
                                                disable=None if dist.is_main() else True):
-        policy = ref if path is None else lm.load_causal_lm(path)
-        result = evaluate(policy, path or job.inputs["sft"], ref, prompts, tokenizer, ground_truth, cfg, job.seed)
+        key = cache.key(path)
+        result = cache.get(key)  # every process finds the same files, so all skip the point together
+        if result is not None:
+            reused += 1
+        else:
+            policy = ref if path is None else lm.load_causal_lm(path)
+            result = evaluate(policy, path or job.inputs["sft"], ref, prompts, tokenizer, ground_truth, cfg,
+                              job.seed)
         if result is None:  # not the main process: its share is gathered there
             continue
         point, texts = result
+        if dist.is_main():
+            cache.put(key, point, texts)
         if not all(math.isfinite(point[k]) for k in ("kl", "reward")):  # never a NaN in frontier.csv
             raise FloatingPointError(f"{run} step {step}: KL {point['kl']}, reward {point['reward']} are not finite; "
                                      f"the checkpoint {path} gives non-finite log-probs or scores")
@@ -179,6 +246,9 @@ def main():
                 [[p, t["text"], t["reward"], t["kl"]] for p, t in zip(prompt_texts, texts)])})
     if not dist.is_main():
         return
+    if reused:
+        log.info("%d of %d points reused from the last evaluation (same weights, reference, ground truth and "
+                 "config)", reused, len(todo))
 
     with open(job.out / "frontier.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
@@ -196,7 +266,8 @@ def main():
                        "frontier_panels_png": tracking.image(job.out / "frontier_panels.png", "one panel per method")})
     jobs.finish(job, {"points": len(rows), "sft_reward": rows[0]["reward"], "sft_kl": rows[0]["kl"],
                       "best_reward": max(r["reward"] for r in rows), "eval_seconds": round(time.time() - t0, 2),
-                      "sampler": cfg.sampler, **({"sampler_logp_gap": max(gaps)} if gaps else {})},
+                      "sampler": cfg.sampler, "points_reused": reused,
+                      **({"sampler_logp_gap": max(gaps)} if gaps else {})},
                 wandb_run)
 
 

@@ -107,6 +107,7 @@ def test_a_second_run_trains_nothing(micro_run):
 def test_changing_dpo_reruns_dpo_eval_and_report_only(micro_copy, tmp_path):
     run_dir, root = micro_copy  # a private copy: the shared micro run keeps the shipped config for other tests
     before = {s: json.loads((root / s / "manifest.json").read_text())["identity"] for s in STAGES}
+    old = [r for r in rows(root / "frontier.csv") if r["method"] != "dpo"]
     toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
     path = tmp_path / "bench.toml"
     path.write_text(toml.replace("betas = [0.1, 1.0]", "betas = [0.1, 1.0, 5.0]"))
@@ -114,7 +115,26 @@ def test_changing_dpo_reruns_dpo_eval_and_report_only(micro_copy, tmp_path):
     assert "[dpo] DPO, one run per beta (micro scale) - runs because config changed: dpo.betas" in proc.stderr
     after = {s: json.loads((root / s / "manifest.json").read_text())["identity"] for s in STAGES}
     assert [s for s in STAGES if before[s] != after[s]] == ["dpo", "eval", "report"]
-    assert {r["run"] for r in rows(root / "frontier.csv") if r["method"] == "dpo"} == {"beta0.1", "beta1", "beta5"}
+    new = rows(root / "frontier.csv")
+    assert {r["run"] for r in new if r["method"] == "dpo"} == {"beta0.1", "beta1", "beta5"}
+    # eval evaluated beta 5's checkpoints only: every other point is the last evaluation's (DPO's betas 0.1 and 1
+    # were retrained to the same weights: same seed and data), and the points of the other methods are unchanged
+    assert [r for r in new if r["method"] != "dpo"] == old
+    metrics = json.loads((root / "eval" / "manifest.json").read_text())["metrics"]
+    assert metrics["points"] == len(new)
+    assert metrics["points_reused"] == len([r for r in new if r["run"] != "beta5"])
+
+
+def test_a_changed_eval_config_evaluates_every_point_again(micro_copy, tmp_path):
+    run_dir, root = micro_copy
+    toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
+    path = tmp_path / "bench.toml"
+    table = "[imdb-sentiment.scales.micro.eval]\nprompts = 16\nmax_new_tokens = 8\n"
+    assert table in toml
+    path.write_text(toml.replace(table, table.replace("max_new_tokens = 8", "max_new_tokens = 6")))
+    cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
+    metrics = json.loads((root / "eval" / "manifest.json").read_text())["metrics"]
+    assert metrics["points_reused"] == 0 and metrics["points"] == len(rows(root / "frontier.csv"))
 
 
 def test_reward_model_is_normalised_and_reports_its_diagnostics(micro_run):
