@@ -49,6 +49,13 @@ def make_trainer_class():
     return PairsDPOTrainer
 
 
+def learning_rate(cfg, beta: float) -> float:
+    """This beta's peak learning rate: its entry of learning_rates, or learning_rate. With Adam the step in
+    parameter space does not scale with beta, but the loss's sharpness does (beta x the log-ratio margin), so
+    a short run at a large beta wants a smaller step (docs/protocol.md)."""
+    return cfg.learning_rates[cfg.betas.index(beta)] if cfg.learning_rates else cfg.learning_rate
+
+
 def train_one(beta: float, cfg, job, pairs, heldout):
     """One DPO run from the SFT model; a killed run resumes from its latest checkpoint (TRL's resume)."""
     run = MethodRun(job, "dpo", f"beta{beta:g}", "beta", beta)
@@ -64,7 +71,7 @@ def train_one(beta: float, cfg, job, pairs, heldout):
     steps = cfg.max_steps or math.ceil(len(pairs) / cfg.batch_size)
     args = DPOConfig(
         output_dir=str(run.folder), beta=beta, loss_type=["sigmoid"], precompute_ref_log_probs=True,
-        learning_rate=cfg.learning_rate, optim="rmsprop" if cfg.optimizer == "rmsprop" else "adamw_torch",
+        learning_rate=learning_rate(cfg, beta), optim="rmsprop" if cfg.optimizer == "rmsprop" else "adamw_torch",
         warmup_steps=cfg.warmup_steps, lr_scheduler_type="constant_with_warmup",
         per_device_train_batch_size=dist.per_process("dpo.batch_size", cfg.batch_size), max_steps=steps, max_length=None,
         save_strategy="steps", save_steps=cfg.eval_every, save_total_limit=None,

@@ -111,6 +111,8 @@ class PairTrainingConfig:
 @dataclass(frozen=True, kw_only=True)
 class DPOConfig(PairTrainingConfig):
     betas: list[float] = spec(help="one DPO run per beta", gt=0, nonempty=True)
+    learning_rates: list[float] = spec([], gt=0, help="one peak learning rate per beta, in betas' order (empty: "
+                                                      "learning_rate for every beta); see docs/protocol.md")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,6 +228,9 @@ class BenchmarkConfig:
         if self.eval.prompts > self.data.eval_reviews:
             raise ConfigError(f"eval.prompts ({self.eval.prompts}) > data.eval_reviews ({self.data.eval_reviews}): "
                               f"each prompt is one held-out review; allowed at most {self.data.eval_reviews}")
+        if self.dpo.learning_rates and len(self.dpo.learning_rates) != len(self.dpo.betas):
+            raise ConfigError(f"dpo.learning_rates has {len(self.dpo.learning_rates)} values for "
+                              f"{len(self.dpo.betas)} betas; allowed: one per beta, or none")
         if self.ppo.init_kl_coefs and len(self.ppo.init_kl_coefs) != len(self.ppo.target_kls):
             raise ConfigError(f"ppo.init_kl_coefs has {len(self.ppo.init_kl_coefs)} values for "
                               f"{len(self.ppo.target_kls)} target_kls; allowed: one per target, or none")

@@ -40,6 +40,8 @@ BAD = [
     ("[imdb-sentiment.scales.bad.dpo]\nbetas = [0.1, 0.1]", "dpo.betas has repeated values [0.1, 0.1]: each is one run"),
     ("[imdb-sentiment.scales.bad.dpo]\nbeta = 0.1", "unknown key imdb-sentiment.dpo.beta; allowed keys: optimizer, "
      "learning_rate, warmup_steps, batch_size, max_steps, eval_every, betas"),
+    ("[imdb-sentiment.scales.bad.dpo]\nlearning_rates = [1e-4]", "dpo.learning_rates has 1 values for 4 betas; "
+     "allowed: one per beta, or none"),
     ("[imdb-sentiment.scales.bad.ppo]\ninit_kl_coefs = [0.1, 0.2]", "ppo.init_kl_coefs has 2 values for 4 "
      "target_kls; allowed: one per target, or none"),
     ("[imdb-sentiment.scales.bad.ppo]\ninit_kl_coefs = [0.1, 0.2, 0.3, -0.1]", "ppo.init_kl_coefs[3] = -0.1: must be >= 0"),

@@ -58,3 +58,14 @@ def test_trainer_sees_exactly_the_sampled_ids(micro_run):
         r = chosen[seq]
         assert comp.sum().item() == len(r["chosen_ids"])
         assert ref.item() == pytest.approx(r["ref_chosen_logps"])
+
+
+def test_each_beta_trains_at_its_own_learning_rate_when_given():
+    from types import SimpleNamespace
+
+    from dpo.__main__ import learning_rate
+
+    cfg = SimpleNamespace(betas=[0.1, 5.0], learning_rate=1e-4, learning_rates=[2e-4, 2e-5])
+    assert [learning_rate(cfg, b) for b in (0.1, 5.0)] == [2e-4, 2e-5]
+    cfg.learning_rates = []
+    assert [learning_rate(cfg, b) for b in (0.1, 5.0)] == [1e-4, 1e-4]
