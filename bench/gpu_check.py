@@ -19,15 +19,31 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = {  # appended to the chosen scale: every stage, a few steps
-    "sft": {"reviews": 4096}, "pairs": {"prompts": 512}, "dpo": {"betas": [0.1], "max_steps": 40, "eval_every": 20},
+    "sft": {"reviews": 4096}, "pairs": {"prompts": 512},
+    "dpo": {"betas": [0.1], "learning_rates": [], "max_steps": 40, "eval_every": 20},
     "unlikelihood": {"alphas": [0.5], "max_steps": 20, "eval_every": 20},
     "preferred_ft": {"seeds": [0], "max_steps": 20, "eval_every": 20},
-    "ppo": {"methods": ["ppo"], "target_kls": [6.0], "steps": 4, "eval_every": 4}, "eval": {"prompts": 256},
+    "ppo": {"methods": ["ppo"], "target_kls": [6.0], "init_kl_coefs": [], "steps": 4, "eval_every": 4},
+    "eval": {"prompts": 256},
 }
 
 
 def toml_value(v) -> str:
     return json.dumps(v) if not isinstance(v, bool) else str(v).lower()
+
+
+def config_text(scale: str) -> str:
+    """benchmarks.toml with a `gpucheck` scale: the chosen scale, then the short step counts over it."""
+    import tomllib
+
+    base = (ROOT / "benchmarks.toml").read_text()
+    extra = ["\n[imdb-sentiment.scales.gpucheck]\ntorch_threads = 0\n"]
+    for section, table in tomllib.loads(base)["imdb-sentiment"]["scales"][scale].items():
+        if isinstance(table, dict):
+            merged = {**table, **SHORT.get(section, {})}
+            extra.append(f"[imdb-sentiment.scales.gpucheck.{section}]\n"
+                         + "".join(f"{k} = {toml_value(v)}\n" for k, v in merged.items()))
+    return base + "\n" + "\n".join(extra)
 
 
 def main():
@@ -37,17 +53,9 @@ def main():
     args = ap.parse_args()
     import torch
 
-    base = (ROOT / "benchmarks.toml").read_text()
-    extra = [f"\n[imdb-sentiment.scales.gpucheck]\ntorch_threads = 0\n"]
-    doc = __import__("tomllib").loads(base)["imdb-sentiment"]["scales"][args.scale]
-    for section, table in doc.items():  # the chosen scale, then the short step counts over it
-        if isinstance(table, dict):
-            merged = {**table, **SHORT.get(section, {})}
-            extra.append(f"[imdb-sentiment.scales.gpucheck.{section}]\n"
-                         + "".join(f"{k} = {toml_value(v)}\n" for k, v in merged.items()))
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "gpucheck.toml"
-        config.write_text(base + "\n" + "\n".join(extra))
+        config.write_text(config_text(args.scale))
         env = {**os.environ, "RUN_DIR": tmp, "WANDB": "off", "PYTHONPATH": str(ROOT)}
         t0 = time.time()
         subprocess.run([sys.executable, "-m", "pipelines", "--config", str(config), "run", "imdb-sentiment",

@@ -188,6 +188,17 @@ def test_every_scale_of_the_shipped_file_resolves():
     assert {"tiny", "micro", "paper", "gpt2", "smol"} <= set(config.scale_names(doc, "imdb-sentiment"))
 
 
+@pytest.mark.parametrize("scale", ["tiny", "smol"])
+def test_the_gpu_check_scale_resolves(tmp_path, scale):
+    """make gpu-check shortens a scale's sweeps (one beta, one target): its per-run lists must shorten too."""
+    from bench.gpu_check import config_text
+
+    path = tmp_path / "gpucheck.toml"
+    path.write_text(config_text(scale))
+    cfg = config.load("imdb-sentiment", "gpucheck", path)
+    assert cfg.dpo.betas == [0.1] and cfg.ppo.target_kls == [6.0] and cfg.ppo.steps == 4
+
+
 @pytest.mark.parametrize("make,message", [(lambda p: p.mkdir(), "is a folder"),
                                           (lambda p: p.write_bytes(b"seed = \"\xff\xfe\"\n"), "is not UTF-8 text")])
 def test_config_that_is_a_folder_or_not_utf8_is_one_line(tmp_path, make, message):
