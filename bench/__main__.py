@@ -255,12 +255,13 @@ def p5_evaluation(make_model, tok, prompts, max_new_tokens, repeats):
     from types import SimpleNamespace
 
     from core import lm
-    from core.scorer import TfidfLogRegScorer
+    from core.scorer import GroundTruth, TfidfLogRegScorer
     from eval.__main__ import evaluate
 
     model, ref = make_model().eval(), make_model().eval()
     texts = [tok.decode(p) for p in prompts]
-    scorer = TfidfLogRegScorer.fit(texts * 2, [0, 1] * len(texts), 1.0, 0)
+    scorer = GroundTruth(None, "prompt+completion", tok,
+                         scorer=TfidfLogRegScorer.fit(texts * 2, [0, 1] * len(texts), 1.0, 0))
     cfg = SimpleNamespace(max_new_tokens=max_new_tokens, batch_size=128, sampler="hf")
 
     def raw_generate():

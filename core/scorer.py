@@ -116,10 +116,12 @@ class GroundTruth:
     """The true reward of samples given as token ids: P(positive) of the decoded prompt + completion (one decode
     of the joined ids: the text a reader sees), or of the completion alone. -> np.ndarray [N]."""
 
-    def __init__(self, folder: Path, reads: str, tokenizer, device=None):
+    def __init__(self, folder: Path | None, reads: str, tokenizer, device=None, scorer=None):
+        """The scorer saved in folder (the ground_truth stage's), or one given as `scorer` (folder None)."""
         if reads not in READS:
             raise ValueError(f"ground_truth.reads = {reads!r}; allowed: {', '.join(READS)}")
-        self.scorer, self.reads, self.tokenizer = load_scorer(folder, device), reads, tokenizer
+        self.scorer = scorer if folder is None else load_scorer(folder, device)
+        self.reads, self.tokenizer = reads, tokenizer
 
     def texts(self, prompts: list[list[int]], completions: list[list[int]]) -> list[str]:
         seqs = completions if self.reads == "completion" else [p + c for p, c in zip(prompts, completions)]

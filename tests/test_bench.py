@@ -1,0 +1,43 @@
+"""make bench's measurements run on the current code (at a toy size: what they measure is not checked here,
+that they still call the stages' functions the way those now work)."""
+
+import json
+
+
+def test_p5_evaluates_one_checkpoint_and_times_raw_generate():
+    import bench.__main__ as B
+
+    tok, make_model, _, pairs = B.fixture(n_reviews=300, n_pairs=16)
+    p5 = B.p5_evaluation(make_model, tok, [p["prompt_ids"] for p in pairs], 4, repeats=1)
+    assert p5["prompts"] == 16 and p5["eval_one_checkpoint_s"] > 0 and p5["raw_generate_s"] > 0
+
+
+def test_p1_reads_a_run_and_counts_its_flops(micro_run, monkeypatch):
+    """P1 over the micro run (as if it were the tiny one): stage times, processes, FLOPs, and the config check
+    names what differs from the shipped tiny config."""
+    import bench.__main__ as B
+    from bench import flops
+    from pipelines import store
+
+    _, root, _ = micro_run
+    monkeypatch.setattr(store, "run_root", lambda benchmark, scale: root)
+    monkeypatch.setattr(flops, "matmul_peak", lambda threads: 1e10 * threads)
+    p1 = B.p1_pipeline(skip_micro=True, micro_dir="")
+    assert p1["tiny_complete"] and p1["tiny_processes"]["sft"] == 2
+    assert "sft: sft.n_layer" in p1["tiny_not_shipped"]  # micro is not the shipped tiny config
+    counted = flops.stage_flops(root)
+    assert set(counted) == {"sft", "pairs", "reward_model", "ppo", "dpo", "unlikelihood", "preferred_ft", "eval"}
+    assert all(v > 0 for v in counted.values())
+    sft = json.loads((root / "sft" / "manifest.json").read_text())
+    c = sft["config"]["sft"]
+    per_token = flops.forward_flops_per_token(c["n_layer"], c["n_embd"], c["max_length"] / 2, c["vocab_size"])
+    assert counted["sft"] == 3 * per_token * sft["metrics"]["steps"] * c["batch_size"] * c["max_length"]
+    assert "NOT the shipped config" in "\n".join(B.p1_lines(p1))
+
+
+def test_forward_flops_by_hand():
+    from bench.flops import forward_flops_per_token
+
+    # 2 layers, d 128, vocab 4096, 32 tokens of context: 2 * (12 * 2 * 128^2 + 4096 * 128) + 2 * 2 * 32 * 128
+    assert forward_flops_per_token(2, 128, 32, 4096) == 2 * (393216 + 524288) + 16384
+    assert forward_flops_per_token(2, 128, 32, None) == 2 * 393216 + 16384
