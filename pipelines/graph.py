@@ -352,20 +352,19 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
                         continue
                     del running[done.stage.name]
                     lock.cover([r.proc.pid for r in running.values()])
-                    if done.proc.returncode != 0:
+                    if done.proc.returncode:  # the stages beside it are stopped below, as for a signal
                         for other in running.values():
                             log.error("[%s] stopped: stage %s failed; it resumes on the next run",
                                       other.stage.name, done.stage.name)
-                            _stop(other.proc)
-                        running.clear()
-                    identities[done.stage.name] = _finish_stage(cfg, done, root)
+                    identities[done.stage.name] = _finish_stage(cfg, done, root)  # StageFailed if it failed
                     settled.add(done.stage.name)
-        except Interrupted as e:
-            for s in SIGNALS:  # the spine is leaving: a second Ctrl-C must not cut the stopping short
-                signal.signal(s, signal.SIG_IGN)
+        except BaseException as e:  # a signal, a failed stage, or a bug here: no stage outlives the spine
+            if isinstance(e, Interrupted):
+                for s in SIGNALS:  # the spine is leaving: a second Ctrl-C must not cut the stopping short
+                    signal.signal(s, signal.SIG_IGN)
+                e.stage = ", ".join(running) or None
             for r in running.values():
                 _stop(r.proc)
-            e.stage = ", ".join(running) or None
             raise
     return root
 
