@@ -174,9 +174,10 @@ class Launch:
         if not self.launches(stage, config):
             return [sys.executable, *module]
         cmd = [sys.executable, "-m", "core.launch", "--main_process_port", str(_free_port())]  # accelerate launch
-        # no config: plain DDP (on a machine without GPUs accelerate runs it on the CPU, over gloo)
+        # no config: plain DDP (on a machine without GPUs accelerate runs it on the CPU, over gloo); precision is
+        # each stage's own (TRL's bf16 on CUDA, our loops' autocast): accelerate's default "no", said outright
         cmd += ["--config_file", str(self.accelerate_config)] if self.accelerate_config else \
-            ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"]
+            ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "no"]
         if self.processes is not None or self.accelerate_config is None:  # else the config file's count
             cmd += ["--num_processes", str(self.processes_for(stage, config))]
         return cmd + module
