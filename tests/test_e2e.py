@@ -185,12 +185,10 @@ def test_ppo_gt_raises_ground_truth_reward(micro_run, tmp_path, value_model):
     assert log[-1]["kl"] > log[0]["kl"]
 
 
-def test_same_seed_same_frontier_other_seed_another(micro_run, tmp_path):
-    """Determinism on CPU: a micro run from scratch with the same seed reproduces frontier.csv exactly."""
+def test_another_seed_gives_another_frontier(micro_run, tmp_path):
+    """The seed reaches the results. (The same seed from scratch reproduces frontier.csv byte for byte: the
+    last check of test_faults' kill test, a fresh run store killed and resumed ten times.)"""
     _, _, first = micro_run
-    again = tmp_path / "again"
-    cli("run", "imdb-sentiment", "--scale", "micro", run_dir=again, check=True)
-    assert (again / "imdb-sentiment" / "micro" / "frontier.csv").read_text() == first
     toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
     path = tmp_path / "seed1.toml"
     path.write_text(toml.replace("[imdb-sentiment.scales.micro]\ntorch_threads = 1",
