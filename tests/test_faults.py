@@ -59,11 +59,14 @@ def test_killed_at_ten_random_moments_the_run_ends_with_the_same_frontier(micro_
 
 @pytest.mark.parametrize("stage,marker", [("dpo", "beta0.1/checkpoint-3/trainer_state.json"),
                                           ("ppo", "ppo-kl2/checkpoint-2"), ("unlikelihood", "alpha0.5/checkpoint-3")])
-def test_a_stage_killed_after_a_checkpoint_resumes_from_it(micro_run, tmp_path, stage, marker):
+def test_a_stage_killed_after_a_checkpoint_resumes_from_it(micro_run, micro_copy, tmp_path, stage, marker):
     """dpo (TRL): killed once its checkpoint is on disk; ppo and unlikelihood (our loops): killed by the fault
-    hook right after writing the checkpoint (their micro steps are too quick to catch from outside)."""
+    hook right after writing the checkpoint (their micro steps are too quick to catch from outside). From a
+    copy of the finished micro run without that stage: it runs again, is killed, resumes, and the frontier is
+    the uninterrupted one (eval reuses a point only for the same weights)."""
     _, _, expected = micro_run
-    run_dir = tmp_path / "runs"
+    run_dir, root = micro_copy
+    shutil.rmtree(root / stage)
     if stage == "dpo":
         partial = run_dir / "imdb-sentiment" / "micro" / f".{stage}.tmp" / marker
         proc = start(run_dir, tmp_path / "killed.log")
