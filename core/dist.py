@@ -11,8 +11,27 @@ Only the main process writes the stage's files and talks to wandb; the others co
 from __future__ import annotations
 
 import os
+import sys
 
-import torch
+
+def _die_with_the_launcher() -> None:
+    """A process started by `accelerate launch` is killed when its launcher dies. torch elastic starts each in
+    a session of its own, so a `kill -9` of the run's process group reaches the launcher but not them, and
+    they would wait for their dead peers, holding their memory, for good (Linux; elsewhere nothing)."""
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before this process asked
+        os._exit(1)
+
+
+_die_with_the_launcher()  # at import: every stage imports this module among its first
+
+import torch  # noqa: E402
 
 
 def world_size() -> int:

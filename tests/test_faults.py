@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from conftest import ROOT
@@ -53,6 +54,8 @@ def test_killed_at_ten_random_moments_the_run_ends_with_the_same_frontier(micro_
             stages = re.findall(r"\[(\w+)\] ", log_path.read_text())
             killed_in.append(stages[-1] if stages else "(start-up)")
     assert len(set(killed_in)) >= 2, killed_in  # the kills land in more than one stage
+    time.sleep(1)  # no process of a killed run lives on (torch elastic's workers have sessions of their own)
+    assert not [p.pid for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
     assert finish(run_dir, tmp_path / "final.log") == expected
     assert not list((run_dir / "imdb-sentiment" / "micro").glob(".*.tmp"))  # nothing half-written is left
 
