@@ -153,7 +153,7 @@ class Launch:
         """How many processes the stage runs as: 1 for a stage that trains nothing or samples with vLLM
         (which batches the whole prompt set itself); the fixed count; else, for a stage alone in the graph,
         the most processes up to `workers` that split its batches evenly, and 1 for the others."""
-        if not stage.multiprocess or (config or {}).get(stage.name, {}).get("sampler") == "vllm":
+        if not _launchable(stage, config):
             return 1
         if self.fixed:
             return self.count
@@ -165,9 +165,8 @@ class Launch:
     def launches(self, stage: Stage, config: dict | None = None) -> bool:
         """Whether the stage runs under `accelerate launch`: several processes, or an accelerate config file,
         for a stage that trains or samples with our code."""
-        vllm = (config or {}).get(stage.name, {}).get("sampler") == "vllm"
-        return self.processes_for(stage, config) > 1 or (self.accelerate_config is not None and stage.multiprocess
-                                                         and not vllm)
+        return self.processes_for(stage, config) > 1 or (self.accelerate_config is not None
+                                                         and _launchable(stage, config))
 
     def command(self, stage: Stage, config: dict | None = None) -> list[str]:
         module = ["-m", stage.module or stage.name]
@@ -181,6 +180,12 @@ class Launch:
         if self.processes is not None or self.accelerate_config is None:  # else the config file's count
             cmd += ["--num_processes", str(self.processes_for(stage, config))]
         return cmd + module
+
+
+def _launchable(stage: Stage, config: dict | None) -> bool:
+    """Whether the stage can run on several processes: it trains or samples with our code (not vLLM, which
+    batches the whole prompt set in one process)."""
+    return stage.multiprocess and (config or {}).get(stage.name, {}).get("sampler") != "vllm"
 
 
 def _has_gpu() -> bool:
