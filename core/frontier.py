@@ -33,3 +33,33 @@ def frontier_area(points: list[tuple[float, float]], max_kl: float) -> float | N
     for (kl, reward), nxt in zip(front, front[1:] + [(max_kl, None)]):
         area += (nxt[0] - kl) * reward
     return area / max_kl
+
+
+def choice_weights(select_points: list[tuple[float, float]], budget: float | None, max_kl: float) -> list[float]:
+    """Which checkpoints a statistic reports, chosen on the select prompts, as weights over the points.
+
+    select_points: (kl, reward) of each candidate on the select prompts, the SFT model's (0, r) among them.
+    budget: a KL budget -> one-hot on the best select reward with select KL <= budget (ties: the first);
+    None -> the front area up to max_kl: each point weighted by the share of budgets in [0, max_kl] for which
+    it is that best one. The statistic is then sum_i w_i * (point i's reward on the test prompts): chosen on
+    one set of prompts, measured on another, so a checkpoint that is best only by the test prompts' noise
+    is not picked by it. -> [len(select_points)] weights summing to 1 (0 everywhere when none is inside).
+    """
+    weights = [0.0] * len(select_points)
+    if budget is not None:
+        inside = [i for i, (kl, _) in enumerate(select_points) if kl <= budget]
+        if inside:
+            weights[max(inside, key=lambda i: (select_points[i][1], -i))] = 1.0
+        return weights
+    order = sorted(range(len(select_points)), key=lambda i: (select_points[i][0], -select_points[i][1], i))
+    front = []  # (kl, index) of the select Pareto front
+    for i in order:
+        if not front or select_points[i][1] > select_points[front[-1]][1]:
+            front.append(i)
+    front = [i for i in front if select_points[i][0] <= max_kl]
+    if not front or select_points[front[0]][0] > 0:
+        return weights
+    edges = [select_points[i][0] for i in front[1:]] + [max_kl]
+    for i, start, end in zip(front, [select_points[i][0] for i in front], edges):
+        weights[i] += (end - start) / max_kl
+    return weights

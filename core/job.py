@@ -27,6 +27,11 @@ class Job:
     out: Path
     tracking: dict = field(default_factory=dict)  # wandb mode, project and group (core/tracking.py)
 
+    @property
+    def seeds(self) -> int:
+        """Training seeds (a method stage trains every run once per seed; other stages see 1)."""
+        return self.config.get("seeds", 1)
+
     def section(self, name: str):
         """A config section as its typed dataclass."""
         return SECTIONS[name](**self.config[name])

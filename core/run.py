@@ -1,9 +1,11 @@
 """A method run's life in one place: start or resume it, check it, checkpoint it, finish it.
 
-Every method stage trains one run per swept parameter (DPO's beta, PPO's target KL, ...) from the SFT model,
-and every run goes through `MethodRun`:
+Every method stage trains one run per swept parameter (DPO's beta, PPO's target KL, ...) and training seed
+from the SFT model, and every run goes through `MethodRun`:
 
-    run = MethodRun(job, "unlikelihood", "alpha0.5", "alpha", 0.5)
+    for seed in range(job.seeds):
+        run = MethodRun(job, "unlikelihood", "alpha0.5", "alpha", 0.5, seed)   # run "alpha0.5-seed1"
+    torch.manual_seed(run.training_seed)     # what the run draws (data order, rollouts) derives from this
     if run.summary:                          # finished by an earlier attempt: not trained again
         return run.summary
     model = load(run.latest or sft)          # a killed run resumes from its newest complete checkpoint
@@ -49,14 +51,30 @@ class LoopState:
     extra: dict = field(default_factory=dict)  # the method's own scalars (PPO: the KL coefficient)
 
 
+def training_seed(job_seed: int, seed: int) -> int:
+    """The RNG seed of training seed `seed` (0, 1, ...): seed 0 is the benchmark's own seed, so a one-seed run
+    is the run it always was; the others are drawn from it (core.lm.sample_seeds), not job_seed + k, so two
+    benchmarks with seeds 0 and 1 do not share training runs."""
+    from core.lm import sample_seeds
+
+    return job_seed if seed == 0 else sample_seeds(1, "training-seed", job_seed, seed)[0] % 2**32  # numpy's range
+
+
 class MethodRun:
-    def __init__(self, job, method: str, name: str, param_name: str, param, label: str | None = None,
+    def __init__(self, job, method: str, sweep_name: str, param_name: str, param, seed: int,
                  accelerator=None):
-        """name: the run's folder and its name in runs.json and frontier.csv; label: its wandb name
-        (default <method>-<name>); accelerator: gathers sharded weights for checkpoints (our loops)."""
-        self.job, self.method, self.name, self.param_name, self.param = job, method, name, param_name, param
-        self.label = label or f"{method}-{name}"
-        self.folder = Path(job.out) / name
+        """sweep_name: the run's sweep point (beta0.1, kl3; "" when the method has no parameter); the run's name
+        (its folder, its name in runs.json and frontier.csv) is <sweep_name>-seed<seed>; its wandb name
+        <method>-<name>, grouped (job_type) with the other seeds of <method>-<sweep_name>. training_seed: what
+        the run's own randomness derives from. accelerator: gathers sharded weights for checkpoints."""
+        self.job, self.method, self.param_name, self.param, self.seed = job, method, param_name, param, seed
+        self.name = f"{sweep_name}-seed{seed}" if sweep_name else f"seed{seed}"
+        # a stage with two methods names its runs after them (ppo-kl3, ppo-gt-kl3): folders must not collide
+        named = sweep_name.startswith(f"{method}-")
+        self.sweep_point = sweep_name if named else f"{method}-{sweep_name}" if sweep_name else method
+        self.training_seed = training_seed(job.seed, seed)
+        self.label = self.name if named else f"{method}-{self.name}"
+        self.folder = Path(job.out) / self.name
         self.accelerator = accelerator
         self.summary = resume.finished_run(self.folder)  # set: finished by an earlier attempt
         if self.summary:
@@ -81,7 +99,9 @@ class MethodRun:
             state = LoopState(**saved["loop"])
             log.info("%s: resuming after step %d", self.label, state.step)
         self._t0 = time.time() - state.seconds
-        self.tracker = tracking.start(self.job, self.label, self.method, {self.param_name: self.param})
+        self.tracker = tracking.start(self.job, self.label, self.method,
+                                      {**({self.param_name: self.param} if self.param_name else {}),
+                                       "training_seed": self.seed}, self.sweep_point)
         return state
 
     def elapsed(self) -> float:
@@ -124,6 +144,7 @@ class MethodRun:
                 check_finite_weights(load_weights(self.job.out / c["path"]), f"{self.label} {c['path']}")
         resume.strip_checkpoints(self.folder)
         record = {"method": self.method, "run": self.name, "param": self.param, "param_name": self.param_name,
+                  "seed": self.seed,
                   "checkpoints": checkpoints, "train_seconds": round(self.elapsed(), 2)}
         if state is not None:  # our loops; a TRL stage passes its own counts
             record["steps"] = state.step

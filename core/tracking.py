@@ -6,8 +6,9 @@ otherwise online when wandb has an API key (WANDB_API_KEY or ~/.netrc), else off
 never a network wait. Offline runs land in wandb/offline-run-* (WANDB_DIR moves them); `make wandb-sync`
 uploads them.
 
-Names: group = <benchmark>-<scale>-<time>; job_type = the stage; name = the method and its parameter
-(dpo-beta0.1, ppo-gt-kl3) for a training run, the stage's name otherwise; tags = scale, method or stage.
+Names: group = <benchmark>-<scale>-<time>; job_type = the stage, or for a training run its method and parameter
+(dpo-beta0.1, ppo-gt-kl3: its training seeds side by side); name = that and the seed (dpo-beta0.1-seed1) for a
+training run, the stage's name otherwise; tags = scale, method or stage.
 Metrics: train/* against train/global_step (the key TRL's trainers use, so every training run reads alike),
 eval/<run>/* against the training step of the checkpoint.
 """
@@ -51,9 +52,11 @@ def enabled(job) -> bool:
     return job.tracking.get("mode", "disabled") != "disabled"
 
 
-def start(job, name: str | None = None, method: str | None = None, params: dict | None = None):
+def start(job, name: str | None = None, method: str | None = None, params: dict | None = None,
+          job_type: str | None = None):
     """A wandb run for this stage (or one of its method runs); None when tracking is off, and on all but the
-    main process when the stage runs as several."""
+    main process when the stage runs as several. job_type (default: the stage): a method run's sweep point
+    (dpo-beta0.1), so its training seeds are grouped together in the group's view."""
     from core import dist
 
     if not enabled(job) or not dist.is_main():
@@ -61,7 +64,7 @@ def start(job, name: str | None = None, method: str | None = None, params: dict 
     import wandb
 
     run = wandb.init(
-        project=job.tracking["project"], group=job.tracking["group"], job_type=job.stage, name=name or job.stage,
+        project=job.tracking["project"], group=job.tracking["group"], job_type=job_type or job.stage, name=name or job.stage,
         config={**job.config, "benchmark": job.benchmark, "scale": job.scale, "stage": job.stage,
                 **({"method": method} if method else {}), **(params or {})},
         tags=[job.scale, method or job.stage], mode=job.tracking["mode"], dir=os.environ.get("WANDB_DIR"),

@@ -1,4 +1,4 @@
-"""Stage dpo: Direct Preference Optimization (Rafailov et al. 2023), one run per beta.
+"""Stage dpo: Direct Preference Optimization (Rafailov et al. 2023), one run per beta and training seed.
 
     L_DPO = -E log sigmoid( beta * [ (log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x)) ] )
 
@@ -56,9 +56,10 @@ def learning_rate(cfg, beta: float) -> float:
     return cfg.learning_rates[cfg.betas.index(beta)] if cfg.learning_rates else cfg.learning_rate
 
 
-def train_one(beta: float, cfg, job, pairs, heldout):
-    """One DPO run from the SFT model; a killed run resumes from its latest checkpoint (TRL's resume)."""
-    run = MethodRun(job, "dpo", f"beta{beta:g}", "beta", beta)
+def train_one(beta: float, seed: int, cfg, job, pairs, heldout):
+    """One DPO run from the SFT model; a killed run resumes from its latest checkpoint (TRL's resume). The
+    training seed sets the data order (TRL's seed and data_seed)."""
+    run = MethodRun(job, "dpo", f"beta{beta:g}", "beta", beta, seed)
     if run.summary:
         return run.summary
     from trl import DPOConfig
@@ -77,7 +78,8 @@ def train_one(beta: float, cfg, job, pairs, heldout):
         save_strategy="steps", save_steps=cfg.eval_every, save_total_limit=None,
         eval_strategy="steps", eval_steps=cfg.eval_every,  # the held-out DPO loss at every checkpoint
         per_device_eval_batch_size=dist.per_process("dpo.batch_size", cfg.batch_size),
-        logging_steps=max(1, cfg.eval_every // 4), report_to=tracking.report_to(job), seed=job.seed, data_seed=job.seed,
+        logging_steps=max(1, cfg.eval_every // 4), report_to=tracking.report_to(job), seed=run.training_seed,
+        data_seed=run.training_seed,
         **trainer_args(job), disable_tqdm=not dist.is_main(), remove_unused_columns=False,
         logging_nan_inf_filter=False,
     )
@@ -111,12 +113,13 @@ def main():
     heldout = data.filter(lambda r: r["heldout"]).select_columns(COLUMNS)
     heldout = heldout.shuffle(seed=job.seed).select(range(min(HELDOUT_EVAL_PAIRS, len(heldout))))
     runs = []
-    for beta in cfg.betas:
-        log.info("DPO beta=%g on %d pairs", beta, len(pairs))
-        runs.append(train_one(beta, cfg, job, pairs, heldout))
-        log.info("beta=%g: %d steps in %.0fs, final loss %s, held-out loss by checkpoint %s", beta, runs[-1]["steps"],
-                 runs[-1]["train_seconds"], runs[-1]["final_loss"],
-                 [round(h["loss"], 4) for h in runs[-1]["heldout"]])
+    for seed in range(job.seeds):
+        for beta in cfg.betas:
+            log.info("DPO beta=%g, training seed %d, on %d pairs", beta, seed, len(pairs))
+            runs.append(train_one(beta, seed, cfg, job, pairs, heldout))
+            log.info("%s: %d steps in %.0fs, final loss %s, held-out loss by checkpoint %s", runs[-1]["run"],
+                     runs[-1]["steps"], runs[-1]["train_seconds"], runs[-1]["final_loss"],
+                     [round(h["loss"], 4) for h in runs[-1]["heldout"]])
     jobs.finish_runs(job, runs, ("final_loss",))
 
 

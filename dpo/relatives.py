@@ -29,7 +29,8 @@ from core.run import MethodRun
 from core.train import loop_accelerator
 
 log = logging.getLogger("stage")
-METHODS = {"unlikelihood": ("unlikelihood", "alphas", "alpha"), "preferred_ft": ("preferred-ft", "seeds", "seed")}
+# stage -> (method, its sweep's config key, the parameter's name); Preferred-FT sweeps nothing: one run per seed
+METHODS = {"unlikelihood": ("unlikelihood", "alphas", "alpha"), "preferred_ft": ("preferred-ft", None, None)}
 
 
 def preferred_ft_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor,
@@ -76,18 +77,22 @@ def data_order(n: int, steps: int, batch_size: int, seed: int) -> list[list[int]
     return [flat[i * batch_size : (i + 1) * batch_size].tolist() for i in range(steps)]
 
 
-def data_seed(method: str, param, job_seed: int) -> int:
-    """Each run its own data order: Preferred-FT's seed is its parameter, each Unlikelihood alpha has its own
-    (they shared Preferred-FT seed 0's order once, which made alpha look like it did more than it did)."""
-    return param if method == "preferred-ft" else lm.sample_seeds(1, "unlikelihood-order", job_seed, param)[0]
+def data_seed(method: str, param, training_seed: int) -> int:
+    """Each run its own data order: Preferred-FT's is its training seed's, each Unlikelihood alpha has its own
+    (they shared Preferred-FT's order once, which made alpha look like it did more than it did)."""
+    if method == "preferred-ft":
+        return training_seed
+    return lm.sample_seeds(1, "unlikelihood-order", training_seed, param)[0]
 
 
-def train_one(method: str, param, cfg, job, pairs: dict) -> dict:
-    """One run from the SFT model. param: alpha (unlikelihood) or the data-order seed (preferred-ft).
-    A run killed part-way resumes from its latest checkpoint; a finished one is not trained again."""
+def train_one(method: str, param, seed: int, cfg, job, pairs: dict) -> dict:
+    """One run from the SFT model. param: alpha (unlikelihood) or None (preferred-ft); seed: the training seed
+    (the data order). A run killed part-way resumes from its latest checkpoint; a finished one is not trained
+    again."""
     name = METHODS[job.stage][2]
     accelerator = loop_accelerator()
-    run = MethodRun(job, method, f"{name}{param:g}", name, param, accelerator=accelerator)
+    run = MethodRun(job, method, f"{name}{param:g}" if name else "", name or "", param, seed,
+                    accelerator=accelerator)
     if run.summary:
         return run.summary
     world = dist.world_size()
@@ -102,11 +107,10 @@ def train_one(method: str, param, cfg, job, pairs: dict) -> dict:
     resumable = {"optimizer": opt, "scheduler": sched}
     state = run.start(resumable)
     steps = cfg.max_steps or math.ceil(len(pairs["prompt_ids"]) / cfg.batch_size)
-    seed = data_seed(method, param, job.seed)
     alpha = param if method == "unlikelihood" else 0.0
     max_grad_norm = job.section("train").max_grad_norm
-    order = data_order(len(pairs["prompt_ids"]), steps, cfg.batch_size, seed)
-    bar = tqdm(order, desc=f"{method} {param:g}", unit="step", disable=None if dist.is_main() else True)
+    order = data_order(len(pairs["prompt_ids"]), steps, cfg.batch_size, data_seed(method, param, run.training_seed))
+    bar = tqdm(order, desc=run.label, unit="step", disable=None if dist.is_main() else True)
     for step, idx in enumerate(bar, start=1):
         if step <= state.step:
             continue
@@ -145,7 +149,7 @@ def train_one(method: str, param, cfg, job, pairs: dict) -> dict:
         if step % cfg.eval_every == 0 or step == steps:
             run.save(state, model, resumable)
             recent = state.history[-cfg.eval_every:]
-            log.info("%s %g step %d/%d: loss %.4f", method, param, step, steps, sum(recent) / len(recent))
+            log.info("%s step %d/%d: loss %.4f", run.label, step, steps, sum(recent) / len(recent))
     extra = {}
     if method == "unlikelihood":  # how much the term adds to Preferred-FT's loss: alpha x its mean, in nats
         extra["unlikelihood_term"] = state.extra["unlikelihood_term_sum"] / state.step
@@ -162,9 +166,11 @@ def main():
     data = load_from_disk(str(job.inputs["pairs"] / "dataset")).filter(lambda r: not r["heldout"])
     pairs = {c: data[c] for c in ("prompt_ids", "chosen_ids", "rejected_ids")}
     runs = []
-    for param in getattr(cfg, sweep_key):
-        log.info("%s %s=%g on %d pairs", method, name, param, len(data))
-        runs.append(train_one(method, param, cfg, job, pairs))
+    for seed in range(job.seeds):
+        for param in getattr(cfg, sweep_key) if sweep_key else [None]:
+            log.info("%s%s, training seed %d, on %d pairs", method, f" {name}={param:g}" if name else "", seed,
+                     len(data))
+            runs.append(train_one(method, param, seed, cfg, job, pairs))
     jobs.finish_runs(job, runs, ("final_loss",))
 
 

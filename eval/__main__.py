@@ -31,7 +31,8 @@ from core import dist, lm, scorer, tracking, vllm_sampling
 from core.frontier import pareto_front
 
 log = logging.getLogger("stage")
-FIELDS = ["method", "run", "param", "step", "kl", "kl_se", "kl_mc", "reward", "reward_se", "n"]
+FIELDS = ["method", "run", "param", "seed", "step", "split", "kl", "kl_se", "kl_mc", "reward", "reward_se", "length",
+          "n"]
 STYLE = {"sft": ("black", "*"), "dpo": ("tab:red", "o"), "ppo": ("tab:blue", "s"), "ppo-gt": ("tab:cyan", "D"),
          "unlikelihood": ("tab:green", "^"), "preferred-ft": ("tab:purple", "v")}
 LABELS = {"sft": "SFT", "dpo": "DPO", "ppo": "PPO", "ppo-gt": "PPO-GT", "unlikelihood": "Unlikelihood",
@@ -42,11 +43,13 @@ def mean_se(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
 
 
-def evaluate(policy, policy_dir, ref, prompts, tokenizer, ground_truth, cfg, seed: int) -> tuple[dict, list[str]] | None:
-    """One point. With several processes each samples its block of the prompts (the same seeds per prompt
-    as one process would use) and computes their KL; the main process gathers them in order, scores and
-    returns the point; the others return None. With vLLM (one process) the point also carries the gap
-    between vLLM's and the HF policy's log-probs of the samples (vllm_sampling.logprob_gap)."""
+def evaluate(policy, policy_dir, ref, prompts, tokenizer, ground_truth, cfg, seed: int) -> dict | None:
+    """One checkpoint on every held-out prompt (test and select): per prompt its ground-truth reward, exact KL,
+    Monte-Carlo KL and completion length, and the first completions' texts. With several processes each
+    samples its block of the prompts (the same seeds per prompt as one process would use) and computes their
+    KL; the main process gathers them in order, scores and returns the result; the others return None. With
+    vLLM (one process) it also carries the gap between vLLM's and the HF policy's log-probs of the samples
+    (vllm_sampling.logprob_gap)."""
     seeds = lm.sample_seeds(len(prompts), "eval", seed)  # the same for every checkpoint
     mine = dist.shard(prompts)
     completions, sampler_logps = lm.sample(cfg.sampler, policy, policy_dir, mine, cfg.max_new_tokens,
@@ -57,15 +60,27 @@ def evaluate(policy, policy_dir, ref, prompts, tokenizer, ground_truth, cfg, see
     completions, kl, kl_mc = dist.gather(completions), dist.gather(kl.tolist()), dist.gather(kl_mc.tolist())
     if not dist.is_main():
         return None
-    kl, kl_mc = torch.tensor(kl, dtype=torch.float64), torch.tensor(kl_mc, dtype=torch.float64)
-    texts = [lm.decode(tokenizer, c) for c in completions]
     rewards = ground_truth(prompts, completions)
-    reward, reward_se = mean_se(rewards)
-    kl_mean, kl_se = mean_se(kl.double().numpy())
-    point = dict(kl=kl_mean, kl_se=kl_se, kl_mc=float(kl_mc.double().mean()), reward=reward, reward_se=reward_se,
-                 n=len(prompts), **gap)
-    return point, [{"text": t, "reward": round(float(r), 4), "kl": round(float(k), 4)}
-                   for t, r, k in zip(texts, rewards, kl.tolist())]
+    return {"reward": [float(r) for r in rewards], "kl": [float(k) for k in kl], "kl_mc": [float(k) for k in kl_mc],
+            "length": [len(c) for c in completions], **gap,
+            "texts": [lm.decode(tokenizer, c) for c in completions[:SAMPLES_KEPT]]}
+
+
+SAMPLES_KEPT = 8  # completions kept per point, for the report's samples table
+
+
+def split_point(result: dict, rows: slice) -> dict:
+    """The point of one prompt split (rows of the per-prompt lists): means and their standard errors."""
+    reward, reward_se = mean_se(np.asarray(result["reward"][rows], dtype=np.float64))
+    kl, kl_se = mean_se(np.asarray(result["kl"][rows], dtype=np.float64))
+    return dict(kl=kl, kl_se=kl_se, kl_mc=float(np.mean(result["kl_mc"][rows])), reward=reward, reward_se=reward_se,
+                length=float(np.mean(result["length"][rows])), n=len(result["reward"][rows]))
+
+
+def prompt_splits(n_test: int, n_select: int) -> dict[str, slice]:
+    """Where each split's prompts sit in the evaluated list: test first (the reported numbers), then select
+    (the prompts checkpoints are chosen on). Disjoint: no prompt chooses a checkpoint and reports it."""
+    return {"test": slice(0, n_test), "select": slice(n_test, n_test + n_select)}
 
 
 def _axes_style(ax, title: str) -> None:
@@ -160,18 +175,21 @@ class PointCache:
             _hash_model_files(h, checkpoint)
         return h.hexdigest()[:32]
 
-    def get(self, key: str):
+    def get(self, key: str) -> dict | None:
         if key not in self.known:
             return None
         try:
             hit = json.loads(self.known[key].read_text())
-            return hit["point"], hit["samples"]
-        except (OSError, ValueError, KeyError, TypeError):  # damaged: evaluate again
+            return hit if all(isinstance(hit.get(k), list) for k in ("reward", "kl", "kl_mc", "length", "texts")) \
+                else None
+        except (OSError, ValueError, AttributeError):  # damaged: evaluate again
             return None
 
-    def put(self, key: str, point: dict, samples: list) -> None:
+    def put(self, key: str, result: dict) -> None:
+        if not dist.is_main():
+            return
         tmp = self.new / f".{key}.tmp"
-        tmp.write_text(json.dumps({"point": point, "samples": samples}))
+        tmp.write_text(json.dumps(result))
         tmp.replace(self.new / f"{key}.json")
 
 
@@ -188,13 +206,13 @@ def _hash_model_files(h, folder) -> None:
 
 
 def checkpoints(inputs: dict) -> list[tuple]:
-    """(method, run, param, step, folder) of every kept checkpoint of every method stage."""
+    """(method, run, param, seed, step, folder) of every kept checkpoint of every method stage."""
     out = []
     for folder in inputs.values():
         if (folder / "runs.json").exists():  # a method stage (not sft or ground_truth)
             for run in json.loads((folder / "runs.json").read_text()):
-                out += [(run["method"], run["run"], run["param"], c["step"], folder / c["path"])
-                        for c in run["checkpoints"]]
+                out += [(run["method"], run["run"], "" if run["param"] is None else run["param"], run["seed"],
+                         c["step"], folder / c["path"]) for c in run["checkpoints"]]
     return out
 
 
@@ -205,16 +223,18 @@ def main():
     tokenizer = lm.load_tokenizer(job.inputs["sft"])
     ref = lm.load_causal_lm(job.inputs["sft"])
     ground_truth = scorer.GroundTruth(job.inputs["ground_truth"], job.section("ground_truth").reads, tokenizer)
-    prompts = lm.split_prompts(data_cfg, job.seed, "eval", cfg.prompts, tokenizer)
-    prompt_texts = [lm.decode(tokenizer, p) for p in prompts]
+    prompts = lm.split_prompts(data_cfg, job.seed, "eval", cfg.prompts + cfg.select_prompts, tokenizer)
+    splits = prompt_splits(cfg.prompts, cfg.select_prompts)
+    prompt_texts = [lm.decode(tokenizer, p) for p in prompts[:SAMPLES_KEPT]]
 
     t0 = time.time()
-    todo = [("sft", "sft", "", 0, None)] + checkpoints(job.inputs)
-    log.info("evaluating %d checkpoints (and the SFT model) on %d prompts", len(todo) - 1, len(prompts))
+    todo = [("sft", "sft", "", "", 0, None)] + checkpoints(job.inputs)
+    log.info("evaluating %d checkpoints (and the SFT model) on %d test + %d select prompts", len(todo) - 1,
+             cfg.prompts, cfg.select_prompts)
     cache = PointCache(job)
-    rows, samples, gaps, reused = [], {}, [], 0
-    for method, run, param, step, path in tqdm(todo, desc="eval checkpoints", unit="ckpt",
-                                               disable=None if dist.is_main() else True):
+    rows, samples, per_prompt, gaps, reused = [], {}, {}, [], 0
+    for method, run, param, seed, step, path in tqdm(todo, desc="eval checkpoints", unit="ckpt",
+                                                     disable=None if dist.is_main() else True):
         key = cache.key(path)
         result = cache.get(key)  # every process finds the same files, so all skip the point together
         if result is not None:
@@ -225,25 +245,29 @@ def main():
                               job.seed)
         if result is None:  # not the main process: its share is gathered there
             continue
-        point, texts = result
-        if dist.is_main():
-            cache.put(key, point, texts)
-        if not all(math.isfinite(point[k]) for k in ("kl", "reward")):  # never a NaN in frontier.csv
-            raise FloatingPointError(f"{run} step {step}: KL {point['kl']}, reward {point['reward']} are not finite; "
-                                     f"the checkpoint {path} gives non-finite log-probs or scores")
-        if "sampler_logp_gap" in point:  # vLLM sampled: its log-probs of the samples vs the HF policy's
-            gaps.append(point.pop("sampler_logp_gap"))
-        rows.append(dict(method=method, run=run, param=param, step=step, **point))
-        key = "sft" if path is None else f"{method}/{run}/step{step}"
-        samples[key] = texts
-        log.info("%s step %d: reward %.3f +- %.3f, KL %.2f (MC %.2f)", run, step, point["reward"],
-                 point["reward_se"], point["kl"], point["kl_mc"])
-        if wandb_run:  # the point against its training step, and every sample of it
-            wandb_run.log({"train/global_step": step, **{f"eval/{run}/{k}": point[k] for k in
-                                                          ("reward", "reward_se", "kl", "kl_se", "kl_mc")}})
-            wandb_run.log({f"samples/{key}": tracking.table(
+        cache.put(key, result)
+        points = {split: split_point(result, rows_of) for split, rows_of in splits.items()}
+        if not all(math.isfinite(p[k]) for p in points.values() for k in ("kl", "reward")):  # never a NaN in the csv
+            raise FloatingPointError(f"{method} {run} step {step}: KL or reward is not finite; the checkpoint {path} "
+                                     f"gives non-finite log-probs or scores")
+        if "sampler_logp_gap" in result:  # vLLM sampled: its log-probs of the samples vs the HF policy's
+            gaps.append(result["sampler_logp_gap"])
+        rows += [dict(method=method, run=run, param=param, seed=seed, step=step, split=split, **point)
+                 for split, point in points.items()]
+        point_id = "sft" if path is None else f"{method}/{run}/step{step}"
+        samples[point_id] = [{"text": t, "reward": round(r, 4), "kl": round(k, 4)}
+                             for t, r, k in zip(result["texts"], result["reward"], result["kl"])]
+        per_prompt[point_id] = {k: [round(v, 6) for v in result[k]] for k in ("reward", "kl", "length")}
+        test = points["test"]
+        log.info("%s %s step %d: test reward %.3f +- %.3f, KL %.2f (MC %.2f); select reward %.3f, KL %.2f", method,
+                 run, step, test["reward"], test["reward_se"], test["kl"], test["kl_mc"], points["select"]["reward"],
+                 points["select"]["kl"])
+        if wandb_run:  # the point against its training step, and its first samples
+            wandb_run.log({"train/global_step": step, **{f"eval/{method}-{run}/{k}": test[k] for k in
+                                                          ("reward", "reward_se", "kl", "kl_se", "kl_mc", "length")}})
+            wandb_run.log({f"samples/{point_id}": tracking.table(
                 ["prompt", "completion", "reward", "kl"],
-                [[p, t["text"], t["reward"], t["kl"]] for p, t in zip(prompt_texts, texts)])})
+                [[p, t["text"], t["reward"], t["kl"]] for p, t in zip(prompt_texts, samples[point_id])])})
     if not dist.is_main():
         return
     if reused:
@@ -255,17 +279,22 @@ def main():
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    (job.out / "samples.json").write_text(json.dumps(  # the first 8 of each, for the report
-        {"prompts": prompt_texts[:8], "completions": {k: v[:8] for k, v in samples.items()}}, indent=1))
-    plot(rows, job.out / "frontier")
+    # every prompt's reward, KL and length of every point: the report's bootstrap resamples prompts (paired across
+    # methods)
+    (job.out / "per_prompt.json").write_text(json.dumps(
+        {"splits": {name: [sl.start, sl.stop] for name, sl in splits.items()}, "points": per_prompt}))
+    (job.out / "samples.json").write_text(json.dumps(  # the first test prompts' completions, for the report
+        {"prompts": prompt_texts, "completions": samples}, indent=1))
+    test_rows = [r for r in rows if r["split"] == "test"]
+    plot(test_rows, job.out / "frontier")
     if wandb_run:
         frontier = tracking.table(FIELDS, [[str(r[k]) if k == "param" else r[k] for k in FIELDS] for r in rows])
         wandb_run.log({"frontier": frontier,
                        "frontier_scatter": tracking.scatter(frontier, "kl", "reward", "Reward vs KL(pi || pi_ref)"),
                        "frontier_png": tracking.image(job.out / "frontier.png", "every checkpoint of every method"),
                        "frontier_panels_png": tracking.image(job.out / "frontier_panels.png", "one panel per method")})
-    jobs.finish(job, {"points": len(rows), "sft_reward": rows[0]["reward"], "sft_kl": rows[0]["kl"],
-                      "best_reward": max(r["reward"] for r in rows), "eval_seconds": round(time.time() - t0, 2),
+    jobs.finish(job, {"points": len(test_rows), "sft_reward": test_rows[0]["reward"], "sft_kl": test_rows[0]["kl"],
+                      "best_reward": max(r["reward"] for r in test_rows), "eval_seconds": round(time.time() - t0, 2),
                       "sampler": cfg.sampler, "points_reused": reused,
                       **({"sampler_logp_gap": max(gaps)} if gaps else {})},
                 wandb_run)

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--scale", help="named scale (default: the benchmark's default_scale)")
     r.add_argument("--stages", help=f"comma-separated subset of: {','.join(graph.STAGES)}")
     r.add_argument("--force", action="store_true", help="rerun the selected stages even if finished")
+    r.add_argument("--seeds", type=int, help="training seeds per method run (default: the scale's `seeds`); "
+                                             "1 for a quick look, no verdict")
     r.add_argument("--nproc", type=int,
                    help="processes per training / sampling stage (accelerate launch; DDP unless --accelerate-config); "
                         "default: all workers for sft, pairs and eval, one for the stages that run side by side")
@@ -97,6 +99,8 @@ def _dispatch(args) -> int:
         print("stages: " + " -> ".join(graph.STAGES))
         return 0
     cfg = config_mod.load(args.benchmark, args.scale, args.config)
+    if getattr(args, "seeds", None) is not None:
+        cfg = config_mod.with_seeds(cfg, args.seeds)
     if args.command == "show":
         print(json.dumps(config_mod.dataclasses.asdict(cfg), indent=2))
         return 0

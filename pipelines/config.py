@@ -123,8 +123,7 @@ class UnlikelihoodConfig(PairTrainingConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class PreferredFTConfig(PairTrainingConfig):
-    seeds: list[int] = spec(help="one run per seed (of the data order): fine-tuning on the chosen completions",
-                            ge=0, le=MAX_SEED, nonempty=True)
+    """Fine-tuning on the chosen completions: no sweep parameter, one run per training seed (`seeds`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,7 +167,10 @@ class PPOConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
-    prompts: int = spec(gt=0, help="held-out prompts, one sample each")
+    prompts: int = spec(gt=0, help="test prompts: held-out prompts, one sample each, on which results are reported")
+    select_prompts: int = spec(gt=0, help="select prompts: other held-out prompts, one sample each, on which "
+                                          "checkpoints are chosen (best reward within a KL budget, the Pareto "
+                                          "front); choosing on the test prompts would bias the reported reward up")
     max_new_tokens: int = spec(gt=0, help="tokens sampled per completion (temperature 1, top_k 0, top_p 1)")
     batch_size: int = spec(64, gt=0, help="prompts per generate / forward batch")
     sampler: str = sampler_spec()
@@ -180,6 +182,8 @@ class ReportConfig:
                                    help="the per-method table gives the best reward at KL <= each of these")
     area_max_kl: float = spec(10.0, gt=0, help="area under each method's Pareto front from KL 0 to this, over it")
     samples: int = spec(4, ge=0, le=8, help="held-out prompts in the samples table (one completion per method)")
+    confidence: float = spec(0.95, gt=0, le=0.999, help="confidence level of every interval and verdict")
+    resamples: int = spec(2000, ge=100, help="bootstrap resamples (seeds x test prompts) per interval")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,6 +199,9 @@ class BenchmarkConfig:
     scale: str = spec(help="the scale's name (set from the command line)")
     description: str = spec("", help="one line shown by `show`")
     seed: int = spec(0, ge=0, le=MAX_SEED, help="seeds every split, sample and initialisation")
+    seeds: int = spec(1, ge=1, le=100, help="training seeds: every run of every method is trained once per seed "
+                                            "(data order, fresh heads, rollouts); SFT, pairs and the reward model "
+                                            "are shared. Seed 0 trains with `seed` itself")
     torch_threads: int = spec(0, ge=0, help="torch intra-op threads in each stage (0 = torch's default)")
     data: DataConfig = spec(help="[data] the IMDb source, splits and prompts")
     train: TrainConfig = spec(TrainConfig(), help="[train] the rules every training stage follows")
@@ -221,13 +228,14 @@ class BenchmarkConfig:
         if self.ground_truth.kind == "hf-classifier" and not self.ground_truth.model:
             raise ConfigError("ground_truth.model is required when ground_truth.kind = 'hf-classifier'")
         for key, values in (("dpo.betas", self.dpo.betas), ("unlikelihood.alphas", self.unlikelihood.alphas),
-                            ("preferred_ft.seeds", self.preferred_ft.seeds), ("ppo.target_kls", self.ppo.target_kls),
+                            ("ppo.target_kls", self.ppo.target_kls),
                             ("ppo.methods", self.ppo.methods)):
             if len(set(values)) != len(values):
                 raise ConfigError(f"{key} has repeated values {values}: each is one run")
-        if self.eval.prompts > self.data.eval_reviews:
-            raise ConfigError(f"eval.prompts ({self.eval.prompts}) > data.eval_reviews ({self.data.eval_reviews}): "
-                              f"each prompt is one held-out review; allowed at most {self.data.eval_reviews}")
+        if self.eval.prompts + self.eval.select_prompts > self.data.eval_reviews:
+            raise ConfigError(f"eval.prompts + eval.select_prompts ({self.eval.prompts} + {self.eval.select_prompts}) "
+                              f"> data.eval_reviews ({self.data.eval_reviews}): each prompt is one held-out review; "
+                              f"allowed at most {self.data.eval_reviews} together")
         if self.dpo.learning_rates and len(self.dpo.learning_rates) != len(self.dpo.betas):
             raise ConfigError(f"dpo.learning_rates has {len(self.dpo.learning_rates)} values for "
                               f"{len(self.dpo.betas)} betas; allowed: one per beta, or none")
@@ -384,6 +392,12 @@ def load(benchmark: str, scale: str | None = None, path: Path = DEFAULT_FILE) ->
     cfg = _resolve(doc, benchmark, scale, path)  # first: its own errors read without the file prefix
     check_file(doc, path)
     return cfg
+
+
+def with_seeds(cfg: BenchmarkConfig, seeds: int) -> BenchmarkConfig:
+    """cfg with another count of training seeds (--seeds / SEEDS=), checked like the file's value."""
+    meta = {f.name: f.metadata for f in dataclasses.fields(BenchmarkConfig)}["seeds"]
+    return dataclasses.replace(cfg, seeds=_check_scalar("--seeds", seeds, int, meta))
 
 
 def protocol(benchmark: str, path: Path = DEFAULT_FILE) -> dict:

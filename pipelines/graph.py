@@ -46,6 +46,7 @@ class Stage:
     module: str = ""  # the command is `python -m <module>` (default: the stage's name)
     multiprocess: bool = True  # runs under `accelerate launch` when several processes are asked for
     split: tuple[str, ...] = ()  # config keys (section.key) whose batches are split evenly over the processes
+    seeded: bool = False  # a method stage: trains every run once per training seed (its config holds `seeds`)
 
 
 # In topological order, and in the order ready stages start: the reward model and PPO, the longest chain,
@@ -64,21 +65,22 @@ STAGES: dict[str, Stage] = {
               split=("reward_model.batch_size",)),
         Stage("ppo", ("data", "ppo", "ground_truth", "train"), needs=("sft", "ground_truth", "pairs", "reward_model"),
               what="PPO on the learned reward (ppo) and on the ground truth (ppo-gt)",
-              split=("ppo.rollouts_per_step", "ppo.minibatch_size")),
+              split=("ppo.rollouts_per_step", "ppo.minibatch_size"), seeded=True),
         Stage("dpo", ("dpo", "train"), needs=("sft", "pairs"), what="DPO, one run per beta",
-              split=("dpo.batch_size",)),
+              split=("dpo.batch_size",), seeded=True),
         Stage("unlikelihood", ("unlikelihood", "train"), needs=("sft", "pairs"), module="dpo.relatives",
-              what="Unlikelihood on the pairs, one run per alpha", split=("unlikelihood.batch_size",)),
+              what="Unlikelihood on the pairs, one run per alpha", split=("unlikelihood.batch_size",), seeded=True),
         Stage("preferred_ft", ("preferred_ft", "train"), needs=("sft", "pairs"), module="dpo.relatives",
-              what="Preferred-FT: fine-tuning on the chosen completions, one run per seed",
-              split=("preferred_ft.batch_size",)),
+              what="Preferred-FT: fine-tuning on the chosen completions", split=("preferred_ft.batch_size",),
+              seeded=True),
         Stage("eval", ("data", "eval", "ground_truth"),
               needs=("sft", "ground_truth", "dpo", "unlikelihood", "preferred_ft", "ppo"),
               publish=("frontier.csv", "frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf"),
               what="sample every checkpoint, score, exact KL to the SFT model, frontier"),
         Stage("report", tuple(SECTIONS), needs=("sft", "ground_truth", "pairs", "reward_model", "dpo", "unlikelihood",
                                             "preferred_ft", "ppo", "eval"),
-              publish=("report.md", "report.html"), what="tables, figure and samples of the whole run",
+              publish=("report.md", "report.html", "frontier_bands.png", "frontier_bands.pdf"),
+              what="the verdict over seeds, tables, figures and samples of the whole run",
               multiprocess=False),
     )
 }
@@ -227,7 +229,8 @@ def vllm_installed() -> bool:
 
 
 def stage_config(cfg: BenchmarkConfig, stage: Stage, protocol: dict | None = None) -> dict:
-    config = {"seed": cfg.seed, **{name: cfg.section(name) for name in stage.sections}}
+    config = {"seed": cfg.seed, **({"seeds": cfg.seeds} if stage.seeded or stage.name == "report" else {}),
+              **{name: cfg.section(name) for name in stage.sections}}
     for section in config.values():  # pairs.sampler / eval.sampler: "auto" -> the sampler that will run
         if isinstance(section, dict) and section.get("sampler") == "auto":
             section["sampler"] = "vllm" if vllm_installed() else "hf"

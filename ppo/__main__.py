@@ -182,15 +182,15 @@ def initial_kl_coef(cfg, target_kl: float) -> float:
     return cfg.init_kl_coef
 
 
-def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score_fn):
+def train_run(method: str, target_kl: float, seed: int, cfg, job, prompts, tokenizer, score_fn):
     """One run from the SFT model: `steps` PPO steps, each rollout -> rewards and advantages -> update ->
     KL control. A run killed part-way resumes from its latest checkpoint (weights, optimizers, KL
     coefficient, RNG state); a finished one is not trained again."""
     accelerator = loop_accelerator()
-    name = f"{method}-kl{target_kl:g}"
-    run = MethodRun(job, method, name, "target_kl", target_kl, label=name, accelerator=accelerator)
+    run = MethodRun(job, method, f"{method}-kl{target_kl:g}", "target_kl", target_kl, seed, accelerator=accelerator)
     if run.summary:
         return run.summary
+    torch.manual_seed(run.training_seed)  # a fresh value head's init (value_model = policy_head)
     dev = accelerator.device
     policy = lm.load_causal_lm(run.latest or job.inputs["sft"], dev)
     ref = lm.load_causal_lm(job.inputs["sft"], dev).requires_grad_(False)
@@ -207,11 +207,11 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
     kl_ctl.value = state.extra.get("kl_coef", kl_ctl.value)
     kl_ctl.reached = state.extra.get("kl_reached", False)
     order = list(range(len(prompts)))
-    random.Random(job.seed).shuffle(order)
+    random.Random(run.training_seed).shuffle(order)
     for step in range(state.step + 1, cfg.steps + 1):
         start = (step - 1) * cfg.rollouts_per_step
         batch_prompts = [prompts[order[(start + i) % len(order)]] for i in range(cfg.rollouts_per_step)]
-        seeds = lm.sample_seeds(cfg.rollouts_per_step, "ppo", job.seed, step)
+        seeds = lm.sample_seeds(cfg.rollouts_per_step, "ppo", run.training_seed, step)
 
         # 1-2. rollouts, their scores, log-probs and values
         policy.eval()
@@ -228,7 +228,7 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
 
         # 5. PPO epochs over minibatches
         stats, tokens = ppo_update(policy, value, policy_opt, value_opt, batch, advantages, returns, cfg, accelerator,
-                                   [lm.sample_seeds(1, "ppo-minibatches", job.seed, step, e)[0]
+                                   [lm.sample_seeds(1, "ppo-minibatches", run.training_seed, step, e)[0]
                                     for e in range(cfg.ppo_epochs)],
                                    job.section("train").max_grad_norm, lambda loss: run.check_finite(loss, step))
 
@@ -248,8 +248,8 @@ def train_run(method: str, target_kl: float, cfg, job, prompts, tokenizer, score
         state.history.append(row)
         run.log(step, {k: v for k, v in row.items() if k != "step"})
         eta = run.elapsed() / step * (cfg.steps - step)
-        log.info("%s target %g step %d/%d: score %.3f, KL %.2f, coef %.3f, entropy %.2f, clipfrac %.2f (ETA %.0fs)",
-                 method, target_kl, step, cfg.steps, row["score"], seq_kl, coef, row["entropy"], row["clipfrac"], eta)
+        log.info("%s step %d/%d: score %.3f, KL %.2f, coef %.3f, entropy %.2f, clipfrac %.2f (ETA %.0fs)",
+                 run.label, step, cfg.steps, row["score"], seq_kl, coef, row["entropy"], row["clipfrac"], eta)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             run.save(state, policy, resumable)
     if dist.is_main():
@@ -288,13 +288,13 @@ def main():
     scorers = score_functions(cfg.methods, job, tokenizer)
 
     runs = []
-    for method in cfg.methods:
-        for target in cfg.target_kls:
-            torch.manual_seed(job.seed)
-            run = train_run(method, target, cfg, job, prompts, tokenizer, scorers[method])
-            log.info("%s: %d steps in %.0fs, final score %.3f, KL %.2f", run["run"], run["steps"],
-                     run["train_seconds"], run["final_score"], run["final_kl"])
-            runs.append(run)
+    for seed in range(job.seeds):
+        for method in cfg.methods:
+            for target in cfg.target_kls:
+                run = train_run(method, target, seed, cfg, job, prompts, tokenizer, scorers[method])
+                log.info("%s: %d steps in %.0fs, final score %.3f, KL %.2f", run["run"], run["steps"],
+                         run["train_seconds"], run["final_score"], run["final_kl"])
+                runs.append(run)
     jobs.finish_runs(job, runs, ("final_kl", "final_score"))
 
 

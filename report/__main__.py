@@ -1,8 +1,11 @@
-"""Stage report: the whole run on one page, report.md and a self-contained report.html.
+"""Stage report: the whole run on one page, report.md and a self-contained report.html, opening on the verdict.
 
-Everything in it is read from the finished stages: the frontier (eval), each method's runs (runs.json), the
-reward model's and the ground truth's diagnostics, every stage's wall time and peak memory (manifests). The
-page is built once as a list of blocks (headings, paragraphs, tables, figures) and rendered twice.
+Every number that chooses a checkpoint (the best reward within a KL budget, the front area) chooses it on the
+select prompts and reports it on the test prompts; each method's value is the mean over its training seeds,
+with an interval over seeds and test prompts (core/verdict.py); the verdict compares pairs of methods the same
+way. Everything else is read from the finished stages: each method's runs (runs.json), the reward model's
+and the ground truth's diagnostics, every stage's wall time and peak memory (manifests). The page is built
+once as a list of blocks (headings, paragraphs, tables, figures) and rendered twice.
 """
 
 import base64
@@ -13,25 +16,146 @@ import logging
 import shutil
 import time
 
+import numpy as np
+
 from core import job as jobs
 from core import tracking
-from core.frontier import best_within, frontier_area
+from core.verdict import chosen_values, interval, sentence
 from pipelines.config import flatten
 
 log = logging.getLogger("stage")
 METHODS = {"dpo": "DPO", "ppo": "PPO", "ppo-gt": "PPO-GT", "unlikelihood": "Unlikelihood",
            "preferred-ft": "Preferred-FT"}
+COLORS = {"dpo": "tab:red", "ppo": "tab:blue", "ppo-gt": "tab:cyan", "unlikelihood": "tab:green",
+          "preferred-ft": "tab:purple"}
+# the comparisons of the verdict: DPO against each other method, and PPO on the learned reward against the truth
+PAIRS = [("dpo", "ppo"), ("dpo", "ppo-gt"), ("ppo", "ppo-gt"), ("dpo", "unlikelihood"), ("dpo", "preferred-ft")]
 FIGURES = ("frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf")
+BAND_FIGURES = ("frontier_bands.png", "frontier_bands.pdf")
+BAND_BUDGETS = 41  # KL budgets on the band figure's axis
+BAND_RESAMPLES = 400  # per budget: a figure's band, not a reported number
 
 
 def read_frontier(path) -> list[dict]:
     with open(path) as f:
         rows = list(csv.DictReader(f))
     for r in rows:
-        for k in ("kl", "kl_se", "kl_mc", "reward", "reward_se"):
+        for k in ("kl", "kl_se", "kl_mc", "reward", "reward_se", "length"):
             r[k] = float(r[k])
         r["step"] = int(r["step"])
     return rows
+
+
+def point_id(row: dict) -> str:
+    """A point's key in per_prompt.json and samples.json."""
+    return "sft" if row["method"] == "sft" else f"{row['method']}/{row['run']}/step{row['step']}"
+
+
+class Frontier:
+    """frontier.csv and per_prompt.json as what the statistics need: per method and training seed, the
+    candidates (the SFT model and the seed's checkpoints) with their select points and test per-prompt values."""
+
+    def __init__(self, rows: list[dict], per_prompt: dict):
+        self.rows = rows
+        test = slice(*per_prompt["splits"]["test"])
+        self.test_values = {pid: {k: np.asarray(v[k][test], dtype=np.float64) for k in ("reward", "kl", "length")}
+                            for pid, v in per_prompt["points"].items()}
+        select = {point_id(r): r for r in rows if r["split"] == "select"}
+        self.sft = next(r for r in rows if r["method"] == "sft" and r["split"] == "test")
+        self.methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+        self.candidates: dict[str, dict[str, list[dict]]] = {}  # method -> seed -> [select rows], SFT first
+        for r in rows:
+            if r["split"] == "select" and r["method"] != "sft":
+                self.candidates.setdefault(r["method"], {}).setdefault(r["seed"], [select["sft"]]).append(r)
+
+    def seeds(self, method: str) -> int:
+        return len(self.candidates.get(method, {}))
+
+    def per_seed(self, method: str, budget: float | None, max_kl: float, value: str = "reward") -> np.ndarray:
+        """[seeds, test prompts]: each seed's chosen checkpoint(s) (on select) on the test prompts."""
+        out = []
+        for candidates in self.candidates[method].values():
+            select_points = [(c["kl"], c["reward"]) for c in candidates]
+            values = np.stack([self.test_values[point_id(c)][value] for c in candidates])
+            out.append(chosen_values(select_points, values, budget, max_kl))
+        return np.stack(out)
+
+
+def measures(cfg) -> list[tuple[str, float | None]]:
+    """(name, budget) of every reported statistic: best reward within each KL budget, then the front area."""
+    return [(f"KL <= {b:g}", b) for b in cfg.kl_budgets] + [(f"front area, KL 0-{cfg.area_max_kl:g}", None)]
+
+
+def verdict(frontier: Frontier, cfg, rng_seed: int) -> tuple[list[str], list[str], list[list[str]]]:
+    """Every pair of PAIRS present, at every measure: A - B with its interval and the word.
+    -> (one sentence each, the table's header, its rows)."""
+    sentences, body = [], []
+    for a, b in PAIRS:
+        if a not in frontier.methods or b not in frontier.methods:
+            continue
+        for name, budget in measures(cfg):
+            iv = interval(frontier.per_seed(a, budget, cfg.area_max_kl), frontier.per_seed(b, budget, cfg.area_max_kl),
+                          cfg.confidence, cfg.resamples, rng_seed)
+            where = f"At {name}" if budget is not None else f"On the {name}"
+            sentences.append(sentence(where, METHODS[a], METHODS[b], iv))
+            body.append([f"{METHODS[a]} vs {METHODS[b]}", name, f"{iv.estimate:+.3f}", f"[{iv.low:+.3f}, {iv.high:+.3f}]",
+                         str(iv.seeds), iv.word(METHODS[a], METHODS[b])])
+    header = ["comparison", "measure", "A - B (test reward)", f"{cfg.confidence:.0%} interval", "seeds", "verdict"]
+    return sentences, header, body
+
+
+def method_table(frontier: Frontier, runs: dict[str, list[dict]], cfg, rng_seed: int):
+    """Per method: runs, checkpoints, and at each measure the mean over seeds of the chosen checkpoint's test
+    reward with its interval, and the mean test KL and completion length of what was chosen."""
+    sft = frontier.sft
+    header = ["method", "seeds", "runs", "checkpoints"] + [f"best reward, {name}" if budget is not None else name
+                                                           for name, budget in measures(cfg)]
+    body = [["SFT", "-", "1", "1"] + [f"{sft['reward']:.3f} +- {sft['reward_se']:.3f}"] * len(measures(cfg))]
+    for method in frontier.methods:
+        cells = []
+        for _, budget in measures(cfg):
+            iv = interval(frontier.per_seed(method, budget, cfg.area_max_kl), None, cfg.confidence, cfg.resamples,
+                          rng_seed)
+            kl = frontier.per_seed(method, budget, cfg.area_max_kl, "kl").mean()
+            length = frontier.per_seed(method, budget, cfg.area_max_kl, "length").mean()
+            cells.append(f"{iv.estimate:.3f} [{iv.low:.3f}, {iv.high:.3f}] (KL {kl:.1f}, {length:.0f} tokens)")
+        checkpoints = sum(1 for r in frontier.rows if r["method"] == method and r["split"] == "test")
+        body.append([METHODS[method], str(frontier.seeds(method)), str(len(runs.get(method, []))), str(checkpoints)]
+                    + cells)
+    return header, body
+
+
+def plot_bands(frontier: Frontier, cfg, rng_seed: int, path_stem) -> None:
+    """Each method's front (the test reward of the checkpoint chosen on select, against the KL budget) as the
+    mean over seeds with a shaded interval, each seed's own front as a thin line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = np.linspace(0, cfg.area_max_kl, BAND_BUDGETS)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.axhline(frontier.sft["reward"], color="black", lw=0.8, ls=":", label="SFT")
+    for method in frontier.methods:
+        per_budget = [frontier.per_seed(method, b, cfg.area_max_kl) for b in budgets]  # [S, P] each
+        seeds = np.stack([v.mean(-1) for v in per_budget], axis=1)  # [S, budgets]
+        ivs = [interval(v, None, cfg.confidence, BAND_RESAMPLES, rng_seed) for v in per_budget]
+        color = COLORS.get(method, "gray")
+        for curve in seeds:
+            ax.step(budgets, curve, where="post", color=color, lw=0.6, alpha=0.45)
+        ax.step(budgets, [iv.estimate for iv in ivs], where="post", color=color, lw=1.8,
+                label=f"{METHODS[method]} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})")
+        ax.fill_between(budgets, [iv.low for iv in ivs], [iv.high for iv in ivs], step="post", color=color, alpha=0.15)
+    ax.set_xlabel(r"KL budget: KL($\pi\,\|\,\pi_{ref}$) of the chosen checkpoint on the select prompts")
+    ax.set_ylabel("Reward on the test prompts")
+    ax.set_title(f"Best reward within a KL budget: seed mean, {cfg.confidence:.0%} band, each seed thin")
+    ax.title.set_fontsize(10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(f"{path_stem}.png", dpi=150)
+    fig.savefig(f"{path_stem}.pdf")
+    plt.close(fig)
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -42,28 +166,6 @@ def fmt(x, digits: int = 3) -> str:
     if isinstance(x, int) and abs(x) >= 10_000:
         return f"{x:,}"
     return str(x)
-
-
-def method_table(rows: list[dict], runs: dict[str, list[dict]], cfg) -> tuple[list[str], list[list[str]]]:
-    """Per method: runs, checkpoints, best reward within each KL budget (and where), frontier area."""
-    sft = next(r for r in rows if r["method"] == "sft")
-    header = (["method", "runs", "checkpoints"] + [f"best reward, KL <= {b:g}" for b in cfg.kl_budgets]
-              + [f"front area, KL 0-{cfg.area_max_kl:g}"])
-    body = [["SFT", "1", "1"] + [fmt(sft["reward"])] * len(cfg.kl_budgets) + [fmt(sft["reward"])]]
-    for method, label in METHODS.items():
-        pts = [r for r in rows if r["method"] == method]
-        if not pts:
-            continue
-        xy = [(sft["kl"], sft["reward"])] + [(r["kl"], r["reward"]) for r in pts]
-        cells = []
-        for budget in cfg.kl_budgets:
-            best = best_within(xy, budget)
-            where = max((r for r in pts if r["kl"] <= budget), key=lambda r: r["reward"], default=None)
-            cells.append(fmt(best) + (f" ({where['run']} @{where['step']}, KL {where['kl']:.1f})"
-                                      if where and where["reward"] == best else " (SFT)"))
-        body.append([label, str(len(runs.get(method, []))), str(len(pts))] + cells
-                    + [fmt(frontier_area(xy, cfg.area_max_kl))])
-    return header, body
 
 
 def compute_table(runs: dict[str, list[dict]], manifests: dict[str, dict], pairs_tokens: int):
@@ -91,14 +193,12 @@ def protocol_table(protocol: dict, config: dict) -> tuple[list[str], list[list[s
     return ["setting", "paper", "this scale", ""], body
 
 
-def samples_table(rows: list[dict], samples: dict, n: int) -> tuple[list[str], list[list[str]]]:
-    """The first n held-out prompts: one completion per method, from its highest-reward checkpoint."""
+def samples_table(frontier: Frontier, samples: dict, n: int) -> tuple[list[str], list[list[str]]]:
+    """The first n test prompts: one completion per method, from its checkpoint of highest select reward."""
     keys = {"SFT": "sft"}
-    for method, label in METHODS.items():
-        pts = [r for r in rows if r["method"] == method]
-        if pts:
-            best = max(pts, key=lambda r: r["reward"])
-            keys[f"{label} ({best['run']} @{best['step']})"] = f"{method}/{best['run']}/step{best['step']}"
+    for method in frontier.methods:
+        best = max((r for seeds in frontier.candidates[method].values() for r in seeds[1:]), key=lambda r: r["reward"])
+        keys[f"{METHODS[method]} ({best['run']} @{best['step']})"] = point_id(best)
     body = []
     for i, prompt in enumerate(samples["prompts"][:n]):
         for label, key in keys.items():
@@ -109,19 +209,21 @@ def samples_table(rows: list[dict], samples: dict, n: int) -> tuple[list[str], l
 
 
 def checks_table(rows: list[dict], runs: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
-    """Does each run do what it was set to? PPO: its last checkpoint's exact KL against its target (a run that
-    misses it by more than 25% is flagged); DPO: the held-out DPO loss over its checkpoints (flagged when it rises:
-    above log 2 alone is not a failure, the spread of per-pair margins adds beta^2 var / 8 to it); Unlikelihood: the
-    size of its unlikelihood term (alpha x the mean -log(1 - p) over rejected tokens), against Preferred-FT's loss."""
+    """Does each run do what it was set to? PPO: its last checkpoint's exact KL (test prompts) against its target
+    (a run that misses it by more than 25% is flagged); DPO: the held-out DPO loss over its checkpoints (flagged
+    when it rises: above log 2 alone is not a failure, the spread of per-pair margins adds beta^2 var / 8 to it);
+    Unlikelihood: the size of its unlikelihood term (alpha x the mean -log(1 - p) over rejected tokens), against
+    Preferred-FT's loss."""
     body = []
     for method in ("ppo", "ppo-gt"):
         for run in runs.get(method, []):
-            last = max((r for r in rows if r["run"] == run["run"]), key=lambda r: r["step"], default=None)
+            last = max((r for r in rows if (r["method"], r["run"], r["split"]) == (method, run["run"], "test")),
+                       key=lambda r: r["step"], default=None)
             if last is None:
                 continue
             ratio = last["kl"] / run["param"]
-            body.append([run["run"], f"final KL {last['kl']:.2f} for target {run['param']:g} ({ratio:.2f}x)",
-                         "yes" if 0.75 <= ratio <= 1.25 else "NO: misses its target by more than 25%"])
+            body.append([f"{method}-{run['run']}", f"final KL {last['kl']:.2f} for target {run['param']:g} "
+                         f"({ratio:.2f}x)", "yes" if 0.75 <= ratio <= 1.25 else "NO: misses its target by more than 25%"])
     for run in runs.get("dpo", []):
         curve = run.get("heldout") or []
         if curve:
@@ -151,6 +253,7 @@ def build(job) -> list[tuple]:
     inputs = job.inputs
     manifests = {name: json.loads((folder / "manifest.json").read_text()) for name, folder in inputs.items()}
     rows = read_frontier(inputs["eval"] / "frontier.csv")
+    frontier = Frontier(rows, json.loads((inputs["eval"] / "per_prompt.json").read_text()))
     runs: dict[str, list[dict]] = {}
     for stage in ("dpo", "unlikelihood", "preferred_ft", "ppo"):
         for r in json.loads((inputs[stage] / "runs.json").read_text()):
@@ -158,23 +261,36 @@ def build(job) -> list[tuple]:
     samples = json.loads((inputs["eval"] / "samples.json").read_text())
     pairs, gt, rm = manifests["pairs"]["metrics"], manifests["ground_truth"]["metrics"], manifests["reward_model"]["metrics"]
     pairs_tokens = round(pairs["prompts"] * job.config["pairs"]["samples_per_prompt"] * pairs["mean_completion_tokens"])
-    sft = next(r for r in rows if r["method"] == "sft")
-    ev = job.config["eval"]
+    ev, seeds = job.config["eval"], job.config.get("seeds", 1)
+    sentences, *verdict_table = verdict(frontier, cfg, job.seed)
+    plot_bands(frontier, cfg, job.seed, job.out / "frontier_bands")
     blocks = [
         ("h1", f"{job.benchmark} at scale {job.scale}: RLHF (PPO) vs DPO"),
-        ("p", f"Every method starts from one SFT model and is evaluated on {ev['prompts']} held-out IMDb prompts, "
-              f"one pure sample each ({ev['max_new_tokens']} tokens at most): reward = the ground truth's mean "
-              f"P(positive | {job.config['ground_truth']['reads']}), KL = the exact sequence KL(pi || pi_ref) to "
-              f"the SFT model. Seed {job.seed}; "
-              f"written {time.strftime('%Y-%m-%d %H:%M')}; frontier.csv has every point with its standard errors."),
-        ("h2", "Reward vs KL (the DPO paper's Fig. 2, left)"),
-        ("img", "frontier.png", "every checkpoint of every method; lines: each method's Pareto front"),
-        ("img", "frontier_panels.png", "one panel per method, its runs by colour; grey: the other methods' fronts"),
+        ("h2", "Verdict"),
+        ("list", sentences),
+        ("p", f"Each number: the mean over {seeds} training seed{'s' if seeds != 1 else ''} of the test reward of the "
+              f"checkpoint chosen on the select prompts (the best reward within the KL budget, or the area under "
+              f"the front divided by its width); the interval: {cfg.confidence:.0%}, over training seeds and test "
+              f"prompts (paired across methods), a bootstrap's standard error with Student's t over seeds "
+              f"(core/verdict.py). 'Not resolved': the interval holds 0, so neither method can be said to be "
+              f"ahead{'; with one seed no verdict is given' if seeds < 2 else ''}."),
+        ("table", *verdict_table),
+        ("img", "frontier_bands.png", f"each method's front: the test reward of the checkpoint chosen on select at "
+                                      f"each KL budget, mean over seeds with a {cfg.confidence:.0%} band; thin: "
+                                      f"each seed"),
         ("h2", "Per method"),
-        ("p", f"Best reward among the method's checkpoints (or the SFT model) with KL at most the budget; front "
-              f"area = the mean over budgets 0-{cfg.area_max_kl:g} of that best reward. SFT: reward "
-              f"{sft['reward']:.3f} +- {sft['reward_se']:.3f} at KL 0."),
-        ("table", *method_table(rows, runs, cfg)),
+        ("p", f"{ev['prompts']} test and {ev['select_prompts']} select prompts (held-out IMDb reviews' first "
+              f"words), one pure sample each ({ev['max_new_tokens']} tokens at most): reward = the ground truth's "
+              f"mean P(positive | {job.config['ground_truth']['reads']}), KL = the exact sequence KL(pi || pi_ref) "
+              f"to the SFT model. Checkpoints are chosen on select, reported on test; in brackets the "
+              f"{cfg.confidence:.0%} interval, then the chosen checkpoints' mean test KL and completion length. "
+              f"Seed {job.seed}; written {time.strftime('%Y-%m-%d %H:%M')}; frontier.csv has every point on both "
+              f"splits with its standard errors."),
+        ("table", *method_table(frontier, runs, cfg, job.seed)),
+        ("h2", "Reward vs KL (the DPO paper's Fig. 2, left)"),
+        ("img", "frontier.png", "every checkpoint of every method and seed on the test prompts; lines: each method's "
+                                "Pareto front over all its checkpoints (chosen on test: optimistic)"),
+        ("img", "frontier_panels.png", "one panel per method, its runs by colour; grey: the other methods' fronts"),
         ("h2", "Training checks"),
         ("p", "Each run against what it was set to do (PPO: within 25% of its target KL; DPO: a held-out loss "
               "that falls over its checkpoints)."),
@@ -193,7 +309,7 @@ def build(job) -> list[tuple]:
          [[name, fmt(m["wall_time_s"], 0), fmt(m["metrics"].get("peak_gpu_mib", m["metrics"].get("peak_rss_mib")), 0)]
           for name, m in manifests.items()]),
         ("h2", "Samples"),
-        ("table", *samples_table(rows, samples, cfg.samples)),
+        ("table", *samples_table(frontier, samples, cfg.samples)),
         ("h2", "Protocol: the paper's settings and this scale's"),
         ("table", *protocol_table(job.config.get("protocol", {}), job.config)),
     ]
@@ -208,6 +324,8 @@ def to_markdown(blocks: list[tuple]) -> str:
             out.append(("# " if kind == "h1" else "## ") + args[0])
         elif kind == "p":
             out.append(args[0])
+        elif kind == "list":
+            out.append("\n".join(f"- {item}" for item in args[0]))
         elif kind == "img":
             out.append(f"![{args[1]}]({args[0]})\n\n*{args[1]}*")
         elif kind == "table":
@@ -229,6 +347,8 @@ def to_html(blocks: list[tuple], folder) -> str:
             out.append(f"<{kind}>{esc(args[0])}</{kind}>")
         elif kind == "p":
             out.append(f"<p>{esc(args[0])}</p>")
+        elif kind == "list":
+            out.append("<ul>" + "".join(f"<li>{esc(item)}</li>" for item in args[0]) + "</ul>")
         elif kind == "img":
             data = base64.b64encode((folder / args[0]).read_bytes()).decode()
             out.append(f"<figure><img src='data:image/png;base64,{data}' alt='{esc(args[1])}'>"
@@ -250,9 +370,12 @@ def main():
     (job.out / "report.md").write_text(to_markdown(blocks))
     (job.out / "report.html").write_text(to_html(blocks, job.out))
     log.info("report.md and report.html: %d tables", sum(b[0] == "table" for b in blocks))
-    if wandb_run:
-        tables = [b for b in blocks if b[0] == "table"]
-        wandb_run.log({"per_method": tracking.table(*tables[0][1:]), "compute": tracking.table(*tables[2][1:]),
+    if wandb_run:  # the verdict, the per-method table and the compute table, by their first two columns
+        tables = {tuple(b[1][:2]): b[1:] for b in blocks if b[0] == "table"}
+        wandb_run.log({**{name: tracking.table(*tables[first]) for name, first in
+                          (("verdict", ("comparison", "measure")), ("per_method", ("method", "seeds")),
+                           ("compute", ("method", "train time (s)"))) if first in tables},
+                       "frontier_bands_png": tracking.image(job.out / "frontier_bands.png", "fronts over seeds"),
                        "report": tracking.html((job.out / "report.html").read_text())})
     jobs.finish(job, {"tables": sum(b[0] == "table" for b in blocks)}, wandb_run)
 
