@@ -319,7 +319,9 @@ def p1_pipeline(skip_micro: bool, micro_dir: str) -> dict:
     root = store.run_root("imdb-sentiment", "tiny")
     manifests = {name: m for name in graph.STAGES if (m := store.read_manifest(root / name))}
     if manifests:
-        cfg, protocol = C.load("imdb-sentiment", "tiny"), C.protocol("imdb-sentiment")
+        # SEEDS=1 (the quick look) is timed as well as the shipped 3 seeds: every other setting must be shipped
+        seeds = max((m["config"].get("seeds", 1) for m in manifests.values()), default=1)
+        cfg, protocol = C.with_seeds(C.load("imdb-sentiment", "tiny"), seeds), C.protocol("imdb-sentiment")
         differences = []
         for name, m in manifests.items():
             want = C.flatten(graph.stage_config(cfg, graph.STAGES[name], protocol))
@@ -329,7 +331,7 @@ def p1_pipeline(skip_micro: bool, micro_dir: str) -> dict:
         begin = {n: end[n] - m["wall_time_s"] for n, m in manifests.items()}
         flops = stage_flops(root)
         out.update(
-            tiny_complete=len(manifests) == len(graph.STAGES), tiny_not_shipped=differences,
+            tiny_complete=len(manifests) == len(graph.STAGES), tiny_not_shipped=differences, tiny_seeds=seeds,
             tiny_stages_s={n: m["wall_time_s"] for n, m in manifests.items()},
             tiny_processes={n: m.get("processes", 1) for n, m in manifests.items()},
             tiny_flops=flops, tiny_total_s=round(sum(m["wall_time_s"] for m in manifests.values()), 1),
@@ -351,18 +353,18 @@ def p1_lines(p1: dict) -> list[str]:
         shipped = not p1["tiny_not_shipped"] and p1["tiny_complete"]
         what = "" if shipped else " - NOT the shipped config: " + (
             ", ".join(p1["tiny_not_shipped"][:6]) if p1["tiny_not_shipped"] else "unfinished stages")
-        met = "yes" if shipped and p1["tiny_elapsed_s"] <= 600 else "no"
-        lines.append(f"| P1 | tiny, one seed: elapsed from the first stage's start to the last one's end, "
+        seeds = p1.get("tiny_seeds", 1)
+        target = {1: 600, 3: 1500}.get(seeds)  # the speed issue's: one seed <= 10 min, three <= 25
+        met = "-" if target is None else "yes" if shipped and p1["tiny_elapsed_s"] <= target else "no"
+        lines.append(f"| P1 | tiny, {seeds} training seed{'s' if seeds != 1 else ''}: elapsed from the first stage's start to the last one's end, "
                      f"{p1['tiny_workers']} worker{'s' if p1['tiny_workers'] > 1 else ''} (sum of stage wall times {p1['tiny_total_s']:.0f} s){what} | "
-                     f"{p1['tiny_elapsed_s']:.0f} s | <= 600 s | {met} |")
+                     f"{p1['tiny_elapsed_s']:.0f} s | {'-' if target is None else f'<= {target} s'} | {met} |")
         peak1, peak2 = p1["peak_flops"]["1"], p1["peak_flops"]["2"]
         total = sum(p1["tiny_flops"].values())
         floor = total / (p1["tiny_workers"] * peak1)
         lines.append(f"| P1 | floor: the run's counted {total / 1e12:.1f} TFLOP at the measured matmul peak "
                      f"({peak1 / 1e9:.0f} GFLOP/s one thread, {peak2 / 1e9:.0f} two) on {p1['tiny_workers']} core{'s' if p1['tiny_workers'] > 1 else ''}; "
                      f"elapsed / floor | {p1['tiny_elapsed_s'] / floor:.1f}x ({floor:.0f} s) | - | - |")
-        lines.append("| P1 | tiny, three training seeds | not measured: seeds come with the verdict issue (#15) | "
-                     "<= 1500 s | - |")
     elif p1.get("tiny_total_s"):
         lines.append(f"| P1 | tiny pipeline, sum of stage wall times (latest run) | {p1['tiny_total_s']:.0f} s | "
                      f"<= 600 s | {'yes' if p1['tiny_total_s'] <= 600 else 'no'} |")

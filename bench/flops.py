@@ -70,7 +70,8 @@ def stage_flops(root: Path) -> dict[str, float]:
         ev = m["eval"]["config"]["eval"]
         points = m["eval"]["metrics"]["points"]
         eval_lm = forward_flops_per_token(L, d, (prompt + ev["max_new_tokens"]) / 2, V)
-        out["eval"] = eval_lm * points * ev["prompts"] * (ev["max_new_tokens"] + 2 * (prompt + ev["max_new_tokens"]))
+        prompts = ev["prompts"] + ev.get("select_prompts", 0)  # test and select
+        out["eval"] = eval_lm * points * prompts * (ev["max_new_tokens"] + 2 * (prompt + ev["max_new_tokens"]))
     return out
 
 

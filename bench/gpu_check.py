@@ -22,7 +22,7 @@ SHORT = {  # appended to the chosen scale: every stage, a few steps
     "sft": {"reviews": 4096}, "pairs": {"prompts": 512},
     "dpo": {"betas": [0.1], "learning_rates": [], "max_steps": 40, "eval_every": 20},
     "unlikelihood": {"alphas": [0.5], "max_steps": 20, "eval_every": 20},
-    "preferred_ft": {"seeds": [0], "max_steps": 20, "eval_every": 20},
+    "preferred_ft": {"max_steps": 20, "eval_every": 20},
     "ppo": {"methods": ["ppo"], "target_kls": [6.0], "init_kl_coefs": [], "steps": 4, "eval_every": 4},
     "eval": {"prompts": 256},
 }

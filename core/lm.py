@@ -190,8 +190,11 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def per_token_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
     """Exact KL(pi || ref) over the full vocabulary at each position. [B, T, V] x2 -> [B, T]."""
-    logp = F.log_softmax(policy_logits.float(), dim=-1)
-    logq = F.log_softmax(ref_logits.float(), dim=-1)
+    return kl_of_logprobs(F.log_softmax(policy_logits.float(), dim=-1), F.log_softmax(ref_logits.float(), dim=-1))
+
+
+def kl_of_logprobs(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """sum_v p(v) (log p(v) - log q(v)) at each position, from full-vocabulary log-probs. [B, T, V] x2 -> [B, T]."""
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
@@ -219,11 +222,15 @@ def sequence_kl(policy, ref, prompts, completions, pad_id: int, batch_size: int
     for j in range(0, len(prompts), batch_size):
         ids, attn, resp = completion_batch(prompts[j : j + batch_size], completions[j : j + batch_size], pad_id, dev)
         # fp32 even on CUDA: this is the measurement, and bf16 logits would blur small per-token KLs
-        pl = policy(input_ids=ids, attention_mask=attn).logits[:, :-1]
-        rl = pl if ref is policy else ref(input_ids=ids, attention_mask=attn).logits[:, :-1]  # SFT point: one pass
-        exact.append((per_token_kl(pl, rl) * resp).sum(1).cpu())
-        policy_logp = (token_logprobs(pl, ids[:, 1:]) * resp).sum(1)
-        mc.append((policy_logp - (token_logprobs(rl, ids[:, 1:]) * resp).sum(1)).cpu())
+        # each model's log-softmax once: the KL and the sampled tokens' log-probs both read it (it is most of
+        # the cost here, 4096 classes at every position)
+        lp = F.log_softmax(policy(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), dim=-1)
+        lq = lp if ref is policy else \
+            F.log_softmax(ref(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), dim=-1)  # SFT: one pass
+        exact.append((kl_of_logprobs(lp, lq) * resp).sum(1).cpu())
+        targets = ids[:, 1:, None]
+        policy_logp = (torch.gather(lp, 2, targets).squeeze(-1) * resp).sum(1)
+        mc.append((policy_logp - (torch.gather(lq, 2, targets).squeeze(-1) * resp).sum(1)).cpu())
         logp.append(policy_logp.cpu())
     return torch.cat(exact), torch.cat(mc), torch.cat(logp)
 

@@ -60,6 +60,12 @@ def training_seed(job_seed: int, seed: int) -> int:
     return job_seed if seed == 0 else sample_seeds(1, "training-seed", job_seed, seed)[0] % 2**32  # numpy's range
 
 
+def run_label(method: str, run: str) -> str:
+    """A run's name among every method's runs (wandb, logs): dpo-beta0.1-seed0, ppo-gt-kl3-seed1 (PPO's runs are
+    named after their method already), sft."""
+    return run if run == method or run.startswith(f"{method}-") else f"{method}-{run}"
+
+
 class MethodRun:
     def __init__(self, job, method: str, sweep_name: str, param_name: str, param, seed: int,
                  accelerator=None):
@@ -70,10 +76,9 @@ class MethodRun:
         self.job, self.method, self.param_name, self.param, self.seed = job, method, param_name, param, seed
         self.name = f"{sweep_name}-seed{seed}" if sweep_name else f"seed{seed}"
         # a stage with two methods names its runs after them (ppo-kl3, ppo-gt-kl3): folders must not collide
-        named = sweep_name.startswith(f"{method}-")
-        self.sweep_point = sweep_name if named else f"{method}-{sweep_name}" if sweep_name else method
+        self.sweep_point = run_label(method, sweep_name) if sweep_name else method
         self.training_seed = training_seed(job.seed, seed)
-        self.label = self.name if named else f"{method}-{self.name}"
+        self.label = run_label(method, self.name)
         self.folder = Path(job.out) / self.name
         self.accelerator = accelerator
         self.summary = resume.finished_run(self.folder)  # set: finished by an earlier attempt

@@ -1,14 +1,16 @@
 """Stage eval: every checkpoint of every method as one (KL, reward) point, as in the paper's Fig. 2 (left).
 
-For the SFT model (the KL = 0 point) and each kept checkpoint: one pure sample per held-out prompt
-(temperature 1, top_k 0, top_p 1); reward = mean ground-truth P(positive | prompt + completion) (or of the
-completion alone: ground_truth.reads) with its standard error;
+For the SFT model (the KL = 0 point) and each kept checkpoint of every training seed: one pure sample per
+held-out prompt (temperature 1, top_k 0, top_p 1), on two disjoint prompt sets: `test` (the reported numbers)
+and `select` (where the report chooses checkpoints), one row of frontier.csv each; reward = mean ground-truth
+P(positive | prompt + completion) (or of the completion alone: ground_truth.reads) with its standard error;
 KL = the sequence KL(pi || pi_ref) computed exactly: at every response position the full-vocabulary KL
 between the checkpoint's and the SFT model's next-token distributions, summed over the response (prompt
 masked), averaged over samples. The Monte-Carlo estimate sum(log pi - log ref) of the sampled tokens is
 reported beside it. Each checkpoint samples with the same seed (common random numbers across points).
 The sampler is ours (eval.sampler = "hf") or vLLM (core/vllm_sampling.py); the KL and the log-probs are
-always the HF models' own, in fp32. A point whose inputs did not change since the last evaluation is reused
+always the HF models' own, in fp32. Every prompt's reward, KL and completion length go to per_prompt.json (the
+report's bootstrap resamples prompts). A point whose inputs did not change since the last evaluation is reused
 (PointCache), so rerunning one method stage re-evaluates its checkpoints only.
 """
 
@@ -29,6 +31,7 @@ from tqdm.auto import tqdm
 from core import job as jobs
 from core import dist, lm, scorer, tracking, vllm_sampling
 from core.frontier import pareto_front
+from core.run import run_label
 
 log = logging.getLogger("stage")
 FIELDS = ["method", "run", "param", "seed", "step", "split", "kl", "kl_se", "kl_mc", "reward", "reward_se", "length",
@@ -263,7 +266,7 @@ def main():
                  run, step, test["reward"], test["reward_se"], test["kl"], test["kl_mc"], points["select"]["reward"],
                  points["select"]["kl"])
         if wandb_run:  # the point against its training step, and its first samples
-            wandb_run.log({"train/global_step": step, **{f"eval/{method}-{run}/{k}": test[k] for k in
+            wandb_run.log({"train/global_step": step, **{f"eval/{run_label(method, run)}/{k}": test[k] for k in
                                                           ("reward", "reward_se", "kl", "kl_se", "kl_mc", "length")}})
             wandb_run.log({f"samples/{point_id}": tracking.table(
                 ["prompt", "completion", "reward", "kl"],
@@ -288,7 +291,8 @@ def main():
     test_rows = [r for r in rows if r["split"] == "test"]
     plot(test_rows, job.out / "frontier")
     if wandb_run:
-        frontier = tracking.table(FIELDS, [[str(r[k]) if k == "param" else r[k] for k in FIELDS] for r in rows])
+        frontier = tracking.table(FIELDS, [[str(r[k]) if k in ("param", "seed") else r[k] for k in FIELDS]
+                                           for r in rows])  # the SFT row's param and seed are ""
         wandb_run.log({"frontier": frontier,
                        "frontier_scatter": tracking.scatter(frontier, "kl", "reward", "Reward vs KL(pi || pi_ref)"),
                        "frontier_png": tracking.image(job.out / "frontier.png", "every checkpoint of every method"),

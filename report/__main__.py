@@ -20,6 +20,7 @@ import numpy as np
 
 from core import job as jobs
 from core import tracking
+from core.run import run_label
 from core.verdict import chosen_values, interval, sentence
 from pipelines.config import flatten
 
@@ -222,7 +223,7 @@ def checks_table(rows: list[dict], runs: dict[str, list[dict]]) -> tuple[list[st
             if last is None:
                 continue
             ratio = last["kl"] / run["param"]
-            body.append([f"{method}-{run['run']}", f"final KL {last['kl']:.2f} for target {run['param']:g} "
+            body.append([run_label(method, run["run"]), f"final KL {last['kl']:.2f} for target {run['param']:g} "
                          f"({ratio:.2f}x)", "yes" if 0.75 <= ratio <= 1.25 else "NO: misses its target by more than 25%"])
     for run in runs.get("dpo", []):
         curve = run.get("heldout") or []
@@ -270,10 +271,10 @@ def build(job) -> list[tuple]:
         ("list", sentences),
         ("p", f"Each number: the mean over {seeds} training seed{'s' if seeds != 1 else ''} of the test reward of the "
               f"checkpoint chosen on the select prompts (the best reward within the KL budget, or the area under "
-              f"the front divided by its width); the interval: {cfg.confidence:.0%}, over training seeds and test "
-              f"prompts (paired across methods), a bootstrap's standard error with Student's t over seeds "
-              f"(core/verdict.py). 'Not resolved': the interval holds 0, so neither method can be said to be "
-              f"ahead{'; with one seed no verdict is given' if seeds < 2 else ''}."),
+              f"the front divided by its width); the interval: {cfg.confidence:.0%}, over training seeds (Welch's t) "
+              f"and test prompts (scipy's bootstrap, paired across methods): docs/verdict.md. 'Not resolved': the "
+              f"interval holds 0, so neither method can be said to be ahead"
+              f"{'; with one seed no verdict is given' if seeds < 2 else ''}."),
         ("table", *verdict_table),
         ("img", "frontier_bands.png", f"each method's front: the test reward of the checkpoint chosen on select at "
                                       f"each KL budget, mean over seeds with a {cfg.confidence:.0%} band; thin: "

@@ -47,7 +47,10 @@ BAD = [
     ("[imdb-sentiment.scales.bad.ppo]\ninit_kl_coefs = [0.1, 0.2, 0.3, -0.1]", "ppo.init_kl_coefs[3] = -0.1: must be >= 0"),
     ("[imdb-sentiment.scales.bad.unlikelihood]\nalphas = []", "unlikelihood.alphas is empty: give at least one value"),
     ("[imdb-sentiment.scales.bad.unlikelihood]\nalphas = [0.1, 0.1]", "unlikelihood.alphas has repeated values"),
-    ("[imdb-sentiment.scales.bad.preferred_ft]\nseeds = [-1]", "preferred_ft.seeds[0] = -1: must be >= 0"),
+    ("[imdb-sentiment.scales.bad.preferred_ft]\nseeds = [0, 1]", "unknown key imdb-sentiment.preferred_ft.seeds"),
+    ("[imdb-sentiment.scales.bad]\nseeds = 0", "imdb-sentiment.seeds = 0: must be >= 1"),
+    ("[imdb-sentiment.scales.bad]\nseeds = 2.5", "imdb-sentiment.seeds = 2.5: expected an integer"),
+    ("[imdb-sentiment.scales.bad.eval]\nselect_prompts = 0", "eval.select_prompts = 0: must be > 0"),
     ("[imdb-sentiment.scales.bad.report]\nsamples = 20", "report.samples = 20: must be >= 0 and <= 8"),
     ("[imdb-sentiment.scales.bad.dpo]\nbatch_size = \"8\"", "dpo.batch_size = '8': expected an integer"),
     ("[imdb-sentiment.scales.bad.dpo]\nbatch_size = 8.5", "dpo.batch_size = 8.5: expected an integer"),
@@ -138,10 +141,11 @@ def test_vllm_sampler_without_vllm_is_refused_before_any_stage(tmp_path, monkeyp
 
 BAD += [
     ("[imdb-sentiment.scales.bad]\nseed = 4294967296", "imdb-sentiment.seed = 4294967296: must be >= 0 and <= 4294967295"),
-    ("[imdb-sentiment.scales.bad.preferred_ft]\nseeds = [4294967296]", "preferred_ft.seeds[0] = 4294967296: must be"),
+    ("[imdb-sentiment.scales.bad]\nseeds = 101", "imdb-sentiment.seeds = 101: must be >= 1 and <= 100"),
     ("[imdb-sentiment.scales.bad.sft]\nepochs = inf", "sft.epochs = inf: expected a finite number"),
     ("[imdb-sentiment.scales.bad.dpo]\nlearning_rate = nan", "dpo.learning_rate = nan: expected a finite number"),
-    ("[imdb-sentiment.scales.bad.eval]\nprompts = 1001", "eval.prompts (1001) > data.eval_reviews (1000)"),
+    ("[imdb-sentiment.scales.bad.eval]\nprompts = 1001", "eval.prompts + eval.select_prompts (1001 + 500) > "
+     "data.eval_reviews (1500)"),
 ]
 
 

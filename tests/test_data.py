@@ -173,7 +173,8 @@ gt_heldout_reviews = 4
 [imdb-sentiment.scales.mini.pairs]
 prompts = {prompts}
 [imdb-sentiment.scales.mini.eval]
-prompts = 4
+prompts = 2
+select_prompts = 2
 [imdb-sentiment.scales.mini.sft]
 model = "scratch"
 [imdb-sentiment.scales.mini.ground_truth]

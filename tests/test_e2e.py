@@ -42,42 +42,74 @@ def test_stages_ran_side_by_side_and_the_lone_ones_as_two_processes(micro_run):
     assert {s: m[s]["processes"] for s in STAGES} == {**{s: 1 for s in STAGES}, "sft": 2, "pairs": 2, "eval": 2}
 
 
-def test_frontier_has_the_sft_point_and_every_dpo_checkpoint(micro_run):
+def test_frontier_has_every_checkpoint_of_every_seed_on_both_splits(micro_run):
+    """micro trains 2 seeds: every run twice, every checkpoint a point on the test and on the select prompts."""
     _, root, _ = micro_run
     table = rows(root / "frontier.csv")
-    assert list(table[0]) == ["method", "run", "param", "step", "kl", "kl_se", "kl_mc", "reward", "reward_se", "n"]
+    assert list(table[0]) == ["method", "run", "param", "seed", "step", "split", "kl", "kl_se", "kl_mc", "reward",
+                              "reward_se", "length", "n"]
     sft = [r for r in table if r["method"] == "sft"]
-    assert len(sft) == 1 and float(sft[0]["kl"]) == 0.0 and 0 < float(sft[0]["reward"]) < 1
-    dpo = {(r["run"], int(r["step"])) for r in table if r["method"] == "dpo"}
-    assert dpo == {("beta0.1", 3), ("beta0.1", 6), ("beta1", 3), ("beta1", 6)}
-    ppo = {(r["method"], r["run"], int(r["step"])) for r in table if r["method"].startswith("ppo")}
-    assert ppo == {("ppo", "ppo-kl2", 2), ("ppo", "ppo-kl2", 4), ("ppo-gt", "ppo-gt-kl2", 2), ("ppo-gt", "ppo-gt-kl2", 4)}
-    others = {(r["method"], r["run"], int(r["step"])) for r in table if r["method"] in ("unlikelihood", "preferred-ft")}
-    assert others == {("unlikelihood", "alpha0.5", 3), ("unlikelihood", "alpha0.5", 6),
-                      ("preferred-ft", "seed0", 3), ("preferred-ft", "seed0", 6)}
+    assert sorted(r["split"] for r in sft) == ["select", "test"] and all(float(r["kl"]) == 0.0 for r in sft)
+    assert all(0 < float(r["reward"]) < 1 for r in sft)
+    points = {(r["method"], r["run"], r["seed"], int(r["step"])) for r in table if r["method"] != "sft"}
+    for split in ("test", "select"):
+        assert {(r["method"], r["run"], r["seed"], int(r["step"])) for r in table
+                if r["method"] != "sft" and r["split"] == split} == points
+    expected = set()
+    for seed in ("0", "1"):
+        for method, run in (("dpo", "beta0.1"), ("dpo", "beta1"), ("unlikelihood", "alpha0.5"),
+                            ("preferred-ft", ""), ("ppo", "ppo-kl2"), ("ppo-gt", "ppo-gt-kl2")):
+            name = f"{run}-seed{seed}" if run else f"seed{seed}"
+            steps = (2, 4) if method.startswith("ppo") else (3, 6)
+            expected |= {(method, name, seed, step) for step in steps}
+    assert points == expected
     for r in table:
-        assert int(r["n"]) == 16 and float(r["kl"]) >= 0 and float(r["reward_se"]) > 0
+        assert int(r["n"]) == (16 if r["split"] == "test" else 8) and float(r["kl"]) >= 0 and float(r["reward_se"]) > 0
+        assert 1 <= float(r["length"]) <= 8  # micro samples at most 8 tokens
     assert (root / "frontier.png").stat().st_size > 10_000 and (root / "frontier.pdf").exists()
     assert (root / "frontier_panels.png").stat().st_size > 10_000 and (root / "frontier_panels.pdf").exists()
+    per_prompt = json.loads((root / "eval" / "per_prompt.json").read_text())
+    assert per_prompt["splits"] == {"test": [0, 16], "select": [16, 24]}
+    assert len(per_prompt["points"]) == len(points) + 1 and all(
+        len(v["reward"]) == 24 for v in per_prompt["points"].values())
 
 
-def test_report_has_every_table_filled_from_the_run(micro_run):
+def test_report_opens_on_the_verdict_and_has_every_table(micro_run):
     _, root, _ = micro_run
     md = (root / "report.md").read_text()
-    for heading in ("## Reward vs KL", "## Per method", "## Training checks", "## Reward model and ground truth",
-                    "## Compute", "## Samples", "## Protocol"):
-        assert heading in md, heading
-    for label in ("| SFT |", "| DPO |", "| PPO |", "| PPO-GT |", "| Unlikelihood |", "| Preferred-FT |"):
+    headings = [line for line in md.splitlines() if line.startswith("## ")]
+    assert headings[:2] == ["## Verdict", "## Per method"]
+    for heading in ("## Reward vs KL", "## Training checks", "## Reward model and ground truth", "## Compute",
+                    "## Samples", "## Protocol"):
+        assert any(h.startswith(heading) for h in headings), heading
+    # one sentence and one table row per comparison and measure, each with its interval and word
+    verdict = md[md.index("## Verdict"):md.index("## Per method")]
+    pairs = ("DPO vs PPO", "DPO vs PPO-GT", "PPO vs PPO-GT", "DPO vs Unlikelihood", "DPO vs Preferred-FT")
+    measures = ("KL <= 2", "KL <= 5", "KL <= 10", "front area, KL 0-10")
+    table = [line for line in verdict.splitlines() if line.startswith("| ") and " vs " in line]
+    assert [tuple(c.strip() for c in line.split("|")[1:3]) for line in table] == \
+        [(p, m) for p in pairs for m in measures]
+    for line in table:
+        estimate, interval, seeds, word = [c.strip() for c in line.split("|")[3:7]]
+        low, high = (float(x) for x in interval.strip("[]").split(","))
+        assert low <= float(estimate) <= high and seeds == "2"
+        assert word == "not resolved" if low <= 0 <= high else word.endswith(" ahead")
+    assert sum(line.startswith("- At KL <= ") or line.startswith("- On the front area") for line in
+               verdict.splitlines()) == len(pairs) * len(measures)
+    assert "](frontier_bands.png)" in md and (root / "frontier_bands.png").stat().st_size > 10_000
+    for label in ("| SFT |", "| DPO | 2 | 4 |", "| PPO | 2 | 2 |", "| PPO-GT |", "| Unlikelihood | 2 | 2 |",
+                  "| Preferred-FT | 2 | 2 |"):
         assert label in md, label
     rm = json.loads((root / "reward_model" / "manifest.json").read_text())["metrics"]
     assert f"| reward model: held-out pair accuracy | {rm['heldout_pair_accuracy']:.3f} |" in md
     assert "| `dpo.betas` | [0.05, 0.1, 1.0, 5.0] | [0.1, 1.0] | differs |" in md
+    assert "| `seeds` | 1 | 2 | differs |" in md
     assert "](frontier.png)" in md and (root / "report" / "frontier.png").exists()
     html = (root / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2 and html.count("<table>") == sum(line.startswith("| --- |") for line in md.splitlines()) == 7
+    assert html.count("data:image/png;base64,") == 3 and html.count("<table>") == sum(line.startswith("| --- |") for line in md.splitlines()) == 8
     # every PPO run against its target, every DPO run's held-out loss, the unlikelihood term's size
-    for run in ("| ppo-kl2 | final KL ", "| ppo-gt-kl2 | final KL ", "| dpo-beta0.1 | held-out DPO loss by checkpoint ",
-                "| unlikelihood-alpha0.5 | unlikelihood term "):
+    for run in ("| ppo-kl2-seed0 | final KL ", "| ppo-gt-kl2-seed1 | final KL ",
+                "| dpo-beta0.1-seed0 | held-out DPO loss by checkpoint ", "| unlikelihood-alpha0.5-seed1 | unlikelihood term "):
         assert run in md, run
 
 
@@ -116,25 +148,25 @@ def test_changing_dpo_reruns_dpo_eval_and_report_only(micro_copy, tmp_path):
     after = {s: json.loads((root / s / "manifest.json").read_text())["identity"] for s in STAGES}
     assert [s for s in STAGES if before[s] != after[s]] == ["dpo", "eval", "report"]
     new = rows(root / "frontier.csv")
-    assert {r["run"] for r in new if r["method"] == "dpo"} == {"beta0.1", "beta1", "beta5"}
+    assert {r["run"] for r in new if r["method"] == "dpo"} == {f"beta{b}-seed{s}" for b in ("0.1", "1", "5") for s in (0, 1)}
     # eval evaluated beta 5's checkpoints only: every other point is the last evaluation's (DPO's betas 0.1 and 1
     # were retrained to the same weights: same seed and data), and the points of the other methods are unchanged
     assert [r for r in new if r["method"] != "dpo"] == old
     metrics = json.loads((root / "eval" / "manifest.json").read_text())["metrics"]
-    assert metrics["points"] == len(new)
-    assert metrics["points_reused"] == len([r for r in new if r["run"] != "beta5"])
+    assert metrics["points"] == len(new) // 2  # checkpoints (and SFT), each a test and a select row
+    assert metrics["points_reused"] == len([r for r in new if not r["run"].startswith("beta5") and r["split"] == "test"])
 
 
 def test_a_changed_eval_config_evaluates_every_point_again(micro_copy, tmp_path):
     run_dir, root = micro_copy
     toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
     path = tmp_path / "bench.toml"
-    table = "[imdb-sentiment.scales.micro.eval]\nprompts = 16\nmax_new_tokens = 8\n"
+    table = "[imdb-sentiment.scales.micro.eval]\nprompts = 16\nselect_prompts = 8\nmax_new_tokens = 8\n"
     assert table in toml
     path.write_text(toml.replace(table, table.replace("max_new_tokens = 8", "max_new_tokens = 6")))
     cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
     metrics = json.loads((root / "eval" / "manifest.json").read_text())["metrics"]
-    assert metrics["points_reused"] == 0 and metrics["points"] == len(rows(root / "frontier.csv"))
+    assert metrics["points_reused"] == 0 and metrics["points"] == len(rows(root / "frontier.csv")) // 2
 
 
 def test_reward_model_is_normalised_and_reports_its_diagnostics(micro_run):
@@ -177,9 +209,9 @@ def test_ppo_gt_raises_ground_truth_reward(micro_run, tmp_path, value_model):
         "rollouts_per_step = 32", "minibatch_size = 16", "ppo_epochs = 2", "steps = 40", "learning_rate = 3e-3",
         "value_learning_rate = 3e-3", "init_kl_coef = 0.01", "max_new_tokens = 8", "eval_every = 40",
         f'value_model = "{value_model}"'])))
-    cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", "--stages", "ppo", run_dir=store,
-        check=True)
-    log = [json.loads(line) for line in (store / "imdb-sentiment/micro/ppo/ppo-gt-kl10/log.jsonl").open()]
+    cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", "--stages", "ppo", "--seeds", "1",
+        run_dir=store, check=True)
+    log = [json.loads(line) for line in (store / "imdb-sentiment/micro/ppo/ppo-gt-kl10-seed0/log.jsonl").open()]
     first, last = [r["score"] for r in log[:3]], [r["score"] for r in log[-5:]]
     assert sum(last) / 5 > sum(first) / 3 + 0.1, (first, last)
     assert log[-1]["kl"] > log[0]["kl"]
@@ -232,13 +264,13 @@ def test_eval_refuses_a_checkpoint_with_non_finite_weights(micro_copy):
 
     store, root = micro_copy
     before = (root / "frontier.csv").read_text()
-    weights_file = root / "dpo" / "beta0.1" / "checkpoint-6" / "model.safetensors"
+    weights_file = root / "dpo" / "beta0.1-seed0" / "checkpoint-6" / "model.safetensors"
     weights = load_file(str(weights_file))
     name = next(k for k, v in weights.items() if v.is_floating_point())
     weights[name][0] = float("nan")  # same size: the stage's files still match its manifest
     save_file(weights, str(weights_file), metadata={"format": "pt"})
     proc = cli("run", "imdb-sentiment", "--scale", "micro", "--stages", "eval", "--force", run_dir=store)
     assert proc.returncode == 1
-    assert "beta0.1 step 6: KL nan" in proc.stderr and "not finite" in proc.stderr
+    assert "dpo beta0.1-seed0 step 6: KL or reward is not finite" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert (root / "frontier.csv").read_text() == before

@@ -60,8 +60,9 @@ def test_killed_at_ten_random_moments_the_run_ends_with_the_same_frontier(micro_
     assert not list((run_dir / "imdb-sentiment" / "micro").glob(".*.tmp"))  # nothing half-written is left
 
 
-@pytest.mark.parametrize("stage,marker", [("dpo", "beta0.1/checkpoint-3/trainer_state.json"),
-                                          ("ppo", "ppo-kl2/checkpoint-2"), ("unlikelihood", "alpha0.5/checkpoint-3")])
+@pytest.mark.parametrize("stage,marker", [("dpo", "beta0.1-seed0/checkpoint-3/trainer_state.json"),
+                                          ("ppo", "ppo-kl2-seed1/checkpoint-2"),
+                                          ("unlikelihood", "alpha0.5-seed0/checkpoint-3")])
 def test_a_stage_killed_after_a_checkpoint_resumes_from_it(micro_run, micro_copy, tmp_path, stage, marker):
     """dpo (TRL): killed once its checkpoint is on disk; ppo and unlikelihood (our loops): killed by the fault
     hook right after writing the checkpoint (their micro steps are too quick to catch from outside). From a
@@ -85,5 +86,5 @@ def test_a_stage_killed_after_a_checkpoint_resumes_from_it(micro_run, micro_copy
     assert finish(run_dir, tmp_path / "final.log") == expected
     log = (tmp_path / "final.log").read_text()
     assert f"[{stage}] resuming the interrupted run" in log
-    assert {"dpo": "resuming from checkpoint-3", "ppo": "ppo-kl2: resuming after step 2",
-            "unlikelihood": "unlikelihood-alpha0.5: resuming after step 3"}[stage] in log
+    assert {"dpo": "resuming from checkpoint-3", "ppo": "ppo-kl2-seed1: resuming after step 2",
+            "unlikelihood": "unlikelihood-alpha0.5-seed0: resuming after step 3"}[stage] in log

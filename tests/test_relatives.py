@@ -42,10 +42,14 @@ def test_unlikelihood_pushes_rejected_tokens_down_and_stays_finite_when_p_is_1()
 
 
 def test_every_run_has_its_own_data_order():
-    seeds = [data_seed("unlikelihood", a, 0) for a in (0.05, 0.1, 0.5, 1.0)] + \
-            [data_seed("preferred-ft", s, 0) for s in (0, 1, 2)]
-    assert len(set(seeds)) == 7 and seeds[-3:] == [0, 1, 2]
-    assert data_seed("unlikelihood", 0.5, 1) != data_seed("unlikelihood", 0.5, 0)
+    """Each alpha and each training seed its own order; Preferred-FT's is its training seed's."""
+    from core.run import training_seed
+
+    seeds = [training_seed(0, k) for k in range(3)]
+    assert seeds[0] == 0 and len(set(seeds)) == 3 and all(0 <= s < 2**32 for s in seeds)
+    orders = [data_seed("unlikelihood", a, s) for a in (0.05, 0.1, 0.5, 1.0) for s in seeds] + \
+             [data_seed("preferred-ft", None, s) for s in seeds]
+    assert len(set(orders)) == 15 and orders[-3:] == seeds
 
 
 def test_data_order_covers_every_pair_once_per_epoch_and_follows_the_seed():

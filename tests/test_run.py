@@ -11,7 +11,7 @@ from test_lm import toy_lm
 
 
 def job(tmp_path):
-    return SimpleNamespace(out=tmp_path, tracking={}, stage="unlikelihood")
+    return SimpleNamespace(out=tmp_path, tracking={}, stage="unlikelihood", seed=0)
 
 
 def train_steps(model, opt, n):
@@ -24,7 +24,7 @@ def train_steps(model, opt, n):
 def test_a_saved_run_resumes_with_its_optimizer_loop_state_and_rng(tmp_path):
     model = toy_lm(0, vocab=11)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    run = MethodRun(job(tmp_path), "unlikelihood", "alpha0.5", "alpha", 0.5)
+    run = MethodRun(job(tmp_path), "unlikelihood", "alpha0.5", "alpha", 0.5, 0)
     assert run.summary is None and run.latest is None
     state = run.start({"optimizer": opt})
     assert state == LoopState()
@@ -33,8 +33,8 @@ def test_a_saved_run_resumes_with_its_optimizer_loop_state_and_rng(tmp_path):
     run.save(state, model, {"optimizer": opt})
     rng_after_save = torch.rand(3)
 
-    again = MethodRun(job(tmp_path), "unlikelihood", "alpha0.5", "alpha", 0.5)
-    assert again.latest == tmp_path / "alpha0.5" / "checkpoint-2"
+    again = MethodRun(job(tmp_path), "unlikelihood", "alpha0.5", "alpha", 0.5, 0)
+    assert again.latest == tmp_path / "alpha0.5-seed0" / "checkpoint-2"
     opt2 = torch.optim.AdamW(toy_lm(1, vocab=11).parameters(), lr=1e-2)
     resumed = again.start({"optimizer": opt2})
     assert (resumed.step, resumed.tokens_trained, resumed.history, resumed.extra) == (2, 40, [1.0, 0.5],
@@ -44,37 +44,38 @@ def test_a_saved_run_resumes_with_its_optimizer_loop_state_and_rng(tmp_path):
         assert torch.equal(a["exp_avg"], b["exp_avg"])
 
     summary = again.finish(resumed, final_loss=0.5)
-    assert summary["checkpoints"] == [{"step": 2, "path": "alpha0.5/checkpoint-2"}]
+    assert summary["checkpoints"] == [{"step": 2, "path": "alpha0.5-seed0/checkpoint-2"}]
     assert summary["steps"] == 2 and summary["tokens_trained"] == 40 and "tokens_generated" not in summary
-    assert json.loads((tmp_path / "alpha0.5" / "run.json").read_text()) == summary
-    assert sorted(p.name for p in (tmp_path / "alpha0.5" / "checkpoint-2").iterdir()) == [
+    assert json.loads((tmp_path / "alpha0.5-seed0" / "run.json").read_text()) == summary
+    assert sorted(p.name for p in (tmp_path / "alpha0.5-seed0" / "checkpoint-2").iterdir()) == [
         "config.json", "generation_config.json", "model.safetensors"]  # the optimizer state is gone
-    assert MethodRun(job(tmp_path), "unlikelihood", "alpha0.5", "alpha", 0.5).summary == summary
+    assert MethodRun(job(tmp_path), "unlikelihood", "alpha0.5", "alpha", 0.5, 0).summary == summary
 
 
 def test_a_non_finite_loss_stops_naming_the_last_good_checkpoint(tmp_path):
-    run = MethodRun(job(tmp_path), "dpo", "beta0.1", "beta", 0.1)
+    run = MethodRun(job(tmp_path), "dpo", "beta0.1", "beta", 0.1, 0)
     run.check_finite(0.3, 1)
-    with pytest.raises(FloatingPointError, match="dpo-beta0.1: loss is nan at step 7.*last good checkpoint: none"):
+    with pytest.raises(FloatingPointError, match="dpo-beta0.1-seed0: loss is nan at step 7.*last good checkpoint: none"):
         run.check_finite(float("nan"), 7)
 
 
 def test_non_finite_weights_are_never_saved_nor_marked_finished(tmp_path):
     model = toy_lm(0, vocab=11)
-    run = MethodRun(job(tmp_path), "ppo", "ppo-kl3", "target_kl", 3.0, label="ppo-kl3")
+    run = MethodRun(job(tmp_path), "ppo", "ppo-kl3", "target_kl", 3.0, 1)
+    assert (run.name, run.label, run.sweep_point) == ("ppo-kl3-seed1", "ppo-kl3-seed1", "ppo-kl3")
     state = run.start()
     state.step = 1
     run.save(state, model)  # a good checkpoint
     with torch.no_grad():
         next(model.parameters())[0, 0] = float("nan")  # a step that left a NaN behind a finite loss
     state.step = 2
-    with pytest.raises(FloatingPointError, match="ppo-kl3 step 2: weight .* is not finite"):
+    with pytest.raises(FloatingPointError, match="ppo-kl3-seed1 step 2: weight .* is not finite"):
         run.save(state, model)
-    assert not (tmp_path / "ppo-kl3" / "checkpoint-2").exists()
+    assert not (tmp_path / "ppo-kl3-seed1" / "checkpoint-2").exists()
 
     # a checkpoint written by someone else (a TRL trainer) with a NaN in it: finish refuses, run.json is not written
-    model.save_pretrained(tmp_path / "ppo-kl3" / "checkpoint-3")
+    model.save_pretrained(tmp_path / "ppo-kl3-seed1" / "checkpoint-3")
     with pytest.raises(FloatingPointError, match="checkpoint-3: weight .* is not finite"):
         run.finish(state)
-    assert not (tmp_path / "ppo-kl3" / "run.json").exists()
-    assert (tmp_path / "ppo-kl3" / "checkpoint-1" / "training_state.pt").exists()  # still resumable from the good one
+    assert not (tmp_path / "ppo-kl3-seed1" / "run.json").exists()
+    assert (tmp_path / "ppo-kl3-seed1" / "checkpoint-1" / "training_state.pt").exists()  # still resumable from the good one

@@ -1,0 +1,127 @@
+"""core/frontier.choice_weights and core/verdict.py: checkpoints chosen on select and reported on test, intervals
+over seeds and prompts that cover a known truth, and the words they allow."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from core.frontier import choice_weights
+from core.verdict import Interval, chosen_values, interval, sentence
+
+# (kl, reward) on the select prompts: SFT, then three checkpoints
+SELECT = [(0.0, 0.50), (1.0, 0.60), (3.0, 0.70), (6.0, 0.65)]
+
+
+def test_a_budget_picks_the_best_select_reward_within_it():
+    assert choice_weights(SELECT, 0.5, 10) == [1, 0, 0, 0]  # only the SFT model is inside
+    assert choice_weights(SELECT, 2.0, 10) == [0, 1, 0, 0]
+    assert choice_weights(SELECT, 5.0, 10) == [0, 0, 1, 0]
+    assert choice_weights(SELECT, 10.0, 10) == [0, 0, 1, 0]  # 6.0 is inside but worse
+    assert choice_weights([(0.5, 0.6)], 0.1, 10) == [0]  # nothing inside: no choice
+
+
+def test_the_front_area_weights_each_point_by_the_budgets_it_is_chosen_for():
+    # budgets [0, 1): SFT; [1, 3): the second; [3, 10]: the third (the fourth is never on the front)
+    assert choice_weights(SELECT, None, 10) == pytest.approx([0.1, 0.2, 0.7, 0.0])
+    test = np.array([[0.5], [0.6], [0.7], [0.9]])  # one prompt: the area is the step function's mean
+    assert chosen_values(SELECT, test, None, 10)[0] == pytest.approx(0.1 * 0.5 + 0.2 * 0.6 + 0.7 * 0.7)
+    assert choice_weights(SELECT, None, 2) == pytest.approx([0.5, 0.5, 0, 0])  # the front cut at max_kl
+
+
+def test_a_checkpoint_best_only_on_the_test_prompts_is_not_chosen():
+    """The fourth checkpoint has the best test reward at KL <= 10 but not the best select reward: the reported
+    number is the chosen one's test reward (0.71), not the test prompts' maximum (0.90)."""
+    test = np.array([[0.49, 0.51], [0.58, 0.62], [0.70, 0.72], [0.88, 0.92]])  # [checkpoint, prompt]
+    assert chosen_values(SELECT, test, 10.0, 10).tolist() == [0.70, 0.72]
+    assert chosen_values(SELECT, test, 10.0, 10).mean() < test.mean(1).max()
+
+
+def test_select_and_test_prompts_are_disjoint_and_cover_the_evaluated_list():
+    from eval.__main__ import prompt_splits
+
+    splits = prompt_splits(256, 128)
+    test, select = (set(range(384)[s]) for s in (splits["test"], splits["select"]))
+    assert len(test) == 256 and len(select) == 128 and not test & select and test | select == set(range(384))
+
+
+# ------------------------------------------------------------------------------------------------ coverage
+TRUE_KL = [0.0, 1.0, 3.0, 6.0]
+TRUE_REWARD = {"A": [0.50, 0.56, 0.63, 0.70], "B": [0.50, 0.54, 0.60, 0.68]}
+SEED_SD, PROMPT_SD, SAMPLE_SD = 0.03, 0.10, 0.10
+
+
+def synthetic_experiment(rng, seeds=3, prompts=64, select_prompts=32, budget=5.0):
+    """Both methods' [seeds, prompts] chosen test rewards at a KL budget. A checkpoint's reward on a prompt is its
+    true reward + its seed's effect (shared by the seed's checkpoints) + the prompt's effect (shared by every
+    method and checkpoint: which prompts were drawn) + sampling noise; the SFT model's values are shared."""
+    prompt_test, prompt_select = rng.normal(0, PROMPT_SD, prompts), rng.normal(0, PROMPT_SD, select_prompts)
+    sft_test = TRUE_REWARD["A"][0] + prompt_test + rng.normal(0, SAMPLE_SD, prompts)
+    sft_select = TRUE_REWARD["A"][0] + prompt_select.mean() + rng.normal(0, SAMPLE_SD / select_prompts**0.5)
+    out = {}
+    for method, rewards in TRUE_REWARD.items():
+        per_seed = []
+        for _ in range(seeds):
+            effect = rng.normal(0, SEED_SD)
+            test = [sft_test] + [r + effect + prompt_test + rng.normal(0, SAMPLE_SD, prompts) for r in rewards[1:]]
+            select = [(0.0, sft_select)] + [
+                (kl, r + effect + prompt_select.mean() + rng.normal(0, SAMPLE_SD / select_prompts**0.5))
+                for kl, r in zip(TRUE_KL[1:], rewards[1:])]
+            per_seed.append(chosen_values(select, np.stack(test), budget, 10.0))
+        out[method] = np.stack(per_seed)
+    return out["A"], out["B"]
+
+
+def test_the_95_percent_interval_covers_a_known_truth_90_to_99_percent_of_the_time():
+    """300 simulated experiments of 3 seeds a method. The truth at KL <= 5 is the third checkpoint's reward
+    (the selection misses it with probability ~0.3%): A 0.63, B 0.60, A - B 0.03. Our interval covers it at
+    90-99%; a percentile bootstrap over the seeds alone (the obvious alternative) does not."""
+    rng = np.random.default_rng(2026)
+    truth_a, truth_diff = TRUE_REWARD["A"][2], TRUE_REWARD["A"][2] - TRUE_REWARD["B"][2]
+    covered_a = covered_diff = naive_diff = 0
+    experiments = 300
+    for i in range(experiments):
+        a, b = synthetic_experiment(rng)
+        one, diff = interval(a, None, resamples=500, rng=i), interval(a, b, resamples=500, rng=i)
+        covered_a += one.low <= truth_a <= one.high
+        covered_diff += diff.low <= truth_diff <= diff.high
+        naive = stats.bootstrap((a.mean(1) - b.mean(1),), np.mean, n_resamples=500, method="percentile",
+                                rng=i).confidence_interval
+        naive_diff += naive.low <= truth_diff <= naive.high
+    assert 0.90 <= covered_a / experiments <= 0.99, covered_a
+    assert 0.90 <= covered_diff / experiments <= 0.99, covered_diff
+    assert naive_diff / experiments < 0.88, naive_diff  # why the seeds are not bootstrapped (core/verdict.py)
+
+
+def test_prompts_shared_by_both_methods_cancel_in_a_difference():
+    """A prompt effect common to A and B widens each method's interval, not the difference's."""
+    rng = np.random.default_rng(0)
+    prompt = rng.normal(0, 0.3, 128)
+    a = 0.6 + prompt + rng.normal(0, 0.01, (3, 128))
+    b = 0.5 + prompt + rng.normal(0, 0.01, (3, 128))
+    one, diff = interval(a), interval(a, b)
+    assert diff.high - diff.low < (one.high - one.low) / 5
+    assert diff.estimate == pytest.approx(a.mean() - b.mean()) and diff.low > 0
+
+
+def test_words_and_sentences():
+    ahead = Interval(0.06, 0.03, 0.09, 3)
+    assert ahead.word("DPO", "PPO") == "DPO ahead"
+    assert sentence("At KL <= 5", "DPO", "PPO", ahead) == "At KL <= 5, DPO is ahead of PPO by 0.060 [+0.030, +0.090] (3 seeds)."
+    behind = Interval(-0.05, -0.08, -0.02, 3)
+    assert behind.word("DPO", "PPO") == "PPO ahead"
+    assert sentence("At KL <= 2", "DPO", "PPO", behind) == "At KL <= 2, PPO is ahead of DPO by 0.050 [+0.020, +0.080] (3 seeds)."
+    same = Interval(0.0, 0.0, 0.0, 3)  # both chose the SFT model at every seed
+    assert same.word() == "not resolved" and "give the same value" in sentence("At KL <= 2", "A", "B", same)
+    unresolved = Interval(0.01, -0.02, 0.04, 3)
+    assert unresolved.word() == "not resolved" and "is not resolved" in sentence("At KL <= 2", "A", "B", unresolved)
+    one_seed = Interval(0.2, 0.1, 0.3, 1)  # an interval clear of 0, but over the prompts only
+    assert one_seed.word() == "not resolved" and "one seed" in sentence("At KL <= 2", "A", "B", one_seed)
+
+
+def test_one_seed_gives_a_prompt_only_interval_and_bad_shapes_are_refused():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0.6, 0.1, (1, 64)), rng.normal(0.5, 0.1, (1, 64))
+    iv = interval(a, b)
+    assert iv.seeds == 1 and iv.low < iv.estimate < iv.high and iv.word() == "not resolved"
+    with pytest.raises(ValueError, match="same prompts"):
+        interval(a, rng.normal(size=(2, 63)))
