@@ -211,6 +211,9 @@ def completion_logprobs(model, prompts, completions, pad_id: int, batch_size: in
     return torch.cat(out)
 
 
+CPU_KL_ROWS = 32
+
+
 @torch.no_grad()
 def sequence_kl(policy, ref, prompts, completions, pad_id: int, batch_size: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -218,6 +221,8 @@ def sequence_kl(policy, ref, prompts, completions, pad_id: int, batch_size: int
     prompt masked), the Monte-Carlo estimate sum(log pi - log ref) of the sampled tokens, and log pi of the
     completion. -> ([N], [N], [N])."""
     dev = next(policy.parameters()).device
+    if dev.type == "cpu":  # [rows, T, V] log-probs that fit the caches: at 4096 classes 32 rows ran 1.9x faster
+        batch_size = min(batch_size, CPU_KL_ROWS)  # than 128 (tiny eval, one thread; measured)
     exact, mc, logp = [], [], []
     for j in range(0, len(prompts), batch_size):
         ids, attn, resp = completion_batch(prompts[j : j + batch_size], completions[j : j + batch_size], pad_id, dev)
