@@ -32,6 +32,21 @@ class Job:
         """Training seeds (a method stage trains every run once per seed; other stages see 1)."""
         return self.config.get("seeds", 1)
 
+    def upstream(self, stage: str, seed: int = 0) -> Path:
+        """The folder of an upstream stage's artifact for training seed `seed`: <stage>/seed<k>/ when that stage
+        makes one per seed (reseed_shared), else <stage>/ (shared by every seed)."""
+        per_seed = stage in self.config.get("per_seed_stages", [])
+        return self.inputs[stage] / f"seed{seed}" if per_seed else self.inputs[stage]
+
+    def own_seeds(self) -> list[int | None]:
+        """The training seeds this (shared) stage makes an artifact for: every seed when it is re-seeded, else
+        [None]: one artifact, in out/ itself."""
+        return list(range(self.seeds)) if self.stage in self.config.get("per_seed_stages", []) else [None]
+
+    def artifact(self, seed: int | None) -> Path:
+        """Where this stage writes seed `seed`'s artifact (own_seeds): out/seed<k>/, or out/ for None."""
+        return self.out if seed is None else self.out / f"seed{seed}"
+
     def section(self, name: str):
         """A config section as its typed dataclass."""
         return SECTIONS[name](**self.config[name])
@@ -81,6 +96,30 @@ def finish(job: Job, metrics: dict, run=None) -> None:
     metrics = {**metrics, **peak_memory()}
     (job.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     tracking.end(run, metrics)
+
+
+def each_own_seed(job: Job, make) -> dict | None:
+    """A shared stage's artifacts: make(training_seed_index, folder) -> its metrics (None on all but the main
+    process), once per own_seeds(). Re-seeded, each seed's folder gets its metrics.json and a finished seed is not
+    made again when the stage resumes. -> the stage's metrics: seed 0's, with every seed's under per_seed."""
+    from core import dist
+
+    done = []
+    for seed in job.own_seeds():
+        folder = job.artifact(seed)
+        if seed is not None and (folder / "metrics.json").exists():  # made by an earlier attempt
+            done.append(json.loads((folder / "metrics.json").read_text()))
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        metrics = make(seed or 0, folder)
+        if seed is not None and dist.is_main():
+            tmp = folder / ".metrics.json.tmp"
+            tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+            tmp.replace(folder / "metrics.json")  # last: it marks the seed's artifact whole
+        done.append(metrics)
+    if not dist.is_main():
+        return None
+    return done[0] if len(done) == 1 else {**done[0], "per_seed": done}
 
 
 def finish_runs(job: Job, runs: list[dict], per_run: tuple[str, ...]) -> None:

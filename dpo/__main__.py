@@ -66,9 +66,9 @@ def train_one(beta: float, seed: int, cfg, job, pairs, heldout):
 
     from core import lm
 
-    model = lm.load_causal_lm(job.inputs["sft"])
+    model = lm.load_causal_lm(job.upstream("sft", seed))  # the SFT model of this seed (one unless reseed_shared)
     model.train()
-    tokenizer = lm.load_tokenizer(job.inputs["sft"])
+    tokenizer = lm.load_tokenizer(job.upstream("sft", seed))
     steps = cfg.max_steps or math.ceil(len(pairs) / cfg.batch_size)
     args = DPOConfig(
         output_dir=str(run.folder), beta=beta, loss_type=["sigmoid"], precompute_ref_log_probs=True,
@@ -108,12 +108,12 @@ def main():
     cfg = job.section("dpo")
     from datasets import load_from_disk
 
-    data = load_from_disk(str(job.inputs["pairs"] / "dataset"))
-    pairs = data.filter(lambda r: not r["heldout"]).select_columns(COLUMNS)
-    heldout = data.filter(lambda r: r["heldout"]).select_columns(COLUMNS)
-    heldout = heldout.shuffle(seed=job.seed).select(range(min(HELDOUT_EVAL_PAIRS, len(heldout))))
     runs = []
     for seed in range(job.seeds):
+        data = load_from_disk(str(job.upstream("pairs", seed) / "dataset"))  # this seed's pairs (reseed_shared)
+        pairs = data.filter(lambda r: not r["heldout"]).select_columns(COLUMNS)
+        heldout = data.filter(lambda r: r["heldout"]).select_columns(COLUMNS)
+        heldout = heldout.shuffle(seed=job.seed).select(range(min(HELDOUT_EVAL_PAIRS, len(heldout))))
         for beta in cfg.betas:
             log.info("DPO beta=%g, training seed %d, on %d pairs", beta, seed, len(pairs))
             runs.append(train_one(beta, seed, cfg, job, pairs, heldout))

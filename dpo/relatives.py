@@ -96,8 +96,8 @@ def train_one(method: str, param, seed: int, cfg, job, pairs: dict) -> dict:
     if run.summary:
         return run.summary
     world = dist.world_size()
-    model = lm.load_causal_lm(run.latest or job.inputs["sft"], accelerator.device).train()
-    pad_id = lm.load_tokenizer(job.inputs["sft"]).pad_token_id
+    model = lm.load_causal_lm(run.latest or job.upstream("sft", seed), accelerator.device).train()
+    pad_id = lm.load_tokenizer(job.upstream("sft", seed)).pad_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.RMSprop(params, lr=cfg.learning_rate) if cfg.optimizer == "rmsprop"
            else torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0))
@@ -163,10 +163,10 @@ def main():
     dist.check_divisible(f"{job.stage}.batch_size", cfg.batch_size)
     from datasets import load_from_disk
 
-    data = load_from_disk(str(job.inputs["pairs"] / "dataset")).filter(lambda r: not r["heldout"])
-    pairs = {c: data[c] for c in ("prompt_ids", "chosen_ids", "rejected_ids")}
     runs = []
-    for seed in range(job.seeds):
+    for seed in range(job.seeds):  # this seed's pairs (one set unless reseed_shared)
+        data = load_from_disk(str(job.upstream("pairs", seed) / "dataset")).filter(lambda r: not r["heldout"])
+        pairs = {c: data[c] for c in ("prompt_ids", "chosen_ids", "rejected_ids")}
         for param in getattr(cfg, sweep_key) if sweep_key else [None]:
             log.info("%s%s, training seed %d, on %d pairs", method, f" {name}={param:g}" if name else "", seed,
                      len(data))

@@ -169,11 +169,15 @@ class PointCache:
         self.base = hashlib.sha256(json.dumps([job.config, job.seed, versions], sort_keys=True).encode())
         for module in (__file__, lm.__file__, scorer.__file__, vllm_sampling.__file__):  # the evaluation's code
             self.base.update(Path(module).read_bytes())
-        for folder in (job.inputs["sft"], job.inputs["ground_truth"]):
-            _hash_model_files(self.base, folder)
+        _hash_model_files(self.base, job.inputs["ground_truth"])
+        self.references: dict[Path, bytes] = {}  # each SFT reference's files, hashed once
 
-    def key(self, checkpoint) -> str:
+    def key(self, checkpoint, reference: Path) -> str:
+        """The point of `checkpoint` (None: the SFT model itself) measured against `reference`."""
+        if reference not in self.references:
+            self.references[reference] = _hash_model_files(hashlib.sha256(), reference).digest()
         h = self.base.copy()
+        h.update(self.references[reference])
         if checkpoint is not None:
             _hash_model_files(h, checkpoint)
         return h.hexdigest()[:32]
@@ -196,8 +200,8 @@ class PointCache:
         tmp.replace(self.new / f"{key}.json")
 
 
-def _hash_model_files(h, folder) -> None:
-    """Add what defines a model or scorer folder to h: its weights, config, tokenizer (not its logs)."""
+def _hash_model_files(h, folder):
+    """Add what defines a model or scorer folder to h: its weights, config, tokenizer (not its logs). -> h."""
     names = sorted(p.name for p in folder.glob("*.safetensors"))
     names += [n for n in ("config.json", "tokenizer.json", "tokenizer_config.json", "scorer.json")
               if (folder / n).is_file()]
@@ -206,6 +210,12 @@ def _hash_model_files(h, folder) -> None:
         with open(folder / name, "rb") as f:
             for block in iter(lambda: f.read(1 << 24), b""):
                 h.update(block)
+    return h
+
+
+def sft_point_id(run: str) -> str:
+    """The SFT point's key in per_prompt.json and samples.json: "sft", or "sft/seed<k>" for seed k's own model."""
+    return "sft" if run == "sft" else f"sft/{run}"
 
 
 def checkpoints(inputs: dict) -> list[tuple]:
@@ -223,29 +233,37 @@ def main():
     job = jobs.start()
     wandb_run = tracking.start(job)  # None on all but the main process
     cfg, data_cfg = job.section("eval"), job.section("data")
-    tokenizer = lm.load_tokenizer(job.inputs["sft"])
-    ref = lm.load_causal_lm(job.inputs["sft"])
+    tokenizer = lm.load_tokenizer(job.upstream("sft"))  # one tokenizer for every seed's SFT model
     ground_truth = scorer.GroundTruth(job.inputs["ground_truth"], job.section("ground_truth").reads, tokenizer)
     prompts = lm.split_prompts(data_cfg, job.seed, "eval", cfg.prompts + cfg.select_prompts, tokenizer)
     splits = prompt_splits(cfg.prompts, cfg.select_prompts)
     prompt_texts = [lm.decode(tokenizer, p) for p in prompts[:SAMPLES_KEPT]]
 
     t0 = time.time()
-    todo = [("sft", "sft", "", "", 0, None)] + checkpoints(job.inputs)
-    log.info("evaluating %d checkpoints (and the SFT model) on %d test + %d select prompts", len(todo) - 1,
-             cfg.prompts, cfg.select_prompts)
+    # the SFT point: one, or one per training seed when each seed has its own SFT model (reseed_shared)
+    per_seed_sft = job.upstream("sft", 0) != job.inputs["sft"]
+    todo = [("sft", f"seed{seed}", "", seed, 0, None) for seed in range(job.seeds)] if per_seed_sft else \
+        [("sft", "sft", "", "", 0, None)]
+    sft_points = len(todo)
+    todo += checkpoints(job.inputs)
+    references: dict[Path, torch.nn.Module] = {}  # each checkpoint's KL is to the SFT model it started from
+    log.info("evaluating %d checkpoints (and %d SFT model%s) on %d test + %d select prompts", len(todo) - sft_points,
+             sft_points, "s" if sft_points > 1 else "", cfg.prompts, cfg.select_prompts)
     cache = PointCache(job)
     rows, samples, per_prompt, gaps, reused = [], {}, {}, [], 0
     for method, run, param, seed, step, path in tqdm(todo, desc="eval checkpoints", unit="ckpt",
                                                      disable=None if dist.is_main() else True):
-        key = cache.key(path)
+        reference = job.upstream("sft", seed or 0)
+        key = cache.key(path, reference)
         result = cache.get(key)  # every process finds the same files, so all skip the point together
         if result is not None:
             reused += 1
         else:
+            if reference not in references:
+                references[reference] = lm.load_causal_lm(reference)
+            ref = references[reference]
             policy = ref if path is None else lm.load_causal_lm(path)
-            result = evaluate(policy, path or job.inputs["sft"], ref, prompts, tokenizer, ground_truth, cfg,
-                              job.seed)
+            result = evaluate(policy, path or reference, ref, prompts, tokenizer, ground_truth, cfg, job.seed)
         if result is None:  # not the main process: its share is gathered there
             continue
         cache.put(key, result)
@@ -257,7 +275,7 @@ def main():
             gaps.append(result["sampler_logp_gap"])
         rows += [dict(method=method, run=run, param=param, seed=seed, step=step, split=split, **point)
                  for split, point in points.items()]
-        point_id = "sft" if path is None else f"{method}/{run}/step{step}"
+        point_id = sft_point_id(run) if path is None else f"{method}/{run}/step{step}"
         samples[point_id] = [{"text": t, "reward": round(r, 4), "kl": round(k, 4)}
                              for t, r, k in zip(result["texts"], result["reward"], result["kl"])]
         per_prompt[point_id] = {k: [round(v, 6) for v in result[k]] for k in ("reward", "kl", "length")}

@@ -47,24 +47,26 @@ def heldout_prompt_set(prompts: list[list[int]], share: float, seed: int) -> set
     return set(distinct[: max(1, round(share * len(distinct)))])
 
 
-def main():
-    job = jobs.start()
-    run = tracking.start(job)
-    cfg, data_cfg = job.section("pairs"), job.section("data")
+def make_pairs(job, seed: int, out, ground_truth) -> dict | None:
+    """The pairs of training seed `seed`'s SFT model into `out` (the same prompts and held-out set for every
+    seed; re-seeded, another model's samples drawn with that seed's generators). -> its metrics (main process)."""
     from datasets import Dataset
 
-    tokenizer = lm.load_tokenizer(job.inputs["sft"])
-    model = lm.load_causal_lm(job.inputs["sft"])
-    ground_truth = GroundTruth(job.inputs["ground_truth"], job.section("ground_truth").reads, tokenizer)
+    from core.run import training_seed
+
+    cfg, data_cfg = job.section("pairs"), job.section("data")
+    sft = job.upstream("sft", seed)
+    tokenizer = lm.load_tokenizer(sft)
+    model = lm.load_causal_lm(sft)
     prompts = lm.split_prompts(data_cfg, job.seed, "train", cfg.prompts, tokenizer)
     k = cfg.samples_per_prompt
     repeated = [p for p in prompts for _ in range(k)]
 
     t0 = time.time()
     mine = dist.shard(repeated)  # this process's block of the rows; seeds keep each row's draw the same
-    completions, sampler_logps = lm.sample(cfg.sampler, model, job.inputs["sft"], mine, cfg.max_new_tokens,
-                                           tokenizer.eos_token_id, cfg.batch_size,
-                                           dist.shard(lm.sample_seeds(len(repeated), "pairs", job.seed)))
+    draws = lm.sample_seeds(len(repeated), "pairs", training_seed(job.seed, seed))
+    completions, sampler_logps = lm.sample(cfg.sampler, model, sft, mine, cfg.max_new_tokens,
+                                           tokenizer.eos_token_id, cfg.batch_size, dist.shard(draws))
     t_sample = time.time() - t0
     ref_logps = lm.completion_logprobs(model, mine, completions, tokenizer.pad_token_id, cfg.batch_size)
     extra = {}
@@ -73,7 +75,7 @@ def main():
         log.info("vLLM vs HF log-probs of the samples: %.2g nats per token apart", extra["sampler_logp_gap"])
     completions, ref_logps = dist.gather(completions), dist.gather(ref_logps.tolist())
     if not dist.is_main():
-        return
+        return None
     completion_texts = [lm.decode(tokenizer, c) for c in completions]
     scores = ground_truth(repeated, completions)  # what the ground truth reads: prompt + completion by default
     log.info("%d samples in %.0fs (%.0f tokens/s); mean reward %.3f", len(completions), t_sample,
@@ -93,17 +95,27 @@ def main():
                              chosen_ids=completions[c], rejected_ids=completions[r],
                              ref_chosen_logps=float(ref_logps[c]), ref_rejected_logps=float(ref_logps[r]),
                              heldout=tuple(prompt) in held))
-    Dataset.from_list(rows).save_to_disk(str(job.out / "dataset"))
+    Dataset.from_list(rows).save_to_disk(str(out / "dataset"))
     Dataset.from_dict(dict(prompt_ids=repeated, completion_ids=completions, score=scores.tolist(),
                            heldout=[tuple(p) in held for p in repeated])).save_to_disk(
-        str(job.out / "samples"))
+        str(out / "samples"))
     margins = np.array([r["score_chosen"] - r["score_rejected"] for r in rows])
-    jobs.finish(job, {"pairs": len(rows), "prompts": len(prompts), "ties_dropped": n_ties,
-                      "heldout_prompts": len(held), "heldout_pairs": sum(r["heldout"] for r in rows),
-                      "sft_reward_mean": float(scores.mean()), "sft_reward_std": float(scores.std()),
-                      "mean_margin": float(margins.mean()) if len(rows) else 0.0,
-                      "sample_seconds": round(t_sample, 2), "sampler": cfg.sampler, **extra,
-                      "mean_completion_tokens": float(np.mean([len(c) for c in completions]))}, run)
+    return {"pairs": len(rows), "prompts": len(prompts), "ties_dropped": n_ties,
+            "heldout_prompts": len(held), "heldout_pairs": sum(r["heldout"] for r in rows),
+            "sft_reward_mean": float(scores.mean()), "sft_reward_std": float(scores.std()),
+            "mean_margin": float(margins.mean()) if len(rows) else 0.0,
+            "sample_seconds": round(t_sample, 2), "sampler": job.section("pairs").sampler, **extra,
+            "mean_completion_tokens": float(np.mean([len(c) for c in completions]))}
+
+
+def main():
+    job = jobs.start()
+    run = tracking.start(job)
+    tokenizer = lm.load_tokenizer(job.upstream("sft"))  # one tokenizer for every seed's SFT model
+    ground_truth = GroundTruth(job.inputs["ground_truth"], job.section("ground_truth").reads, tokenizer)
+    metrics = jobs.each_own_seed(job, lambda seed, out: make_pairs(job, seed, out, ground_truth))
+    if dist.is_main():
+        jobs.finish(job, metrics, run)
 
 
 if __name__ == "__main__":

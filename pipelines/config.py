@@ -201,7 +201,12 @@ class BenchmarkConfig:
     seed: int = spec(0, ge=0, le=MAX_SEED, help="seeds every split, sample and initialisation")
     seeds: int = spec(1, ge=1, le=100, help="training seeds: every run of every method is trained once per seed "
                                             "(data order, fresh heads, rollouts); SFT, pairs and the reward model "
-                                            "are shared. Seed 0 trains with `seed` itself")
+                                            "are shared unless reseed_shared. Seed 0 trains with `seed` itself")
+    reseed_shared: bool = spec(False, help="also train the SFT model, sample the pairs and train the reward model "
+                                           "once per training seed (seed k's runs start from SFT model k, train on "
+                                           "pairs k, PPO optimises reward model k): the intervals then cover the "
+                                           "whole pipeline's variance. Data splits, ground truth and evaluation "
+                                           "prompts stay shared")
     torch_threads: int = spec(0, ge=0, help="torch intra-op threads in each stage (0 = torch's default)")
     data: DataConfig = spec(help="[data] the IMDb source, splits and prompts")
     train: TrainConfig = spec(TrainConfig(), help="[train] the rules every training stage follows")

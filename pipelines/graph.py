@@ -86,6 +86,10 @@ STAGES: dict[str, Stage] = {
 }
 
 
+# Shared by every training seed unless reseed_shared: then each makes one artifact per seed (<stage>/seed<k>/)
+RESEEDED = ("sft", "pairs", "reward_model")
+
+
 @dataclass(frozen=True)
 class Launch:
     """How stages are started.
@@ -229,7 +233,13 @@ def vllm_installed() -> bool:
 
 
 def stage_config(cfg: BenchmarkConfig, stage: Stage, protocol: dict | None = None) -> dict:
-    config = {"seed": cfg.seed, **({"seeds": cfg.seeds} if stage.seeded or stage.name == "report" else {}),
+    per_seed = stage.seeded or stage.name in RESEEDED or stage.name in ("eval", "report")
+    config = {"seed": cfg.seed,
+              **({"seeds": cfg.seeds} if stage.seeded or stage.name == "report" or
+                 (cfg.reseed_shared and per_seed) else {}),
+              # the stages whose artifacts are one per training seed (<stage>/seed<k>/): only when re-seeded, so
+              # the default configs (and their hashes) do not mention it
+              **({"per_seed_stages": list(RESEEDED)} if cfg.reseed_shared and per_seed else {}),
               **{name: cfg.section(name) for name in stage.sections}}
     for section in config.values():  # pairs.sampler / eval.sampler: "auto" -> the sampler that will run
         if isinstance(section, dict) and section.get("sampler") == "auto":

@@ -192,9 +192,9 @@ def train_run(method: str, target_kl: float, seed: int, cfg, job, prompts, token
         return run.summary
     torch.manual_seed(run.training_seed)  # a fresh value head's init (value_model = policy_head)
     dev = accelerator.device
-    policy = lm.load_causal_lm(run.latest or job.inputs["sft"], dev)
-    ref = lm.load_causal_lm(job.inputs["sft"], dev).requires_grad_(False)
-    value = ValueModel(cfg.value_model, job.inputs["reward_model"], policy).to(dev)
+    policy = lm.load_causal_lm(run.latest or job.upstream("sft", seed), dev)  # this seed's SFT model and RM
+    ref = lm.load_causal_lm(job.upstream("sft", seed), dev).requires_grad_(False)
+    value = ValueModel(cfg.value_model, job.upstream("reward_model", seed), policy).to(dev)
     policy_opt = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
     value_opt = torch.optim.Adam(value.parameters(), lr=cfg.value_learning_rate)
     raw_policy, raw_value = policy, value  # for sampling and no-grad passes: no gradient sync needed there
@@ -258,7 +258,7 @@ def train_run(method: str, target_kl: float, seed: int, cfg, job, prompts, token
                       final_kl_coef=kl_ctl.value)
 
 
-def score_functions(methods, job, tokenizer) -> dict:
+def score_functions(methods, job, tokenizer, seed: int) -> dict:
     """Each method's training reward of (prompts, completions) -> [B], on one scale: mean 0 and std 1 on SFT
     samples, so one KL coefficient means the same for both. ppo: the learned reward model (normalised by the
     reward_model stage on its training prompts' SFT samples); ppo-gt: the ground truth's P(positive | prompt +
@@ -266,11 +266,11 @@ def score_functions(methods, job, tokenizer) -> dict:
     included: 10% of them, a negligible difference). Eval still reports P(positive)."""
     scorers = {}
     if "ppo" in methods:
-        rm = RewardModel(job.inputs["reward_model"], lm.device())
+        rm = RewardModel(job.upstream("reward_model", seed), lm.device())
         scorers["ppo"] = lambda p, c: rm([a + b for a, b in zip(p, c)])
     if "ppo-gt" in methods:
         gt = GroundTruth(job.inputs["ground_truth"], job.section("ground_truth").reads, tokenizer, lm.device())
-        sft = json.loads((job.inputs["pairs"] / "metrics.json").read_text())  # the SFT samples' ground truth
+        sft = json.loads((job.upstream("pairs", seed) / "metrics.json").read_text())  # the SFT samples' rewards
         shift, scale = sft["sft_reward_mean"], sft["sft_reward_std"]
         scorers["ppo-gt"] = lambda p, c: torch.tensor((gt(p, c) - shift) / scale, dtype=torch.float32)
     return scorers
@@ -281,14 +281,13 @@ def main():
     cfg, data_cfg = job.section("ppo"), job.section("data")
     dist.check_divisible("ppo.rollouts_per_step", cfg.rollouts_per_step)
     dist.check_divisible("ppo.minibatch_size", cfg.minibatch_size)
-    tokenizer = lm.load_tokenizer(job.inputs["sft"])
+    tokenizer = lm.load_tokenizer(job.upstream("sft"))  # one tokenizer for every seed's SFT model
     # distinct prompts for every rollout where the split has enough (then they cycle)
     prompts = lm.split_prompts(data_cfg, job.seed, "train", cfg.rollouts_per_step * cfg.steps, tokenizer)
 
-    scorers = score_functions(cfg.methods, job, tokenizer)
-
     runs = []
     for seed in range(job.seeds):
+        scorers = score_functions(cfg.methods, job, tokenizer, seed)  # this seed's reward model (reseed_shared)
         for method in cfg.methods:
             for target in cfg.target_kls:
                 run = train_run(method, target, seed, cfg, job, prompts, tokenizer, scorers[method])

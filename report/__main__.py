@@ -48,8 +48,10 @@ def read_frontier(path) -> list[dict]:
 
 
 def point_id(row: dict) -> str:
-    """A point's key in per_prompt.json and samples.json."""
-    return "sft" if row["method"] == "sft" else f"{row['method']}/{row['run']}/step{row['step']}"
+    """A point's key in per_prompt.json and samples.json (eval's: "sft", "sft/seed<k>", "<method>/<run>/step<n>")."""
+    if row["method"] == "sft":
+        return "sft" if row["run"] == "sft" else f"sft/{row['run']}"
+    return f"{row['method']}/{row['run']}/step{row['step']}"
 
 
 class Frontier:
@@ -61,13 +63,15 @@ class Frontier:
         test = slice(*per_prompt["splits"]["test"])
         self.test_values = {pid: {k: np.asarray(v[k][test], dtype=np.float64) for k in ("reward", "kl", "length")}
                             for pid, v in per_prompt["points"].items()}
-        select = {point_id(r): r for r in rows if r["split"] == "select"}
+        # the SFT point: shared by every seed, or one per seed (reseed_shared: each seed's own SFT model)
+        sft_select = {r["seed"]: r for r in rows if r["method"] == "sft" and r["split"] == "select"}
         self.sft = next(r for r in rows if r["method"] == "sft" and r["split"] == "test")
         self.methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
         self.candidates: dict[str, dict[str, list[dict]]] = {}  # method -> seed -> [select rows], SFT first
         for r in rows:
             if r["split"] == "select" and r["method"] != "sft":
-                self.candidates.setdefault(r["method"], {}).setdefault(r["seed"], [select["sft"]]).append(r)
+                sft = sft_select.get(r["seed"], sft_select.get(""))
+                self.candidates.setdefault(r["method"], {}).setdefault(r["seed"], [sft]).append(r)
 
     def seeds(self, method: str) -> int:
         return len(self.candidates.get(method, {}))
@@ -196,7 +200,7 @@ def protocol_table(protocol: dict, config: dict) -> tuple[list[str], list[list[s
 
 def samples_table(frontier: Frontier, samples: dict, n: int) -> tuple[list[str], list[list[str]]]:
     """The first n test prompts: one completion per method, from its checkpoint of highest select reward."""
-    keys = {"SFT": "sft"}
+    keys = {"SFT": point_id(frontier.sft)}
     for method in frontier.methods:
         best = max((r for seeds in frontier.candidates[method].values() for r in seeds[1:]), key=lambda r: r["reward"])
         keys[f"{METHODS[method]} ({best['run']} @{best['step']})"] = point_id(best)

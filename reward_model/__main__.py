@@ -25,34 +25,39 @@ from core.train import stop_on_non_finite_loss, trainer_args
 log = logging.getLogger("stage")
 
 
-def main():
-    job = jobs.start()
-    run = tracking.start(job)
-    cfg = job.section("reward_model")
+def train_reward_model(job, seed: int, out) -> dict | None:
+    """A reward model from training seed `seed`'s SFT model and pairs into `out` (its head's initialisation and
+    data order from that seed). -> its metrics (main process)."""
+    import torch
     from datasets import Dataset, load_from_disk
     from scipy.stats import spearmanr
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    pairs = load_from_disk(str(job.inputs["pairs"] / "dataset"))
-    samples = load_from_disk(str(job.inputs["pairs"] / "samples"))
+    from core.run import training_seed
+
+    cfg = job.section("reward_model")
+    pairs = load_from_disk(str(job.upstream("pairs", seed) / "dataset"))
+    samples = load_from_disk(str(job.upstream("pairs", seed) / "samples"))
     is_held = pairs["heldout"]  # the pairs stage's held-out prompts
     seqs = {side: [p + c for p, c in zip(pairs["prompt_ids"], pairs[f"{side}_ids"])] for side in ("chosen", "rejected")}
     train = Dataset.from_dict({f"{side}_ids": [s for s, h in zip(seqs[side], is_held) if not h]
                                for side in ("chosen", "rejected")})
 
-    tokenizer = AutoTokenizer.from_pretrained(job.inputs["sft"])
-    model = AutoModelForSequenceClassification.from_pretrained(job.inputs["sft"], num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(job.upstream("sft", seed))
+    torch.manual_seed(training_seed(job.seed, seed))  # the fresh head
+    model = AutoModelForSequenceClassification.from_pretrained(job.upstream("sft", seed), num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.pooling == "mean":
         pool_mean(model)
     steps = math.ceil(len(train) / cfg.batch_size * cfg.epochs)
     args = RewardConfig(
-        output_dir=str(job.out / "trainer"), num_train_epochs=cfg.epochs,
+        output_dir=str(out / "trainer"), num_train_epochs=cfg.epochs,
         per_device_train_batch_size=dist.per_process("reward_model.batch_size", cfg.batch_size),
         learning_rate=cfg.learning_rate, lr_scheduler_type="linear", max_length=None,
         save_strategy="steps", save_steps=max(1, steps // 10), save_total_limit=1,
-        logging_steps=max(1, steps // 10), report_to=tracking.report_to(job), seed=job.seed, **trainer_args(job),
+        logging_steps=max(1, steps // 10), report_to=tracking.report_to(job), seed=training_seed(job.seed, seed),
+        **trainer_args(job),
         disable_tqdm=not dist.is_main(), center_rewards_coefficient=None, logging_nan_inf_filter=False,
     )
     t0 = time.time()
@@ -60,24 +65,24 @@ def main():
     trainer = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                             callbacks=[stop_on_non_finite_loss()])
     # a killed run resumes from the newest of its checkpoints (every tenth of the steps)
-    trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(job.out / "trainer"))
+    trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(out / "trainer"))
     train_seconds = time.time() - t0
-    trainer.save_model(str(job.out))  # the main process writes (gathering sharded weights first)
+    trainer.save_model(str(out))  # the main process writes (gathering sharded weights first)
     if not dist.is_main():  # the rest (normalising, evaluating) is small: the main process does it
-        return
-    shutil.rmtree(job.out / "trainer", ignore_errors=True)
+        return None
+    shutil.rmtree(out / "trainer", ignore_errors=True)
 
     # Normalise on SFT samples of training prompts (raw scores: the saved model with no offsets yet);
     # evaluate on held-out prompts.
-    save_reward_meta(job.out, 0.0, 1.0, cfg.pooling)
+    save_reward_meta(out, 0.0, 1.0, cfg.pooling)
     sample_seqs = [p + c for p, c in zip(samples["prompt_ids"], samples["completion_ids"])]
     sample_held = np.array(samples["heldout"])
-    raw = RewardModel(job.out)(sample_seqs, 128).numpy()
+    raw = RewardModel(out)(sample_seqs, 128).numpy()
     shift = float(raw[~sample_held].mean())
     scale = float(raw[~sample_held].std()) if cfg.normalize_scale else 1.0
-    save_reward_meta(job.out, shift, scale, cfg.pooling)
+    save_reward_meta(out, shift, scale, cfg.pooling)
 
-    rm = RewardModel(job.out)  # evaluate through the saved artifact, exactly as PPO will use it
+    rm = RewardModel(out)  # evaluate through the saved artifact, exactly as PPO will use it
     held_idx = [i for i, h in enumerate(is_held) if h]
     r_c = rm([seqs["chosen"][i] for i in held_idx], 128)
     r_r = rm([seqs["rejected"][i] for i in held_idx], 128)
@@ -86,9 +91,17 @@ def main():
     rho = float(spearmanr(rm([s for s, h in zip(sample_seqs, sample_held) if h], 128).numpy(), gt).statistic)
     normalized_train_mean = float(((raw[~sample_held] - shift) / scale).mean())
     log.info("held-out pair accuracy %.3f, Spearman with the ground truth %.3f", accuracy, rho)
-    jobs.finish(job, {"heldout_pair_accuracy": accuracy, "spearman_with_ground_truth": rho,
-                      "heldout_pairs": len(held_idx), "train_pairs": len(train), "shift": shift, "scale": scale,
-                      "normalized_train_mean": normalized_train_mean, "train_seconds": round(train_seconds, 2)}, run)
+    return {"heldout_pair_accuracy": accuracy, "spearman_with_ground_truth": rho,
+            "heldout_pairs": len(held_idx), "train_pairs": len(train), "shift": shift, "scale": scale,
+            "normalized_train_mean": normalized_train_mean, "train_seconds": round(train_seconds, 2)}
+
+
+def main():
+    job = jobs.start()
+    run = tracking.start(job)
+    metrics = jobs.each_own_seed(job, lambda seed, out: train_reward_model(job, seed, out))
+    if dist.is_main():
+        jobs.finish(job, metrics, run)
 
 
 if __name__ == "__main__":

@@ -91,49 +91,61 @@ def tokenize_reviews(tokenizer, texts: list[str], max_length: int) -> list[list[
     return out
 
 
-def main():
-    job = jobs.start()
-    run = tracking.start(job)
-    cfg = job.section("sft")
+def train(job, seed: int, out: Path, tokenizer, texts: list[str]) -> dict | None:
+    """One SFT model into `out`, its initialisation (from scratch) and data order from training seed `seed`.
+    -> its metrics (None on all but the main process)."""
+    import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    texts = [r.text for r in make_splits(job.section("data"), job.seed).train]
-    texts = texts[: cfg.reviews or None]
+    from core.run import training_seed
+
+    cfg = job.section("sft")
+    torch.manual_seed(training_seed(job.seed, seed))  # seed 0: the benchmark's seed, as when SFT is shared
+    model = scratch_model(tokenizer, cfg) if cfg.model == "scratch" else pretrained(cfg.model)[1]
     if cfg.model == "scratch":
-        t0 = time.time()
-        tokenizer = train_tokenizer(texts, cfg.vocab_size)
-        model = scratch_model(tokenizer, cfg)
-        log.info("tokenizer: %d tokens trained in %.0fs; model: GPT-2 %d layers x %d wide, %.2fM parameters",
-                 len(tokenizer), time.time() - t0, cfg.n_layer, cfg.n_embd, model.num_parameters() / 1e6)
-    else:
-        tokenizer, model = pretrained(cfg.model)
+        log.info("GPT-2 %d layers x %d wide, %.2fM parameters", cfg.n_layer, cfg.n_embd, model.num_parameters() / 1e6)
     ds = Dataset.from_dict({"input_ids": tokenize_reviews(tokenizer, texts, cfg.max_length)})
     steps = math.ceil(len(ds) / cfg.batch_size * cfg.epochs)
     args = SFTConfig(
-        output_dir=str(job.out / "trainer"), per_device_train_batch_size=dist.per_process("sft.batch_size", cfg.batch_size),
+        output_dir=str(out / "trainer"), per_device_train_batch_size=dist.per_process("sft.batch_size", cfg.batch_size),
         num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate, warmup_steps=int(cfg.warmup_ratio * steps),
         lr_scheduler_type="linear", max_length=cfg.max_length, packing=False, logging_steps=max(1, steps // 20),
-        save_strategy="steps", save_steps=max(1, steps // 10), save_total_limit=1, report_to=tracking.report_to(job), seed=job.seed,
-        **trainer_args(job), disable_tqdm=not dist.is_main(), logging_nan_inf_filter=False,
+        save_strategy="steps", save_steps=max(1, steps // 10), save_total_limit=1, report_to=tracking.report_to(job),
+        seed=training_seed(job.seed, seed), **trainer_args(job), disable_tqdm=not dist.is_main(),
+        logging_nan_inf_filter=False,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
                          callbacks=[stop_on_non_finite_loss()])
     if dist.on_cpu():
         plain_lm_head(trainer.model)  # TRL's chunked head is a GPU memory saver, slow on CPU
     # a killed run resumes from the newest of its checkpoints (every tenth of the steps)
-    result = trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(job.out / "trainer"))
+    result = trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(out / "trainer"))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]  # a resumed run keeps its history
-    trainer.save_model(str(job.out))  # the main process writes (gathering sharded weights first)
+    trainer.save_model(str(out))  # the main process writes (gathering sharded weights first)
     if not dist.is_main():
-        return
-    tokenizer.save_pretrained(job.out)
+        return None
+    tokenizer.save_pretrained(out)
     import shutil
 
-    shutil.rmtree(job.out / "trainer", ignore_errors=True)
-    jobs.finish(job, {"train_loss": result.training_loss, "first_logged_loss": losses[0] if losses else None,
-                      "last_logged_loss": losses[-1] if losses else None, "steps": result.global_step,
-                      "reviews": len(ds), "parameters": model.num_parameters(), "vocab_size": len(tokenizer)}, run)
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+    return {"train_loss": result.training_loss, "first_logged_loss": losses[0] if losses else None,
+            "last_logged_loss": losses[-1] if losses else None, "steps": result.global_step,
+            "reviews": len(ds), "parameters": model.num_parameters(), "vocab_size": len(tokenizer)}
+
+
+def main():
+    job = jobs.start()
+    run = tracking.start(job)
+    cfg = job.section("sft")
+    texts = [r.text for r in make_splits(job.section("data"), job.seed).train]
+    texts = texts[: cfg.reviews or None]
+    t0 = time.time()  # one tokenizer for every training seed (reseed_shared): the data decide it, not the seed
+    tokenizer = train_tokenizer(texts, cfg.vocab_size) if cfg.model == "scratch" else pretrained(cfg.model)[0]
+    log.info("tokenizer: %d tokens in %.0fs", len(tokenizer), time.time() - t0)
+    metrics = jobs.each_own_seed(job, lambda seed, out: train(job, seed, out, tokenizer, texts))
+    if dist.is_main():
+        jobs.finish(job, metrics, run)
 
 
 if __name__ == "__main__":

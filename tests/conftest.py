@@ -34,7 +34,7 @@ def cli(*args, run_dir: Path, check=False, env: dict | None = None):
 def micro_run(tmp_path_factory):
     """One full micro-scale run (every stage, about a minute), shared by the end-to-end tests."""
     run_dir = tmp_path_factory.mktemp("runs")
-    proc = cli("run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
+    cli("run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
     root = run_dir / "imdb-sentiment" / "micro"
     return run_dir, root, (root / "frontier.csv").read_text()  # the frontier before any test changes the store
 

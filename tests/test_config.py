@@ -49,6 +49,7 @@ BAD = [
     ("[imdb-sentiment.scales.bad.unlikelihood]\nalphas = [0.1, 0.1]", "unlikelihood.alphas has repeated values"),
     ("[imdb-sentiment.scales.bad.preferred_ft]\nseeds = [0, 1]", "unknown key imdb-sentiment.preferred_ft.seeds"),
     ("[imdb-sentiment.scales.bad]\nseeds = 0", "imdb-sentiment.seeds = 0: must be >= 1"),
+    ("[imdb-sentiment.scales.bad]\nreseed_shared = 1", "imdb-sentiment.reseed_shared = 1: expected true or false"),
     ("[imdb-sentiment.scales.bad]\nseeds = 2.5", "imdb-sentiment.seeds = 2.5: expected an integer"),
     ("[imdb-sentiment.scales.bad.eval]\nselect_prompts = 0", "eval.select_prompts = 0: must be > 0"),
     ("[imdb-sentiment.scales.bad.report]\nsamples = 20", "report.samples = 20: must be >= 0 and <= 8"),
@@ -83,6 +84,8 @@ def test_bad_config_is_a_one_line_error(tmp_path, override, message):
     (["run", "imdb-sentiment", "--scale", "micro", "--stages", "sft,ppo2"], "unknown stage 'ppo2'"),
     (["run", "imdb-sentiment", "--scale", "micro", "--stages", "dpo"], "stage dpo needs sft, pairs"),
     (["run", "imdb-sentiment", "--bogus"], "unrecognized arguments: --bogus"),
+    (["run", "imdb-sentiment", "--scale", "micro", "--seeds", "0"], "--seeds = 0: must be >= 1"),
+    (["run", "imdb-sentiment", "--seeds", "x"], "argument --seeds: invalid int value: 'x'"),
     (["--config", "/nonexistent.toml", "show", "imdb-sentiment"], "config file /nonexistent.toml not found"),
 ])
 def test_bad_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):

@@ -274,3 +274,36 @@ def test_eval_refuses_a_checkpoint_with_non_finite_weights(micro_copy):
     assert "dpo beta0.1-seed0 step 6: KL or reward is not finite" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert (root / "frontier.csv").read_text() == before
+
+
+def test_reseed_shared_retrains_sft_pairs_and_reward_model_per_seed(micro_run, tmp_path):
+    """reseed_shared: every seed has its own SFT model, pairs and reward model; seed 0's are the shared run's
+    (the same training seed), seed 1's differ; each seed's checkpoints are measured against their own SFT
+    model, and the verdict rests on both."""
+    from safetensors.torch import load_file
+
+    _, shared, _ = micro_run
+    toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
+    path = tmp_path / "reseed.toml"
+    path.write_text(toml.replace("[imdb-sentiment.scales.micro]\ntorch_threads = 1",
+                                 "[imdb-sentiment.scales.micro]\ntorch_threads = 1\nreseed_shared = true"))
+    run_dir = tmp_path / "runs"
+    cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
+    root = run_dir / "imdb-sentiment" / "micro"
+    weights = {k: load_file(str(root / "sft" / f"seed{k}" / "model.safetensors")) for k in (0, 1)}
+    one_sft = load_file(str(shared / "sft" / "model.safetensors"))
+    assert all(weights[0][name].equal(one_sft[name]) for name in one_sft)  # seed 0: the shared run's model
+    assert not all(weights[1][name].equal(one_sft[name]) for name in one_sft)
+    for stage, marker in (("pairs", "dataset"), ("reward_model", "reward.json")):
+        for k in (0, 1):
+            assert (root / stage / f"seed{k}" / marker).exists() and (root / stage / f"seed{k}" / "metrics.json").exists()
+    means = [json.loads((root / "pairs" / f"seed{k}" / "metrics.json").read_text())["sft_reward_mean"] for k in (0, 1)]
+    assert means[0] != means[1]  # another model's samples
+    table = rows(root / "frontier.csv")
+    sft = {(r["run"], r["seed"], r["split"]) for r in table if r["method"] == "sft"}
+    assert sft == {(f"seed{k}", str(k), split) for k in (0, 1) for split in ("test", "select")}
+    assert all(float(r["kl"]) == 0.0 for r in table if r["method"] == "sft")  # each against itself
+    md = (root / "report.md").read_text()
+    assert md.index("## Verdict") < md.index("## Per method") and "(2 seeds)" in md
+    config = json.loads((root / "ppo" / "manifest.json").read_text())["config"]
+    assert config["per_seed_stages"] == ["sft", "pairs", "reward_model"] and config["seeds"] == 2

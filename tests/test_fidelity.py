@@ -61,9 +61,9 @@ def test_every_stage_scores_prompt_plus_completion(micro_run):
     alone = GroundTruth(root / "ground_truth", "completion", tokenizer)(prompts, completions)
     assert not np.allclose(samples["score"], alone)  # the two readings differ on these samples
 
-    job = SimpleNamespace(inputs={"ground_truth": root / "ground_truth", "pairs": root / "pairs"},
+    job = SimpleNamespace(inputs={"ground_truth": root / "ground_truth"}, upstream=lambda stage, seed=0: root / stage,
                           section=lambda name: SimpleNamespace(reads="prompt+completion"))
-    train_reward = ppo.score_functions(["ppo-gt"], job, tokenizer)["ppo-gt"](prompts[:8], completions[:8])
+    train_reward = ppo.score_functions(["ppo-gt"], job, tokenizer, 0)["ppo-gt"](prompts[:8], completions[:8])
     sft = json.loads((root / "pairs" / "metrics.json").read_text())
     want = (gt(prompts[:8], completions[:8]) - sft["sft_reward_mean"]) / sft["sft_reward_std"]
     assert np.allclose(train_reward.numpy(), want, atol=1e-5)  # ppo-gt trains on the normalised r(x, y)
