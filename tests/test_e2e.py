@@ -221,13 +221,18 @@ def test_another_seed_gives_another_frontier(micro_run, tmp_path):
     """The seed reaches the results. (The same seed from scratch reproduces frontier.csv byte for byte: the
     last check of test_faults' kill test, a fresh run store killed and resumed ten times.)"""
     _, _, first = micro_run
+    other = micro_with(tmp_path, "seed = 1")
+    assert (other / "frontier.csv").read_text() != first
+
+
+def micro_with(tmp_path, line: str) -> Path:
+    """A fresh micro run whose scale has one more top-level line (seed = 1, reseed_shared = true). -> its folder."""
     toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
-    path = tmp_path / "seed1.toml"
+    path = tmp_path / "micro_with.toml"
     path.write_text(toml.replace("[imdb-sentiment.scales.micro]\ntorch_threads = 1",
-                                 "[imdb-sentiment.scales.micro]\ntorch_threads = 1\nseed = 1"))
-    other = tmp_path / "other"
-    cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", run_dir=other, check=True)
-    assert (other / "imdb-sentiment" / "micro" / "frontier.csv").read_text() != first
+                                 f"[imdb-sentiment.scales.micro]\ntorch_threads = 1\n{line}"))
+    cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", run_dir=tmp_path / "runs", check=True)
+    return tmp_path / "runs" / "imdb-sentiment" / "micro"
 
 
 @pytest.mark.parametrize("stage", ["dpo", "preferred_ft"])
@@ -283,13 +288,7 @@ def test_reseed_shared_retrains_sft_pairs_and_reward_model_per_seed(micro_run, t
     from safetensors.torch import load_file
 
     _, shared, _ = micro_run
-    toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
-    path = tmp_path / "reseed.toml"
-    path.write_text(toml.replace("[imdb-sentiment.scales.micro]\ntorch_threads = 1",
-                                 "[imdb-sentiment.scales.micro]\ntorch_threads = 1\nreseed_shared = true"))
-    run_dir = tmp_path / "runs"
-    cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
-    root = run_dir / "imdb-sentiment" / "micro"
+    root = micro_with(tmp_path, "reseed_shared = true")
     weights = {k: load_file(str(root / "sft" / f"seed{k}" / "model.safetensors")) for k in (0, 1)}
     one_sft = load_file(str(shared / "sft" / "model.safetensors"))
     assert all(weights[0][name].equal(one_sft[name]) for name in one_sft)  # seed 0: the shared run's model
