@@ -167,7 +167,8 @@ class PPOConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
-    prompts: int = spec(gt=0, help="test prompts: held-out prompts, one sample each, on which results are reported")
+    prompts: int = spec(ge=2, help="test prompts: held-out prompts, one sample each, on which results are reported "
+                                   "(at least 2: their spread is part of every interval)")
     select_prompts: int = spec(gt=0, help="select prompts: other held-out prompts, one sample each, on which "
                                           "checkpoints are chosen (best reward within a KL budget, the Pareto "
                                           "front); choosing on the test prompts would bias the reported reward up")
@@ -183,7 +184,8 @@ class ReportConfig:
     area_max_kl: float = spec(10.0, gt=0, help="area under each method's Pareto front from KL 0 to this, over it")
     samples: int = spec(4, ge=0, le=8, help="held-out prompts in the samples table (one completion per method)")
     confidence: float = spec(0.95, gt=0, le=0.999, help="confidence level of every interval and verdict")
-    resamples: int = spec(2000, ge=100, help="bootstrap resamples (seeds x test prompts) per interval")
+    resamples: int = spec(2000, ge=100, help="bootstrap resamples of the test prompts per interval (the seeds' part "
+                                             "is Welch's: docs/verdict.md)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -58,8 +58,9 @@ class Frontier:
     """frontier.csv and per_prompt.json as what the statistics need: per method and training seed, the
     candidates (the SFT model and the seed's checkpoints) with their select points and test per-prompt values."""
 
-    def __init__(self, rows: list[dict], per_prompt: dict):
+    def __init__(self, rows: list[dict], per_prompt: dict, paired_seeds: bool = False):
         self.rows = rows
+        self.paired_seeds = paired_seeds  # reseed_shared: seed k of every method started from the same SFT model
         test = slice(*per_prompt["splits"]["test"])
         self.test_values = {pid: {k: np.asarray(v[k][test], dtype=np.float64) for k in ("reward", "kl", "length")}
                             for pid, v in per_prompt["points"].items()}
@@ -100,7 +101,7 @@ def verdict(frontier: Frontier, cfg, rng_seed: int) -> tuple[list[str], list[str
             continue
         for name, budget in measures(cfg):
             iv = interval(frontier.per_seed(a, budget, cfg.area_max_kl), frontier.per_seed(b, budget, cfg.area_max_kl),
-                          cfg.confidence, cfg.resamples, rng_seed)
+                          cfg.confidence, cfg.resamples, rng_seed, paired_seeds=frontier.paired_seeds)
             where = f"At {name}" if budget is not None else f"On the {name}"
             sentences.append(sentence(where, METHODS[a], METHODS[b], iv))
             body.append([f"{METHODS[a]} vs {METHODS[b]}", name, f"{iv.estimate:+.3f}", f"[{iv.low:+.3f}, {iv.high:+.3f}]",
@@ -258,7 +259,8 @@ def build(job) -> list[tuple]:
     inputs = job.inputs
     manifests = {name: json.loads((folder / "manifest.json").read_text()) for name, folder in inputs.items()}
     rows = read_frontier(inputs["eval"] / "frontier.csv")
-    frontier = Frontier(rows, json.loads((inputs["eval"] / "per_prompt.json").read_text()))
+    frontier = Frontier(rows, json.loads((inputs["eval"] / "per_prompt.json").read_text()),
+                        paired_seeds=bool(job.config.get("per_seed_stages")))
     runs: dict[str, list[dict]] = {}
     for stage in ("dpo", "unlikelihood", "preferred_ft", "ppo"):
         for r in json.loads((inputs[stage] / "runs.json").read_text()):
@@ -266,7 +268,7 @@ def build(job) -> list[tuple]:
     samples = json.loads((inputs["eval"] / "samples.json").read_text())
     pairs, gt, rm = manifests["pairs"]["metrics"], manifests["ground_truth"]["metrics"], manifests["reward_model"]["metrics"]
     pairs_tokens = round(pairs["prompts"] * job.config["pairs"]["samples_per_prompt"] * pairs["mean_completion_tokens"])
-    ev, seeds = job.config["eval"], job.config.get("seeds", 1)
+    ev, seeds = job.config["eval"], max(frontier.seeds(m) for m in frontier.methods)  # what the data hold
     sentences, *verdict_table = verdict(frontier, cfg, job.seed)
     plot_bands(frontier, cfg, job.seed, job.out / "frontier_bands")
     blocks = [

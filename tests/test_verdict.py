@@ -47,49 +47,79 @@ def test_select_and_test_prompts_are_disjoint_and_cover_the_evaluated_list():
 # ------------------------------------------------------------------------------------------------ coverage
 TRUE_KL = [0.0, 1.0, 3.0, 6.0]
 TRUE_REWARD = {"A": [0.50, 0.56, 0.63, 0.70], "B": [0.50, 0.54, 0.60, 0.68]}
-SEED_SD, PROMPT_SD, SAMPLE_SD = 0.03, 0.10, 0.10
+PROMPT_SD = 0.10
 
 
-def synthetic_experiment(rng, seeds=3, prompts=64, select_prompts=32, budget=5.0):
+def synthetic_experiment(rng, seed_sd, sample_sd, seeds=3, prompts=64, select_prompts=32, budget=5.0):
     """Both methods' [seeds, prompts] chosen test rewards at a KL budget. A checkpoint's reward on a prompt is its
     true reward + its seed's effect (shared by the seed's checkpoints) + the prompt's effect (shared by every
     method and checkpoint: which prompts were drawn) + sampling noise; the SFT model's values are shared."""
     prompt_test, prompt_select = rng.normal(0, PROMPT_SD, prompts), rng.normal(0, PROMPT_SD, select_prompts)
-    sft_test = TRUE_REWARD["A"][0] + prompt_test + rng.normal(0, SAMPLE_SD, prompts)
-    sft_select = TRUE_REWARD["A"][0] + prompt_select.mean() + rng.normal(0, SAMPLE_SD / select_prompts**0.5)
+    sft_test = TRUE_REWARD["A"][0] + prompt_test + rng.normal(0, sample_sd, prompts)
+    sft_select = TRUE_REWARD["A"][0] + prompt_select.mean() + rng.normal(0, sample_sd / select_prompts**0.5)
     out = {}
     for method, rewards in TRUE_REWARD.items():
         per_seed = []
         for _ in range(seeds):
-            effect = rng.normal(0, SEED_SD)
-            test = [sft_test] + [r + effect + prompt_test + rng.normal(0, SAMPLE_SD, prompts) for r in rewards[1:]]
+            effect = rng.normal(0, seed_sd)
+            test = [sft_test] + [r + effect + prompt_test + rng.normal(0, sample_sd, prompts) for r in rewards[1:]]
             select = [(0.0, sft_select)] + [
-                (kl, r + effect + prompt_select.mean() + rng.normal(0, SAMPLE_SD / select_prompts**0.5))
+                (kl, r + effect + prompt_select.mean() + rng.normal(0, sample_sd / select_prompts**0.5))
                 for kl, r in zip(TRUE_KL[1:], rewards[1:])]
             per_seed.append(chosen_values(select, np.stack(test), budget, 10.0))
         out[method] = np.stack(per_seed)
     return out["A"], out["B"]
 
 
-def test_the_95_percent_interval_covers_a_known_truth_90_to_99_percent_of_the_time():
-    """300 simulated experiments of 3 seeds a method. The truth at KL <= 5 is the third checkpoint's reward
-    (the selection misses it with probability ~0.3%): A 0.63, B 0.60, A - B 0.03. Our interval covers it at
-    90-99%; a percentile bootstrap over the seeds alone (the obvious alternative) does not."""
+def true_value(method: str, seed_sd: float, sample_sd: float, select_prompts: int, budget=5.0) -> float:
+    """What the statistic estimates: the expected true reward of the checkpoint chosen on noisy select means
+    (the selection sometimes misses the best one inside the budget), by simulating 400,000 selections."""
+    rng = np.random.default_rng(0)
+    rewards = np.array(TRUE_REWARD[method])
+    select = rewards + rng.normal(0, sample_sd / select_prompts**0.5, (400_000, len(rewards)))
+    select[:, 1:] += rng.normal(0, seed_sd, (400_000, 1))  # the seed's effect, on its checkpoints (not the SFT's)
+    inside = [i for i, kl in enumerate(TRUE_KL) if kl <= budget]
+    return float(rewards[np.array(inside)[select[:, inside].argmax(1)]].mean())
+
+
+@pytest.mark.parametrize("seed_sd,sample_sd,prompts,select_prompts", [(0.03, 0.10, 64, 32), (0.03, 0.30, 256, 128)])
+def test_the_95_percent_interval_covers_a_known_truth_90_to_99_percent_of_the_time(seed_sd, sample_sd, prompts,
+                                                                                    select_prompts):
+    """300 simulated experiments of 3 seeds a method, in two regimes: seeds dominate (s.d. 0.03 against
+    sampling noise 0.10 a sample, 64 test prompts), and the tiny scale's (one sample's P(positive) spreads
+    ~0.3; 256 test and 128 select prompts). The truth at KL <= 5 is true_value's (A ~0.63, A - B ~0.03). Our
+    interval covers it at 90-99%; a percentile bootstrap over the seeds alone (the obvious alternative)
+    covers far less where the seeds dominate."""
     rng = np.random.default_rng(2026)
-    truth_a, truth_diff = TRUE_REWARD["A"][2], TRUE_REWARD["A"][2] - TRUE_REWARD["B"][2]
+    truth_a = true_value("A", seed_sd, sample_sd, select_prompts)
+    truth_diff = truth_a - true_value("B", seed_sd, sample_sd, select_prompts)
     covered_a = covered_diff = naive_diff = 0
     experiments = 300
     for i in range(experiments):
-        a, b = synthetic_experiment(rng)
-        one, diff = interval(a, None, resamples=500, rng=i), interval(a, b, resamples=500, rng=i)
+        a, b = synthetic_experiment(rng, seed_sd, sample_sd, prompts=prompts, select_prompts=select_prompts)
+        one, diff = interval(a, None, resamples=300, rng=i), interval(a, b, resamples=300, rng=i)
         covered_a += one.low <= truth_a <= one.high
         covered_diff += diff.low <= truth_diff <= diff.high
-        naive = stats.bootstrap((a.mean(1) - b.mean(1),), np.mean, n_resamples=500, method="percentile",
+        naive = stats.bootstrap((a.mean(1) - b.mean(1),), np.mean, n_resamples=300, method="percentile",
                                 rng=i).confidence_interval
         naive_diff += naive.low <= truth_diff <= naive.high
     assert 0.90 <= covered_a / experiments <= 0.99, covered_a
     assert 0.90 <= covered_diff / experiments <= 0.99, covered_diff
     assert naive_diff / experiments < 0.88, naive_diff  # why the seeds are not bootstrapped (core/verdict.py)
+
+
+def test_paired_seeds_difference_seed_by_seed():
+    """reseed_shared: seed k of both methods shares its SFT model; a per-seed offset common to both cancels,
+    and two methods choosing the same point at every seed give exactly 0."""
+    rng = np.random.default_rng(4)
+    shared = rng.normal(0, 0.2, (3, 1)) + rng.normal(0, 0.1, (3, 128))  # each seed's own SFT model
+    a, b = shared + 0.05 + rng.normal(0, 0.01, (3, 128)), shared + rng.normal(0, 0.01, (3, 128))
+    paired, unpaired = interval(a, b, paired_seeds=True), interval(a, b)
+    assert paired.low > 0 and unpaired.word() == "not resolved"
+    same = interval(shared, shared, paired_seeds=True)
+    assert same.estimate == same.low == same.high == 0.0
+    with pytest.raises(ValueError, match="as many on both sides"):
+        interval(a, b[:2], paired_seeds=True)
 
 
 def test_prompts_shared_by_both_methods_cancel_in_a_difference():
@@ -125,3 +155,5 @@ def test_one_seed_gives_a_prompt_only_interval_and_bad_shapes_are_refused():
     assert iv.seeds == 1 and iv.low < iv.estimate < iv.high and iv.word() == "not resolved"
     with pytest.raises(ValueError, match="same prompts"):
         interval(a, rng.normal(size=(2, 63)))
+    with pytest.raises(ValueError, match="at least 2"):
+        interval(a[:, :1])
