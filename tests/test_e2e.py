@@ -217,14 +217,6 @@ def test_ppo_gt_raises_ground_truth_reward(micro_run, tmp_path, value_model):
     assert log[-1]["kl"] > log[0]["kl"]
 
 
-def test_another_seed_gives_another_frontier(micro_run, tmp_path):
-    """The seed reaches the results. (The same seed from scratch reproduces frontier.csv byte for byte: the
-    last check of test_faults' kill test, a fresh run store killed and resumed ten times.)"""
-    _, _, first = micro_run
-    other = micro_with(tmp_path, "seed = 1")
-    assert (other / "frontier.csv").read_text() != first
-
-
 def micro_with(tmp_path, line: str) -> Path:
     """A fresh micro run whose scale has one more top-level line (seed = 1, reseed_shared = true). -> its folder."""
     toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
@@ -281,18 +273,18 @@ def test_eval_refuses_a_checkpoint_with_non_finite_weights(micro_copy):
     assert (root / "frontier.csv").read_text() == before
 
 
-def test_reseed_shared_retrains_sft_pairs_and_reward_model_per_seed(micro_run, tmp_path):
-    """reseed_shared: every seed has its own SFT model, pairs and reward model; seed 0's are the shared run's
-    (the same training seed), seed 1's differ; each seed's checkpoints are measured against their own SFT
-    model, and the verdict rests on both."""
+def test_another_seed_and_reseed_shared(micro_run, tmp_path):
+    """seed = 1 reaches the results (the same seed from scratch reproduces frontier.csv byte for byte: the last
+    check of test_faults' kill test). reseed_shared: every training seed has its own SFT model, pairs and reward
+    model (seed 0's trains with the benchmark's seed, as the shared one does: core.run.training_seed), each
+    seed's checkpoints are measured against their own SFT model, and the verdict rests on both seeds."""
     from safetensors.torch import load_file
 
-    _, shared, _ = micro_run
-    root = micro_with(tmp_path, "reseed_shared = true")
-    weights = {k: load_file(str(root / "sft" / f"seed{k}" / "model.safetensors")) for k in (0, 1)}
-    one_sft = load_file(str(shared / "sft" / "model.safetensors"))
-    assert all(weights[0][name].equal(one_sft[name]) for name in one_sft)  # seed 0: the shared run's model
-    assert not all(weights[1][name].equal(one_sft[name]) for name in one_sft)
+    _, _, first = micro_run
+    root = micro_with(tmp_path, "seed = 1\nreseed_shared = true")
+    assert (root / "frontier.csv").read_text() != first
+    weights = [load_file(str(root / "sft" / f"seed{k}" / "model.safetensors")) for k in (0, 1)]
+    assert not all(weights[0][name].equal(weights[1][name]) for name in weights[0])
     for stage, marker in (("pairs", "dataset"), ("reward_model", "reward.json")):
         for k in (0, 1):
             assert (root / stage / f"seed{k}" / marker).exists() and (root / stage / f"seed{k}" / "metrics.json").exists()
