@@ -103,9 +103,10 @@ def sentence(where: str, a: str, b: str, iv: Interval) -> str:
     if iv.low == iv.high == iv.estimate:
         return f"{where}, {a} and {b} give the same value ({iv.estimate:.3f}: the same checkpoint, such as the SFT " \
                f"model, at every seed)."
-    why = " (one seed: no training-seed variance is known)" if iv.seeds < 2 else ""
+    if iv.seeds < 2:
+        seeds = "one seed: no training-seed variance is known, so no verdict"
     return (f"{where}, {a} vs {b} is not resolved: {a} - {b} = {iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}] "
-            f"({seeds}){why}.")
+            f"({seeds}).")
 
 
 def chosen_values(select_points: list[tuple[float, float]], test_values: np.ndarray, budget: float | None,
