@@ -43,10 +43,6 @@ class Job:
         [None]: one artifact, in out/ itself."""
         return list(range(self.seeds)) if self.stage in self.config.get("per_seed_stages", []) else [None]
 
-    def artifact(self, seed: int | None) -> Path:
-        """Where this stage writes seed `seed`'s artifact (own_seeds): out/seed<k>/, or out/ for None."""
-        return self.out if seed is None else self.out / f"seed{seed}"
-
     def section(self, name: str):
         """A config section as its typed dataclass."""
         return SECTIONS[name](**self.config[name])
@@ -106,7 +102,7 @@ def each_own_seed(job: Job, make) -> dict | None:
 
     done = []
     for seed in job.own_seeds():
-        folder = job.artifact(seed)
+        folder = job.out if seed is None else job.out / f"seed{seed}"
         if seed is not None and (folder / "metrics.json").exists():  # made by an earlier attempt
             done.append(json.loads((folder / "metrics.json").read_text()))
             continue

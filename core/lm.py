@@ -188,11 +188,6 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, targets[..., None]).squeeze(-1)
 
 
-def per_token_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
-    """Exact KL(pi || ref) over the full vocabulary at each position. [B, T, V] x2 -> [B, T]."""
-    return kl_of_logprobs(F.log_softmax(policy_logits.float(), dim=-1), F.log_softmax(ref_logits.float(), dim=-1))
-
-
 def kl_of_logprobs(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """sum_v p(v) (log p(v) - log q(v)) at each position, from full-vocabulary log-probs. [B, T, V] x2 -> [B, T]."""
     return (logp.exp() * (logp - logq)).sum(-1)

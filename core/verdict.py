@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from core.frontier import choice_weights
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -116,7 +118,5 @@ def chosen_values(select_points: list[tuple[float, float]], test_values: np.ndar
 
     select_points: (kl, reward) per candidate (the SFT model's among them); test_values [C, P]: each
     candidate's value (reward, or KL) on each test prompt. -> [P]."""
-    from core.frontier import choice_weights
-
     weights = np.asarray(choice_weights(select_points, budget, max_kl))
     return weights @ np.asarray(test_values, dtype=np.float64)

@@ -108,12 +108,15 @@ def main():
     cfg = job.section("dpo")
     from datasets import load_from_disk
 
-    runs = []
+    runs, pairs_of = [], {}  # the training and held-out pairs of each pairs folder (one unless reseed_shared)
     for seed in range(job.seeds):
-        data = load_from_disk(str(job.upstream("pairs", seed) / "dataset"))  # this seed's pairs (reseed_shared)
-        pairs = data.filter(lambda r: not r["heldout"]).select_columns(COLUMNS)
-        heldout = data.filter(lambda r: r["heldout"]).select_columns(COLUMNS)
-        heldout = heldout.shuffle(seed=job.seed).select(range(min(HELDOUT_EVAL_PAIRS, len(heldout))))
+        folder = job.upstream("pairs", seed)
+        if folder not in pairs_of:
+            data = load_from_disk(str(folder / "dataset"))
+            heldout = data.filter(lambda r: r["heldout"]).select_columns(COLUMNS)
+            pairs_of[folder] = (data.filter(lambda r: not r["heldout"]).select_columns(COLUMNS),
+                                heldout.shuffle(seed=job.seed).select(range(min(HELDOUT_EVAL_PAIRS, len(heldout)))))
+        pairs, heldout = pairs_of[folder]
         for beta in cfg.betas:
             log.info("DPO beta=%g, training seed %d, on %d pairs", beta, seed, len(pairs))
             runs.append(train_one(beta, seed, cfg, job, pairs, heldout))

@@ -163,10 +163,13 @@ def main():
     dist.check_divisible(f"{job.stage}.batch_size", cfg.batch_size)
     from datasets import load_from_disk
 
-    runs = []
-    for seed in range(job.seeds):  # this seed's pairs (one set unless reseed_shared)
-        data = load_from_disk(str(job.upstream("pairs", seed) / "dataset")).filter(lambda r: not r["heldout"])
-        pairs = {c: data[c] for c in ("prompt_ids", "chosen_ids", "rejected_ids")}
+    runs, pairs_of = [], {}  # the training pairs of each pairs folder (one unless reseed_shared)
+    for seed in range(job.seeds):
+        folder = job.upstream("pairs", seed)
+        if folder not in pairs_of:
+            data = load_from_disk(str(folder / "dataset")).filter(lambda r: not r["heldout"])
+            pairs_of[folder] = {c: data[c] for c in ("prompt_ids", "chosen_ids", "rejected_ids")}
+        pairs = pairs_of[folder]
         for param in getattr(cfg, sweep_key) if sweep_key else [None]:
             log.info("%s%s, training seed %d, on %d pairs", method, f" {name}={param:g}" if name else "", seed,
                      len(data))

@@ -38,6 +38,7 @@ FIELDS = ["method", "run", "param", "seed", "step", "split", "kl", "kl_se", "kl_
           "n"]
 STYLE = {"sft": ("black", "*"), "dpo": ("tab:red", "o"), "ppo": ("tab:blue", "s"), "ppo-gt": ("tab:cyan", "D"),
          "unlikelihood": ("tab:green", "^"), "preferred-ft": ("tab:purple", "v")}
+SAMPLES_KEPT = 8  # completions kept per point, for the report's samples table
 LABELS = {"sft": "SFT", "dpo": "DPO", "ppo": "PPO", "ppo-gt": "PPO-GT", "unlikelihood": "Unlikelihood",
           "preferred-ft": "Preferred-FT"}
 
@@ -67,9 +68,6 @@ def evaluate(policy, policy_dir, ref, prompts, tokenizer, ground_truth, cfg, see
     return {"reward": [float(r) for r in rewards], "kl": [float(k) for k in kl], "kl_mc": [float(k) for k in kl_mc],
             "length": [len(c) for c in completions], **gap,
             "texts": [lm.decode(tokenizer, c) for c in completions[:SAMPLES_KEPT]]}
-
-
-SAMPLES_KEPT = 8  # completions kept per point, for the report's samples table
 
 
 def split_point(result: dict, rows: slice) -> dict:

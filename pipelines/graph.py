@@ -233,14 +233,14 @@ def vllm_installed() -> bool:
 
 
 def stage_config(cfg: BenchmarkConfig, stage: Stage, protocol: dict | None = None) -> dict:
-    per_seed = stage.seeded or stage.name in RESEEDED or stage.name in ("eval", "report")
-    config = {"seed": cfg.seed,
-              **({"seeds": cfg.seeds} if stage.seeded or stage.name == "report" or
-                 (cfg.reseed_shared and per_seed) else {}),
-              # the stages whose artifacts are one per training seed (<stage>/seed<k>/): only when re-seeded, so
-              # the default configs (and their hashes) do not mention it
-              **({"per_seed_stages": list(RESEEDED)} if cfg.reseed_shared and per_seed else {}),
-              **{name: cfg.section(name) for name in stage.sections}}
+    config = {"seed": cfg.seed}
+    if stage.seeded or stage.name == "report":  # the methods train once per seed; the report's protocol table
+        config["seeds"] = cfg.seeds
+    if cfg.reseed_shared and (stage.seeded or stage.name in RESEEDED + ("eval", "report")):
+        # the stages whose artifacts are one per training seed (<stage>/seed<k>/): only when re-seeded, so the
+        # default configs (and their hashes) do not mention it
+        config.update(seeds=cfg.seeds, per_seed_stages=list(RESEEDED))
+    config.update({name: cfg.section(name) for name in stage.sections})
     for section in config.values():  # pairs.sampler / eval.sampler: "auto" -> the sampler that will run
         if isinstance(section, dict) and section.get("sampler") == "auto":
             section["sampler"] = "vllm" if vllm_installed() else "hf"

@@ -10,6 +10,7 @@ once as a list of blocks (headings, paragraphs, tables, figures) and rendered tw
 
 import base64
 import csv
+import functools
 import html
 import json
 import logging
@@ -77,6 +78,7 @@ class Frontier:
     def seeds(self, method: str) -> int:
         return len(self.candidates.get(method, {}))
 
+    @functools.lru_cache(maxsize=None)  # the verdict, both tables and the bands ask for the same ones
     def per_seed(self, method: str, budget: float | None, max_kl: float, value: str = "reward") -> np.ndarray:
         """[seeds, test prompts]: each seed's chosen checkpoint(s) (on select) on the test prompts."""
         out = []

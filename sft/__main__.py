@@ -63,15 +63,29 @@ def gguf_in_package(dist: str) -> tuple[str, str]:
     return str(path.parent), path.name
 
 
-def pretrained(name: str):
-    """A pretrained model and its tokenizer: a hub id, a local HF folder, or package:<dist> holding a GGUF file
-    (de-quantized to float32 by transformers; the stage then saves it as a plain HF folder)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _pretrained_source(name: str) -> tuple[str, str | None]:
+    """(folder or hub id, GGUF file name or None) of sft.model."""
+    return gguf_in_package(name.split(":", 1)[1]) if name.startswith("package:") else (name, None)
 
-    folder, gguf = gguf_in_package(name.split(":", 1)[1]) if name.startswith("package:") else (name, None)
+
+def pretrained_tokenizer(name: str):
+    """A pretrained model's tokenizer (a hub id, a local HF folder, or package:<dist> holding a GGUF file), with a
+    pad token distinct from eos, so eos is learned."""
+    from transformers import AutoTokenizer
+
+    folder, gguf = _pretrained_source(name)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        tokenizer.add_special_tokens({"pad_token": PAD})  # a pad distinct from eos, so eos is learned
+        tokenizer.add_special_tokens({"pad_token": PAD})
+    return tokenizer
+
+
+def pretrained_model(name: str, tokenizer):
+    """The pretrained model, its embeddings sized to `tokenizer` (GGUF weights de-quantized to float32 by
+    transformers; the stage then saves it as a plain HF folder)."""
+    from transformers import AutoModelForCausalLM
+
+    folder, gguf = _pretrained_source(name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
     if gguf:  # de-quantized weights into a plain float32 model: transformers would not train or save the other
         plain = AutoModelForCausalLM.from_config(model.config)
@@ -80,7 +94,7 @@ def pretrained(name: str):
         model = plain
     model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
-    return tokenizer, model
+    return model
 
 
 def tokenize_reviews(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
@@ -102,7 +116,7 @@ def train(job, seed: int, out: Path, tokenizer, texts: list[str]) -> dict | None
 
     cfg = job.section("sft")
     torch.manual_seed(training_seed(job.seed, seed))  # seed 0: the benchmark's seed, as when SFT is shared
-    model = scratch_model(tokenizer, cfg) if cfg.model == "scratch" else pretrained(cfg.model)[1]
+    model = scratch_model(tokenizer, cfg) if cfg.model == "scratch" else pretrained_model(cfg.model, tokenizer)
     if cfg.model == "scratch":
         log.info("GPT-2 %d layers x %d wide, %.2fM parameters", cfg.n_layer, cfg.n_embd, model.num_parameters() / 1e6)
     ds = Dataset.from_dict({"input_ids": tokenize_reviews(tokenizer, texts, cfg.max_length)})
@@ -141,7 +155,7 @@ def main():
     texts = [r.text for r in make_splits(job.section("data"), job.seed).train]
     texts = texts[: cfg.reviews or None]
     t0 = time.time()  # one tokenizer for every training seed (reseed_shared): the data decide it, not the seed
-    tokenizer = train_tokenizer(texts, cfg.vocab_size) if cfg.model == "scratch" else pretrained(cfg.model)[0]
+    tokenizer = train_tokenizer(texts, cfg.vocab_size) if cfg.model == "scratch" else pretrained_tokenizer(cfg.model)
     log.info("tokenizer: %d tokens in %.0fs", len(tokenizer), time.time() - t0)
     metrics = jobs.each_own_seed(job, lambda seed, out: train(job, seed, out, tokenizer, texts))
     if dist.is_main():

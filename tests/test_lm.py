@@ -61,7 +61,7 @@ def test_kl_of_a_model_to_itself_is_zero():
 def test_per_token_kl_by_hand():
     p, q = torch.tensor([0.5, 0.5]), torch.tensor([0.9, 0.1])
     want = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
-    got = lm.per_token_kl(p.log()[None, None], q.log()[None, None])
+    got = lm.kl_of_logprobs(p.log()[None, None], q.log()[None, None])
     assert got.item() == pytest.approx(want, rel=1e-6)
 
 
