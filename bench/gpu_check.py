@@ -23,7 +23,7 @@ SHORT = {  # appended to the chosen scale: every stage, a few steps
     "dpo": {"betas": [0.1], "learning_rates": [], "max_steps": 40, "eval_every": 20},
     "unlikelihood": {"alphas": [0.5], "max_steps": 20, "eval_every": 20},
     "preferred_ft": {"max_steps": 20, "eval_every": 20},
-    "ppo": {"methods": ["ppo"], "target_kls": [6.0], "init_kl_coefs": [], "steps": 4, "eval_every": 4},
+    "ppo": {"target_kls": [6.0], "init_kl_coefs": [], "steps": 4, "eval_every": 4},
     "eval": {"prompts": 256},
 }
 
@@ -37,7 +37,8 @@ def config_text(scale: str) -> str:
     import tomllib
 
     base = (ROOT / "benchmarks.toml").read_text()
-    extra = ["\n[imdb-sentiment.scales.gpucheck]\ntorch_threads = 0\n"]
+    extra = ["\n[imdb-sentiment.scales.gpucheck]\ntorch_threads = 0\n"
+             'methods = ["dpo", "ppo", "unlikelihood", "preferred-ft"]\n']  # the paper's, less PPO-GT
     for section, table in tomllib.loads(base)["imdb-sentiment"]["scales"][scale].items():
         if isinstance(table, dict):
             merged = {**table, **SHORT.get(section, {})}

@@ -49,7 +49,7 @@ def tiny_ppo_config(beta: float, steps: int):
     from pipelines.config import load
 
     cfg = load("imdb-sentiment", "tiny")
-    return cfg, replace(cfg.ppo, methods=["ppo"], target_kls=[1.0], kl_control="fixed", init_kl_coef=beta,
+    return cfg, replace(cfg.ppo, target_kls=[1.0], kl_control="fixed", init_kl_coef=beta,
                         init_kl_coefs=[], steps=steps, eval_every=steps)  # no per-target starts: beta is the coefficient
 
 

@@ -118,8 +118,9 @@ def each_own_seed(job: Job, make) -> dict | None:
     return done[0] if len(done) == 1 else {**done[0], "per_seed": done}
 
 
-def finish_runs(job: Job, runs: list[dict], per_run: tuple[str, ...]) -> None:
-    """A sweep stage's end: runs.json (what eval and report read) and its metrics summed over the runs."""
+def finish_runs(job: Job, runs: list[dict], per_run: tuple[str, ...], **extra) -> None:
+    """A sweep stage's end: runs.json (what eval and report read) and its metrics summed over the runs (each run's
+    `per_run` keys, and the stage's own `extra`)."""
     from core import dist
 
     if not dist.is_main():
@@ -130,7 +131,7 @@ def finish_runs(job: Job, runs: list[dict], per_run: tuple[str, ...]) -> None:
     for key in ("tokens_generated", "tokens_trained"):
         if any(key in r for r in runs):
             metrics[key] = sum(r.get(key, 0) for r in runs)
-    finish(job, {**metrics, **{f"{r['run']}_{key}": r[key] for r in runs for key in per_run}})
+    finish(job, {**metrics, **{f"{r['run']}_{key}": r[key] for r in runs for key in per_run}, **extra})
 
 
 def run(main) -> None:

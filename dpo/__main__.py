@@ -1,12 +1,22 @@
-"""Stage dpo: Direct Preference Optimization (Rafailov et al. 2023), one run per beta and training seed.
+"""Stage dpo: Direct Preference Optimization (Rafailov et al. 2023), one run per beta and training seed; and
+its relatives that differ only in the loss (stages ipo, slic, rdpo: the same command, the job's stage says which).
+With the margin h = (log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x)):
 
-    L_DPO = -E log sigmoid( beta * [ (log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x)) ] )
+    dpo    L = -log sigmoid(beta h)                                    (TRL loss_type "sigmoid")
+    ipo    L = (h' - 1 / (2 beta))^2, h' = h with each log-ratio divided by its completion's length
+                                                                       ("ipo"; Azar et al. 2023, beta = tau)
+    slic   L = max(0, 1 - beta h)                                      ("hinge"; SLiC-HF, Zhao et al. 2023)
+    rdpo   L = [-(1 - eps) log sigmoid(beta h) + eps log sigmoid(-beta h)] / (1 - 2 eps)
+                                     ("robust"; Chowdhury et al. 2024: unbiased when a label is flipped with
+                                      probability eps = label_smoothing. Not cDPO's label smoothing, whose
+                                      second term has the other sign: TRL 1.16's sigmoid loss has none)
 
-Each run starts from the SFT model, which is also the reference. Training is TRL's DPOTrainer, handed the
-pairs as token ids (exactly what was sampled) and the reference log-probs the pairs stage computed once for
-the whole sweep. It trains on the pairs of training prompts; at every kept checkpoint (every `eval_every` steps
-and the last) it reports the DPO loss and reward accuracy on pairs of the held-out prompts (runs.json's
-"heldout"), so a beta whose held-out loss rises is seen. runs.json lists the checkpoints for eval.
+each averaged over the pairs of a batch. Each run starts from the SFT model, which is also the reference. Training
+is TRL's DPOTrainer, handed the pairs as token ids (exactly what was sampled) and the reference log-probs the
+pairs stage computed once for the whole sweep. It trains on the pairs of training prompts; at every kept
+checkpoint (every `eval_every` steps and the last) it reports the DPO loss and reward accuracy on pairs of the
+held-out prompts (runs.json's "heldout"), so a beta whose held-out loss rises is seen. runs.json lists the
+checkpoints for eval.
 """
 
 import logging
@@ -19,6 +29,7 @@ from core.lm_head import plain_lm_head
 from core.train import stop_on_non_finite_loss, trainer_args
 
 log = logging.getLogger("stage")
+LOSS_TYPES = {"dpo": "sigmoid", "ipo": "ipo", "slic": "hinge", "rdpo": "robust"}  # stage (= method) -> loss_type
 COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"]
 HELDOUT_EVAL_PAIRS = 512  # held-out pairs scored at each checkpoint (a seeded sample of them)
 
@@ -57,9 +68,9 @@ def learning_rate(cfg, beta: float) -> float:
 
 
 def train_one(beta: float, seed: int, cfg, job, pairs, heldout):
-    """One DPO run from the SFT model; a killed run resumes from its latest checkpoint (TRL's resume). The
-    training seed sets the data order (TRL's seed and data_seed)."""
-    run = MethodRun(job, "dpo", f"beta{beta:g}", "beta", beta, seed)
+    """One run of the stage's loss from the SFT model; a killed run resumes from its latest checkpoint (TRL's
+    resume). The training seed sets the data order (TRL's seed and data_seed)."""
+    run = MethodRun(job, job.stage, f"beta{beta:g}", "beta", beta, seed)
     if run.summary:
         return run.summary
     from trl import DPOConfig
@@ -71,7 +82,8 @@ def train_one(beta: float, seed: int, cfg, job, pairs, heldout):
     tokenizer = lm.load_tokenizer(job.upstream("sft", seed))
     steps = cfg.max_steps or math.ceil(len(pairs) / cfg.batch_size)
     args = DPOConfig(
-        output_dir=str(run.folder), beta=beta, loss_type=["sigmoid"], precompute_ref_log_probs=True,
+        output_dir=str(run.folder), beta=beta, loss_type=[LOSS_TYPES[job.stage]], precompute_ref_log_probs=True,
+        label_smoothing=getattr(cfg, "label_smoothing", 0.0),  # rdpo's epsilon
         learning_rate=learning_rate(cfg, beta), optim="rmsprop" if cfg.optimizer == "rmsprop" else "adamw_torch",
         warmup_steps=cfg.warmup_steps, lr_scheduler_type="constant_with_warmup",
         per_device_train_batch_size=dist.per_process("dpo.batch_size", cfg.batch_size), max_steps=steps, max_length=None,
@@ -105,7 +117,7 @@ def train_one(beta: float, seed: int, cfg, job, pairs, heldout):
 
 def main():
     job = jobs.start()
-    cfg = job.section("dpo")
+    cfg = job.section(job.stage)
     from datasets import load_from_disk
 
     runs, pairs_of = [], {}  # the training and held-out pairs of each pairs folder (one unless reseed_shared)
@@ -118,7 +130,7 @@ def main():
                                 heldout.shuffle(seed=job.seed).select(range(min(HELDOUT_EVAL_PAIRS, len(heldout)))))
         pairs, heldout = pairs_of[folder]
         for beta in cfg.betas:
-            log.info("DPO beta=%g, training seed %d, on %d pairs", beta, seed, len(pairs))
+            log.info("%s beta=%g, training seed %d, on %d pairs", job.stage, beta, seed, len(pairs))
             runs.append(train_one(beta, seed, cfg, job, pairs, heldout))
             log.info("%s: %d steps in %.0fs, final loss %s, held-out loss by checkpoint %s", runs[-1]["run"],
                      runs[-1]["steps"], runs[-1]["train_seconds"], runs[-1]["final_loss"],

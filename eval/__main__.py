@@ -7,7 +7,10 @@ P(positive | prompt + completion) (or of the completion alone: ground_truth.read
 KL = the sequence KL(pi || pi_ref) computed exactly: at every response position the full-vocabulary KL
 between the checkpoint's and the SFT model's next-token distributions, summed over the response (prompt
 masked), averaged over samples. The Monte-Carlo estimate sum(log pi - log ref) of the sampled tokens is
-reported beside it. Each checkpoint samples with the same seed (common random numbers across points).
+reported beside it. proxy_reward: the learned reward model's mean score of the same samples (normalised: 0 on
+SFT samples of training prompts), the proxy PPO and Best-of-N (RM) optimise; beside the ground truth it shows
+over-optimisation (Gao et al. 2022). Each checkpoint samples with the same seed (common random numbers across
+points). Best-of-N's points come measured from its own stage (points.json; no model to sample here).
 The sampler is ours (eval.sampler = "hf") or vLLM (core/vllm_sampling.py); the KL and the log-probs are
 always the HF models' own, in fp32. Every prompt's reward, KL and completion length go to per_prompt.json (the
 report's bootstrap resamples prompts). A point whose inputs did not change since the last evaluation is reused
@@ -31,25 +34,24 @@ from tqdm.auto import tqdm
 from core import job as jobs
 from core import dist, lm, scorer, tracking, vllm_sampling
 from core.frontier import pareto_front
+from core.methods import label, style
+from core.reward import RewardModel
 from core.run import run_label
 
 log = logging.getLogger("stage")
-FIELDS = ["method", "run", "param", "seed", "step", "split", "kl", "kl_se", "kl_mc", "reward", "reward_se", "length",
-          "n"]
-STYLE = {"sft": ("black", "*"), "dpo": ("tab:red", "o"), "ppo": ("tab:blue", "s"), "ppo-gt": ("tab:cyan", "D"),
-         "unlikelihood": ("tab:green", "^"), "preferred-ft": ("tab:purple", "v")}
+FIELDS = ["method", "run", "param", "seed", "step", "split", "kl", "kl_se", "kl_mc", "reward", "reward_se",
+          "proxy_reward", "length", "n"]
 SAMPLES_KEPT = 8  # completions kept per point, for the report's samples table
-LABELS = {"sft": "SFT", "dpo": "DPO", "ppo": "PPO", "ppo-gt": "PPO-GT", "unlikelihood": "Unlikelihood",
-          "preferred-ft": "Preferred-FT"}
 
 
 def mean_se(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
 
 
-def evaluate(policy, policy_dir, ref, prompts, tokenizer, ground_truth, cfg, seed: int) -> dict | None:
-    """One checkpoint on every held-out prompt (test and select): per prompt its ground-truth reward, exact KL,
-    Monte-Carlo KL and completion length, and the first completions' texts. With several processes each
+def evaluate(policy, policy_dir, ref, prompts, tokenizer, ground_truth, reward_model, cfg, seed: int) -> dict | None:
+    """One checkpoint on every held-out prompt (test and select): per prompt its ground-truth reward, the learned
+    reward model's score (the proxy PPO optimises), exact KL, Monte-Carlo KL and completion length, and the first
+    completions' texts. With several processes each
     samples its block of the prompts (the same seeds per prompt as one process would use) and computes their
     KL; the main process gathers them in order, scores and returns the result; the others return None. With
     vLLM (one process) it also carries the gap between vLLM's and the HF policy's log-probs of the samples
@@ -65,7 +67,9 @@ def evaluate(policy, policy_dir, ref, prompts, tokenizer, ground_truth, cfg, see
     if not dist.is_main():
         return None
     rewards = ground_truth(prompts, completions)
-    return {"reward": [float(r) for r in rewards], "kl": [float(k) for k in kl], "kl_mc": [float(k) for k in kl_mc],
+    proxy = reward_model([p + c for p, c in zip(prompts, completions)], cfg.batch_size)
+    return {"reward": [float(r) for r in rewards], "proxy_reward": [float(r) for r in proxy],
+            "kl": [float(k) for k in kl], "kl_mc": [float(k) for k in kl_mc],
             "length": [len(c) for c in completions], **gap,
             "texts": [lm.decode(tokenizer, c) for c in completions[:SAMPLES_KEPT]]}
 
@@ -75,6 +79,7 @@ def split_point(result: dict, rows: slice) -> dict:
     reward, reward_se = mean_se(np.asarray(result["reward"][rows], dtype=np.float64))
     kl, kl_se = mean_se(np.asarray(result["kl"][rows], dtype=np.float64))
     return dict(kl=kl, kl_se=kl_se, kl_mc=float(np.mean(result["kl_mc"][rows])), reward=reward, reward_se=reward_se,
+                proxy_reward=float(np.mean(result["proxy_reward"][rows])),
                 length=float(np.mean(result["length"][rows])), n=len(result["reward"][rows]))
 
 
@@ -111,9 +116,9 @@ def plot(rows: list[dict], path_stem) -> None:
     ax.scatter([sft["kl"]], [sft["reward"]], c="black", marker="*", s=140, label="SFT", zorder=4)
     for method in methods:
         pts = [r for r in rows if r["method"] == method]
-        color, marker = STYLE.get(method, ("gray", "x"))
+        color, marker = style(method)
         ax.scatter([r["kl"] for r in pts], [r["reward"] for r in pts], c=color, marker=marker, s=26,
-                   label=LABELS.get(method, method), zorder=3, alpha=0.85)
+                   label=label(method), zorder=3, alpha=0.85)
         _front_line(ax, pts, sft, color=color, lw=1.2, alpha=0.8, zorder=2)
     _axes_style(ax, "IMDb Sentiment Generation")
     ax.legend(loc="lower right", fontsize=8)
@@ -136,10 +141,10 @@ def plot(rows: list[dict], path_stem) -> None:
         for i, run in enumerate(runs):
             rp = [r for r in pts if r["run"] == run]
             ax.scatter([r["kl"] for r in rp], [r["reward"] for r in rp], color=cmap(i),
-                       marker=STYLE.get(method, ("gray", "x"))[1], s=24, label=run, zorder=3)
-        _front_line(ax, pts, sft, color=STYLE.get(method, ("gray", "x"))[0], lw=1.5, zorder=2)
+                       marker=style(method)[1], s=24, label=run, zorder=3)
+        _front_line(ax, pts, sft, color=style(method)[0], lw=1.5, zorder=2)
         ax.scatter([sft["kl"]], [sft["reward"]], c="black", marker="*", s=100, zorder=4)
-        _axes_style(ax, LABELS.get(method, method))
+        _axes_style(ax, label(method))
         ax.legend(fontsize=6, loc="lower right")
     for ax in list(axes.flat)[len(methods):]:
         ax.axis("off")
@@ -168,6 +173,8 @@ class PointCache:
         for module in (__file__, lm.__file__, scorer.__file__, vllm_sampling.__file__):  # the evaluation's code
             self.base.update(Path(module).read_bytes())
         _hash_model_files(self.base, job.inputs["ground_truth"])
+        for seed in range(job.seeds):  # the proxy's scorer: each seed's reward model (one unless reseed_shared)
+            _hash_model_files(self.base, job.upstream("reward_model", seed))
         self.references: dict[Path, bytes] = {}  # each SFT reference's files, hashed once
 
     def key(self, checkpoint, reference: Path) -> str:
@@ -185,8 +192,8 @@ class PointCache:
             return None
         try:
             hit = json.loads(self.known[key].read_text())
-            return hit if all(isinstance(hit.get(k), list) for k in ("reward", "kl", "kl_mc", "length", "texts")) \
-                else None
+            return hit if all(isinstance(hit.get(k), list)
+                              for k in ("reward", "proxy_reward", "kl", "kl_mc", "length", "texts")) else None
         except (OSError, ValueError, AttributeError):  # damaged: evaluate again
             return None
 
@@ -217,13 +224,31 @@ def sft_point_id(run: str) -> str:
 
 
 def checkpoints(inputs: dict) -> list[tuple]:
-    """(method, run, param, seed, step, folder) of every kept checkpoint of every method stage."""
+    """(method, run, param, seed, step, folder, None) of every kept checkpoint of every method stage."""
     out = []
     for folder in inputs.values():
         if (folder / "runs.json").exists():  # a method stage (not sft or ground_truth)
             for run in json.loads((folder / "runs.json").read_text()):
                 out += [(run["method"], run["run"], "" if run["param"] is None else run["param"], run["seed"],
-                         c["step"], folder / c["path"]) for c in run["checkpoints"]]
+                         c["step"], folder / c["path"], None) for c in run["checkpoints"]]
+    return out
+
+
+def given_points(inputs: dict, n_prompts: int) -> list[tuple]:
+    """(method, run, param, seed, 0, None, result) of every point a method stage measured itself (Best-of-N:
+    points.json, per prompt in this evaluation's prompt order; its KL is the stage's, with no Monte-Carlo
+    estimate)."""
+    out = []
+    for folder in inputs.values():
+        if (folder / "points.json").exists():
+            for p in json.loads((folder / "points.json").read_text()):
+                if len(p["reward"]) != n_prompts:
+                    raise ValueError(f"{folder / 'points.json'}: {p['method']} {p['run']} has {len(p['reward'])} "
+                                     f"prompts, this evaluation {n_prompts}")
+                result = {"reward": p["reward"], "proxy_reward": p["proxy_reward"], "kl": [p["kl"]] * n_prompts,
+                          "kl_mc": [math.nan] * n_prompts,
+                          "length": p["length"], "texts": p["texts"]}
+                out.append((p["method"], p["run"], p["n"], p["seed"], 0, None, result))
     return out
 
 
@@ -233,6 +258,7 @@ def main():
     cfg, data_cfg = job.section("eval"), job.section("data")
     tokenizer = lm.load_tokenizer(job.upstream("sft"))  # one tokenizer for every seed's SFT model
     ground_truth = scorer.GroundTruth(job.inputs["ground_truth"], job.section("ground_truth").reads, tokenizer)
+    reward_models: dict[Path, RewardModel] = {}  # the proxy's scorer of each seed (one unless reseed_shared)
     prompts = lm.split_prompts(data_cfg, job.seed, "eval", cfg.prompts + cfg.select_prompts, tokenizer)
     splits = prompt_splits(cfg.prompts, cfg.select_prompts)
     prompt_texts = [lm.decode(tokenizer, p) for p in prompts[:SAMPLES_KEPT]]
@@ -240,31 +266,36 @@ def main():
     t0 = time.time()
     # the SFT point: one, or one per training seed when each seed has its own SFT model (reseed_shared)
     per_seed_sft = job.upstream("sft", 0) != job.inputs["sft"]
-    todo = [("sft", f"seed{seed}", "", seed, 0, None) for seed in range(job.seeds)] if per_seed_sft else \
-        [("sft", "sft", "", "", 0, None)]
+    todo = [("sft", f"seed{seed}", "", seed, 0, None, None) for seed in range(job.seeds)] if per_seed_sft else \
+        [("sft", "sft", "", "", 0, None, None)]
     sft_points = len(todo)
-    todo += checkpoints(job.inputs)
+    todo += checkpoints(job.inputs) + given_points(job.inputs, len(prompts))
     references: dict[Path, torch.nn.Module] = {}  # each checkpoint's KL is to the SFT model it started from
     log.info("evaluating %d checkpoints (and %d SFT model%s) on %d test + %d select prompts", len(todo) - sft_points,
              sft_points, "s" if sft_points > 1 else "", cfg.prompts, cfg.select_prompts)
     cache = PointCache(job)
     rows, samples, per_prompt, gaps, reused = [], {}, {}, [], 0
-    for method, run, param, seed, step, path in tqdm(todo, desc="eval checkpoints", unit="ckpt",
-                                                     disable=None if dist.is_main() else True):
+    for method, run, param, seed, step, path, given in tqdm(todo, desc="eval checkpoints", unit="ckpt",
+                                                            disable=None if dist.is_main() else True):
         reference = job.upstream("sft", seed or 0)
-        key = cache.key(path, reference)
-        result = cache.get(key)  # every process finds the same files, so all skip the point together
-        if result is not None:
+        key = None if given is not None else cache.key(path, reference)  # given: measured by its own stage
+        result = given or cache.get(key)  # every process finds the same files, so all skip the point together
+        if given is None and result is not None:
             reused += 1
-        else:
+        elif result is None:
             if reference not in references:
                 references[reference] = lm.load_causal_lm(reference)
             ref = references[reference]
             policy = ref if path is None else lm.load_causal_lm(path)
-            result = evaluate(policy, path or reference, ref, prompts, tokenizer, ground_truth, cfg, job.seed)
+            rm_folder = job.upstream("reward_model", seed or 0)
+            if rm_folder not in reward_models:
+                reward_models[rm_folder] = RewardModel(rm_folder, lm.device())
+            result = evaluate(policy, path or reference, ref, prompts, tokenizer, ground_truth,
+                              reward_models[rm_folder], cfg, job.seed)
         if result is None:  # not the main process: its share is gathered there
             continue
-        cache.put(key, result)
+        if key is not None:
+            cache.put(key, result)
         points = {split: split_point(result, rows_of) for split, rows_of in splits.items()}
         if not all(math.isfinite(p[k]) for p in points.values() for k in ("kl", "reward")):  # never a NaN in the csv
             raise FloatingPointError(f"{method} {run} step {step}: KL or reward is not finite; the checkpoint {path} "
@@ -273,10 +304,10 @@ def main():
             gaps.append(result["sampler_logp_gap"])
         rows += [dict(method=method, run=run, param=param, seed=seed, step=step, split=split, **point)
                  for split, point in points.items()]
-        point_id = sft_point_id(run) if path is None else f"{method}/{run}/step{step}"
+        point_id = sft_point_id(run) if method == "sft" else f"{method}/{run}/step{step}"
         samples[point_id] = [{"text": t, "reward": round(r, 4), "kl": round(k, 4)}
                              for t, r, k in zip(result["texts"], result["reward"], result["kl"])]
-        per_prompt[point_id] = {k: [round(v, 6) for v in result[k]] for k in ("reward", "kl", "length")}
+        per_prompt[point_id] = {k: [round(v, 6) for v in result[k]] for k in ("reward", "proxy_reward", "kl", "length")}
         test = points["test"]
         log.info("%s %s step %d: test reward %.3f +- %.3f, KL %.2f (MC %.2f); select reward %.3f, KL %.2f", method,
                  run, step, test["reward"], test["reward_se"], test["kl"], test["kl_mc"], points["select"]["reward"],

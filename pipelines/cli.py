@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="rerun the selected stages even if finished")
     r.add_argument("--seeds", type=int, help="training seeds per method run (default: the scale's `seeds`); "
                                              "1 for a quick look, no verdict")
+    r.add_argument("--methods", help="comma-separated methods to put on the frontier, or 'all' (default: the "
+                                     "benchmark's `methods`, the paper's six); see docs/methods.md")
     r.add_argument("--nproc", type=int,
                    help="processes per training / sampling stage (accelerate launch; DDP unless --accelerate-config); "
                         "default: all workers for sft, pairs and eval, one for the stages that run side by side")
@@ -101,6 +103,8 @@ def _dispatch(args) -> int:
     cfg = config_mod.load(args.benchmark, args.scale, args.config)
     if getattr(args, "seeds", None) is not None:
         cfg = config_mod.with_seeds(cfg, args.seeds)
+    if getattr(args, "methods", None) is not None:
+        cfg = config_mod.with_methods(cfg, [m.strip() for m in args.methods.split(",") if m.strip()])
     if args.command == "show":
         print(json.dumps(config_mod.dataclasses.asdict(cfg), indent=2))
         return 0

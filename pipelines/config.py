@@ -19,6 +19,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.methods import METHODS, PAPER
+
 DEFAULT_FILE = Path(__file__).resolve().parent.parent / "benchmarks.toml"
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 # Benchmark and scale names become folders (runs/<benchmark>/<scale>): no separators, no "." or "..".
@@ -116,6 +118,23 @@ class DPOConfig(PairTrainingConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DPOLossConfig(DPOConfig):
+    """A relative of DPO trained by the same trainer with another loss (TRL's loss_type), with its own sweep of its
+    strength parameter (beta means another thing in each loss). Every key it does not set is [dpo]'s (learning_rates
+    too, unless it sets its own betas)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RDPOConfig(DPOLossConfig):
+    label_smoothing: float = spec(0.1, gt=0, le=0.49, help="epsilon: the probability that a pair's label is flipped, "
+                                                          "which rDPO's loss corrects for")
+
+
+# sections whose unset keys are [dpo]'s (all but its sweep: betas and learning_rates)
+DPO_LOSS_SECTIONS = ("ipo", "slic", "rdpo")
+
+
+@dataclass(frozen=True, kw_only=True)
 class UnlikelihoodConfig(PairTrainingConfig):
     alphas: list[float] = spec(help="one run per weight of the rejected completion's unlikelihood term", gt=0,
                                nonempty=True)
@@ -137,8 +156,6 @@ class RewardModelConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class PPOConfig:
-    methods: list[str] = spec(["ppo", "ppo-gt"], choices=("ppo", "ppo-gt"), nonempty=True,
-                              help="ppo: the learned reward model's score; ppo-gt: the ground truth's P(positive)")
     target_kls: list[float] = spec(gt=0, nonempty=True, help="one run per method and target sequence KL")
     kl_control: str = spec("adaptive", choices=("adaptive", "fixed"), help="Ziegler et al.'s controller, or fixed")
     init_kl_coef: float = spec(0.1, ge=0, help="KL coefficient at step 0 (the fixed one when kl_control = fixed)")
@@ -163,6 +180,15 @@ class PPOConfig:
     lam: float = spec(0.95, ge=0, le=1, help="GAE lambda")
     max_new_tokens: int = spec(gt=0, help="tokens sampled per rollout (temperature 1, top_k 0, top_p 1)")
     eval_every: int = spec(gt=0, help="keep a checkpoint for evaluation every this many PPO steps")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BestOfNConfig:
+    ns: list[int] = spec([1, 2, 4, 8, 16, 64], gt=0, nonempty=True,
+                         help="one point per N: the best of N SFT samples, by the reward model (best-of-n) or the "
+                              "ground truth (best-of-n-gt)")
+    samples: int = spec(64, gt=0, help="SFT samples per evaluation prompt (at least the largest N); each N's value "
+                                       "is the average over every N-subset of them")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,6 +227,9 @@ class BenchmarkConfig:
     scale: str = spec(help="the scale's name (set from the command line)")
     description: str = spec("", help="one line shown by `show`")
     seed: int = spec(0, ge=0, le=MAX_SEED, help="seeds every split, sample and initialisation")
+    methods: list[str] = spec(list(PAPER), choices=(*METHODS, "all"), nonempty=True,
+                              help="the methods put on the frontier (docs/methods.md); 'all' = every one. Default: "
+                                   "the paper's Fig. 2 (left)")
     seeds: int = spec(1, ge=1, le=100, help="training seeds: every run of every method is trained once per seed "
                                             "(data order, fresh heads, rollouts); SFT, pairs and the reward model "
                                             "are shared unless reseed_shared. Seed 0 trains with `seed` itself")
@@ -216,11 +245,18 @@ class BenchmarkConfig:
     ground_truth: GroundTruthConfig = spec(help="[ground_truth] the sentiment scorer")
     pairs: PairsConfig = spec(help="[pairs] the preference data")
     dpo: DPOConfig = spec(help="[dpo] the DPO sweep")
+    ipo: DPOLossConfig = spec(help="[ipo] IPO (Azar et al. 2023): DPO's trainer, loss_type ipo; beta is IPO's tau, "
+                                   "the log-ratio margin per token is 1 / (2 tau)")
+    slic: DPOLossConfig = spec(help="[slic] SLiC-HF (Zhao et al. 2023): DPO's trainer, the hinge loss "
+                                    "max(0, 1 - beta x margin)")
+    rdpo: RDPOConfig = spec(help="[rdpo] robust DPO (Chowdhury et al. 2024): DPO's trainer, loss_type robust, an "
+                                 "unbiased DPO loss when labels are flipped with probability label_smoothing")
     unlikelihood: UnlikelihoodConfig = spec(help="[unlikelihood] log p(chosen) plus alpha x the rejected tokens' "
                                                  "log(1 - p)")
     preferred_ft: PreferredFTConfig = spec(help="[preferred_ft] supervised fine-tuning on the chosen completions")
     reward_model: RewardModelConfig = spec(help="[reward_model] the Bradley-Terry reward model")
     ppo: PPOConfig = spec(help="[ppo] PPO on the learned reward (ppo) and on the ground truth (ppo-gt)")
+    best_of_n: BestOfNConfig = spec(BestOfNConfig(), help="[best_of_n] Best-of-N from the SFT model (no training)")
     eval: EvalConfig = spec(help="[eval] the frontier evaluation")
     report: ReportConfig = spec(ReportConfig(), help="[report] the tables of report.md / report.html")
 
@@ -234,18 +270,26 @@ class BenchmarkConfig:
             raise ConfigError(f"sft.n_head ({self.sft.n_head}) must divide sft.n_embd ({self.sft.n_embd})")
         if self.ground_truth.kind == "hf-classifier" and not self.ground_truth.model:
             raise ConfigError("ground_truth.model is required when ground_truth.kind = 'hf-classifier'")
-        for key, values in (("dpo.betas", self.dpo.betas), ("unlikelihood.alphas", self.unlikelihood.alphas),
-                            ("ppo.target_kls", self.ppo.target_kls),
-                            ("ppo.methods", self.ppo.methods)):
+        if "all" in self.methods:  # every method, in the registry's order
+            object.__setattr__(self, "methods", list(METHODS))
+        for key, values in (("methods", self.methods), ("dpo.betas", self.dpo.betas),
+                            ("unlikelihood.alphas", self.unlikelihood.alphas), ("ppo.target_kls", self.ppo.target_kls),
+                            ("best_of_n.ns", self.best_of_n.ns),
+                            *((f"{name}.betas", getattr(self, name).betas) for name in DPO_LOSS_SECTIONS)):
             if len(set(values)) != len(values):
                 raise ConfigError(f"{key} has repeated values {values}: each is one run")
+        if max(self.best_of_n.ns) > self.best_of_n.samples:
+            raise ConfigError(f"best_of_n.ns has N = {max(self.best_of_n.ns)} > best_of_n.samples = "
+                              f"{self.best_of_n.samples}; allowed: N <= samples (the samples drawn per prompt)")
         if self.eval.prompts + self.eval.select_prompts > self.data.eval_reviews:
             raise ConfigError(f"eval.prompts + eval.select_prompts ({self.eval.prompts} + {self.eval.select_prompts}) "
                               f"> data.eval_reviews ({self.data.eval_reviews}): each prompt is one held-out review; "
                               f"allowed at most {self.data.eval_reviews} together")
-        if self.dpo.learning_rates and len(self.dpo.learning_rates) != len(self.dpo.betas):
-            raise ConfigError(f"dpo.learning_rates has {len(self.dpo.learning_rates)} values for "
-                              f"{len(self.dpo.betas)} betas; allowed: one per beta, or none")
+        for name in ("dpo", *DPO_LOSS_SECTIONS):
+            section = getattr(self, name)
+            if section.learning_rates and len(section.learning_rates) != len(section.betas):
+                raise ConfigError(f"{name}.learning_rates has {len(section.learning_rates)} values for "
+                                  f"{len(section.betas)} betas; allowed: one per beta, or none")
         if self.ppo.init_kl_coefs and len(self.ppo.init_kl_coefs) != len(self.ppo.target_kls):
             raise ConfigError(f"ppo.init_kl_coefs has {len(self.ppo.init_kl_coefs)} values for "
                               f"{len(self.ppo.target_kls)} target_kls; allowed: one per target, or none")
@@ -371,6 +415,11 @@ def _resolve(doc: dict, benchmark: str, scale: str | None, path: Path) -> Benchm
     if not isinstance(scales[scale], dict):
         raise ConfigError(f"{benchmark}.scales.{scale} must be a table [{benchmark}.scales.{scale}]")
     merged = _merge(table, scales[scale])
+    for name in DPO_LOSS_SECTIONS:  # DPO's relatives: what they do not set is [dpo]'s
+        own = merged.get(name, {})
+        if isinstance(own, dict) and isinstance(merged.get("dpo"), dict):
+            inherited = {k: v for k, v in merged["dpo"].items() if "betas" not in own or k != "learning_rates"}
+            merged[name] = {**inherited, **own}
     if "benchmark" in merged or "scale" in merged:
         raise ConfigError(f"{benchmark}: 'benchmark' and 'scale' are set from the names, not as keys")
     merged.update(benchmark=benchmark, scale=scale)
@@ -405,6 +454,14 @@ def with_seeds(cfg: BenchmarkConfig, seeds: int) -> BenchmarkConfig:
     """cfg with another count of training seeds (--seeds / SEEDS=), checked like the file's value."""
     meta = {f.name: f.metadata for f in dataclasses.fields(BenchmarkConfig)}["seeds"]
     return dataclasses.replace(cfg, seeds=_check_scalar("--seeds", seeds, int, meta))
+
+
+def with_methods(cfg: BenchmarkConfig, methods: list[str]) -> BenchmarkConfig:
+    """cfg with other methods (--methods / METHODS=), checked like the file's value."""
+    meta = {f.name: f.metadata for f in dataclasses.fields(BenchmarkConfig)}["methods"]
+    if not methods:
+        raise ConfigError(f"--methods is empty; allowed: a comma-separated list of {', '.join(meta['choices'])}")
+    return dataclasses.replace(cfg, methods=[_check_scalar("--methods", m, str, meta) for m in methods])
 
 
 def protocol(benchmark: str, path: Path = DEFAULT_FILE) -> dict:

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import store
+from core.methods import METHODS
 from core.tracking import job_tracking
 
-from .config import SECTIONS, BenchmarkConfig, ConfigError, flatten, stable_hash
+from .config import DPO_LOSS_SECTIONS, SECTIONS, BenchmarkConfig, ConfigError, flatten, stable_hash
 
 log = logging.getLogger("pipelines")
 
@@ -73,17 +74,37 @@ STAGES: dict[str, Stage] = {
         Stage("preferred_ft", ("preferred_ft", "train"), needs=("sft", "pairs"), module="dpo.relatives",
               what="Preferred-FT: fine-tuning on the chosen completions", split=("preferred_ft.batch_size",),
               seeded=True),
+        *(Stage(name, (name, "train"), needs=("sft", "pairs"), module="dpo", what=f"{METHODS[name].label}: DPO's "
+                f"trainer with another loss, one run per beta", split=(f"{name}.batch_size",), seeded=True)
+          for name in DPO_LOSS_SECTIONS),
+        Stage("best_of_n", ("data", "eval", "best_of_n", "ground_truth"), needs=("sft", "ground_truth", "reward_model"),
+              what="Best-of-N from the SFT model, by the reward model and by the ground truth (nothing trained)",
+              seeded=True),
         Stage("eval", ("data", "eval", "ground_truth"),
-              needs=("sft", "ground_truth", "dpo", "unlikelihood", "preferred_ft", "ppo"),
+              needs=("sft", "ground_truth", "reward_model", "dpo", "unlikelihood", "preferred_ft", "ppo",
+                     *DPO_LOSS_SECTIONS, "best_of_n"),
               publish=("frontier.csv", "frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf"),
               what="sample every checkpoint, score, exact KL to the SFT model, frontier"),
         Stage("report", tuple(SECTIONS), needs=("sft", "ground_truth", "pairs", "reward_model", "dpo", "unlikelihood",
-                                            "preferred_ft", "ppo", "eval"),
-              publish=("report.md", "report.html", "frontier_bands.png", "frontier_bands.pdf"),
+                                            "preferred_ft", "ppo", *DPO_LOSS_SECTIONS, "best_of_n", "eval"),
+              publish=("report.md", "report.html", "frontier_bands.png", "frontier_bands.pdf", "overoptimisation.png",
+                       "overoptimisation.pdf"),
               what="the verdict over seeds, tables, figures and samples of the whole run",
               multiprocess=False),
     )
 }
+
+
+METHOD_STAGES = frozenset(m.stage for m in METHODS.values())
+
+
+def stages(cfg: BenchmarkConfig) -> dict[str, Stage]:
+    """The stages of this run: every stage but the method stages of methods it does not put on the frontier,
+    which eval and report then do not wait for."""
+    chosen = {METHODS[m].stage for m in cfg.methods}
+    keep = [s for s in STAGES.values() if s.name not in METHOD_STAGES or s.name in chosen]
+    names = {s.name for s in keep}
+    return {s.name: dataclasses.replace(s, needs=tuple(n for n in s.needs if n in names)) for s in keep}
 
 
 # Shared by every training seed unless reseed_shared: then each makes one artifact per seed (<stage>/seed<k>/)
@@ -236,6 +257,9 @@ def stage_config(cfg: BenchmarkConfig, stage: Stage, protocol: dict | None = Non
     config = {"seed": cfg.seed}
     if stage.seeded or stage.name == "report":  # the methods train once per seed; the report's protocol table
         config["seeds"] = cfg.seeds
+    hosted = [m for m, method in METHODS.items() if method.stage == stage.name]
+    if len(hosted) > 1:  # a stage of several methods (ppo and ppo-gt) trains the chosen ones
+        config["methods"] = [m for m in cfg.methods if m in hosted]
     if cfg.reseed_shared and (stage.seeded or stage.name in RESEEDED + ("eval", "report")):
         # the stages whose artifacts are one per training seed (<stage>/seed<k>/): only when re-seeded, so the
         # default configs (and their hashes) do not mention it
@@ -285,10 +309,14 @@ def _child_env(cfg: BenchmarkConfig, launch: Launch) -> dict:
 
 def check(cfg: BenchmarkConfig, only: list[str] | None, launch: Launch = Launch()) -> None:
     """Refuse a stage selection that cannot run, before anything is written."""
+    selected = stages(cfg)
     for name in only or []:
         if name not in STAGES:
             raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    for stage in (STAGES[name] for name in only or STAGES):
+        if name not in selected:
+            raise ConfigError(f"stage {name} trains none of this run's methods ({', '.join(cfg.methods)}); "
+                              f"add {' or '.join(m for m, x in METHODS.items() if x.stage == name)} to methods")
+    for stage in (selected[name] for name in only or selected):
         config = stage_config(cfg, stage)
         n = launch.processes_for(stage, config)
         for key in stage.split:  # the stage would refuse it itself (core.dist), but only after the ones before it
@@ -302,10 +330,10 @@ def check(cfg: BenchmarkConfig, only: list[str] | None, launch: Launch = Launch(
                               f"`make ... VLLM=1` (.venv-vllm), or set sampler = 'hf' / 'auto'")
     root = store.run_root(cfg.benchmark, cfg.scale)
     for name in only or []:
-        missing = [n for n in STAGES[name].needs if n not in only and store.read_manifest(root / n) is None]
+        missing = [n for n in selected[name].needs if n not in only and store.read_manifest(root / n) is None]
         if missing:
             raise ConfigError(f"stage {name} needs {', '.join(missing)}, not finished: run it first")
-        for need in (n for n in STAGES[name].needs if n not in only):
+        for need in (n for n in selected[name].needs if n not in only):
             problem = store.damaged(root / need, store.read_manifest(root / need))
             if problem:
                 raise ConfigError(f"stage {name} needs {need}, whose files are damaged ({problem}): run it "
@@ -330,7 +358,7 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
     with store.RunLock(root) as lock:
         identities: dict[str, str] = {}  # of the stages this run may read: finished now or before
         settled: set[str] = set()  # stages decided: run, skipped, or not selected
-        waiting = list(STAGES.values())  # in priority order (STAGES lists the longest chain's stages first)
+        waiting = list(stages(cfg).values())  # in priority order (STAGES lists the longest chain's stages first)
         running: dict[str, _Running] = {}
         try:
             while waiting or running:

@@ -285,13 +285,14 @@ def main():
     # distinct prompts for every rollout where the split has enough (then they cycle)
     prompts = lm.split_prompts(data_cfg, job.seed, "train", cfg.rollouts_per_step * cfg.steps, tokenizer)
 
+    methods = job.config["methods"]  # of ppo and ppo-gt, those this run puts on the frontier
     runs, scorers_of = [], {}  # one set of scorers per reward model and pairs folder (one unless reseed_shared)
     for seed in range(job.seeds):
         upstream = (job.upstream("reward_model", seed), job.upstream("pairs", seed))
         if upstream not in scorers_of:
-            scorers_of[upstream] = score_functions(cfg.methods, job, tokenizer, seed)
+            scorers_of[upstream] = score_functions(methods, job, tokenizer, seed)
         scorers = scorers_of[upstream]
-        for method in cfg.methods:
+        for method in methods:
             for target in cfg.target_kls:
                 run = train_run(method, target, seed, cfg, job, prompts, tokenizer, scorers[method])
                 log.info("%s: %d steps in %.0fs, final score %.3f, KL %.2f", run["run"], run["steps"],

@@ -21,19 +21,15 @@ import numpy as np
 
 from core import job as jobs
 from core import tracking
+from core.methods import METHODS, label, style
 from core.run import run_label
 from core.verdict import chosen_values, interval, sentence
 from pipelines.config import flatten
 
 log = logging.getLogger("stage")
-METHODS = {"dpo": "DPO", "ppo": "PPO", "ppo-gt": "PPO-GT", "unlikelihood": "Unlikelihood",
-           "preferred-ft": "Preferred-FT"}
-COLORS = {"dpo": "tab:red", "ppo": "tab:blue", "ppo-gt": "tab:cyan", "unlikelihood": "tab:green",
-          "preferred-ft": "tab:purple"}
 # the comparisons of the verdict: DPO against each other method, and PPO on the learned reward against the truth
-PAIRS = [("dpo", "ppo"), ("dpo", "ppo-gt"), ("ppo", "ppo-gt"), ("dpo", "unlikelihood"), ("dpo", "preferred-ft")]
+PAIRS = [("dpo", m) for m in METHODS if m != "dpo"] + [("ppo", "ppo-gt")]
 FIGURES = ("frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf")
-BAND_FIGURES = ("frontier_bands.png", "frontier_bands.pdf")
 BAND_BUDGETS = 41  # KL budgets on the band figure's axis
 BAND_RESAMPLES = 400  # per budget: a figure's band, not a reported number
 
@@ -42,7 +38,7 @@ def read_frontier(path) -> list[dict]:
     with open(path) as f:
         rows = list(csv.DictReader(f))
     for r in rows:
-        for k in ("kl", "kl_se", "kl_mc", "reward", "reward_se", "length"):
+        for k in ("kl", "kl_se", "kl_mc", "reward", "reward_se", "proxy_reward", "length"):
             r[k] = float(r[k])
         r["step"] = int(r["step"])
     return rows
@@ -105,9 +101,9 @@ def verdict(frontier: Frontier, cfg, rng_seed: int) -> tuple[list[str], list[str
             iv = interval(frontier.per_seed(a, budget, cfg.area_max_kl), frontier.per_seed(b, budget, cfg.area_max_kl),
                           cfg.confidence, cfg.resamples, rng_seed, paired_seeds=frontier.paired_seeds)
             where = f"At {name}" if budget is not None else f"On the {name}"
-            sentences.append(sentence(where, METHODS[a], METHODS[b], iv))
-            body.append([f"{METHODS[a]} vs {METHODS[b]}", name, f"{iv.estimate:+.3f}", f"[{iv.low:+.3f}, {iv.high:+.3f}]",
-                         str(iv.seeds), iv.word(METHODS[a], METHODS[b])])
+            sentences.append(sentence(where, label(a), label(b), iv))
+            body.append([f"{label(a)} vs {label(b)}", name, f"{iv.estimate:+.3f}", f"[{iv.low:+.3f}, {iv.high:+.3f}]",
+                         str(iv.seeds), iv.word(label(a), label(b))])
     header = ["comparison", "measure", "A - B (test reward)", f"{cfg.confidence:.0%} interval", "seeds", "verdict"]
     return sentences, header, body
 
@@ -128,7 +124,7 @@ def method_table(frontier: Frontier, runs: dict[str, list[dict]], cfg, rng_seed:
             length = frontier.per_seed(method, budget, cfg.area_max_kl, "length").mean()
             cells.append(f"{iv.estimate:.3f} [{iv.low:.3f}, {iv.high:.3f}] (KL {kl:.1f}, {length:.0f} tokens)")
         checkpoints = sum(1 for r in frontier.rows if r["method"] == method and r["split"] == "test")
-        body.append([METHODS[method], str(frontier.seeds(method)), str(len(runs.get(method, []))), str(checkpoints)]
+        body.append([label(method), str(frontier.seeds(method)), str(len(runs.get(method, []))), str(checkpoints)]
                     + cells)
     return header, body
 
@@ -148,11 +144,11 @@ def plot_bands(frontier: Frontier, cfg, rng_seed: int, path_stem) -> None:
         per_budget = [frontier.per_seed(method, b, cfg.area_max_kl) for b in budgets]  # [S, P] each
         seeds = np.stack([v.mean(-1) for v in per_budget], axis=1)  # [S, budgets]
         ivs = [interval(v, None, cfg.confidence, BAND_RESAMPLES, rng_seed) for v in per_budget]
-        color = COLORS.get(method, "gray")
+        color = style(method)[0]
         for curve in seeds:
             ax.step(budgets, curve, where="post", color=color, lw=0.6, alpha=0.45)
         ax.step(budgets, [iv.estimate for iv in ivs], where="post", color=color, lw=1.8,
-                label=f"{METHODS[method]} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})")
+                label=f"{label(method)} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})")
         ax.fill_between(budgets, [iv.low for iv in ivs], [iv.high for iv in ivs], step="post", color=color, alpha=0.15)
     ax.set_xlabel(r"KL budget: KL($\pi\,\|\,\pi_{ref}$) of the chosen checkpoint on the select prompts")
     ax.set_ylabel("Reward on the test prompts")
@@ -162,6 +158,55 @@ def plot_bands(frontier: Frontier, cfg, rng_seed: int, path_stem) -> None:
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(f"{path_stem}.png", dpi=150)
+    fig.savefig(f"{path_stem}.pdf")
+    plt.close(fig)
+
+
+def trend(kl: np.ndarray, y: np.ndarray, bins: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Means of y in KL bins of equal counts (a figure's guide line). -> (bin mean KL, bin mean y)."""
+    order = np.argsort(kl)
+    parts = [p for p in np.array_split(order, min(bins, len(order))) if len(p)]
+    return np.array([kl[p].mean() for p in parts]), np.array([y[p].mean() for p in parts])
+
+
+def plot_overoptimisation(rows: list[dict], path_stem) -> None:
+    """Gao et al. (2022)'s picture, per method: the ground-truth reward and the learned reward model's score (the
+    proxy) of every checkpoint against its KL, on the test prompts. Where a method that optimises the proxy keeps
+    raising it while the ground truth stops rising (or falls), it over-optimises. Methods that optimise the reward
+    model come first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    test = [r for r in rows if r["split"] == "test"]
+    sft = next(r for r in test if r["method"] == "sft")
+    present = [m for m in METHODS if any(r["method"] == m for r in test)]
+    methods = sorted(present, key=lambda m: METHODS[m].learns_from != "reward model")
+    cols = min(3, max(1, len(methods)))
+    nrows = max(1, -(-len(methods) // cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.4 * cols, 3.4 * nrows), squeeze=False)
+    for ax, method in zip(axes.flat, methods):
+        pts = [sft] + [r for r in test if r["method"] == method]
+        kl = np.array([r["kl"] for r in pts])
+        color, marker = style(method)
+        proxy_ax = ax.twinx()
+        for axis, key, face, name in ((ax, "reward", color, "ground truth"), (proxy_ax, "proxy_reward", "none",
+                                                                             "reward model (proxy)")):
+            y = np.array([r[key] for r in pts])
+            axis.scatter(kl, y, marker=marker, s=18, facecolors=face, edgecolors=color, alpha=0.7, label=name)
+            axis.plot(*trend(kl, y), color=color, lw=1.5, ls="-" if key == "reward" else "--")
+        ax.set_xlabel(r"KL($\pi\,\|\,\pi_{ref}$)")
+        ax.set_ylabel("ground truth P(positive)")
+        proxy_ax.set_ylabel("reward model score (proxy)")
+        ax.set_title(f"{label(method)} (learns from the {METHODS[method].learns_from})", fontsize=9)
+        ax.grid(alpha=0.3)
+        handles = ax.get_legend_handles_labels()[0] + proxy_ax.get_legend_handles_labels()[0]
+        ax.legend(handles, ["ground truth (solid)", "proxy (dashed)"], fontsize=6, loc="lower right")
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(f"{path_stem}.png", dpi=120)
     fig.savefig(f"{path_stem}.pdf")
     plt.close(fig)
 
@@ -178,16 +223,14 @@ def fmt(x, digits: int = 3) -> str:
 
 def compute_table(runs: dict[str, list[dict]], manifests: dict[str, dict], pairs_tokens: int):
     """Per method: training wall time, tokens generated and trained on, the peak memory of its stage."""
-    stage_of = {"dpo": "dpo", "unlikelihood": "unlikelihood", "preferred-ft": "preferred_ft", "ppo": "ppo",
-                "ppo-gt": "ppo"}
     header = ["method", "train time (s)", "tokens generated", "tokens trained on", "peak memory (MiB)"]
     body = []
-    for method, label in METHODS.items():
+    for method in METHODS:
         if method not in runs:
             continue
-        rs, metrics = runs[method], manifests[stage_of[method]]["metrics"]
+        rs, metrics = runs[method], manifests[METHODS[method].stage]["metrics"]
         generated = sum(r.get("tokens_generated", 0) for r in rs)
-        body.append([label, fmt(sum(r["train_seconds"] for r in rs), 0),
+        body.append([label(method), fmt(sum(r["train_seconds"] for r in rs), 0),
                      fmt(generated) if generated else f"0 (trains on the pairs' {pairs_tokens:,})",
                      fmt(sum(r.get("tokens_trained", 0) for r in rs)),
                      fmt(metrics.get("peak_gpu_mib", metrics.get("peak_rss_mib")), 0)])
@@ -206,13 +249,13 @@ def samples_table(frontier: Frontier, samples: dict, n: int) -> tuple[list[str],
     keys = {"SFT": point_id(frontier.sft)}
     for method in frontier.methods:
         best = max((r for seeds in frontier.candidates[method].values() for r in seeds[1:]), key=lambda r: r["reward"])
-        keys[f"{METHODS[method]} ({best['run']} @{best['step']})"] = point_id(best)
+        keys[f"{label(method)} ({best['run']} @{best['step']})"] = point_id(best)
     body = []
     for i, prompt in enumerate(samples["prompts"][:n]):
-        for label, key in keys.items():
+        for name, key in keys.items():
             s = samples["completions"].get(key, [])
             if i < len(s):
-                body.append([prompt if label == "SFT" else "", label, s[i]["text"], fmt(s[i]["reward"], 2)])
+                body.append([prompt if name == "SFT" else "", name, s[i]["text"], fmt(s[i]["reward"], 2)])
     return ["prompt", "method", "completion", "reward"], body
 
 
@@ -232,14 +275,15 @@ def checks_table(rows: list[dict], runs: dict[str, list[dict]]) -> tuple[list[st
             ratio = last["kl"] / run["param"]
             body.append([run_label(method, run["run"]), f"final KL {last['kl']:.2f} for target {run['param']:g} "
                          f"({ratio:.2f}x)", "yes" if 0.75 <= ratio <= 1.25 else "NO: misses its target by more than 25%"])
-    for run in runs.get("dpo", []):
-        curve = run.get("heldout") or []
+    for method, run in ((m, run) for m in METHODS for run in runs.get(m, []) if run.get("heldout")):
+        curve = run["heldout"]  # DPO and the relatives trained by its trainer (ipo, slic, rdpo)
         if curve:
             losses = " -> ".join(f"{h['loss']:.3f}" for h in curve)
             accuracy = " -> ".join("n/a" if h["reward_accuracy"] is None else f"{h['reward_accuracy']:.2f}"
                                    for h in curve)
-            body.append([f"dpo-{run['run']}", f"held-out DPO loss by checkpoint {losses} (log 2 = 0.693 at the "
-                         f"start), reward accuracy {accuracy}",
+            start = " (log 2 = 0.693 at the start)" if method == "dpo" else ""
+            body.append([run_label(method, run["run"]), f"held-out {label(method)} loss by checkpoint {losses}{start}, "
+                         f"reward accuracy {accuracy}",
                          "yes" if len(curve) < 2 or curve[-1]["loss"] < curve[0]["loss"] else
                          "NO: the held-out loss rises"])
     for run in runs.get("unlikelihood", []):
@@ -264,8 +308,8 @@ def build(job) -> list[tuple]:
     frontier = Frontier(rows, json.loads((inputs["eval"] / "per_prompt.json").read_text()),
                         paired_seeds=bool(job.config.get("per_seed_stages")))
     runs: dict[str, list[dict]] = {}
-    for stage in ("dpo", "unlikelihood", "preferred_ft", "ppo"):
-        for r in json.loads((inputs[stage] / "runs.json").read_text()):
+    for folder in (f for f in inputs.values() if (f / "runs.json").is_file()):  # the method stages of this run
+        for r in json.loads((folder / "runs.json").read_text()):
             runs.setdefault(r["method"], []).append(r)
     samples = json.loads((inputs["eval"] / "samples.json").read_text())
     pairs, gt, rm = manifests["pairs"]["metrics"], manifests["ground_truth"]["metrics"], manifests["reward_model"]["metrics"]
@@ -273,6 +317,7 @@ def build(job) -> list[tuple]:
     ev, seeds = job.config["eval"], max(frontier.seeds(m) for m in frontier.methods)  # what the data hold
     sentences, *verdict_table = verdict(frontier, cfg, job.seed)
     plot_bands(frontier, cfg, job.seed, job.out / "frontier_bands")
+    plot_overoptimisation(rows, job.out / "overoptimisation")
     blocks = [
         ("h1", f"{job.benchmark} at scale {job.scale}: RLHF (PPO) vs DPO"),
         ("h2", "Verdict"),
@@ -300,6 +345,12 @@ def build(job) -> list[tuple]:
         ("img", "frontier.png", "every checkpoint of every method and seed on the test prompts; lines: each method's "
                                 "Pareto front over all its checkpoints (chosen on test: optimistic)"),
         ("img", "frontier_panels.png", "one panel per method, its runs by colour; grey: the other methods' fronts"),
+        ("h2", "Over-optimisation: the proxy against the ground truth"),
+        ("p", "Every checkpoint's ground-truth reward (solid) and learned reward model score (the proxy that PPO and "
+              "Best-of-N (RM) optimise; dashed, right axis; 0 = the SFT model's samples on training prompts) against "
+              "its KL, test prompts (Gao et al. 2022). A method over-optimises where the proxy keeps rising and the "
+              "ground truth does not; frontier.csv's proxy_reward column has every point."),
+        ("img", "overoptimisation.png", "ground truth and proxy against KL, per method; lines: means of KL bins"),
         ("h2", "Training checks"),
         ("p", "Each run against what it was set to do (PPO: within 25% of its target KL; DPO: a held-out loss "
               "that falls over its checkpoints)."),
@@ -385,6 +436,8 @@ def main():
                           (("verdict", ("comparison", "measure")), ("per_method", ("method", "seeds")),
                            ("compute", ("method", "train time (s)"))) if first in tables},
                        "frontier_bands_png": tracking.image(job.out / "frontier_bands.png", "fronts over seeds"),
+                       "overoptimisation_png": tracking.image(job.out / "overoptimisation.png",
+                                                              "ground truth and proxy against KL"),
                        "report": tracking.html((job.out / "report.html").read_text())})
     jobs.finish(job, {"tables": sum(b[0] == "table" for b in blocks)}, wandb_run)
 

@@ -65,6 +65,16 @@ BAD = [
     ("[imdb-sentiment.scales.bad]\ndpo = 3", "imdb-sentiment.dpo must be a table"),
     ("[imdb-sentiment.scales.bad.sft]\nwarmup_ratio = 1.5", "sft.warmup_ratio = 1.5: must be >= 0 and <= 1"),
     ("[imdb-sentiment.scales.bad.eval]\nsampler = \"vlm\"", "eval.sampler = 'vlm': allowed values are 'auto', 'hf', 'vllm'"),
+    ("[imdb-sentiment.scales.bad]\nmethods = [\"dpo\", \"rlhf\"]", "imdb-sentiment.methods[1] = 'rlhf': allowed values "
+     "are 'dpo', 'ppo', 'ppo-gt'"),
+    ("[imdb-sentiment.scales.bad]\nmethods = []", "imdb-sentiment.methods is empty"),
+    ("[imdb-sentiment.scales.bad]\nmethods = [\"ipo\", \"ipo\"]", "methods has repeated values ['ipo', 'ipo']"),
+    ("[imdb-sentiment.scales.bad.ppo]\nmethods = [\"ppo\"]", "unknown key imdb-sentiment.ppo.methods"),
+    ("[imdb-sentiment.scales.bad.ipo]\nbetas = []", "ipo.betas is empty"),
+    ("[imdb-sentiment.scales.bad.slic]\nlearning_rates = [1e-4]", "slic.learning_rates has 1 values for 4 betas"),
+    ("[imdb-sentiment.scales.bad.rdpo]\nlabel_smoothing = 0.5", "rdpo.label_smoothing = 0.5: must be > 0 and <= 0.49"),
+    ("[imdb-sentiment.scales.bad.best_of_n]\nns = [1, 128]", "best_of_n.ns has N = 128 > best_of_n.samples = 64"),
+    ("[imdb-sentiment.scales.bad.best_of_n]\nns = [0]", "best_of_n.ns[0] = 0: must be > 0"),
 ]
 
 
@@ -86,6 +96,10 @@ def test_bad_config_is_a_one_line_error(tmp_path, override, message):
     (["run", "imdb-sentiment", "--bogus"], "unrecognized arguments: --bogus"),
     (["run", "imdb-sentiment", "--scale", "micro", "--seeds", "0"], "--seeds = 0: must be >= 1"),
     (["run", "imdb-sentiment", "--seeds", "x"], "argument --seeds: invalid int value: 'x'"),
+    (["run", "imdb-sentiment", "--scale", "micro", "--methods", "dpo,rlhf"], "--methods = 'rlhf': allowed values are"),
+    (["run", "imdb-sentiment", "--scale", "micro", "--methods", ","], "--methods is empty"),
+    (["run", "imdb-sentiment", "--scale", "micro", "--stages", "ipo"], "stage ipo trains none of this run's methods "
+     "(dpo, ppo, ppo-gt, unlikelihood, preferred-ft); add ipo to methods"),
     (["--config", "/nonexistent.toml", "show", "imdb-sentiment"], "config file /nonexistent.toml not found"),
 ])
 def test_bad_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
@@ -95,6 +109,29 @@ def test_bad_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, args, messag
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not any(p.is_file() for p in (tmp_path / "runs").rglob("*"))
+
+
+def test_methods_choose_the_stages_and_the_relatives_take_dpos_settings():
+    """The default is the paper's methods; 'all' every one; a method's stage runs only when it is chosen, and eval
+    and report wait only for the chosen ones. A DPO relative's unset keys are [dpo]'s."""
+    from core.methods import METHODS, PAPER
+
+    cfg = config.load("imdb-sentiment", "tiny")
+    assert cfg.methods == list(PAPER) == ["dpo", "ppo", "ppo-gt", "unlikelihood", "preferred-ft"]
+    paper = graph.stages(cfg)
+    assert "ipo" not in paper and "best_of_n" not in paper and "ipo" not in paper["eval"].needs
+    assert graph.stage_config(cfg, paper["ppo"])["methods"] == ["ppo", "ppo-gt"]
+    everything = config.with_methods(cfg, ["all"])
+    assert everything.methods == list(METHODS)
+    assert {"ipo", "slic", "rdpo", "best_of_n"} <= set(graph.stages(everything)["report"].needs)
+    only_gt = config.with_methods(cfg, ["dpo", "ppo-gt"])
+    assert graph.stage_config(only_gt, graph.stages(only_gt)["ppo"])["methods"] == ["ppo-gt"]
+    assert "unlikelihood" not in graph.stages(only_gt)
+    trained = ("optimizer", "learning_rate", "warmup_steps", "batch_size", "max_steps", "eval_every")
+    assert all(getattr(cfg.rdpo, k) == getattr(cfg.dpo, k) for k in (*trained, "betas", "learning_rates"))
+    assert cfg.ipo.betas != cfg.dpo.betas and cfg.ipo.learning_rates == []  # its own sweep: not DPO's rates
+    assert all(getattr(cfg.ipo, k) == getattr(cfg.dpo, k) for k in trained)
+    assert all(getattr(cfg.slic, k) == getattr(cfg.dpo, k) for k in trained)
 
 
 def test_bad_source_is_refused_before_any_stage(tmp_path):

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import time
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def test_frontier_has_every_checkpoint_of_every_seed_on_both_splits(micro_run):
     _, root, _ = micro_run
     table = rows(root / "frontier.csv")
     assert list(table[0]) == ["method", "run", "param", "seed", "step", "split", "kl", "kl_se", "kl_mc", "reward",
-                              "reward_se", "length", "n"]
+                              "reward_se", "proxy_reward", "length", "n"]
     sft = [r for r in table if r["method"] == "sft"]
     assert sorted(r["split"] for r in sft) == ["select", "test"] and all(float(r["kl"]) == 0.0 for r in sft)
     assert all(0 < float(r["reward"]) < 1 for r in sft)
@@ -204,8 +205,9 @@ def test_ppo_gt_raises_ground_truth_reward(micro_run, tmp_path, value_model):
     micro_ppo = toml[toml.index("[imdb-sentiment.scales.micro.ppo]"):]
     micro_ppo = micro_ppo[: micro_ppo.index("\n\n")]
     path = tmp_path / "bench.toml"
+    toml = toml.replace("[imdb-sentiment.scales.micro]\n", '[imdb-sentiment.scales.micro]\nmethods = ["ppo-gt"]\n')
     path.write_text(toml.replace(micro_ppo, "\n".join([
-        "[imdb-sentiment.scales.micro.ppo]", 'methods = ["ppo-gt"]', "target_kls = [10.0]",
+        "[imdb-sentiment.scales.micro.ppo]", "target_kls = [10.0]",
         "rollouts_per_step = 32", "minibatch_size = 16", "ppo_epochs = 2", "steps = 40", "learning_rate = 3e-3",
         "value_learning_rate = 3e-3", "init_kl_coef = 0.01", "max_new_tokens = 8", "eval_every = 40",
         f'value_model = "{value_model}"'])))
@@ -217,13 +219,15 @@ def test_ppo_gt_raises_ground_truth_reward(micro_run, tmp_path, value_model):
     assert log[-1]["kl"] > log[0]["kl"]
 
 
-def micro_with(tmp_path, line: str) -> Path:
-    """A fresh micro run whose scale has one more top-level line (seed = 1, reseed_shared = true). -> its folder."""
+def micro_with(tmp_path, line: str, *args: str) -> Path:
+    """A fresh micro run whose scale has one more top-level line (seed = 1, reseed_shared = true), run with the
+    command line's `args` too. -> its folder."""
     toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
     path = tmp_path / "micro_with.toml"
     path.write_text(toml.replace("[imdb-sentiment.scales.micro]\ntorch_threads = 1",
                                  f"[imdb-sentiment.scales.micro]\ntorch_threads = 1\n{line}"))
-    cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", run_dir=tmp_path / "runs", check=True)
+    cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", *args, run_dir=tmp_path / "runs",
+        check=True)
     return tmp_path / "runs" / "imdb-sentiment" / "micro"
 
 
@@ -273,15 +277,18 @@ def test_eval_refuses_a_checkpoint_with_non_finite_weights(micro_copy):
     assert (root / "frontier.csv").read_text() == before
 
 
-def test_another_seed_and_reseed_shared(micro_run, tmp_path):
-    """seed = 1 reaches the results (the same seed from scratch reproduces frontier.csv byte for byte: the last
-    check of test_faults' kill test). reseed_shared: every training seed has its own SFT model, pairs and reward
-    model (seed 0's trains with the benchmark's seed, as the shared one does: core.run.training_seed), each
-    seed's checkpoints are measured against their own SFT model, and the verdict rests on both seeds."""
+def test_every_method_another_seed_and_reseed_shared(micro_run, tmp_path):
+    """--methods all: every method of core/methods.py in frontier.csv for both seeds and in the report. seed = 1
+    reaches the results (the same seed from scratch reproduces frontier.csv byte for byte: the last check of
+    test_faults' kill test). reseed_shared: every training seed has its own SFT model, pairs and reward model
+    (seed 0's trains with the benchmark's seed, as the shared one does: core.run.training_seed), each seed's
+    checkpoints are measured against their own SFT model, and the verdict rests on both seeds."""
     from safetensors.torch import load_file
 
+    from core.methods import METHODS, label
+
     _, _, first = micro_run
-    root = micro_with(tmp_path, "seed = 1\nreseed_shared = true")
+    root = micro_with(tmp_path, "seed = 1\nreseed_shared = true", "--methods", "all")
     assert (root / "frontier.csv").read_text() != first
     weights = [load_file(str(root / "sft" / f"seed{k}" / "model.safetensors")) for k in (0, 1)]
     assert not all(weights[0][name].equal(weights[1][name]) for name in weights[0])
@@ -298,3 +305,12 @@ def test_another_seed_and_reseed_shared(micro_run, tmp_path):
     assert md.index("## Verdict") < md.index("## Per method") and "(2 seeds)" in md
     config = json.loads((root / "ppo" / "manifest.json").read_text())["config"]
     assert config["per_seed_stages"] == ["sft", "pairs", "reward_model"] and config["seeds"] == 2
+    points = {(r["method"], r["seed"]) for r in table if r["split"] == "test"}
+    assert points >= {(m, str(k)) for m in METHODS for k in (0, 1)}
+    bon_test = [r for r in table if r["method"] == "best-of-n-gt" and r["split"] == "test"]
+    assert sorted(int(r["param"]) for r in bon_test if r["seed"] == "0") == [1, 4, 16]  # micro's ns: a point per N
+    bon = {int(r["param"]): r for r in bon_test if r["seed"] == "1"}
+    assert float(bon[1]["kl"]) == 0 and abs(float(bon[16]["kl"]) - (math.log(16) - 15 / 16)) < 1e-5
+    assert float(bon[16]["reward"]) > float(bon[1]["reward"])  # choosing by the ground truth raises it
+    per_method = md[md.index("## Per method"):]
+    assert all(f"| {label(m)} |" in per_method for m in METHODS)
