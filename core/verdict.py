@@ -93,22 +93,40 @@ def _around(estimate: float, quantile: float, variance: float) -> tuple[float, f
     return float(estimate - half), float(estimate + half)
 
 
-def sentence(where: str, a: str, b: str, iv: Interval) -> str:
-    """'At KL <= 5, DPO is ahead of PPO by 0.060 [+0.030, +0.090] (3 seeds).' (the lead and its interval, from
-    the leader's side), or '... A vs B is not resolved: A - B = ...'."""
-    seeds = f"{iv.seeds} seed{'s' if iv.seeds != 1 else ''}"
+def clause(where: str, a: str, b: str, iv: Interval) -> tuple[str, str]:
+    """One measure of a comparison as (word, part): ('PPO ahead', 'at KL <= 10 by 0.119 [+0.075, +0.163]') (the
+    lead and its interval, from the leader's side), ('not resolved', 'at KL <= 2 (-0.013 [-0.074, +0.047])')
+    (A - B), or ('the same checkpoint at every seed', 'at KL <= 2') (both chose e.g. the SFT model: no difference)."""
     word = iv.word(a, b)
     if word == f"{a} ahead":
-        return f"{where}, {a} is ahead of {b} by {iv.estimate:.3f} [{iv.low:+.3f}, {iv.high:+.3f}] ({seeds})."
+        return word, f"{where} by {iv.estimate:.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
     if word == f"{b} ahead":
-        return f"{where}, {b} is ahead of {a} by {-iv.estimate:.3f} [{-iv.high:+.3f}, {-iv.low:+.3f}] ({seeds})."
+        return word, f"{where} by {-iv.estimate:.3f} [{-iv.high:+.3f}, {-iv.low:+.3f}]"
     if iv.low == iv.high == iv.estimate:
-        return f"{where}, {a} and {b} give the same value ({iv.estimate:.3f}: the same checkpoint, such as the SFT " \
-               f"model, at every seed)."
-    if iv.seeds < 2:
-        seeds = "one seed: no training-seed variance is known, so no verdict"
-    return (f"{where}, {a} vs {b} is not resolved: {a} - {b} = {iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}] "
-            f"({seeds}).")
+        return "the same checkpoint at every seed", where
+    return word, f"{where} ({iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}])"
+
+
+def sentence(a: str, b: str, measures: list[tuple[str, Interval]]) -> str:
+    """One comparison at every measure, one line, measures with the same word together: 'DPO vs PPO (3 seeds): not
+    resolved at KL <= 2 (DPO - PPO = -0.013 [-0.074, +0.047]) and at KL <= 5 (...); PPO ahead at KL <= 10 by
+    0.119 [+0.075, +0.163].' measures: (where, e.g. "at KL <= 2"; its interval of A - B)."""
+    seeds = min(iv.seeds for _, iv in measures)
+    count = f"{seeds} seed{'s' if seeds != 1 else ''}" if seeds > 1 else \
+        "one seed: no training-seed variance is known, so no verdict"
+    groups: list[tuple[str, list[str]]] = []
+    for where, iv in measures:
+        word, part = clause(where, a, b, iv)
+        if groups and groups[-1][0] == word:
+            groups[-1][1].append(part)
+        else:
+            groups.append((word, [part]))
+    said = []
+    for word, parts in groups:
+        if word == "not resolved":  # its numbers are A - B: say so once
+            parts[0] = parts[0].replace(" (", f" ({a} - {b} = ", 1)
+        said.append(f"{word} {' and '.join(parts)}")
+    return f"{a} vs {b} ({count}): " + "; ".join(said) + "."
 
 
 def chosen_values(select_points: list[tuple[float, float]], test_values: np.ndarray, budget: float | None,

@@ -314,14 +314,15 @@ def main():
                  points["select"]["kl"])
         if wandb_run:  # the point against its training step, and its first samples
             wandb_run.log({"train/global_step": step, **{f"eval/{run_label(method, run)}/{k}": test[k] for k in
-                                                          ("reward", "reward_se", "kl", "kl_se", "kl_mc", "length")}})
+                                                          ("reward", "reward_se", "proxy_reward", "kl", "kl_se", "kl_mc",
+                                                                   "length")}})
             wandb_run.log({f"samples/{point_id}": tracking.table(
                 ["prompt", "completion", "reward", "kl"],
                 [[p, t["text"], t["reward"], t["kl"]] for p, t in zip(prompt_texts, samples[point_id])])})
     if not dist.is_main():
         return
     if reused:
-        log.info("%d of %d points reused from the last evaluation (same weights, reference, ground truth and "
+        log.info("%d of %d points reused from the last evaluation (same weights, reference, scorers and "
                  "config)", reused, len(todo))
 
     with open(job.out / "frontier.csv", "w", newline="") as f:

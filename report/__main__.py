@@ -27,8 +27,10 @@ from core.verdict import chosen_values, interval, sentence
 from pipelines.config import flatten
 
 log = logging.getLogger("stage")
-# the comparisons of the verdict: DPO against each other method, and PPO on the learned reward against the truth
-PAIRS = [("dpo", m) for m in METHODS if m != "dpo"] + [("ppo", "ppo-gt")]
+# the comparisons of the verdict: the paper's (DPO against each method, PPO on the learned reward against the truth),
+# then DPO against each method beyond the paper
+PAIRS = [("dpo", "ppo"), ("dpo", "ppo-gt"), ("ppo", "ppo-gt"), ("dpo", "unlikelihood"), ("dpo", "preferred-ft")]
+PAIRS += [("dpo", m) for m in METHODS if m != "dpo" and ("dpo", m) not in PAIRS]
 FIGURES = ("frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf")
 BAND_BUDGETS = 41  # KL budgets on the band figure's axis
 BAND_RESAMPLES = 400  # per budget: a figure's band, not a reported number
@@ -92,18 +94,19 @@ def measures(cfg) -> list[tuple[str, float | None]]:
 
 def verdict(frontier: Frontier, cfg, rng_seed: int) -> tuple[list[str], list[str], list[list[str]]]:
     """Every pair of PAIRS present, at every measure: A - B with its interval and the word.
-    -> (one sentence each, the table's header, its rows)."""
+    -> (one sentence per pair, the table's header, its rows: one per pair and measure)."""
     sentences, body = [], []
     for a, b in PAIRS:
         if a not in frontier.methods or b not in frontier.methods:
             continue
+        said = []
         for name, budget in measures(cfg):
             iv = interval(frontier.per_seed(a, budget, cfg.area_max_kl), frontier.per_seed(b, budget, cfg.area_max_kl),
                           cfg.confidence, cfg.resamples, rng_seed, paired_seeds=frontier.paired_seeds)
-            where = f"At {name}" if budget is not None else f"On the {name}"
-            sentences.append(sentence(where, label(a), label(b), iv))
+            said.append((f"at {name}" if budget is not None else f"on the front area (KL 0-{cfg.area_max_kl:g})", iv))
             body.append([f"{label(a)} vs {label(b)}", name, f"{iv.estimate:+.3f}", f"[{iv.low:+.3f}, {iv.high:+.3f}]",
                          str(iv.seeds), iv.word(label(a), label(b))])
+        sentences.append(sentence(label(a), label(b), said))
     header = ["comparison", "measure", "A - B (test reward)", f"{cfg.confidence:.0%} interval", "seeds", "verdict"]
     return sentences, header, body
 

@@ -95,8 +95,9 @@ def test_report_opens_on_the_verdict_and_has_every_table(micro_run):
         low, high = (float(x) for x in interval.strip("[]").split(","))
         assert low <= float(estimate) <= high and seeds == "2"
         assert word == "not resolved" if low <= 0 <= high else word.endswith(" ahead")
-    assert sum(line.startswith("- At KL <= ") or line.startswith("- On the front area") for line in
-               verdict.splitlines()) == len(pairs) * len(measures)
+    said = [line for line in verdict.splitlines() if line.startswith("- ")]  # one sentence per comparison
+    assert [line[2:line.index(" (")] for line in said] == list(pairs)
+    assert all(line.count("at KL <= ") == 3 and "on the front area (KL 0-10)" in line for line in said)
     assert "](frontier_bands.png)" in md and (root / "frontier_bands.png").stat().st_size > 10_000
     for label in ("| SFT |", "| DPO | 2 | 4 |", "| PPO | 2 | 2 |", "| PPO-GT |", "| Unlikelihood | 2 | 2 |",
                   "| Preferred-FT | 2 | 2 |"):

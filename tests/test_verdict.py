@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from core.frontier import choice_weights
-from core.verdict import Interval, chosen_values, interval, sentence
+from core.verdict import Interval, chosen_values, clause, interval, sentence
 
 # (kl, reward) on the select prompts: SFT, then three checkpoints
 SELECT = [(0.0, 0.50), (1.0, 0.60), (3.0, 0.70), (6.0, 0.65)]
@@ -136,16 +136,25 @@ def test_prompts_shared_by_both_methods_cancel_in_a_difference():
 def test_words_and_sentences():
     ahead = Interval(0.06, 0.03, 0.09, 3)
     assert ahead.word("DPO", "PPO") == "DPO ahead"
-    assert sentence("At KL <= 5", "DPO", "PPO", ahead) == "At KL <= 5, DPO is ahead of PPO by 0.060 [+0.030, +0.090] (3 seeds)."
+    assert clause("at KL <= 5", "DPO", "PPO", ahead) == ("DPO ahead", "at KL <= 5 by 0.060 [+0.030, +0.090]")
     behind = Interval(-0.05, -0.08, -0.02, 3)
     assert behind.word("DPO", "PPO") == "PPO ahead"
-    assert sentence("At KL <= 2", "DPO", "PPO", behind) == "At KL <= 2, PPO is ahead of DPO by 0.050 [+0.020, +0.080] (3 seeds)."
+    assert clause("at KL <= 2", "DPO", "PPO", behind) == ("PPO ahead", "at KL <= 2 by 0.050 [+0.020, +0.080]")
     same = Interval(0.0, 0.0, 0.0, 3)  # both chose the SFT model at every seed
-    assert same.word() == "not resolved" and "give the same value" in sentence("At KL <= 2", "A", "B", same)
+    assert same.word() == "not resolved" and clause("at KL <= 2", "A", "B", same)[0].startswith("the same")
     unresolved = Interval(0.01, -0.02, 0.04, 3)
-    assert unresolved.word() == "not resolved" and "is not resolved" in sentence("At KL <= 2", "A", "B", unresolved)
+    assert unresolved.word() == "not resolved"
+    assert clause("at KL <= 2", "A", "B", unresolved) == ("not resolved", "at KL <= 2 (+0.010 [-0.020, +0.040])")
+    said = sentence("DPO", "PPO", [("at KL <= 2", behind), ("at KL <= 5", behind), ("at KL <= 10", unresolved),
+                                   ("on the front area", unresolved)])
+    assert said == ("DPO vs PPO (3 seeds): PPO ahead at KL <= 2 by 0.050 [+0.020, +0.080] and at KL <= 5 by 0.050 "
+                    "[+0.020, +0.080]; not resolved at KL <= 10 (DPO - PPO = +0.010 [-0.020, +0.040]) and on the "
+                    "front area (+0.010 [-0.020, +0.040]).")
     one_seed = Interval(0.2, 0.1, 0.3, 1)  # an interval clear of 0, but over the prompts only
-    assert one_seed.word() == "not resolved" and "one seed" in sentence("At KL <= 2", "A", "B", one_seed)
+    assert one_seed.word() == "not resolved"
+    assert sentence("A", "B", [("at KL <= 2", one_seed)]) == ("A vs B (one seed: no training-seed variance is "
+                                                              "known, so no verdict): not resolved at KL <= 2 "
+                                                              "(A - B = +0.200 [+0.100, +0.300]).")
 
 
 def test_one_seed_gives_a_prompt_only_interval_and_bad_shapes_are_refused():
