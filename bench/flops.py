@@ -47,7 +47,7 @@ def stage_flops(root: Path) -> dict[str, float]:
     if "pairs" in m:  # sample k completions per prompt, then the reference log-probs of every sample
         samples = pairs["prompts"] * pairs["samples_per_prompt"]
         out["pairs"] = lm * samples * (completion + sequence)
-    for stage in ("dpo", "unlikelihood", "preferred_ft"):  # policy forward + backward on the pairs' tokens
+    for stage in ("dpo", "ipo", "slic", "rdpo", "unlikelihood", "preferred_ft"):  # policy fwd + bwd on the pairs
         if stage in m:
             out[stage] = 3 * lm * m[stage]["metrics"]["tokens_trained"]
     if "reward_model" in m:  # both completions of each pair, forward + backward, scalar head
@@ -66,9 +66,23 @@ def stage_flops(root: Path) -> dict[str, float]:
             # each epoch's minibatches: policy and value model forward + backward
             flops += 3 * (lm + scalar) * run["tokens_trained"]
         out["ppo"] = flops
+    if "rloo" in m:
+        rloo = m["rloo"]["config"]["rloo"]
+        flops = 0.0
+        for run in read("rloo", "runs.json"):
+            tokens = run["steps"] * rloo["prompts_per_step"] * rloo["num_generations"] * sequence
+            flops += lm * run.get("tokens_generated", 0)  # sampling
+            # no-grad: the policy's and the reference's log-probs, and for rloo the reward model
+            flops += tokens * (2 * lm + (scalar if run["method"] == "rloo" else 0))
+            flops += 3 * lm * tokens  # the policy-gradient step, forward + backward
+        out["rloo"] = flops
+    if "best_of_n" in m:  # M samples per evaluation prompt, each scored by the reward model
+        metrics = m["best_of_n"]["metrics"]
+        out["best_of_n"] = lm * metrics.get("tokens_generated", 0) + \
+            scalar * metrics["prompts"] * metrics["samples_per_prompt"] * sequence
     if "eval" in m:  # each point: sample, then the exact sequence KL (policy and reference forwards)
         ev = m["eval"]["config"]["eval"]
-        points = m["eval"]["metrics"]["points"]
+        points = m["eval"]["metrics"]["points"] - m["eval"]["metrics"].get("points_given", 0)  # not Best-of-N's
         eval_lm = forward_flops_per_token(L, d, (prompt + ev["max_new_tokens"]) / 2, V)
         prompts = ev["prompts"] + ev.get("select_prompts", 0)  # test and select
         out["eval"] = eval_lm * points * prompts * (ev["max_new_tokens"] + 2 * (prompt + ev["max_new_tokens"]))

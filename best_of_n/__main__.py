@@ -8,10 +8,11 @@ chooser scores highest. Its expected value on a prompt is estimated from the M s
 averaged over all C(M, N) subsets of them, the sample of chooser-rank i (ascending, 1..M) is the kept one in
 C(i - 1, N - 1) of them (`best_of_n_weights`), an unbiased estimate with far less variance than one draw of N.
 
-KL: Best-of-N has no model to measure, so eval's exact KL does not apply. With a chooser's score that is
-continuous (no two samples tie), KL(best-of-N || SFT) = log N - (N - 1) / N exactly (the kept sample's rank
-is the maximum of N uniforms); with ties it is lower (Beirami et al. 2024), so the value reported is an upper
-bound. The stage counts the ties among each prompt's samples (metrics: chooser_ties) to say how tight it is.
+KL: Best-of-N has no model to measure, so eval's exact KL does not apply. KL(best-of-N || SFT) <= log N -
+(N - 1) / N (Beirami et al. 2024), with equality in the limit where no single outcome has a noticeable
+probability (the kept sample's rank is then the maximum of N uniforms); outcomes that repeat make it lower. The
+value reported is that upper bound; the stage counts the ties among each prompt's samples (metrics:
+chooser_ties), the sign of repeated outcomes, to say how tight it is.
 
 Writes points.json (per method, N and training seed: every prompt's ground-truth reward, proxy reward, length
 and KL, in eval's prompt order, and the first prompts' chosen texts) and runs.json (the runs, no checkpoints).
@@ -56,7 +57,7 @@ def expected_best(chooser: np.ndarray, values: np.ndarray, n: int) -> np.ndarray
 
 
 def kl_upper_bound(n: int) -> float:
-    """KL(best-of-N || base) <= log N - (N - 1) / N, with equality when the chooser's scores never tie."""
+    """KL(best-of-N || base) <= log N - (N - 1) / N, reached when no outcome has a noticeable probability."""
     return math.log(n) - (n - 1) / n
 
 
@@ -85,17 +86,21 @@ def sample_and_score(job, seed: int, prompts: list[list[int]], m: int, eval_cfg,
 
 def points_of(drawn: dict, methods: list[str], ns: list[int], tokenizer) -> list[dict]:
     """Every (method, N) point of one draw: per prompt its expected ground-truth reward, proxy reward and length,
-    the KL bound, and the first prompts' kept completion (the best of their first N samples)."""
+    the KL bound, and the first prompts' kept completion (the best of their first N samples) with its own
+    ground-truth reward."""
     m = drawn["reward"].shape[1]
     out = []
     for method in methods:
         chooser = drawn[CHOOSERS[method]]
         for n in ns:
-            kept = [j * m + int(np.argmax(chooser[j, :n])) for j in range(min(TEXTS_KEPT, len(chooser)))]
+            # the shown example: the best of the prompt's first n samples, ties broken as expected_best breaks them
+            kept = [j * m + int(np.argsort(chooser[j, :n], kind="stable")[-1])
+                    for j in range(min(TEXTS_KEPT, len(chooser)))]
             out.append({"method": method, "n": n, "kl": kl_upper_bound(n),
                         **{key: expected_best(chooser, drawn[key], n).tolist()
                            for key in ("reward", "proxy_reward", "length")},
-                        "texts": [lm.decode(tokenizer, drawn["completions"][i]) for i in kept]})
+                        "texts": [lm.decode(tokenizer, drawn["completions"][i]) for i in kept],
+                        "text_rewards": [float(drawn["reward"].flat[i]) for i in kept]})
     return out
 
 
@@ -122,17 +127,22 @@ def main():
             continue
         seconds = time.time() - t0
         tie_counts.update({f"{k}_seed{seed}": ties(drawn[v]) for k, v in CHOOSERS.items() if k in methods})
-        # shared SFT model: every training seed's point is this draw (Best-of-N trains nothing)
+        # shared SFT model: every training seed's point is this draw (Best-of-N trains nothing). The draw's cost is
+        # counted once: on the first method's points of the seed that drew it, split over its N
+        first, drawn_points = True, points_of(drawn, methods, cfg.ns, tokenizer)
         for k in (range(job.seeds) if not per_seed_sft else [seed]):
-            for point in points_of(drawn, methods, cfg.ns, tokenizer):
+            for point in drawn_points:
                 run = f"n{point['n']}-seed{k}"
+                pays = first and point["method"] == methods[0]
                 points.append({**point, "run": run, "seed": k})
                 runs.append({"method": point["method"], "run": run, "param": point["n"], "param_name": "n",
-                             "seed": k, "checkpoints": [], "train_seconds": round(seconds / len(cfg.ns), 2),
-                             "tokens_generated": int(drawn["length"].sum() * point["n"] / cfg.samples),
+                             "seed": k, "checkpoints": [],
+                             "train_seconds": round(seconds / len(cfg.ns), 2) if pays else 0.0,
+                             "tokens_generated": int(drawn["length"].sum() / len(cfg.ns)) if pays else 0,
                              "kl_upper_bound": point["kl"]})
                 log.info("%s %s: test+select reward %.3f, proxy %.3f, KL <= %.2f", point["method"], run,
                          np.mean(point["reward"]), np.mean(point["proxy_reward"]), point["kl"])
+            first = False
     if not dist.is_main():
         return
     (job.out / "points.json").write_text(json.dumps(points))

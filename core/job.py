@@ -48,6 +48,10 @@ class Job:
         return SECTIONS[name](**self.config[name])
 
 
+class BadArtifact(ValueError):
+    """An upstream stage's file that is not what that stage writes (edited or damaged): one line, exit 1."""
+
+
 def start(argv: list[str] | None = None) -> Job:
     argv = sys.argv[1:] if argv is None else argv
     raw = json.loads(Path(argv[0]).read_text())
@@ -145,7 +149,7 @@ def run(main) -> None:
     try:
         main()
         dist.close()
-    except (ConfigError, FloatingPointError, FileNotFoundError) as e:
+    except (ConfigError, FloatingPointError, FileNotFoundError, BadArtifact) as e:
         logging.getLogger("stage").error("%s: %s", type(e).__name__, e)
         raise SystemExit(1) from None
     except (DistError, RuntimeError) as e:  # a peer process left (its own error is logged): no second traceback

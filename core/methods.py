@@ -31,6 +31,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ipo", "IPO", "ipo", "tab:orange", "P", "pairs", library="TRL DPOTrainer (loss_type ipo)"),
     Method("slic", "SLiC", "slic", "tab:brown", "X", "pairs", library="TRL DPOTrainer (loss_type hinge)"),
     Method("rdpo", "rDPO", "rdpo", "tab:pink", "h", "pairs", library="TRL DPOTrainer (loss_type robust)"),
+    Method("rloo", "RLOO", "rloo", "navy", "d", "reward model", library="TRL RLOOTrainer"),
+    Method("rloo-gt", "RLOO-GT", "rloo", "teal", "*", "ground truth", library="TRL RLOOTrainer"),
     Method("best-of-n", "Best-of-N (RM)", "best_of_n", "tab:olive", "<", "reward model"),
     Method("best-of-n-gt", "Best-of-N (GT)", "best_of_n", "tab:gray", ">", "ground truth"),
 )}

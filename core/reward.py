@@ -63,6 +63,26 @@ class RewardModel:
         return (raw_scores(self.model, seqs, self.pad_id, batch_size) - self.shift) / self.scale
 
 
+def training_reward(learns_from: str, job, tokenizer, seed: int, device=None):
+    """The reward an online method (PPO, RLOO) optimises, (prompts, completions) as token ids -> [B] float32, for
+    training seed `seed`. Both kinds on one scale, mean 0 and std 1 on SFT samples, so one KL coefficient means the
+    same for both: "reward model": the learned reward model (normalised by the reward_model stage on its training
+    prompts' SFT samples); "ground truth": its P(positive | prompt + completion), normalised here with the mean and
+    std of all the pairs stage's SFT samples (held-out prompts included: 10% of them, a negligible difference).
+    Eval still reports P(positive)."""
+    if learns_from == "reward model":
+        rm = RewardModel(job.upstream("reward_model", seed), device)
+        return lambda p, c: rm([a + b for a, b in zip(p, c)])
+    if learns_from == "ground truth":
+        from core.scorer import GroundTruth
+
+        gt = GroundTruth(job.inputs["ground_truth"], job.section("ground_truth").reads, tokenizer, device)
+        sft = json.loads((job.upstream("pairs", seed) / "metrics.json").read_text())  # the SFT samples' rewards
+        shift, scale = sft["sft_reward_mean"], sft["sft_reward_std"]
+        return lambda p, c: torch.tensor((gt(p, c) - shift) / scale, dtype=torch.float32)
+    raise ValueError(f"training_reward: {learns_from!r}; allowed: 'reward model', 'ground truth'")
+
+
 def value_network(folder: Path):
     """The reward model as PPO's value network at its start: (backbone, head), the head a copy of the reward
     head with the normalisation folded in, head(h) = (score(h) - shift) / scale, so the values start in the units

@@ -93,40 +93,37 @@ def _around(estimate: float, quantile: float, variance: float) -> tuple[float, f
     return float(estimate - half), float(estimate + half)
 
 
-def clause(where: str, a: str, b: str, iv: Interval) -> tuple[str, str]:
-    """One measure of a comparison as (word, part): ('PPO ahead', 'at KL <= 10 by 0.119 [+0.075, +0.163]') (the
-    lead and its interval, from the leader's side), ('not resolved', 'at KL <= 2 (-0.013 [-0.074, +0.047])')
-    (A - B), or ('the same checkpoint at every seed', 'at KL <= 2') (both chose e.g. the SFT model: no difference)."""
+def clause(a: str, b: str, iv: Interval) -> tuple[str, str]:
+    """One measure of a comparison as (word, numbers): ('PPO ahead', 'by 0.119 [+0.075, +0.163]') (the lead and its
+    interval, from the leader's side), ('not resolved', '-0.013 [-0.074, +0.047]') (A - B), or ('the same
+    checkpoint at every seed', '') (both chose e.g. the SFT model: no difference)."""
     word = iv.word(a, b)
     if word == f"{a} ahead":
-        return word, f"{where} by {iv.estimate:.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
+        return word, f"by {iv.estimate:.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
     if word == f"{b} ahead":
-        return word, f"{where} by {-iv.estimate:.3f} [{-iv.high:+.3f}, {-iv.low:+.3f}]"
+        return word, f"by {-iv.estimate:.3f} [{-iv.high:+.3f}, {-iv.low:+.3f}]"
     if iv.low == iv.high == iv.estimate:
-        return "the same checkpoint at every seed", where
-    return word, f"{where} ({iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}])"
+        return "the same checkpoint at every seed", ""
+    return word, f"{iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
 
 
 def sentence(a: str, b: str, measures: list[tuple[str, Interval]]) -> str:
-    """One comparison at every measure, one line, measures with the same word together: 'DPO vs PPO (3 seeds): not
-    resolved at KL <= 2 (DPO - PPO = -0.013 [-0.074, +0.047]) and at KL <= 5 (...); PPO ahead at KL <= 10 by
-    0.119 [+0.075, +0.163].' measures: (where, e.g. "at KL <= 2"; its interval of A - B)."""
+    """One comparison at every measure, on one line, the measures grouped by their word (in the order the words
+    first come): 'DPO vs PPO (3 seeds): not resolved at KL <= 2 (DPO - PPO = -0.013 [-0.074, +0.047]) and at KL
+    <= 5 (...); PPO ahead at KL <= 10 by 0.119 [+0.075, +0.163].' measures: (where, e.g. "at KL <= 2"; the
+    interval of A - B there)."""
     seeds = min(iv.seeds for _, iv in measures)
     count = f"{seeds} seed{'s' if seeds != 1 else ''}" if seeds > 1 else \
         "one seed: no training-seed variance is known, so no verdict"
-    groups: list[tuple[str, list[str]]] = []
+    groups: dict[str, list[str]] = {}
     for where, iv in measures:
-        word, part = clause(where, a, b, iv)
-        if groups and groups[-1][0] == word:
-            groups[-1][1].append(part)
-        else:
-            groups.append((word, [part]))
-    said = []
-    for word, parts in groups:
+        word, numbers = clause(a, b, iv)
+        parts = groups.setdefault(word, [])
         if word == "not resolved":  # its numbers are A - B: say so once
-            parts[0] = parts[0].replace(" (", f" ({a} - {b} = ", 1)
-        said.append(f"{word} {' and '.join(parts)}")
-    return f"{a} vs {b} ({count}): " + "; ".join(said) + "."
+            parts.append(f"{where} ({'' if parts else f'{a} - {b} = '}{numbers})")
+        else:
+            parts.append(f"{where} {numbers}".rstrip())
+    return f"{a} vs {b} ({count}): " + "; ".join(f"{w} {' and '.join(p)}" for w, p in groups.items()) + "."
 
 
 def chosen_values(select_points: list[tuple[float, float]], test_values: np.ndarray, budget: float | None,

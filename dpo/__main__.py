@@ -86,10 +86,11 @@ def train_one(beta: float, seed: int, cfg, job, pairs, heldout):
         label_smoothing=getattr(cfg, "label_smoothing", 0.0),  # rdpo's epsilon
         learning_rate=learning_rate(cfg, beta), optim="rmsprop" if cfg.optimizer == "rmsprop" else "adamw_torch",
         warmup_steps=cfg.warmup_steps, lr_scheduler_type="constant_with_warmup",
-        per_device_train_batch_size=dist.per_process("dpo.batch_size", cfg.batch_size), max_steps=steps, max_length=None,
+        per_device_train_batch_size=dist.per_process(f"{job.stage}.batch_size", cfg.batch_size), max_steps=steps,
+        max_length=None,
         save_strategy="steps", save_steps=cfg.eval_every, save_total_limit=None,
         eval_strategy="steps", eval_steps=cfg.eval_every,  # the held-out DPO loss at every checkpoint
-        per_device_eval_batch_size=dist.per_process("dpo.batch_size", cfg.batch_size),
+        per_device_eval_batch_size=dist.per_process(f"{job.stage}.batch_size", cfg.batch_size),
         logging_steps=max(1, cfg.eval_every // 4), report_to=tracking.report_to(job), seed=run.training_seed,
         data_seed=run.training_seed,
         **trainer_args(job), disable_tqdm=not dist.is_main(), remove_unused_columns=False,

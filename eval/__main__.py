@@ -208,7 +208,7 @@ class PointCache:
 def _hash_model_files(h, folder):
     """Add what defines a model or scorer folder to h: its weights, config, tokenizer (not its logs). -> h."""
     names = sorted(p.name for p in folder.glob("*.safetensors"))
-    names += [n for n in ("config.json", "tokenizer.json", "tokenizer_config.json", "scorer.json")
+    names += [n for n in ("config.json", "tokenizer.json", "tokenizer_config.json", "scorer.json", "reward.json")
               if (folder / n).is_file()]
     for name in names:
         h.update(name.encode())
@@ -234,20 +234,42 @@ def checkpoints(inputs: dict) -> list[tuple]:
     return out
 
 
+def check_given_point(p, n_prompts: int, path) -> None:
+    """BadArtifact unless p is a point as best_of_n writes it: every field, every per-prompt list as long as the
+    evaluation's prompts and finite."""
+    fields = ("method", "run", "n", "seed", "kl", "reward", "proxy_reward", "length", "texts", "text_rewards")
+    if not isinstance(p, dict) or set(fields) - set(p):
+        raise jobs.BadArtifact(f"{path}: a point lacks {sorted(set(fields) - set(p or {}))}: run its stage again")
+    for key in ("reward", "proxy_reward", "length"):
+        values = p[key]
+        if not isinstance(values, list) or len(values) != n_prompts or \
+                not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            raise jobs.BadArtifact(f"{path}: {p['method']} {p['run']} {key} is not {n_prompts} finite numbers (one "
+                                   f"per evaluation prompt): run its stage again")
+    if not isinstance(p["kl"], (int, float)) or not math.isfinite(p["kl"]) or p["kl"] < 0:
+        raise jobs.BadArtifact(f"{path}: {p['method']} {p['run']} kl = {p['kl']!r}; allowed: a finite number >= 0")
+
+
 def given_points(inputs: dict, n_prompts: int) -> list[tuple]:
     """(method, run, param, seed, 0, None, result) of every point a method stage measured itself (Best-of-N:
     points.json, per prompt in this evaluation's prompt order; its KL is the stage's, with no Monte-Carlo
     estimate)."""
-    out = []
+    out, seen = [], set()
     for folder in inputs.values():
         if (folder / "points.json").exists():
-            for p in json.loads((folder / "points.json").read_text()):
-                if len(p["reward"]) != n_prompts:
-                    raise ValueError(f"{folder / 'points.json'}: {p['method']} {p['run']} has {len(p['reward'])} "
-                                     f"prompts, this evaluation {n_prompts}")
+            path = folder / "points.json"
+            try:
+                points = json.loads(path.read_text())
+            except ValueError:
+                raise jobs.BadArtifact(f"{path} is not JSON: run its stage again (--force)") from None
+            for p in points if isinstance(points, list) else [None]:
+                check_given_point(p, n_prompts, path)
+                if (p["method"], p["run"]) in seen:
+                    raise jobs.BadArtifact(f"{path}: {p['method']} {p['run']} is there twice")
+                seen.add((p["method"], p["run"]))
                 result = {"reward": p["reward"], "proxy_reward": p["proxy_reward"], "kl": [p["kl"]] * n_prompts,
-                          "kl_mc": [math.nan] * n_prompts,
-                          "length": p["length"], "texts": p["texts"]}
+                          "kl_mc": [math.nan] * n_prompts, "length": p["length"], "texts": p["texts"],
+                          "text_rewards": p["text_rewards"]}  # the shown texts' own rewards, not the expectation
                 out.append((p["method"], p["run"], p["n"], p["seed"], 0, None, result))
     return out
 
@@ -258,7 +280,7 @@ def main():
     cfg, data_cfg = job.section("eval"), job.section("data")
     tokenizer = lm.load_tokenizer(job.upstream("sft"))  # one tokenizer for every seed's SFT model
     ground_truth = scorer.GroundTruth(job.inputs["ground_truth"], job.section("ground_truth").reads, tokenizer)
-    reward_models: dict[Path, RewardModel] = {}  # the proxy's scorer of each seed (one unless reseed_shared)
+    reward_models: dict[Path, RewardModel | None] = {}  # the proxy's scorer of each seed (one unless reseed_shared)
     prompts = lm.split_prompts(data_cfg, job.seed, "eval", cfg.prompts + cfg.select_prompts, tokenizer)
     splits = prompt_splits(cfg.prompts, cfg.select_prompts)
     prompt_texts = [lm.decode(tokenizer, p) for p in prompts[:SAMPLES_KEPT]]
@@ -288,8 +310,8 @@ def main():
             ref = references[reference]
             policy = ref if path is None else lm.load_causal_lm(path)
             rm_folder = job.upstream("reward_model", seed or 0)
-            if rm_folder not in reward_models:
-                reward_models[rm_folder] = RewardModel(rm_folder, lm.device())
+            if rm_folder not in reward_models:  # it scores the gathered samples: on the main process only
+                reward_models[rm_folder] = RewardModel(rm_folder, lm.device()) if dist.is_main() else None
             result = evaluate(policy, path or reference, ref, prompts, tokenizer, ground_truth,
                               reward_models[rm_folder], cfg, job.seed)
         if result is None:  # not the main process: its share is gathered there
@@ -305,8 +327,8 @@ def main():
         rows += [dict(method=method, run=run, param=param, seed=seed, step=step, split=split, **point)
                  for split, point in points.items()]
         point_id = sft_point_id(run) if method == "sft" else f"{method}/{run}/step{step}"
-        samples[point_id] = [{"text": t, "reward": round(r, 4), "kl": round(k, 4)}
-                             for t, r, k in zip(result["texts"], result["reward"], result["kl"])]
+        samples[point_id] = [{"text": t, "reward": round(r, 4), "kl": round(k, 4)} for t, r, k in
+                             zip(result["texts"], result.get("text_rewards", result["reward"]), result["kl"])]
         per_prompt[point_id] = {k: [round(v, 6) for v in result[k]] for k in ("reward", "proxy_reward", "kl", "length")}
         test = points["test"]
         log.info("%s %s step %d: test reward %.3f +- %.3f, KL %.2f (MC %.2f); select reward %.3f, KL %.2f", method,
@@ -345,7 +367,8 @@ def main():
                        "frontier_scatter": tracking.scatter(frontier, "kl", "reward", "Reward vs KL(pi || pi_ref)"),
                        "frontier_png": tracking.image(job.out / "frontier.png", "every checkpoint of every method"),
                        "frontier_panels_png": tracking.image(job.out / "frontier_panels.png", "one panel per method")})
-    jobs.finish(job, {"points": len(test_rows), "sft_reward": test_rows[0]["reward"], "sft_kl": test_rows[0]["kl"],
+    given = sum(1 for t in todo if t[6] is not None)  # measured by their own stage (Best-of-N), not sampled here
+    jobs.finish(job, {"points": len(test_rows), "points_given": given, "sft_reward": test_rows[0]["reward"], "sft_kl": test_rows[0]["kl"],
                       "best_reward": max(r["reward"] for r in test_rows), "eval_seconds": round(time.time() - t0, 2),
                       "sampler": cfg.sampler, "points_reused": reused,
                       **({"sampler_logp_gap": max(gaps)} if gaps else {})},

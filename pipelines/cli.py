@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=int, help="training seeds per method run (default: the scale's `seeds`); "
                                              "1 for a quick look, no verdict")
     r.add_argument("--methods", help="comma-separated methods to put on the frontier, or 'all' (default: the "
-                                     "benchmark's `methods`, the paper's six); see docs/methods.md")
+                                     "benchmark's `methods`, the paper's methods); see docs/methods.md")
     r.add_argument("--nproc", type=int,
                    help="processes per training / sampling stage (accelerate launch; DDP unless --accelerate-config); "
                         "default: all workers for sft, pairs and eval, one for the stages that run side by side")

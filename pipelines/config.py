@@ -120,8 +120,8 @@ class DPOConfig(PairTrainingConfig):
 @dataclass(frozen=True, kw_only=True)
 class DPOLossConfig(DPOConfig):
     """A relative of DPO trained by the same trainer with another loss (TRL's loss_type), with its own sweep of its
-    strength parameter (beta means another thing in each loss). Every key it does not set is [dpo]'s (learning_rates
-    too, unless it sets its own betas)."""
+    strength parameter (beta means another thing in each loss). Every key it does not set is [dpo]'s after the scale's
+    overrides (learning_rates too, unless it sets its own betas or learning_rate)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,6 +180,20 @@ class PPOConfig:
     lam: float = spec(0.95, ge=0, le=1, help="GAE lambda")
     max_new_tokens: int = spec(gt=0, help="tokens sampled per rollout (temperature 1, top_k 0, top_p 1)")
     eval_every: int = spec(gt=0, help="keep a checkpoint for evaluation every this many PPO steps")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RLOOConfig:
+    betas: list[float] = spec(gt=0, nonempty=True, help="one run per method (rloo, rloo-gt) and KL coefficient: the "
+                                                       "reward is r - beta x the sequence's log-ratio to the SFT model")
+    num_generations: int = spec(4, ge=2, help="completions per prompt (k): each one's baseline is the mean reward "
+                                              "of the other k - 1")
+    prompts_per_step: int = spec(gt=0, help="prompts per optimiser step (each sampled num_generations times)")
+    steps: int = spec(gt=0, help="optimiser steps per run (one per batch of completions)")
+    learning_rate: float = spec(gt=0, help="peak learning rate (AdamW, constant after warm-up)")
+    warmup_steps: int = spec(0, ge=0, help="linear warm-up steps")
+    max_new_tokens: int = spec(gt=0, help="tokens sampled per completion (temperature 1, top_k 0, top_p 1)")
+    eval_every: int = spec(gt=0, help="keep a checkpoint for evaluation every this many steps")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -256,6 +270,8 @@ class BenchmarkConfig:
     preferred_ft: PreferredFTConfig = spec(help="[preferred_ft] supervised fine-tuning on the chosen completions")
     reward_model: RewardModelConfig = spec(help="[reward_model] the Bradley-Terry reward model")
     ppo: PPOConfig = spec(help="[ppo] PPO on the learned reward (ppo) and on the ground truth (ppo-gt)")
+    rloo: RLOOConfig = spec(help="[rloo] RLOO (TRL's RLOOTrainer) on the learned reward (rloo) and the ground truth "
+                                 "(rloo-gt)")
     best_of_n: BestOfNConfig = spec(BestOfNConfig(), help="[best_of_n] Best-of-N from the SFT model (no training)")
     eval: EvalConfig = spec(help="[eval] the frontier evaluation")
     report: ReportConfig = spec(ReportConfig(), help="[report] the tables of report.md / report.html")
@@ -274,7 +290,7 @@ class BenchmarkConfig:
             object.__setattr__(self, "methods", list(METHODS))
         for key, values in (("methods", self.methods), ("dpo.betas", self.dpo.betas),
                             ("unlikelihood.alphas", self.unlikelihood.alphas), ("ppo.target_kls", self.ppo.target_kls),
-                            ("best_of_n.ns", self.best_of_n.ns),
+                            ("best_of_n.ns", self.best_of_n.ns), ("rloo.betas", self.rloo.betas),
                             *((f"{name}.betas", getattr(self, name).betas) for name in DPO_LOSS_SECTIONS)):
             if len(set(values)) != len(values):
                 raise ConfigError(f"{key} has repeated values {values}: each is one run")
@@ -418,7 +434,8 @@ def _resolve(doc: dict, benchmark: str, scale: str | None, path: Path) -> Benchm
     for name in DPO_LOSS_SECTIONS:  # DPO's relatives: what they do not set is [dpo]'s
         own = merged.get(name, {})
         if isinstance(own, dict) and isinstance(merged.get("dpo"), dict):
-            inherited = {k: v for k, v in merged["dpo"].items() if "betas" not in own or k != "learning_rates"}
+            own_rates = "betas" in own or "learning_rate" in own  # then [dpo]'s per-beta rates are not its own
+            inherited = {k: v for k, v in merged["dpo"].items() if not (own_rates and k == "learning_rates")}
             merged[name] = {**inherited, **own}
     if "benchmark" in merged or "scale" in merged:
         raise ConfigError(f"{benchmark}: 'benchmark' and 'scale' are set from the names, not as keys")

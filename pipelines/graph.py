@@ -77,16 +77,19 @@ STAGES: dict[str, Stage] = {
         *(Stage(name, (name, "train"), needs=("sft", "pairs"), module="dpo", what=f"{METHODS[name].label}: DPO's "
                 f"trainer with another loss, one run per beta", split=(f"{name}.batch_size",), seeded=True)
           for name in DPO_LOSS_SECTIONS),
+        Stage("rloo", ("data", "rloo", "ground_truth", "train"), needs=("sft", "ground_truth", "pairs", "reward_model"),
+              what="RLOO (TRL) on the learned reward (rloo) and on the ground truth (rloo-gt), one run per beta",
+              seeded=True),
         Stage("best_of_n", ("data", "eval", "best_of_n", "ground_truth"), needs=("sft", "ground_truth", "reward_model"),
               what="Best-of-N from the SFT model, by the reward model and by the ground truth (nothing trained)",
               seeded=True),
         Stage("eval", ("data", "eval", "ground_truth"),
               needs=("sft", "ground_truth", "reward_model", "dpo", "unlikelihood", "preferred_ft", "ppo",
-                     *DPO_LOSS_SECTIONS, "best_of_n"),
+                     *DPO_LOSS_SECTIONS, "rloo", "best_of_n"),
               publish=("frontier.csv", "frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf"),
               what="sample every checkpoint, score, exact KL to the SFT model, frontier"),
         Stage("report", tuple(SECTIONS), needs=("sft", "ground_truth", "pairs", "reward_model", "dpo", "unlikelihood",
-                                            "preferred_ft", "ppo", *DPO_LOSS_SECTIONS, "best_of_n", "eval"),
+                                            "preferred_ft", "ppo", *DPO_LOSS_SECTIONS, "rloo", "best_of_n", "eval"),
               publish=("report.md", "report.html", "frontier_bands.png", "frontier_bands.pdf", "overoptimisation.png",
                        "overoptimisation.pdf"),
               what="the verdict over seeds, tables, figures and samples of the whole run",
@@ -212,7 +215,9 @@ class Launch:
 def _launchable(stage: Stage, config: dict | None) -> bool:
     """Whether the stage can run on several processes: it trains or samples with our code (not vLLM, which
     batches the whole prompt set in one process)."""
-    return stage.multiprocess and (config or {}).get(stage.name, {}).get("sampler") != "vllm"
+    samples_with_vllm = any(isinstance(section, dict) and section.get("sampler") == "vllm"  # best_of_n: eval's
+                            for section in (config or {}).values())
+    return stage.multiprocess and not samples_with_vllm
 
 
 def _has_gpu() -> bool:
@@ -259,7 +264,7 @@ def stage_config(cfg: BenchmarkConfig, stage: Stage, protocol: dict | None = Non
         config["seeds"] = cfg.seeds
     hosted = [m for m, method in METHODS.items() if method.stage == stage.name]
     if len(hosted) > 1:  # a stage of several methods (ppo and ppo-gt) trains the chosen ones
-        config["methods"] = [m for m in cfg.methods if m in hosted]
+        config["methods"] = [m for m in hosted if m in cfg.methods]  # in the registry's order: one hash for one set
     if cfg.reseed_shared and (stage.seeded or stage.name in RESEEDED + ("eval", "report")):
         # the stages whose artifacts are one per training seed (<stage>/seed<k>/): only when re-seeded, so the
         # default configs (and their hashes) do not mention it

@@ -29,8 +29,8 @@ from core import job as jobs
 from core import dist, lm
 from core.run import MethodRun
 from core.train import loop_accelerator
-from core.reward import RewardModel, value_network
-from core.scorer import GroundTruth
+from core.methods import METHODS
+from core.reward import training_reward, value_network
 from ppo import algorithm as A
 
 log = logging.getLogger("stage")
@@ -258,24 +258,6 @@ def train_run(method: str, target_kl: float, seed: int, cfg, job, prompts, token
                       final_kl_coef=kl_ctl.value)
 
 
-def score_functions(methods, job, tokenizer, seed: int) -> dict:
-    """Each method's training reward of (prompts, completions) -> [B], on one scale: mean 0 and std 1 on SFT
-    samples, so one KL coefficient means the same for both. ppo: the learned reward model (normalised by the
-    reward_model stage on its training prompts' SFT samples); ppo-gt: the ground truth's P(positive | prompt +
-    completion), normalised here with the mean and std of all the pairs stage's SFT samples (held-out prompts
-    included: 10% of them, a negligible difference). Eval still reports P(positive)."""
-    scorers = {}
-    if "ppo" in methods:
-        rm = RewardModel(job.upstream("reward_model", seed), lm.device())
-        scorers["ppo"] = lambda p, c: rm([a + b for a, b in zip(p, c)])
-    if "ppo-gt" in methods:
-        gt = GroundTruth(job.inputs["ground_truth"], job.section("ground_truth").reads, tokenizer, lm.device())
-        sft = json.loads((job.upstream("pairs", seed) / "metrics.json").read_text())  # the SFT samples' rewards
-        shift, scale = sft["sft_reward_mean"], sft["sft_reward_std"]
-        scorers["ppo-gt"] = lambda p, c: torch.tensor((gt(p, c) - shift) / scale, dtype=torch.float32)
-    return scorers
-
-
 def main():
     job = jobs.start()
     cfg, data_cfg = job.section("ppo"), job.section("data")
@@ -290,7 +272,9 @@ def main():
     for seed in range(job.seeds):
         upstream = (job.upstream("reward_model", seed), job.upstream("pairs", seed))
         if upstream not in scorers_of:
-            scorers_of[upstream] = score_functions(methods, job, tokenizer, seed)
+            # ppo: the learned reward model; ppo-gt: the ground truth; on one scale (core.reward.training_reward)
+            scorers_of[upstream] = {m: training_reward(METHODS[m].learns_from, job, tokenizer, seed, lm.device())
+                                    for m in methods}
         scorers = scorers_of[upstream]
         for method in methods:
             for target in cfg.target_kls:

@@ -28,9 +28,10 @@ from pipelines.config import flatten
 
 log = logging.getLogger("stage")
 # the comparisons of the verdict: the paper's (DPO against each method, PPO on the learned reward against the truth),
-# then DPO against each method beyond the paper
+# then DPO against each method beyond the paper, and our PPO against TRL's RLOO
 PAIRS = [("dpo", "ppo"), ("dpo", "ppo-gt"), ("ppo", "ppo-gt"), ("dpo", "unlikelihood"), ("dpo", "preferred-ft")]
 PAIRS += [("dpo", m) for m in METHODS if m != "dpo" and ("dpo", m) not in PAIRS]
+PAIRS += [("ppo", "rloo"), ("ppo-gt", "rloo-gt")]  # our PPO against a maintained library's RL, on each reward
 FIGURES = ("frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf")
 BAND_BUDGETS = 41  # KL budgets on the band figure's axis
 BAND_RESAMPLES = 400  # per budget: a figure's band, not a reported number
@@ -107,6 +108,9 @@ def verdict(frontier: Frontier, cfg, rng_seed: int) -> tuple[list[str], list[str
             body.append([f"{label(a)} vs {label(b)}", name, f"{iv.estimate:+.3f}", f"[{iv.low:+.3f}, {iv.high:+.3f}]",
                          str(iv.seeds), iv.word(label(a), label(b))])
         sentences.append(sentence(label(a), label(b), said))
+    if not sentences:
+        sentences = ["No comparison: the verdict compares DPO with every other method and PPO with PPO-GT; this run's "
+                     "methods hold none of those pairs (add dpo to methods)."]
     header = ["comparison", "measure", "A - B (test reward)", f"{cfg.confidence:.0%} interval", "seeds", "verdict"]
     return sentences, header, body
 
@@ -241,8 +245,11 @@ def compute_table(runs: dict[str, list[dict]], manifests: dict[str, dict], pairs
 
 
 def protocol_table(protocol: dict, config: dict) -> tuple[list[str], list[list[str]]]:
-    """Every setting of the paper's protocol beside this scale's value."""
-    paper, here = flatten(protocol), flatten({k: v for k, v in config.items() if k != "protocol"})
+    """Every setting of the paper's protocol beside this scale's value (not the sections of methods beyond the
+    paper, whose benchmark-level values are ours)."""
+    beyond = {m.stage for m in METHODS.values() if not m.paper} | {"methods"}
+    paper = {k: v for k, v in flatten(protocol).items() if k.split(".")[0] not in beyond}
+    here = flatten({k: v for k, v in config.items() if k != "protocol"})
     body = [[f"`{k}`", str(v), str(here[k]), "" if here[k] == v else "differs"] for k, v in paper.items() if k in here]
     return ["setting", "paper", "this scale", ""], body
 

@@ -166,6 +166,9 @@ def test_a_stage_that_samples_with_vllm_runs_in_one_process():
     assert launch.launches(stage, {"eval": {"sampler": "hf"}})
     assert launch.command(stage, {"eval": {"sampler": "vllm"}}) == [sys.executable, "-m", "eval"]
     assert not launch.launches(stage, {"eval": {"sampler": "vllm"}})
+    best_of_n = graph.STAGES["best_of_n"]  # samples with eval's sampler
+    assert launch.launches(best_of_n, {"eval": {"sampler": "hf"}, "best_of_n": {"ns": [1]}})
+    assert not launch.launches(best_of_n, {"eval": {"sampler": "vllm"}, "best_of_n": {"ns": [1]}})
 
 
 def test_vllm_sampler_without_vllm_is_refused_before_any_stage(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from core import lm
+from core.reward import training_reward
 from core.scorer import GroundTruth, TfidfLogRegScorer
 from ppo import algorithm as A
 from test_lm import toy_lm
@@ -49,7 +50,8 @@ def test_the_ground_truth_reads_the_prompt_with_the_completion(sentiment_scorer)
 
 
 def test_every_stage_scores_prompt_plus_completion(micro_run):
-    """pairs (the labels), PPO-GT (its training reward) and eval (the frontier) call the configured reading."""
+    """pairs (the labels), PPO-GT and RLOO-GT (their training reward) and eval (the frontier) call the configured
+    reading."""
     from datasets import load_from_disk
 
     _, root, _ = micro_run
@@ -63,7 +65,7 @@ def test_every_stage_scores_prompt_plus_completion(micro_run):
 
     job = SimpleNamespace(inputs={"ground_truth": root / "ground_truth"}, upstream=lambda stage, seed=0: root / stage,
                           section=lambda name: SimpleNamespace(reads="prompt+completion"))
-    train_reward = ppo.score_functions(["ppo-gt"], job, tokenizer, 0)["ppo-gt"](prompts[:8], completions[:8])
+    train_reward = training_reward("ground truth", job, tokenizer, 0)(prompts[:8], completions[:8])
     sft = json.loads((root / "pairs" / "metrics.json").read_text())
     want = (gt(prompts[:8], completions[:8]) - sft["sft_reward_mean"]) / sft["sft_reward_std"]
     assert np.allclose(train_reward.numpy(), want, atol=1e-5)  # ppo-gt trains on the normalised r(x, y)

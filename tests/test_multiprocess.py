@@ -56,8 +56,11 @@ def test_two_processes_give_the_one_process_frontier(micro_run, two_process_run)
 def test_the_training_stages_ran_as_two_processes(two_process_run):
     import json
 
+    from pipelines import config as C
+    from pipelines.graph import stages
+
     root, _, log = two_process_run
-    for stage in STAGES.values():
+    for stage in stages(C.load("imdb-sentiment", "micro")).values():  # the default methods' stages
         manifest = json.loads((root / stage.name / "manifest.json").read_text())
         assert manifest["processes"] == (2 if stage.multiprocess else 1), stage.name
     assert "-m core.launch" in log and "--num_processes 2" in log
@@ -86,7 +89,8 @@ def test_stages_alone_in_the_graph_take_every_worker_and_the_others_one():
     cfg = C.load("imdb-sentiment", "micro")
     counts = lambda launch: {s.name: launch.processes_for(s, stage_config(cfg, s)) for s in STAGES.values()}  # noqa
     assert counts(Launch(workers=2)) == {"sft": 2, "ground_truth": 1, "pairs": 2, "reward_model": 1, "ppo": 1,
-                                         "dpo": 1, "unlikelihood": 1, "preferred_ft": 1, "eval": 2, "report": 1}
+                                         "dpo": 1, "unlikelihood": 1, "preferred_ft": 1, "ipo": 1, "slic": 1,
+                                         "rdpo": 1, "rloo": 1, "best_of_n": 1, "eval": 2, "report": 1}
     assert counts(Launch(workers=3))["sft"] == 2  # sft.batch_size = 16: the most processes that split it
     assert counts(Launch(workers=3))["pairs"] == 3  # no batch to split
     assert set(counts(Launch(workers=1)).values()) == {1}

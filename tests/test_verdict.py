@@ -136,25 +136,25 @@ def test_prompts_shared_by_both_methods_cancel_in_a_difference():
 def test_words_and_sentences():
     ahead = Interval(0.06, 0.03, 0.09, 3)
     assert ahead.word("DPO", "PPO") == "DPO ahead"
-    assert clause("at KL <= 5", "DPO", "PPO", ahead) == ("DPO ahead", "at KL <= 5 by 0.060 [+0.030, +0.090]")
+    assert clause("DPO", "PPO", ahead) == ("DPO ahead", "by 0.060 [+0.030, +0.090]")
     behind = Interval(-0.05, -0.08, -0.02, 3)
     assert behind.word("DPO", "PPO") == "PPO ahead"
-    assert clause("at KL <= 2", "DPO", "PPO", behind) == ("PPO ahead", "at KL <= 2 by 0.050 [+0.020, +0.080]")
+    assert clause("DPO", "PPO", behind) == ("PPO ahead", "by 0.050 [+0.020, +0.080]")
     same = Interval(0.0, 0.0, 0.0, 3)  # both chose the SFT model at every seed
-    assert same.word() == "not resolved" and clause("at KL <= 2", "A", "B", same)[0].startswith("the same")
+    assert same.word() == "not resolved" and clause("A", "B", same) == ("the same checkpoint at every seed", "")
     unresolved = Interval(0.01, -0.02, 0.04, 3)
     assert unresolved.word() == "not resolved"
-    assert clause("at KL <= 2", "A", "B", unresolved) == ("not resolved", "at KL <= 2 (+0.010 [-0.020, +0.040])")
-    said = sentence("DPO", "PPO", [("at KL <= 2", behind), ("at KL <= 5", behind), ("at KL <= 10", unresolved),
-                                   ("on the front area", unresolved)])
-    assert said == ("DPO vs PPO (3 seeds): PPO ahead at KL <= 2 by 0.050 [+0.020, +0.080] and at KL <= 5 by 0.050 "
-                    "[+0.020, +0.080]; not resolved at KL <= 10 (DPO - PPO = +0.010 [-0.020, +0.040]) and on the "
-                    "front area (+0.010 [-0.020, +0.040]).")
+    assert clause("A", "B", unresolved) == ("not resolved", "+0.010 [-0.020, +0.040]")
+    said = sentence("DPO", "PPO", [("at KL <= 2", unresolved), ("at KL <= 5", behind), ("at KL <= 10", behind),
+                                   ("on the front area (KL 0-10)", unresolved), ("at KL <= 1", same)])
+    assert said == ("DPO vs PPO (3 seeds): not resolved at KL <= 2 (DPO - PPO = +0.010 [-0.020, +0.040]) and on the "
+                    "front area (KL 0-10) (+0.010 [-0.020, +0.040]); PPO ahead at KL <= 5 by 0.050 [+0.020, +0.080] "
+                    "and at KL <= 10 by 0.050 [+0.020, +0.080]; the same checkpoint at every seed at KL <= 1.")
     one_seed = Interval(0.2, 0.1, 0.3, 1)  # an interval clear of 0, but over the prompts only
     assert one_seed.word() == "not resolved"
-    assert sentence("A", "B", [("at KL <= 2", one_seed)]) == ("A vs B (one seed: no training-seed variance is "
-                                                              "known, so no verdict): not resolved at KL <= 2 "
-                                                              "(A - B = +0.200 [+0.100, +0.300]).")
+    assert sentence("A", "B", [("on the front area (KL 0-10)", one_seed)]) == (
+        "A vs B (one seed: no training-seed variance is known, so no verdict): not resolved on the front area "
+        "(KL 0-10) (A - B = +0.200 [+0.100, +0.300]).")
 
 
 def test_one_seed_gives_a_prompt_only_interval_and_bad_shapes_are_refused():
