@@ -189,11 +189,14 @@ class RLOOConfig:
     num_generations: int = spec(4, ge=2, help="completions per prompt (k): each one's baseline is the mean reward "
                                               "of the other k - 1")
     prompts_per_step: int = spec(gt=0, help="prompts per optimiser step (each sampled num_generations times)")
-    steps: int = spec(gt=0, help="optimiser steps per run (one per batch of completions)")
+    steps: int = spec(gt=0, help="batches of completions per run")
+    epochs: int = spec(1, gt=0, help="optimiser steps on each batch (TRL's num_iterations; 1 = the RLOO paper's "
+                                     "on-policy step, more take PPO's clipped ratio, clip 0.2)")
     learning_rate: float = spec(gt=0, help="peak learning rate (AdamW, constant after warm-up)")
     warmup_steps: int = spec(0, ge=0, help="linear warm-up steps")
     max_new_tokens: int = spec(gt=0, help="tokens sampled per completion (temperature 1, top_k 0, top_p 1)")
-    eval_every: int = spec(gt=0, help="keep a checkpoint for evaluation every this many steps")
+    eval_every: int = spec(gt=0, help="keep a checkpoint for evaluation every this many batches (checkpoints are "
+                                      "named by optimiser step: batches x epochs)")
 
 
 @dataclass(frozen=True, kw_only=True)

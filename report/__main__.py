@@ -176,11 +176,13 @@ def trend(kl: np.ndarray, y: np.ndarray, bins: int = 6) -> tuple[np.ndarray, np.
     return np.array([kl[p].mean() for p in parts]), np.array([y[p].mean() for p in parts])
 
 
-def plot_overoptimisation(rows: list[dict], path_stem) -> None:
+def plot_overoptimisation(rows: list[dict], path_stem, shift: float, scale: float) -> None:
     """Gao et al. (2022)'s picture, per method: the ground-truth reward and the learned reward model's score (the
-    proxy) of every checkpoint against its KL, on the test prompts. Where a method that optimises the proxy keeps
-    raising it while the ground truth stops rising (or falls), it over-optimises. Methods that optimise the reward
-    model come first."""
+    proxy) of every checkpoint against its KL, on the test prompts, on one axis: both standardised on the SFT
+    model's samples (the proxy by the reward_model stage, the truth here by shift and scale: the pairs' SFT samples'
+    mean and std of P(positive), as PPO-GT's training reward). Where a method that optimises the proxy keeps
+    raising it while the ground truth lags or falls, it over-optimises. Methods that optimise the reward model
+    come first."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,24 +194,22 @@ def plot_overoptimisation(rows: list[dict], path_stem) -> None:
     methods = sorted(present, key=lambda m: METHODS[m].learns_from != "reward model")
     cols = min(3, max(1, len(methods)))
     nrows = max(1, -(-len(methods) // cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.4 * cols, 3.4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.3 * nrows), squeeze=False, sharey=True)
     for ax, method in zip(axes.flat, methods):
         pts = [sft] + [r for r in test if r["method"] == method]
         kl = np.array([r["kl"] for r in pts])
         color, marker = style(method)
-        proxy_ax = ax.twinx()
-        for axis, key, face, name in ((ax, "reward", color, "ground truth"), (proxy_ax, "proxy_reward", "none",
-                                                                             "reward model (proxy)")):
-            y = np.array([r[key] for r in pts])
-            axis.scatter(kl, y, marker=marker, s=18, facecolors=face, edgecolors=color, alpha=0.7, label=name)
-            axis.plot(*trend(kl, y), color=color, lw=1.5, ls="-" if key == "reward" else "--")
+        truth = (np.array([r["reward"] for r in pts]) - shift) / scale
+        proxy = np.array([r["proxy_reward"] for r in pts])
+        for y, face, ls, name in ((truth, color, "-", "ground truth"), (proxy, "none", "--", "reward model (proxy)")):
+            ax.scatter(kl, y, marker=marker, s=18, facecolors=face, edgecolors=color, alpha=0.7)
+            ax.plot(*trend(kl, y), color=color, lw=1.5, ls=ls, label=name)
+        ax.axhline(0, color="black", lw=0.6, ls=":")
         ax.set_xlabel(r"KL($\pi\,\|\,\pi_{ref}$)")
-        ax.set_ylabel("ground truth P(positive)")
-        proxy_ax.set_ylabel("reward model score (proxy)")
+        ax.set_ylabel("reward, standardised on SFT samples")
         ax.set_title(f"{label(method)} (learns from the {METHODS[method].learns_from})", fontsize=9)
         ax.grid(alpha=0.3)
-        handles = ax.get_legend_handles_labels()[0] + proxy_ax.get_legend_handles_labels()[0]
-        ax.legend(handles, ["ground truth (solid)", "proxy (dashed)"], fontsize=6, loc="lower right")
+        ax.legend(fontsize=6, loc="upper left")
     for ax in list(axes.flat)[len(methods):]:
         ax.axis("off")
     fig.tight_layout()
@@ -323,11 +323,12 @@ def build(job) -> list[tuple]:
             runs.setdefault(r["method"], []).append(r)
     samples = json.loads((inputs["eval"] / "samples.json").read_text())
     pairs, gt, rm = manifests["pairs"]["metrics"], manifests["ground_truth"]["metrics"], manifests["reward_model"]["metrics"]
+    plot_overoptimisation(rows, job.out / "overoptimisation", pairs["sft_reward_mean"], pairs["sft_reward_std"])
     pairs_tokens = round(pairs["prompts"] * job.config["pairs"]["samples_per_prompt"] * pairs["mean_completion_tokens"])
     ev, seeds = job.config["eval"], max(frontier.seeds(m) for m in frontier.methods)  # what the data hold
     sentences, *verdict_table = verdict(frontier, cfg, job.seed)
     plot_bands(frontier, cfg, job.seed, job.out / "frontier_bands")
-    plot_overoptimisation(rows, job.out / "overoptimisation")
+
     blocks = [
         ("h1", f"{job.benchmark} at scale {job.scale}: RLHF (PPO) vs DPO"),
         ("h2", "Verdict"),
@@ -356,10 +357,11 @@ def build(job) -> list[tuple]:
                                 "Pareto front over all its checkpoints (chosen on test: optimistic)"),
         ("img", "frontier_panels.png", "one panel per method, its runs by colour; grey: the other methods' fronts"),
         ("h2", "Over-optimisation: the proxy against the ground truth"),
-        ("p", "Every checkpoint's ground-truth reward (solid) and learned reward model score (the proxy that PPO and "
-              "Best-of-N (RM) optimise; dashed, right axis; 0 = the SFT model's samples on training prompts) against "
-              "its KL, test prompts (Gao et al. 2022). A method over-optimises where the proxy keeps rising and the "
-              "ground truth does not; frontier.csv's proxy_reward column has every point."),
+        ("p", "Every checkpoint's ground-truth reward (solid) and learned reward model score (dashed: the proxy that "
+              "PPO, RLOO and Best-of-N (RM) optimise) against its KL, test prompts (Gao et al. 2022), both "
+              "standardised on the SFT model's samples (0: the SFT model; 1: one standard deviation of its samples' "
+              "reward). A method over-optimises where the proxy keeps rising and the ground truth lags or falls; "
+              "frontier.csv's proxy_reward column has every point."),
         ("img", "overoptimisation.png", "ground truth and proxy against KL, per method; lines: means of KL bins"),
         ("h2", "Training checks"),
         ("p", "Each run against what it was set to do (PPO: within 25% of its target KL; DPO: a held-out loss "

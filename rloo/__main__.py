@@ -59,11 +59,11 @@ def config(cfg, beta: float, run, job):
     return RLOOConfig(
         output_dir=str(run.folder), beta=beta, num_generations=cfg.num_generations,
         per_device_train_batch_size=dist.per_process("rloo.prompts_per_step x num_generations", completions),
-        max_steps=cfg.steps, learning_rate=cfg.learning_rate, lr_scheduler_type="constant_with_warmup",
+        max_steps=cfg.steps * cfg.epochs, learning_rate=cfg.learning_rate, lr_scheduler_type="constant_with_warmup",
         warmup_steps=cfg.warmup_steps, max_completion_length=cfg.max_new_tokens,
         temperature=1.0, top_p=1.0, top_k=0, min_p=None, repetition_penalty=1.0, generation_kwargs=None,
-        num_iterations=1, normalize_advantages=False, mask_truncated_completions=False,
-        save_strategy="steps", save_steps=cfg.eval_every, save_total_limit=None,
+        num_iterations=cfg.epochs, normalize_advantages=False, mask_truncated_completions=False,
+        save_strategy="steps", save_steps=cfg.eval_every * cfg.epochs, save_total_limit=None,  # every eval_every batches
         logging_steps=1, report_to=tracking.report_to(job), seed=run.training_seed, data_seed=run.training_seed,
         remove_unused_columns=False,  # the reward function reads the prompts' token ids
         disable_tqdm=not dist.is_main(), logging_nan_inf_filter=False, log_completions=False,
@@ -88,7 +88,7 @@ def train_run(method: str, beta: float, seed: int, cfg, job, dataset, prompt_ids
                                    train_dataset=dataset, processing_class=lm.load_tokenizer(job.upstream("sft", seed)),
                                    callbacks=[stop_on_non_finite_loss()], prompt_ids=prompt_ids)
     result = trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(run.folder))
-    if result.global_step % cfg.eval_every:  # the trainer saved the multiples of eval_every; keep the last step too
+    if result.global_step % (cfg.eval_every * cfg.epochs):  # the trainer saved every eval_every batches; keep the last
         trainer.save_model(str(run.folder / f"checkpoint-{result.global_step}"))
     history = [h for h in trainer.state.log_history if "kl" in h]
     completions = cfg.prompts_per_step * cfg.num_generations

@@ -134,6 +134,15 @@ def test_methods_choose_the_stages_and_the_relatives_take_dpos_settings():
     assert all(getattr(cfg.slic, k) == getattr(cfg.dpo, k) for k in trained)
 
 
+def test_a_relatives_own_learning_rate_is_not_overridden_by_dpos_per_beta_rates(tmp_path):
+    path = tmp_path / "bench.toml"
+    path.write_text(BASE + "\n[imdb-sentiment.scales.bad.dpo]\nlearning_rates = [1e-4, 1e-4, 1e-5, 1e-6]\n"
+                    "[imdb-sentiment.scales.bad.rdpo]\nlearning_rate = 1e-6\n")
+    cfg = config.load("imdb-sentiment", "bad", path)
+    assert cfg.dpo.learning_rates and cfg.rdpo.learning_rates == [] and cfg.rdpo.learning_rate == 1e-6
+    assert cfg.rdpo.betas == cfg.dpo.betas and cfg.rdpo.max_steps == cfg.dpo.max_steps
+
+
 def test_bad_source_is_refused_before_any_stage(tmp_path):
     path = tmp_path / "bench.toml"
     path.write_text(BASE + "\n[imdb-sentiment.scales.bad.data]\nsource = \"jsonl:/no/such/dir\"\n")
