@@ -12,7 +12,8 @@ P2  overhead: our SFT and DPO trainers vs the same TRL trainer scripted by hand 
     PyTorch loop computing the same loss (the floor); steps/s.
 P3  the DPO beta sweep: reference log-probs computed once by the pairs stage and shared by K betas, vs K
     stock TRL runs that each compute them.
-P5  evaluation of one checkpoint (sample, score, exact KL) vs raw batched `generate` of as many tokens.
+P5  evaluation of one checkpoint (sample, score by the ground truth and a reward model, exact KL) vs raw batched
+    `generate` of as many tokens.
 P6  the vLLM sampler vs ours (only where vLLM is installed: `make bench VLLM=1`): the same prompts and seeds,
     one sample each, vLLM's engine start included (the eval stage starts one per checkpoint).
 P4  our PPO vs TRL 1.12's PPOTrainer (bench/ppo_vs_trl.py: TRL 1.12 in a bench-only layer, each run a
@@ -263,6 +264,13 @@ def p5_evaluation(make_model, tok, prompts, max_new_tokens, repeats):
     scorer = GroundTruth(None, "prompt+completion", tok,
                          scorer=TfidfLogRegScorer.fit(texts * 2, [0, 1] * len(texts), 1.0, 0))
     cfg = SimpleNamespace(max_new_tokens=max_new_tokens, batch_size=128, sampler="hf")
+    # the proxy: a reward model of the policy's shape (a scalar head), as eval scores every point with one
+    from transformers import GPT2ForSequenceClassification
+
+    from core.reward import raw_scores
+
+    head = GPT2ForSequenceClassification(model.config.__class__(**{**model.config.to_dict(), "num_labels": 1})).eval()
+    proxy = lambda seqs, batch_size: raw_scores(head, seqs, tok.pad_token_id, batch_size)  # noqa: E731
 
     def raw_generate():
         torch.manual_seed(0)
@@ -273,7 +281,7 @@ def p5_evaluation(make_model, tok, prompts, max_new_tokens, repeats):
                                max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                                pad_token_id=tok.pad_token_id)
 
-    t_eval = median_time(lambda: evaluate(model, None, ref, prompts, tok, scorer, cfg, 0), repeats)
+    t_eval = median_time(lambda: evaluate(model, None, ref, prompts, tok, scorer, proxy, cfg, 0), repeats)
     t_gen = median_time(raw_generate, repeats)
     return {"eval_one_checkpoint_s": t_eval, "raw_generate_s": t_gen, "ratio": t_gen / t_eval,
             "prompts": len(prompts), "max_new_tokens": max_new_tokens}

@@ -108,7 +108,8 @@ def test_report_opens_on_the_verdict_and_has_every_table(micro_run):
     assert "| `seeds` | 1 | 2 | differs |" in md
     assert "](frontier.png)" in md and (root / "report" / "frontier.png").exists()
     html = (root / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and html.count("<table>") == sum(line.startswith("| --- |") for line in md.splitlines()) == 8
+    assert "](overoptimisation.png)" in md and (root / "overoptimisation.png").stat().st_size > 10_000
+    assert html.count("data:image/png;base64,") == 4 and html.count("<table>") == sum(line.startswith("| --- |") for line in md.splitlines()) == 8
     # every PPO run against its target, every DPO run's held-out loss, the unlikelihood term's size
     for run in ("| ppo-kl2-seed0 | final KL ", "| ppo-gt-kl2-seed1 | final KL ",
                 "| dpo-beta0.1-seed0 | held-out DPO loss by checkpoint ", "| unlikelihood-alpha0.5-seed1 | unlikelihood term "):
