@@ -32,7 +32,7 @@ import transformers
 from tqdm.auto import tqdm
 
 from core import job as jobs
-from core import dist, lm, scorer, tracking, vllm_sampling
+from core import dist, lm, plots, scorer, tracking, vllm_sampling
 from core.frontier import pareto_front
 from core.methods import label, style
 from core.reward import RewardModel
@@ -105,11 +105,7 @@ def _front_line(ax, rows: list[dict], sft: dict, **style) -> None:
 def plot(rows: list[dict], path_stem) -> None:
     """The paper's Fig. 2 (left): every checkpoint of every method, each method's Pareto front as a line;
     and <stem>_panels: one panel per method, its runs told apart by colour, the other fronts in grey."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     sft = next(r for r in rows if r["method"] == "sft")
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "sft"]
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -122,16 +118,10 @@ def plot(rows: list[dict], path_stem) -> None:
         _front_line(ax, pts, sft, color=color, lw=1.2, alpha=0.8, zorder=2)
     _axes_style(ax, "IMDb Sentiment Generation")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(f"{path_stem}.png", dpi=150)
-    fig.savefig(f"{path_stem}.pdf")
-    plt.close(fig)
+    plots.save(fig, path_stem, dpi=150)
 
-    cols = min(3, max(1, len(methods)))
-    nrows = max(1, -(-len(methods) // cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), sharex=True, sharey=True,
-                             squeeze=False)
-    for ax, method in zip(axes.flat, methods):
+    fig, axes = plots.panels(len(methods), 4.2, 3.4, sharex=True, sharey=True)
+    for ax, method in zip(axes, methods):
         for other in methods:
             if other != method:
                 _front_line(ax, [r for r in rows if r["method"] == other], sft, color="lightgray", lw=1)
@@ -146,12 +136,7 @@ def plot(rows: list[dict], path_stem) -> None:
         ax.scatter([sft["kl"]], [sft["reward"]], c="black", marker="*", s=100, zorder=4)
         _axes_style(ax, label(method))
         ax.legend(fontsize=6, loc="lower right")
-    for ax in list(axes.flat)[len(methods):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(f"{path_stem}_panels.png", dpi=120)
-    fig.savefig(f"{path_stem}_panels.pdf")
-    plt.close(fig)
+    plots.save(fig, f"{path_stem}_panels", dpi=120)
 
 
 class PointCache:

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from core import job as jobs
-from core import tracking
+from core import plots, tracking
 from core.methods import METHODS, label, style
 from core.run import run_label
 from core.verdict import chosen_values, interval, sentence
@@ -139,11 +139,7 @@ def method_table(frontier: Frontier, runs: dict[str, list[dict]], cfg, rng_seed:
 def plot_bands(frontier: Frontier, cfg, rng_seed: int, path_stem) -> None:
     """Each method's front (the test reward of the checkpoint chosen on select, against the KL budget) as the
     mean over seeds with a shaded interval, each seed's own front as a thin line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     budgets = np.linspace(0, cfg.area_max_kl, BAND_BUDGETS)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.axhline(frontier.sft["reward"], color="black", lw=0.8, ls=":", label="SFT")
@@ -163,10 +159,7 @@ def plot_bands(frontier: Frontier, cfg, rng_seed: int, path_stem) -> None:
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(f"{path_stem}.png", dpi=150)
-    fig.savefig(f"{path_stem}.pdf")
-    plt.close(fig)
+    plots.save(fig, path_stem, dpi=150)
 
 
 def trend(kl: np.ndarray, y: np.ndarray, bins: int = 6) -> tuple[np.ndarray, np.ndarray]:
@@ -183,19 +176,12 @@ def plot_overoptimisation(rows: list[dict], path_stem, shift: float, scale: floa
     mean and std of P(positive), as PPO-GT's training reward). Where a method that optimises the proxy keeps
     raising it while the ground truth lags or falls, it over-optimises. Methods that optimise the reward model
     come first."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     test = [r for r in rows if r["split"] == "test"]
     sft = next(r for r in test if r["method"] == "sft")
     present = [m for m in METHODS if any(r["method"] == m for r in test)]
     methods = sorted(present, key=lambda m: METHODS[m].learns_from != "reward model")
-    cols = min(3, max(1, len(methods)))
-    nrows = max(1, -(-len(methods) // cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.3 * nrows), squeeze=False, sharey=True)
-    for ax, method in zip(axes.flat, methods):
+    fig, axes = plots.panels(len(methods), 4.2, 3.3, sharey=True)
+    for ax, method in zip(axes, methods):
         pts = [sft] + [r for r in test if r["method"] == method]
         kl = np.array([r["kl"] for r in pts])
         color, marker = style(method)
@@ -210,12 +196,7 @@ def plot_overoptimisation(rows: list[dict], path_stem, shift: float, scale: floa
         ax.set_title(f"{label(method)} (learns from the {METHODS[method].learns_from})", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="upper left")
-    for ax in list(axes.flat)[len(methods):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(f"{path_stem}.png", dpi=120)
-    fig.savefig(f"{path_stem}.pdf")
-    plt.close(fig)
+    plots.save(fig, path_stem, dpi=120)
 
 
 def fmt(x, digits: int = 3) -> str:
