@@ -108,7 +108,7 @@ def plot(rows: list[dict], path_stem) -> None:
     plt = plots.pyplot()
     sft = next(r for r in rows if r["method"] == "sft")
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "sft"]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(7.4, 4.5))
     ax.scatter([sft["kl"]], [sft["reward"]], c="black", marker="*", s=140, label="SFT", zorder=4)
     for method in methods:
         pts = [r for r in rows if r["method"] == method]
@@ -117,7 +117,7 @@ def plot(rows: list[dict], path_stem) -> None:
                    label=label(method), zorder=3, alpha=0.85)
         _front_line(ax, pts, sft, color=color, lw=1.2, alpha=0.8, zorder=2)
     _axes_style(ax, "IMDb Sentiment Generation")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)  # outside: 11 methods hide points
     plots.save(fig, path_stem, dpi=150)
 
     fig, axes = plots.panels(len(methods), 4.2, 3.4, sharex=True, sharey=True)
