@@ -50,8 +50,8 @@ class Stage:
     seeded: bool = False  # a method stage: trains every run once per training seed (its config holds `seeds`)
 
 
-# In topological order, and in the order ready stages start: the reward model and PPO, the longest chain,
-# before DPO and its relatives, so that the slowest stage does not start last.
+# In topological order, and in the order ready stages start: the reward model and PPO, the longest chain, and RLOO
+# before DPO and its relatives, so that the slowest stages do not start last.
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
@@ -67,6 +67,9 @@ STAGES: dict[str, Stage] = {
         Stage("ppo", ("data", "ppo", "ground_truth", "train"), needs=("sft", "ground_truth", "pairs", "reward_model"),
               what="PPO on the learned reward (ppo) and on the ground truth (ppo-gt)",
               split=("ppo.rollouts_per_step", "ppo.minibatch_size"), seeded=True),
+        Stage("rloo", ("data", "rloo", "ground_truth", "train"), needs=("sft", "ground_truth", "pairs", "reward_model"),
+              what="RLOO (TRL) on the learned reward (rloo) and on the ground truth (rloo-gt), one run per beta",
+              seeded=True),
         Stage("dpo", ("dpo", "train"), needs=("sft", "pairs"), what="DPO, one run per beta",
               split=("dpo.batch_size",), seeded=True),
         Stage("unlikelihood", ("unlikelihood", "train"), needs=("sft", "pairs"), module="dpo.relatives",
@@ -77,9 +80,6 @@ STAGES: dict[str, Stage] = {
         *(Stage(name, (name, "train"), needs=("sft", "pairs"), module="dpo", what=f"{METHODS[name].label}: DPO's "
                 f"trainer with another loss, one run per beta", split=(f"{name}.batch_size",), seeded=True)
           for name in DPO_LOSS_SECTIONS),
-        Stage("rloo", ("data", "rloo", "ground_truth", "train"), needs=("sft", "ground_truth", "pairs", "reward_model"),
-              what="RLOO (TRL) on the learned reward (rloo) and on the ground truth (rloo-gt), one run per beta",
-              seeded=True),
         Stage("best_of_n", ("data", "eval", "best_of_n", "ground_truth"), needs=("sft", "ground_truth", "reward_model"),
               what="Best-of-N from the SFT model, by the reward model and by the ground truth (nothing trained)",
               seeded=True),
