@@ -115,7 +115,7 @@ def main():
     methods = job.config["methods"]  # of best-of-n and best-of-n-gt, the ones this run puts on the frontier
     tokenizer = lm.load_tokenizer(job.upstream("sft"))
     prompts = lm.split_prompts(data_cfg, job.seed, "eval", eval_cfg.prompts + eval_cfg.select_prompts, tokenizer)
-    per_seed_sft = job.upstream("sft", 0) != job.inputs["sft"]
+    per_seed_sft = job.per_seed("sft")
     points, runs, tie_counts = [], [], {}
     drawn_seeds = range(job.seeds) if per_seed_sft else [0]
     for seed in drawn_seeds:

@@ -7,6 +7,14 @@ A point is (kl, reward). Every method can stay at the SFT model, so the callers 
 from __future__ import annotations
 
 
+def point_id(method: str, run: str, step) -> str:
+    """A point's key in eval's per_prompt.json and samples.json, which the report reads: "sft" (the shared SFT
+    model), "sft/seed<k>" (seed k's own, under reseed_shared), "<method>/<run>/step<n>"."""
+    if method == "sft":
+        return "sft" if run == "sft" else f"sft/{run}"
+    return f"{method}/{run}/step{step}"
+
+
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """The points no other point beats (lower or equal KL and higher reward), by increasing KL."""
     front: list[tuple[float, float]] = []

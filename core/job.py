@@ -35,13 +35,16 @@ class Job:
     def upstream(self, stage: str, seed: int = 0) -> Path:
         """The folder of an upstream stage's artifact for training seed `seed`: <stage>/seed<k>/ when that stage
         makes one per seed (reseed_shared), else <stage>/ (shared by every seed)."""
-        per_seed = stage in self.config.get("per_seed_stages", [])
-        return self.inputs[stage] / f"seed{seed}" if per_seed else self.inputs[stage]
+        return self.inputs[stage] / f"seed{seed}" if self.per_seed(stage) else self.inputs[stage]
 
     def own_seeds(self) -> list[int | None]:
         """The training seeds this (shared) stage makes an artifact for: every seed when it is re-seeded, else
         [None]: one artifact, in out/ itself."""
-        return list(range(self.seeds)) if self.stage in self.config.get("per_seed_stages", []) else [None]
+        return list(range(self.seeds)) if self.per_seed(self.stage) else [None]
+
+    def per_seed(self, stage: str) -> bool:
+        """Whether `stage` makes one artifact per training seed (reseed_shared), not one shared by all."""
+        return stage in self.config.get("per_seed_stages", [])
 
     def section(self, name: str):
         """A config section as its typed dataclass."""

@@ -183,9 +183,14 @@ def completion_batch(prompts, completions, pad_id: int, dev):
     return ids.to(dev), attn.to(dev), resp.to(dev)
 
 
+def target_logprobs(logprobs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The targets' entries of full-vocabulary log-probs. logprobs [B, T, V], targets [B, T] -> [B, T]."""
+    return torch.gather(logprobs, 2, targets[..., None]).squeeze(-1)
+
+
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) per position. logits [B, T, V], targets [B, T] -> [B, T]."""
-    return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, targets[..., None]).squeeze(-1)
+    return target_logprobs(F.log_softmax(logits.float(), dim=-1), targets)
 
 
 def kl_of_logprobs(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
@@ -225,13 +230,15 @@ def sequence_kl(policy, ref, prompts, completions, pad_id: int, batch_size: int
         # each model's log-softmax once: the KL and the sampled tokens' log-probs both read it (it is most of
         # the cost here, 4096 classes at every position)
         lp = F.log_softmax(policy(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), dim=-1)
-        lq = lp if ref is policy else \
-            F.log_softmax(ref(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), dim=-1)  # SFT: one pass
-        exact.append((kl_of_logprobs(lp, lq) * resp).sum(1).cpu())
-        targets = ids[:, 1:, None]
-        policy_logp = (torch.gather(lp, 2, targets).squeeze(-1) * resp).sum(1)
-        mc.append((policy_logp - (torch.gather(lq, 2, targets).squeeze(-1) * resp).sum(1)).cpu())
+        policy_logp = (target_logprobs(lp, ids[:, 1:]) * resp).sum(1)
         logp.append(policy_logp.cpu())
+        if ref is policy:  # the SFT model against itself: both KLs are 0, no second pass
+            exact.append(torch.zeros(len(ids)))
+            mc.append(torch.zeros(len(ids)))
+            continue
+        lq = F.log_softmax(ref(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), dim=-1)
+        exact.append((kl_of_logprobs(lp, lq) * resp).sum(1).cpu())
+        mc.append((policy_logp - (target_logprobs(lq, ids[:, 1:]) * resp).sum(1)).cpu())
     return torch.cat(exact), torch.cat(mc), torch.cat(logp)
 
 

@@ -1,5 +1,6 @@
 """Every method the benchmark can put on the frontier: its name (frontier.csv's `method`, the `methods` config
-key), the stage that trains it, how figures and tables show it, and whether it is one of the paper's.
+key), the stage that trains it, how figures and tables show it, and whether it is one of the paper's (who
+implements each: docs/methods.md).
 
 One place for all of it: the spine reads `stage` (which stages a run needs), eval and report read the labels and
 styles. Adding a method adds a line here (docs/adding-a-method.md).
@@ -19,20 +20,19 @@ class Method:
     marker: str
     learns_from: str  # "pairs" (offline), "reward model" (the learned proxy) or "ground truth" (the true reward)
     paper: bool = False  # one of the DPO paper's Fig. 2 (left) methods: the default run
-    library: str = "ours"  # who implements its training: "ours" or the library (README's method table)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("dpo", "DPO", "dpo", "tab:red", "o", "pairs", paper=True, library="TRL DPOTrainer (loss_type sigmoid)"),
+    Method("dpo", "DPO", "dpo", "tab:red", "o", "pairs", paper=True),
     Method("ppo", "PPO", "ppo", "tab:blue", "s", "reward model", paper=True),
     Method("ppo-gt", "PPO-GT", "ppo", "tab:cyan", "D", "ground truth", paper=True),
     Method("unlikelihood", "Unlikelihood", "unlikelihood", "tab:green", "^", "pairs", paper=True),
     Method("preferred-ft", "Preferred-FT", "preferred_ft", "tab:purple", "v", "pairs", paper=True),
-    Method("ipo", "IPO", "ipo", "tab:orange", "P", "pairs", library="TRL DPOTrainer (loss_type ipo)"),
-    Method("slic", "SLiC", "slic", "tab:brown", "X", "pairs", library="TRL DPOTrainer (loss_type hinge)"),
-    Method("rdpo", "rDPO", "rdpo", "tab:pink", "h", "pairs", library="TRL DPOTrainer (loss_type robust)"),
-    Method("rloo", "RLOO", "rloo", "navy", "d", "reward model", library="TRL RLOOTrainer"),
-    Method("rloo-gt", "RLOO-GT", "rloo", "teal", "*", "ground truth", library="TRL RLOOTrainer"),
+    Method("ipo", "IPO", "ipo", "tab:orange", "P", "pairs"),
+    Method("slic", "SLiC", "slic", "tab:brown", "X", "pairs"),
+    Method("rdpo", "rDPO", "rdpo", "tab:pink", "h", "pairs"),
+    Method("rloo", "RLOO", "rloo", "navy", "d", "reward model"),
+    Method("rloo-gt", "RLOO-GT", "rloo", "teal", "*", "ground truth"),
     Method("best-of-n", "Best-of-N (RM)", "best_of_n", "tab:olive", "<", "reward model"),
     Method("best-of-n-gt", "Best-of-N (GT)", "best_of_n", "tab:gray", ">", "ground truth"),
 )}

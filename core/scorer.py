@@ -12,6 +12,7 @@ Two kinds of scorer, one interface (`load_scorer(folder)(texts) -> np.ndarray of
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -101,6 +102,7 @@ def save_hf_reference(folder: Path, model_name: str, batch_size: int, max_length
     (folder / "scorer.json").write_text(json.dumps(meta))
 
 
+@functools.cache  # a scorer is read-only: one load per folder (PPO and RLOO ask once per training seed)
 def load_scorer(folder: Path, device=None):
     folder = Path(folder)
     meta = json.loads((folder / "scorer.json").read_text())

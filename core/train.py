@@ -21,6 +21,16 @@ def stop_on_non_finite_loss():
     return StopOnNonFiniteLoss()
 
 
+def save_last_checkpoint(trainer, folder, every: int) -> bool:
+    """A TRL trainer saves checkpoint-<step> every `every` optimiser steps; eval reads every checkpoint, so the last
+    step is saved too where it is not one of those. -> whether it was saved here."""
+    step = trainer.state.global_step
+    if step % every == 0:
+        return False
+    trainer.save_model(str(folder / f"checkpoint-{step}"))
+    return True
+
+
 def bf16() -> bool:
     """The precision rule of every training stage: bf16 on CUDA, fp32 elsewhere (CPU, mps)."""
     from core import dist

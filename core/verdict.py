@@ -78,7 +78,7 @@ def interval(a: np.ndarray, b: np.ndarray | None = None, confidence: float = 0.9
     n = min(side.shape[0] for side in sides)
     if n < 2:  # one seed: nothing is known of the seeds' spread
         return Interval(float(estimate), *_around(estimate, stats.norm.ppf((1 + confidence) / 2), prompt_var), n)
-    # the seeds: each side's seed means' variance / S (Welch's), less the noise in it: residual MS / (S P)
+    # the seeds: each side's seed means' variance / S (Welch's)
     seed_vars = [side.mean(1).var(ddof=1) / side.shape[0] for side in sides]
     total = prompt_var + sum(seed_vars)
     # Welch-Satterthwaite degrees of freedom: each side's seed part carries S - 1, the prompts' counts as known

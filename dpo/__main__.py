@@ -19,6 +19,7 @@ held-out prompts (runs.json's "heldout"), so a beta whose held-out loss rises is
 checkpoints for eval.
 """
 
+import functools
 import logging
 import math
 
@@ -26,7 +27,7 @@ from core import job as jobs
 from core import dist, resume, tracking
 from core.run import MethodRun
 from core.lm_head import plain_lm_head
-from core.train import stop_on_non_finite_loss, trainer_args
+from core.train import save_last_checkpoint, stop_on_non_finite_loss, trainer_args
 
 log = logging.getLogger("stage")
 LOSS_TYPES = {"dpo": "sigmoid", "ipo": "ipo", "slic": "hinge", "rdpo": "robust"}  # stage (= method) -> loss_type
@@ -101,9 +102,8 @@ def train_one(beta: float, seed: int, cfg, job, pairs, heldout):
                                    processing_class=tokenizer, callbacks=[stop_on_non_finite_loss()])
     result = trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(run.folder))
     history = [h for h in trainer.state.log_history if "loss" in h]
-    if result.global_step % cfg.eval_every:  # the trainer saved the multiples of eval_every; keep the last step too
-        trainer.save_model(str(run.folder / f"checkpoint-{result.global_step}"))
-        trainer.evaluate()
+    if save_last_checkpoint(trainer, run.folder, cfg.eval_every):
+        trainer.evaluate()  # its held-out loss too
     heldout_curve = [{"step": h["step"], "loss": h["eval_loss"], "reward_accuracy": h.get("eval_rewards/accuracies")}
                      for h in trainer.state.log_history if "eval_loss" in h]
     per_pair = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(pairs["prompt_ids"], pairs["chosen_ids"],
@@ -121,15 +121,16 @@ def main():
     cfg = job.section(job.stage)
     from datasets import load_from_disk
 
-    runs, pairs_of = [], {}  # the training and held-out pairs of each pairs folder (one unless reseed_shared)
+    @functools.cache  # each pairs folder once (one unless reseed_shared)
+    def training_and_heldout(folder):
+        data = load_from_disk(str(folder / "dataset"))
+        heldout = data.filter(lambda r: r["heldout"]).select_columns(COLUMNS)
+        return (data.filter(lambda r: not r["heldout"]).select_columns(COLUMNS),
+                heldout.shuffle(seed=job.seed).select(range(min(HELDOUT_EVAL_PAIRS, len(heldout)))))
+
+    runs = []
     for seed in range(job.seeds):
-        folder = job.upstream("pairs", seed)
-        if folder not in pairs_of:
-            data = load_from_disk(str(folder / "dataset"))
-            heldout = data.filter(lambda r: r["heldout"]).select_columns(COLUMNS)
-            pairs_of[folder] = (data.filter(lambda r: not r["heldout"]).select_columns(COLUMNS),
-                                heldout.shuffle(seed=job.seed).select(range(min(HELDOUT_EVAL_PAIRS, len(heldout)))))
-        pairs, heldout = pairs_of[folder]
+        pairs, heldout = training_and_heldout(job.upstream("pairs", seed))
         for beta in cfg.betas:
             log.info("%s beta=%g, training seed %d, on %d pairs", job.stage, beta, seed, len(pairs))
             runs.append(train_one(beta, seed, cfg, job, pairs, heldout))

@@ -17,6 +17,7 @@ gradients x N are the one-process gradient.
 Run as `python -m dpo.relatives job.json`; the job's stage name says which method.
 """
 
+import functools
 import logging
 import math
 
@@ -163,16 +164,17 @@ def main():
     dist.check_divisible(f"{job.stage}.batch_size", cfg.batch_size)
     from datasets import load_from_disk
 
-    runs, pairs_of = [], {}  # the training pairs of each pairs folder (one unless reseed_shared)
+    @functools.cache  # each pairs folder once (one unless reseed_shared)
+    def training_pairs(folder):
+        data = load_from_disk(str(folder / "dataset")).filter(lambda r: not r["heldout"])
+        return {c: data[c] for c in ("prompt_ids", "chosen_ids", "rejected_ids")}
+
+    runs = []
     for seed in range(job.seeds):
-        folder = job.upstream("pairs", seed)
-        if folder not in pairs_of:
-            data = load_from_disk(str(folder / "dataset")).filter(lambda r: not r["heldout"])
-            pairs_of[folder] = {c: data[c] for c in ("prompt_ids", "chosen_ids", "rejected_ids")}
-        pairs = pairs_of[folder]
+        pairs = training_pairs(job.upstream("pairs", seed))
         for param in getattr(cfg, sweep_key) if sweep_key else [None]:
             log.info("%s%s, training seed %d, on %d pairs", method, f" {name}={param:g}" if name else "", seed,
-                     len(data))
+                     len(pairs["prompt_ids"]))
             runs.append(train_one(method, param, seed, cfg, job, pairs))
     jobs.finish_runs(job, runs, ("final_loss",))
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from core import job as jobs
 from core import dist, lm, plots, scorer, tracking, vllm_sampling
-from core.frontier import pareto_front
+from core.frontier import pareto_front, point_id
 from core.methods import label, style
 from core.reward import RewardModel
 from core.run import run_label
@@ -203,11 +203,6 @@ def _hash_model_files(h, folder):
     return h
 
 
-def sft_point_id(run: str) -> str:
-    """The SFT point's key in per_prompt.json and samples.json: "sft", or "sft/seed<k>" for seed k's own model."""
-    return "sft" if run == "sft" else f"sft/{run}"
-
-
 def checkpoints(inputs: dict) -> list[tuple]:
     """(method, run, param, seed, step, folder, None) of every kept checkpoint of every method stage."""
     out = []
@@ -272,7 +267,7 @@ def main():
 
     t0 = time.time()
     # the SFT point: one, or one per training seed when each seed has its own SFT model (reseed_shared)
-    per_seed_sft = job.upstream("sft", 0) != job.inputs["sft"]
+    per_seed_sft = job.per_seed("sft")
     todo = [("sft", f"seed{seed}", "", seed, 0, None, None) for seed in range(job.seeds)] if per_seed_sft else \
         [("sft", "sft", "", "", 0, None, None)]
     sft_points = len(todo)
@@ -311,10 +306,10 @@ def main():
             gaps.append(result["sampler_logp_gap"])
         rows += [dict(method=method, run=run, param=param, seed=seed, step=step, split=split, **point)
                  for split, point in points.items()]
-        point_id = sft_point_id(run) if method == "sft" else f"{method}/{run}/step{step}"
-        samples[point_id] = [{"text": t, "reward": round(r, 4), "kl": round(k, 4)} for t, r, k in
+        key_of_point = point_id(method, run, step)
+        samples[key_of_point] = [{"text": t, "reward": round(r, 4), "kl": round(k, 4)} for t, r, k in
                              zip(result["texts"], result.get("text_rewards", result["reward"]), result["kl"])]
-        per_prompt[point_id] = {k: [round(v, 6) for v in result[k]] for k in ("reward", "proxy_reward", "kl", "length")}
+        per_prompt[key_of_point] = {k: [round(v, 6) for v in result[k]] for k in ("reward", "proxy_reward", "kl", "length")}
         test = points["test"]
         log.info("%s %s step %d: test reward %.3f +- %.3f, KL %.2f (MC %.2f); select reward %.3f, KL %.2f", method,
                  run, step, test["reward"], test["reward_se"], test["kl"], test["kl_mc"], points["select"]["reward"],
@@ -323,9 +318,9 @@ def main():
             wandb_run.log({"train/global_step": step, **{f"eval/{run_label(method, run)}/{k}": test[k] for k in
                                                           ("reward", "reward_se", "proxy_reward", "kl", "kl_se", "kl_mc",
                                                                    "length")}})
-            wandb_run.log({f"samples/{point_id}": tracking.table(
+            wandb_run.log({f"samples/{key_of_point}": tracking.table(
                 ["prompt", "completion", "reward", "kl"],
-                [[p, t["text"], t["reward"], t["kl"]] for p, t in zip(prompt_texts, samples[point_id])])})
+                [[p, t["text"], t["reward"], t["kl"]] for p, t in zip(prompt_texts, samples[key_of_point])])})
     if not dist.is_main():
         return
     if reused:

@@ -47,18 +47,16 @@ def heldout_prompt_set(prompts: list[list[int]], share: float, seed: int) -> set
     return set(distinct[: max(1, round(share * len(distinct)))])
 
 
-def make_pairs(job, seed: int, out, ground_truth) -> dict | None:
-    """The pairs of training seed `seed`'s SFT model into `out` (the same prompts and held-out set for every
-    seed; re-seeded, another model's samples drawn with that seed's generators). -> its metrics (main process)."""
+def make_pairs(job, seed: int, out, prompts, held, tokenizer, ground_truth) -> dict | None:
+    """The pairs of training seed `seed`'s SFT model into `out` (`prompts` and the held-out set `held` are every
+    seed's; re-seeded, another model's samples drawn with that seed's generators). -> its metrics (main process)."""
     from datasets import Dataset
 
     from core.run import training_seed
 
-    cfg, data_cfg = job.section("pairs"), job.section("data")
+    cfg = job.section("pairs")
     sft = job.upstream("sft", seed)
-    tokenizer = lm.load_tokenizer(sft)
     model = lm.load_causal_lm(sft)
-    prompts = lm.split_prompts(data_cfg, job.seed, "train", cfg.prompts, tokenizer)
     k = cfg.samples_per_prompt
     repeated = [p for p in prompts for _ in range(k)]
 
@@ -81,7 +79,6 @@ def make_pairs(job, seed: int, out, ground_truth) -> dict | None:
     log.info("%d samples in %.0fs (%.0f tokens/s); mean reward %.3f", len(completions), t_sample,
              sum(map(len, completions)) / t_sample, scores.mean())
 
-    held = heldout_prompt_set(prompts, cfg.heldout_prompts, job.seed)
     rows, n_ties = [], 0
     for p, prompt in enumerate(prompts):
         block = range(p * k, (p + 1) * k)
@@ -104,16 +101,20 @@ def make_pairs(job, seed: int, out, ground_truth) -> dict | None:
             "heldout_prompts": len(held), "heldout_pairs": sum(r["heldout"] for r in rows),
             "sft_reward_mean": float(scores.mean()), "sft_reward_std": float(scores.std()),
             "mean_margin": float(margins.mean()) if len(rows) else 0.0,
-            "sample_seconds": round(t_sample, 2), "sampler": job.section("pairs").sampler, **extra,
+            "sample_seconds": round(t_sample, 2), "sampler": cfg.sampler, **extra,
             "mean_completion_tokens": float(np.mean([len(c) for c in completions]))}
 
 
 def main():
     job = jobs.start()
     run = tracking.start(job)
+    cfg = job.section("pairs")
     tokenizer = lm.load_tokenizer(job.upstream("sft"))  # one tokenizer for every seed's SFT model
     ground_truth = GroundTruth(job.inputs["ground_truth"], job.section("ground_truth").reads, tokenizer)
-    metrics = jobs.each_own_seed(job, lambda seed, out: make_pairs(job, seed, out, ground_truth))
+    prompts = lm.split_prompts(job.section("data"), job.seed, "train", cfg.prompts, tokenizer)
+    held = heldout_prompt_set(prompts, cfg.heldout_prompts, job.seed)  # held out from every method, every seed
+    metrics = jobs.each_own_seed(job, lambda seed, out: make_pairs(job, seed, out, prompts, held, tokenizer,
+                                                                   ground_truth))
     if dist.is_main():
         jobs.finish(job, metrics, run)
 

@@ -260,15 +260,16 @@ def vllm_installed() -> bool:
 
 def stage_config(cfg: BenchmarkConfig, stage: Stage, protocol: dict | None = None) -> dict:
     config = {"seed": cfg.seed}
-    if stage.seeded or stage.name == "report":  # the methods train once per seed; the report's protocol table
+    # the stages that read artifacts made one per training seed (<stage>/seed<k>/): only when re-seeded, so the
+    # default configs (and their hashes) do not mention it
+    reseeded = cfg.reseed_shared and (stage.seeded or stage.name in RESEEDED + ("eval", "report"))
+    if stage.seeded or stage.name == "report" or reseeded:  # the methods train once per seed; the report's table
         config["seeds"] = cfg.seeds
+    if reseeded:
+        config["per_seed_stages"] = list(RESEEDED)
     hosted = [m for m, method in METHODS.items() if method.stage == stage.name]
     if len(hosted) > 1:  # a stage of several methods (ppo and ppo-gt) trains the chosen ones
         config["methods"] = [m for m in hosted if m in cfg.methods]  # in the registry's order: one hash for one set
-    if cfg.reseed_shared and (stage.seeded or stage.name in RESEEDED + ("eval", "report")):
-        # the stages whose artifacts are one per training seed (<stage>/seed<k>/): only when re-seeded, so the
-        # default configs (and their hashes) do not mention it
-        config.update(seeds=cfg.seeds, per_seed_stages=list(RESEEDED))
     config.update({name: cfg.section(name) for name in stage.sections})
     for section in config.values():  # pairs.sampler / eval.sampler: "auto" -> the sampler that will run
         if isinstance(section, dict) and section.get("sampler") == "auto":

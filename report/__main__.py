@@ -21,6 +21,7 @@ import numpy as np
 
 from core import job as jobs
 from core import plots, tracking
+from core.frontier import point_id
 from core.methods import METHODS, label, style
 from core.run import run_label
 from core.verdict import chosen_values, interval, sentence
@@ -47,11 +48,9 @@ def read_frontier(path) -> list[dict]:
     return rows
 
 
-def point_id(row: dict) -> str:
-    """A point's key in per_prompt.json and samples.json (eval's: "sft", "sft/seed<k>", "<method>/<run>/step<n>")."""
-    if row["method"] == "sft":
-        return "sft" if row["run"] == "sft" else f"sft/{row['run']}"
-    return f"{row['method']}/{row['run']}/step{row['step']}"
+def row_id(row: dict) -> str:
+    """A frontier.csv row's key in per_prompt.json and samples.json."""
+    return point_id(row["method"], row["run"], row["step"])
 
 
 class Frontier:
@@ -83,7 +82,7 @@ class Frontier:
         out = []
         for candidates in self.candidates[method].values():
             select_points = [(c["kl"], c["reward"]) for c in candidates]
-            values = np.stack([self.test_values[point_id(c)][value] for c in candidates])
+            values = np.stack([self.test_values[row_id(c)][value] for c in candidates])
             out.append(chosen_values(select_points, values, budget, max_kl))
         return np.stack(out)
 
@@ -237,10 +236,10 @@ def protocol_table(protocol: dict, config: dict) -> tuple[list[str], list[list[s
 
 def samples_table(frontier: Frontier, samples: dict, n: int) -> tuple[list[str], list[list[str]]]:
     """The first n test prompts: one completion per method, from its checkpoint of highest select reward."""
-    keys = {"SFT": point_id(frontier.sft)}
+    keys = {"SFT": row_id(frontier.sft)}
     for method in frontier.methods:
         best = max((r for seeds in frontier.candidates[method].values() for r in seeds[1:]), key=lambda r: r["reward"])
-        keys[f"{label(method)} ({best['run']} @{best['step']})"] = point_id(best)
+        keys[f"{label(method)} ({best['run']} @{best['step']})"] = row_id(best)
     body = []
     for i, prompt in enumerate(samples["prompts"][:n]):
         for name, key in keys.items():
@@ -297,7 +296,7 @@ def build(job) -> list[tuple]:
     manifests = {name: json.loads((folder / "manifest.json").read_text()) for name, folder in inputs.items()}
     rows = read_frontier(inputs["eval"] / "frontier.csv")
     frontier = Frontier(rows, json.loads((inputs["eval"] / "per_prompt.json").read_text()),
-                        paired_seeds=bool(job.config.get("per_seed_stages")))
+                        paired_seeds=job.per_seed("sft"))
     runs: dict[str, list[dict]] = {}
     for folder in (f for f in inputs.values() if (f / "runs.json").is_file()):  # the method stages of this run
         for r in json.loads((folder / "runs.json").read_text()):

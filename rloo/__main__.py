@@ -24,7 +24,7 @@ from core.lm_head import plain_lm_head
 from core.methods import METHODS
 from core.reward import training_reward
 from core.run import MethodRun
-from core.train import stop_on_non_finite_loss, trainer_args
+from core.train import save_last_checkpoint, stop_on_non_finite_loss, trainer_args
 
 log = logging.getLogger("stage")
 
@@ -71,7 +71,7 @@ def config(cfg, beta: float, run, job):
     )
 
 
-def train_run(method: str, beta: float, seed: int, cfg, job, dataset, prompt_ids: dict, score) -> dict:
+def train_run(method: str, beta: float, seed: int, cfg, job, dataset, prompt_ids: dict, tokenizer, score) -> dict:
     """One RLOO run from seed `seed`'s SFT model. score: (prompt ids, completion ids) -> normalised rewards [B]."""
     run = MethodRun(job, method, f"{method}-beta{beta:g}", "beta", beta, seed)  # rloo-beta0.1-seed0
     if run.summary:
@@ -85,11 +85,10 @@ def train_run(method: str, beta: float, seed: int, cfg, job, dataset, prompt_ids
     model.train()
     run.start()  # TRL's callback logs into its wandb run; TRL resumes the training itself
     trainer = make_trainer_class()(model=model, reward_funcs=[reward], args=config(cfg, beta, run, job),
-                                   train_dataset=dataset, processing_class=lm.load_tokenizer(job.upstream("sft", seed)),
+                                   train_dataset=dataset, processing_class=tokenizer,
                                    callbacks=[stop_on_non_finite_loss()], prompt_ids=prompt_ids)
     result = trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(run.folder))
-    if result.global_step % (cfg.eval_every * cfg.epochs):  # the trainer saved every eval_every batches; keep the last
-        trainer.save_model(str(run.folder / f"checkpoint-{result.global_step}"))
+    save_last_checkpoint(trainer, run.folder, cfg.eval_every * cfg.epochs)  # TRL saved every eval_every batches
     history = [h for h in trainer.state.log_history if "kl" in h]
     completions = cfg.prompts_per_step * cfg.num_generations
     length = history[-1].get("completions/mean_length", cfg.max_new_tokens) if history else None
@@ -104,7 +103,7 @@ def main():
     job = jobs.start()
     cfg, data_cfg = job.section("rloo"), job.section("data")
     methods = job.config["methods"]  # of rloo and rloo-gt, the ones this run puts on the frontier
-    tokenizer = lm.load_tokenizer(job.upstream("sft"))
+    tokenizer = lm.load_tokenizer(job.upstream("sft"))  # one tokenizer for every seed's SFT model
     from datasets import Dataset
 
     ids = lm.split_prompts(data_cfg, job.seed, "train", cfg.prompts_per_step * cfg.steps, tokenizer)
@@ -122,7 +121,7 @@ def main():
                 scores[key] = training_reward(METHODS[method].learns_from, job, tokenizer, seed, lm.device())
             for beta in cfg.betas:
                 log.info("%s beta=%g, training seed %d", method, beta, seed)
-                runs.append(train_run(method, beta, seed, cfg, job, dataset, prompt_ids, scores[key]))
+                runs.append(train_run(method, beta, seed, cfg, job, dataset, prompt_ids, tokenizer, scores[key]))
                 log.info("%s: %d steps in %.0fs, final reward %s, KL %s", runs[-1]["run"], runs[-1]["steps"],
                          runs[-1]["train_seconds"], runs[-1]["final_reward"], runs[-1]["final_kl"])
     jobs.finish_runs(job, runs, ("final_kl", "final_reward"))
