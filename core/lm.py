@@ -48,7 +48,35 @@ def load_causal_lm(path, dev: torch.device | None = None):
     hf_logging.disable_progress_bar()  # a bar per checkpoint load drowns the stage's own progress
 
     model = AutoModelForCausalLM.from_pretrained(path)
-    return disable_dropout(model).to(dev or device()).eval()
+    return positions_from_mask(disable_dropout(model)).to(dev or device()).eval()
+
+
+def positions_from_mask(model):
+    """Make the model count each row's positions from its first attended token when its caller gives none.
+
+    A forward without position_ids numbers the columns 0..T-1 whatever the mask, so a left-padded row's tokens sit
+    at shifted positions: with GPT-2's learned absolute positions its log-probs are another model's (measured on
+    the tiny model: up to 8 nats apart). Our own code pads on the right or passes positions; TRL's online trainers
+    (RLOO, GRPO, Online DPO) score left-padded prompt + completion rows without them, so the policy gradient and
+    the KL to the reference were computed at the wrong positions while sampling (generate passes positions) used
+    the right ones. Right-padded and unpadded rows get 0..T-1 as before. Patched on the backbone, which TRL's
+    fused LM head calls directly."""
+    import types
+
+    backbone = model.base_model
+    if getattr(backbone, "positions_from_mask", False):
+        return model
+
+    def forward(self, input_ids=None, *args, attention_mask=None, position_ids=None, inputs_embeds=None, **kwargs):
+        if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
+            width = (input_ids if input_ids is not None else inputs_embeds).shape[1]  # the new columns (with a cache)
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -width:]
+        return type(self).forward(self, input_ids, *args, attention_mask=attention_mask, position_ids=position_ids,
+                                  inputs_embeds=inputs_embeds, **kwargs)
+
+    backbone.forward = types.MethodType(forward, backbone)  # a bound method: a deep copy (a reference) binds its own
+    backbone.positions_from_mask = True
+    return model
 
 
 def disable_dropout(model):

@@ -1,8 +1,9 @@
 """Stage dpo: Direct Preference Optimization (Rafailov et al. 2023), one run per beta and training seed; and
-its relatives that differ only in the loss (stages ipo, slic, rdpo: the same command, the job's stage says which).
-With the margin h = (log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x)):
+the relatives trained on the same pairs by a TRL trainer (stages ipo, slic, rdpo, simpo, cpo, orpo, kto: the same
+command, the job's stage says which). With pi's sequence log-prob s_w = log pi(y_w|x), s_l likewise, the same for
+the reference (r_w, r_l), the margin h = (s_w - r_w) - (s_l - r_l), and a bar for a mean over a completion's tokens:
 
-    dpo    L = -log sigmoid(beta h)                                    (TRL loss_type "sigmoid")
+    dpo    L = -log sigmoid(beta h)                                    (DPOTrainer, loss_type "sigmoid")
     ipo    L = (h' - 1 / (2 beta))^2, h' = h with each log-ratio divided by its completion's length
                                                                        ("ipo"; Azar et al. 2023, beta = tau)
     slic   L = max(0, 1 - beta h)                                      ("hinge"; SLiC-HF, Zhao et al. 2023)
@@ -10,18 +11,28 @@ With the margin h = (log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(
                                      ("robust"; Chowdhury et al. 2024: unbiased when a label is flipped with
                                       probability eps = label_smoothing. Not cDPO's label smoothing, whose
                                       second term has the other sign: TRL 1.16's sigmoid loss has none)
+    simpo  L = -log sigmoid(beta (s_w bar - s_l bar) - gamma)          (trl.experimental CPOTrainer, "simpo",
+                                      cpo_alpha 0; Meng et al. 2024: no reference, length-normalised)
+    cpo    L = -log sigmoid(beta (s_w - s_l)) - alpha s_w bar          (CPOTrainer, "sigmoid"; Xu et al. 2024: no
+                                      reference, with a negative log-likelihood term on y_w)
+    orpo   L = -s_w bar - beta log sigmoid(log odds(y_w) - log odds(y_l)), odds(y) = p / (1 - p), p = exp(s bar)
+                                     (trl.experimental ORPOTrainer; Hong et al. 2024: no reference)
+    kto    each pair split into a desirable y_w and an undesirable y_l; with z the batch's estimate of
+           KL(pi || ref) (mismatched prompt-completion pairs), L = 1 - sigmoid(beta ((s_w - r_w) - z)) for y_w and
+           1 - sigmoid(beta (z - (s_l - r_l))) for y_l                 (KTOTrainer; Ethayarajh et al. 2024)
 
-each averaged over the pairs of a batch. Each run starts from the SFT model, which is also the reference. Training
-is TRL's DPOTrainer, handed the pairs as token ids (exactly what was sampled) and the reference log-probs the
-pairs stage computed once for the whole sweep. It trains on the pairs of training prompts; at every kept
-checkpoint (every `eval_every` steps and the last) it reports the DPO loss and reward accuracy on pairs of the
-held-out prompts (runs.json's "heldout"), so a beta whose held-out loss rises is seen. runs.json lists the
-checkpoints for eval.
+each averaged over a batch. Each run starts from the SFT model, which is also the reference where there is one.
+Training is TRL's, handed the pairs as token ids (exactly what was sampled; each trainer re-tokenizes text
+otherwise) and, for DPOTrainer, the reference log-probs the pairs stage computed once for the whole sweep. It
+trains on the pairs of training prompts; at every kept checkpoint (every `eval_every` steps and the last) it reports
+the loss (and DPOTrainer's reward accuracy) on pairs of the held-out prompts (runs.json's "heldout"), so a run whose
+held-out loss rises is seen. runs.json lists the checkpoints for eval.
 """
 
 import functools
 import logging
 import math
+import random
 
 from core import job as jobs
 from core import dist, resume, tracking
@@ -30,35 +41,91 @@ from core.lm_head import plain_lm_head
 from core.train import save_last_checkpoint, stop_on_non_finite_loss, trainer_args
 
 log = logging.getLogger("stage")
-LOSS_TYPES = {"dpo": "sigmoid", "ipo": "ipo", "slic": "hinge", "rdpo": "robust"}  # stage (= method) -> loss_type
+LOSS_TYPES = {"dpo": "sigmoid", "ipo": "ipo", "slic": "hinge", "rdpo": "robust"}  # DPOTrainer's: stage -> loss_type
 COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"]
 HELDOUT_EVAL_PAIRS = 512  # held-out pairs scored at each checkpoint (a seeded sample of them)
 
 
-def make_trainer_class():
-    from trl import DPOTrainer
+def make_trainer_class(stage: str):
+    """The stage's TRL trainer, on the pairs as token ids."""
+    if stage in LOSS_TYPES:
+        from trl import DPOTrainer
 
-    class PairsDPOTrainer(DPOTrainer):
-        """DPOTrainer on pre-tokenized pairs with precomputed reference log-probs.
+        class PairsDPOTrainer(DPOTrainer):
+            """DPOTrainer on pre-tokenized pairs with precomputed reference log-probs.
 
-        TRL would re-tokenize prompt + completion text (merging tokens across the join) and recompute the
-        reference log-probs for every run; both are already in the pairs dataset."""
+            TRL would re-tokenize prompt + completion text (merging tokens across the join) and recompute the
+            reference log-probs for every run; both are already in the pairs dataset."""
 
-        def _prepare_dataset(self, dataset, *args, **kwargs):
-            missing = set(COLUMNS) - set(dataset.column_names)
-            if missing:
-                raise ValueError(f"pairs dataset lacks columns {sorted(missing)}")
-            return dataset
+            def _prepare_dataset(self, dataset, *args, **kwargs):
+                missing = set(COLUMNS) - set(dataset.column_names)
+                if missing:
+                    raise ValueError(f"pairs dataset lacks columns {sorted(missing)}")
+                return dataset
 
-        def _precompute_ref_logps(self, dataset, name, batch_size):
-            return dataset
+            def _precompute_ref_logps(self, dataset, name, batch_size):
+                return dataset
 
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            if self.accelerator.device.type == "cpu":
-                plain_lm_head(self.model)
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                if self.accelerator.device.type == "cpu":
+                    plain_lm_head(self.model)
 
-    return PairsDPOTrainer
+        return PairsDPOTrainer
+    if stage == "kto":
+        from trl import KTOTrainer
+
+        class SinglesKTOTrainer(KTOTrainer):
+            """KTOTrainer on singles already as token ids, with their mismatched completions (`kto_singles`)."""
+
+            def _prepare_dataset(self, dataset, *args, **kwargs):
+                return dataset
+
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                if self.accelerator.device.type == "cpu":  # TRL's chunked log-prob head is slow without Triton
+                    plain_lm_head(self.model)
+                    plain_lm_head(self.ref_model)
+
+        return SinglesKTOTrainer
+    if stage in ("simpo", "cpo"):
+        from trl.experimental.cpo import CPOTrainer as Base
+    else:
+        from trl.experimental.orpo import ORPOTrainer as Base
+
+    class PairsTrainer(Base):
+        """The trainer's tokenize_row from the pairs' ids: prompt + completion as sampled, labels -100 on the
+        prompt (TRL tokenizes the texts and adds BOS / EOS tokens the samples did not have)."""
+
+        def tokenize_row(self, feature, model=None):
+            prompt = feature["prompt_ids"]
+            row = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
+            for side in ("chosen", "rejected"):
+                ids = prompt + feature[f"{side}_ids"]
+                row.update({f"{side}_input_ids": ids, f"{side}_attention_mask": [1] * len(ids),
+                            f"{side}_labels": [-100] * len(prompt) + feature[f"{side}_ids"]})
+            return row
+
+    return PairsTrainer
+
+
+def kto_singles(pairs, batch_size: int, seed: int):
+    """KTO's data from the pairs: each pair's chosen completion a desirable single (label True), its rejected one
+    an undesirable single, shuffled by the training seed (KTO reads them in order: its KL estimate pairs each
+    completion with another prompt of its batch, TRL's rotation by one within each batch of `batch_size`).
+    -> columns prompt_ids, completion_ids, label, KL_completion_ids."""
+    from datasets import Dataset
+
+    rows = [(p, c, True) for p, c in zip(pairs["prompt_ids"], pairs["chosen_ids"])]
+    rows += [(p, r, False) for p, r in zip(pairs["prompt_ids"], pairs["rejected_ids"])]
+    random.Random(seed).shuffle(rows)
+    completions = [c for _, c, _ in rows]
+    mismatched = []
+    for j in range(0, len(rows), batch_size):  # within each batch, completion i goes with prompt i + 1
+        batch = completions[j : j + batch_size]
+        mismatched += batch[-1:] + batch[:-1]
+    return Dataset.from_dict({"prompt_ids": [p for p, _, _ in rows], "completion_ids": completions,
+                              "label": [y for _, _, y in rows], "KL_completion_ids": mismatched})
 
 
 def learning_rate(cfg, beta: float) -> float:
@@ -68,46 +135,67 @@ def learning_rate(cfg, beta: float) -> float:
     return cfg.learning_rates[cfg.betas.index(beta)] if cfg.learning_rates else cfg.learning_rate
 
 
+def trl_config(stage: str, cfg, beta: float, **common):
+    """The TRL config of one run of the stage: what every pairs trainer shares (`common`) and the stage's loss."""
+    if stage in LOSS_TYPES:
+        from trl import DPOConfig
+
+        return DPOConfig(beta=beta, loss_type=[LOSS_TYPES[stage]], precompute_ref_log_probs=True, max_length=None,
+                         label_smoothing=getattr(cfg, "label_smoothing", 0.0), **common)  # rdpo's epsilon
+    if stage == "kto":
+        from trl import KTOConfig
+
+        common["per_device_train_batch_size"] *= 2  # a pair's two completions as two singles
+        common["per_device_eval_batch_size"] *= 2
+        return KTOConfig(beta=beta, loss_type="kto", desirable_weight=1.0, undesirable_weight=1.0,  # one of each a pair
+                         train_sampling_strategy="sequential", max_length=None, **common)
+    if stage in ("simpo", "cpo"):
+        from trl.experimental.cpo import CPOConfig
+
+        return CPOConfig(beta=beta, loss_type="simpo" if stage == "simpo" else "sigmoid",
+                         cpo_alpha=0.0 if stage == "simpo" else cfg.cpo_alpha,
+                         simpo_gamma=getattr(cfg, "gamma", 0.5), max_length=None, **common)
+    from trl.experimental.orpo import ORPOConfig
+
+    return ORPOConfig(beta=beta, max_length=None, **common)
+
+
 def train_one(beta: float, seed: int, cfg, job, pairs, heldout):
     """One run of the stage's loss from the SFT model; a killed run resumes from its latest checkpoint (TRL's
     resume). The training seed sets the data order (TRL's seed and data_seed)."""
     run = MethodRun(job, job.stage, f"beta{beta:g}", "beta", beta, seed)
     if run.summary:
         return run.summary
-    from trl import DPOConfig
-
     from core import lm
 
     model = lm.load_causal_lm(job.upstream("sft", seed))  # the SFT model of this seed (one unless reseed_shared)
     model.train()
     tokenizer = lm.load_tokenizer(job.upstream("sft", seed))
     steps = cfg.max_steps or math.ceil(len(pairs) / cfg.batch_size)
-    args = DPOConfig(
-        output_dir=str(run.folder), beta=beta, loss_type=[LOSS_TYPES[job.stage]], precompute_ref_log_probs=True,
-        label_smoothing=getattr(cfg, "label_smoothing", 0.0),  # rdpo's epsilon
-        learning_rate=learning_rate(cfg, beta), optim="rmsprop" if cfg.optimizer == "rmsprop" else "adamw_torch",
-        warmup_steps=cfg.warmup_steps, lr_scheduler_type="constant_with_warmup",
-        per_device_train_batch_size=dist.per_process(f"{job.stage}.batch_size", cfg.batch_size), max_steps=steps,
-        max_length=None,
-        save_strategy="steps", save_steps=cfg.eval_every, save_total_limit=None,
-        eval_strategy="steps", eval_steps=cfg.eval_every,  # the held-out DPO loss at every checkpoint
-        per_device_eval_batch_size=dist.per_process(f"{job.stage}.batch_size", cfg.batch_size),
+    batch = dist.per_process(f"{job.stage}.batch_size", cfg.batch_size)  # pairs (kto: twice as many singles)
+    args = trl_config(
+        job.stage, cfg, beta, output_dir=str(run.folder), learning_rate=learning_rate(cfg, beta),
+        optim="rmsprop" if cfg.optimizer == "rmsprop" else "adamw_torch", warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type="constant_with_warmup", per_device_train_batch_size=batch, per_device_eval_batch_size=batch,
+        max_steps=steps, save_strategy="steps", save_steps=cfg.eval_every, save_total_limit=None,
+        eval_strategy="steps", eval_steps=cfg.eval_every,  # the held-out loss at every checkpoint
         logging_steps=max(1, cfg.eval_every // 4), report_to=tracking.report_to(job), seed=run.training_seed,
-        data_seed=run.training_seed,
-        **trainer_args(job), disable_tqdm=not dist.is_main(), remove_unused_columns=False,
-        logging_nan_inf_filter=False,
-    )
+        data_seed=run.training_seed, **trainer_args(job), disable_tqdm=not dist.is_main(),
+        remove_unused_columns=False, logging_nan_inf_filter=False)
+    per_pair = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(pairs["prompt_ids"], pairs["chosen_ids"],
+                                                                    pairs["rejected_ids"])) / len(pairs)
+    if job.stage == "kto":
+        pairs, heldout = (kto_singles(pairs, 2 * batch, run.training_seed),
+                          kto_singles(heldout, 2 * batch, run.training_seed))
     run.start()  # TRL's callback logs into its wandb run; TRL resumes the training itself
-    trainer = make_trainer_class()(model=model, args=args, train_dataset=pairs, eval_dataset=heldout,
-                                   processing_class=tokenizer, callbacks=[stop_on_non_finite_loss()])
+    trainer = make_trainer_class(job.stage)(model=model, args=args, train_dataset=pairs, eval_dataset=heldout,
+                                            processing_class=tokenizer, callbacks=[stop_on_non_finite_loss()])
     result = trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(run.folder))
     history = [h for h in trainer.state.log_history if "loss" in h]
     if save_last_checkpoint(trainer, run.folder, cfg.eval_every):
         trainer.evaluate()  # its held-out loss too
     heldout_curve = [{"step": h["step"], "loss": h["eval_loss"], "reward_accuracy": h.get("eval_rewards/accuracies")}
                      for h in trainer.state.log_history if "eval_loss" in h]
-    per_pair = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(pairs["prompt_ids"], pairs["chosen_ids"],
-                                                                    pairs["rejected_ids"])) / len(pairs)
     return run.finish(
         steps=result.global_step,
         tokens_trained=round(per_pair * result.global_step * cfg.batch_size),  # pairs seen x mean pair length

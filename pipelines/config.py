@@ -130,8 +130,19 @@ class RDPOConfig(DPOLossConfig):
                                                           "which rDPO's loss corrects for")
 
 
-# sections whose unset keys are [dpo]'s (all but its sweep: betas and learning_rates)
-DPO_LOSS_SECTIONS = ("ipo", "slic", "rdpo")
+@dataclass(frozen=True, kw_only=True)
+class SimPOConfig(DPOLossConfig):
+    gamma: float = spec(0.5, ge=0, help="SimPO's target reward margin (TRL's simpo_gamma): the loss is "
+                                        "-log sigmoid(beta x (mean log-prob of y_w - of y_l) - gamma)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CPOConfig(DPOLossConfig):
+    cpo_alpha: float = spec(1.0, ge=0, help="weight of CPO's negative log-likelihood term on the chosen completion")
+
+
+# DPO's relatives on the pairs through a TRL trainer (python -m dpo); their unset keys are [dpo]'s (INHERITS)
+PAIR_SECTIONS = ("ipo", "slic", "rdpo", "simpo", "cpo", "orpo", "kto")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,6 +208,33 @@ class RLOOConfig:
     max_new_tokens: int = spec(gt=0, help="tokens sampled per completion (temperature 1, top_k 0, top_p 1)")
     eval_every: int = spec(gt=0, help="keep a checkpoint for evaluation every this many batches (checkpoints are "
                                       "named by optimiser step: batches x epochs)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GRPOConfig(RLOOConfig):
+    """GRPO: every key it does not set is [rloo]'s after the scale's overrides."""
+    betas: list[float] = spec(gt=0, nonempty=True, help="one run per method (grpo, grpo-gt) and KL coefficient: "
+                                                       "beta x the per-token k3 estimate of KL(pi || SFT) is added "
+                                                       "to the loss, averaged over each completion's tokens")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnlineDPOConfig:
+    """Online DPO: every key it does not set is [rloo]'s after the scale's overrides."""
+    betas: list[float] = spec(gt=0, nonempty=True, help="one run per method (online-dpo, online-dpo-gt) and DPO "
+                                                       "beta, on pairs sampled from the current policy")
+    prompts_per_step: int = spec(gt=0, help="prompts per optimiser step (each sampled twice: one pair)")
+    steps: int = spec(gt=0, help="optimiser steps per run")
+    learning_rate: float = spec(gt=0, help="peak learning rate (AdamW, constant after warm-up)")
+    warmup_steps: int = spec(0, ge=0, help="linear warm-up steps")
+    max_new_tokens: int = spec(gt=0, help="tokens sampled per completion (temperature 1, top_k 0, top_p 1)")
+    eval_every: int = spec(gt=0, help="keep a checkpoint for evaluation every this many steps")
+
+
+# section -> the section whose keys it takes where it sets none of its own (after the scale's overrides): DPO's
+# relatives take [dpo]'s (learning_rates only when they set neither betas nor learning_rate), the online methods
+# [rloo]'s (the keys they have)
+INHERITS = {**{name: "dpo" for name in PAIR_SECTIONS}, "grpo": "rloo", "online_dpo": "rloo"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,6 +306,14 @@ class BenchmarkConfig:
                                     "max(0, 1 - beta x margin)")
     rdpo: RDPOConfig = spec(help="[rdpo] robust DPO (Chowdhury et al. 2024): DPO's trainer, loss_type robust, an "
                                  "unbiased DPO loss when labels are flipped with probability label_smoothing")
+    simpo: SimPOConfig = spec(help="[simpo] SimPO (Meng et al. 2024): trl.experimental's CPOTrainer, loss_type simpo; "
+                                   "no reference model, length-normalised log-probs, target margin gamma")
+    cpo: CPOConfig = spec(help="[cpo] CPO (Xu et al. 2024): trl.experimental's CPOTrainer; no reference model, "
+                               "DPO's loss on log-probs plus cpo_alpha x the chosen completion's NLL")
+    orpo: DPOLossConfig = spec(help="[orpo] ORPO (Hong et al. 2024): trl.experimental's ORPOTrainer; no reference "
+                                    "model, the chosen completion's NLL plus beta x the log odds-ratio loss")
+    kto: DPOLossConfig = spec(help="[kto] KTO (Ethayarajh et al. 2024): TRL's KTOTrainer, each pair split into a "
+                                   "desirable and an undesirable completion")
     unlikelihood: UnlikelihoodConfig = spec(help="[unlikelihood] log p(chosen) plus alpha x the rejected tokens' "
                                                  "log(1 - p)")
     preferred_ft: PreferredFTConfig = spec(help="[preferred_ft] supervised fine-tuning on the chosen completions")
@@ -275,6 +321,10 @@ class BenchmarkConfig:
     ppo: PPOConfig = spec(help="[ppo] PPO on the learned reward (ppo) and on the ground truth (ppo-gt)")
     rloo: RLOOConfig = spec(help="[rloo] RLOO (TRL's RLOOTrainer) on the learned reward (rloo) and the ground truth "
                                  "(rloo-gt)")
+    grpo: GRPOConfig = spec(help="[grpo] GRPO (TRL's GRPOTrainer, beta > 0) on the learned reward (grpo) and the "
+                                 "ground truth (grpo-gt)")
+    online_dpo: OnlineDPOConfig = spec(help="[online_dpo] Online DPO (trl.experimental's OnlineDPOTrainer) on the "
+                                            "learned reward (online-dpo) and the ground truth (online-dpo-gt)")
     best_of_n: BestOfNConfig = spec(BestOfNConfig(), help="[best_of_n] Best-of-N from the SFT model (no training)")
     eval: EvalConfig = spec(help="[eval] the frontier evaluation")
     report: ReportConfig = spec(ReportConfig(), help="[report] the tables of report.md / report.html")
@@ -294,7 +344,7 @@ class BenchmarkConfig:
         for key, values in (("methods", self.methods), ("dpo.betas", self.dpo.betas),
                             ("unlikelihood.alphas", self.unlikelihood.alphas), ("ppo.target_kls", self.ppo.target_kls),
                             ("best_of_n.ns", self.best_of_n.ns), ("rloo.betas", self.rloo.betas),
-                            *((f"{name}.betas", getattr(self, name).betas) for name in DPO_LOSS_SECTIONS)):
+                            *((f"{name}.betas", getattr(self, name).betas) for name in INHERITS)):
             if len(set(values)) != len(values):
                 raise ConfigError(f"{key} has repeated values {values}: each is one run")
         if max(self.best_of_n.ns) > self.best_of_n.samples:
@@ -304,7 +354,7 @@ class BenchmarkConfig:
             raise ConfigError(f"eval.prompts + eval.select_prompts ({self.eval.prompts} + {self.eval.select_prompts}) "
                               f"> data.eval_reviews ({self.data.eval_reviews}): each prompt is one held-out review; "
                               f"allowed at most {self.data.eval_reviews} together")
-        for name in ("dpo", *DPO_LOSS_SECTIONS):
+        for name in ("dpo", *PAIR_SECTIONS):
             section = getattr(self, name)
             if section.learning_rates and len(section.learning_rates) != len(section.betas):
                 raise ConfigError(f"{name}.learning_rates has {len(section.learning_rates)} values for "
@@ -434,11 +484,13 @@ def _resolve(doc: dict, benchmark: str, scale: str | None, path: Path) -> Benchm
     if not isinstance(scales[scale], dict):
         raise ConfigError(f"{benchmark}.scales.{scale} must be a table [{benchmark}.scales.{scale}]")
     merged = _merge(table, scales[scale])
-    for name in DPO_LOSS_SECTIONS:  # DPO's relatives: what they do not set is [dpo]'s
+    for name, parent in INHERITS.items():  # what they do not set is their parent's
         own = merged.get(name, {})
-        if isinstance(own, dict) and isinstance(merged.get("dpo"), dict):
+        if isinstance(own, dict) and isinstance(merged.get(parent), dict):
             own_rates = "betas" in own or "learning_rate" in own  # then [dpo]'s per-beta rates are not its own
-            inherited = {k: v for k, v in merged["dpo"].items() if not (own_rates and k == "learning_rates")}
+            keys = {f.name for f in dataclasses.fields(SECTIONS[name])}
+            inherited = {k: v for k, v in merged[parent].items()
+                         if k in keys and not (own_rates and k == "learning_rates")}
             merged[name] = {**inherited, **own}
     if "benchmark" in merged or "scale" in merged:
         raise ConfigError(f"{benchmark}: 'benchmark' and 'scale' are set from the names, not as keys")

@@ -32,7 +32,7 @@ from . import store
 from core.methods import METHODS
 from core.tracking import job_tracking
 
-from .config import DPO_LOSS_SECTIONS, SECTIONS, BenchmarkConfig, ConfigError, flatten, stable_hash
+from .config import PAIR_SECTIONS, SECTIONS, BenchmarkConfig, ConfigError, flatten, stable_hash
 
 log = logging.getLogger("pipelines")
 
@@ -48,10 +48,13 @@ class Stage:
     multiprocess: bool = True  # runs under `accelerate launch` when several processes are asked for
     split: tuple[str, ...] = ()  # config keys (section.key) whose batches are split evenly over the processes
     seeded: bool = False  # a method stage: trains every run once per training seed (its config holds `seeds`)
+    revision: int = 0  # raised when a fix changes what the stage computes: its finished folders are then stale
 
 
-# In topological order, and in the order ready stages start: the reward model and PPO, the longest chain, and RLOO
-# before DPO and its relatives, so that the slowest stages do not start last.
+ONLINE = ("rloo", "grpo", "online_dpo")  # the online methods' stages (python -m online)
+
+# In topological order, and in the order ready stages start: the reward model and PPO, the longest chain, and the online
+# methods before DPO and its relatives, so that the slowest stages do not start last.
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
@@ -67,9 +70,10 @@ STAGES: dict[str, Stage] = {
         Stage("ppo", ("data", "ppo", "ground_truth", "train"), needs=("sft", "ground_truth", "pairs", "reward_model"),
               what="PPO on the learned reward (ppo) and on the ground truth (ppo-gt)",
               split=("ppo.rollouts_per_step", "ppo.minibatch_size"), seeded=True),
-        Stage("rloo", ("data", "rloo", "ground_truth", "train"), needs=("sft", "ground_truth", "pairs", "reward_model"),
-              what="RLOO (TRL) on the learned reward (rloo) and on the ground truth (rloo-gt), one run per beta",
-              seeded=True),
+        *(Stage(name, ("data", name, "ground_truth", "train"), needs=("sft", "ground_truth", "pairs", "reward_model"),
+                what=f"{what} (TRL) on the learned reward and on the ground truth, one run per beta", module="online",
+                seeded=True, revision=1)  # 1: left-padded rows scored at their own positions (lm.positions_from_mask)
+          for name, what in (("rloo", "RLOO"), ("grpo", "GRPO"), ("online_dpo", "Online DPO"))),
         Stage("dpo", ("dpo", "train"), needs=("sft", "pairs"), what="DPO, one run per beta",
               split=("dpo.batch_size",), seeded=True),
         Stage("unlikelihood", ("unlikelihood", "train"), needs=("sft", "pairs"), module="dpo.relatives",
@@ -77,19 +81,19 @@ STAGES: dict[str, Stage] = {
         Stage("preferred_ft", ("preferred_ft", "train"), needs=("sft", "pairs"), module="dpo.relatives",
               what="Preferred-FT: fine-tuning on the chosen completions", split=("preferred_ft.batch_size",),
               seeded=True),
-        *(Stage(name, (name, "train"), needs=("sft", "pairs"), module="dpo", what=f"{METHODS[name].label}: DPO's "
-                f"trainer with another loss, one run per beta", split=(f"{name}.batch_size",), seeded=True)
-          for name in DPO_LOSS_SECTIONS),
+        *(Stage(name, (name, "train"), needs=("sft", "pairs"), module="dpo", what=f"{METHODS[name].label} on the "
+                f"pairs (TRL), one run per beta", split=(f"{name}.batch_size",), seeded=True)
+          for name in PAIR_SECTIONS),
         Stage("best_of_n", ("data", "eval", "best_of_n", "ground_truth"), needs=("sft", "ground_truth", "reward_model"),
               what="Best-of-N from the SFT model, by the reward model and by the ground truth (nothing trained)",
               seeded=True),
         Stage("eval", ("data", "eval", "ground_truth"),
               needs=("sft", "ground_truth", "reward_model", "dpo", "unlikelihood", "preferred_ft", "ppo",
-                     *DPO_LOSS_SECTIONS, "rloo", "best_of_n"),
+                     *PAIR_SECTIONS, *ONLINE, "best_of_n"),
               publish=("frontier.csv", "frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf"),
               what="sample every checkpoint, score, exact KL to the SFT model, frontier"),
         Stage("report", tuple(SECTIONS), needs=("sft", "ground_truth", "pairs", "reward_model", "dpo", "unlikelihood",
-                                            "preferred_ft", "ppo", *DPO_LOSS_SECTIONS, "rloo", "best_of_n", "eval"),
+                                            "preferred_ft", "ppo", *PAIR_SECTIONS, *ONLINE, "best_of_n", "eval"),
               publish=("report.md", "report.html", "frontier_bands.png", "frontier_bands.pdf", "overoptimisation.png",
                        "overoptimisation.pdf"),
               what="the verdict over seeds, tables, figures and samples of the whole run",
@@ -270,6 +274,8 @@ def stage_config(cfg: BenchmarkConfig, stage: Stage, protocol: dict | None = Non
     hosted = [m for m, method in METHODS.items() if method.stage == stage.name]
     if len(hosted) > 1:  # a stage of several methods (ppo and ppo-gt) trains the chosen ones
         config["methods"] = [m for m in hosted if m in cfg.methods]  # in the registry's order: one hash for one set
+    if stage.revision:
+        config["revision"] = stage.revision
     config.update({name: cfg.section(name) for name in stage.sections})
     for section in config.values():  # pairs.sampler / eval.sampler: "auto" -> the sampler that will run
         if isinstance(section, dict) and section.get("sampler") == "auto":
