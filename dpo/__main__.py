@@ -13,10 +13,11 @@ the reference (r_w, r_l), the margin h = (s_w - r_w) - (s_l - r_l), and a bar fo
                                       second term has the other sign: TRL 1.16's sigmoid loss has none)
     simpo  L = -log sigmoid(beta (s_w bar - s_l bar) - gamma)          (trl.experimental CPOTrainer, "simpo",
                                       cpo_alpha 0; Meng et al. 2024: no reference, length-normalised)
-    cpo    L = -log sigmoid(beta (s_w - s_l)) - alpha s_w bar          (CPOTrainer, "sigmoid"; Xu et al. 2024: no
-                                      reference, with a negative log-likelihood term on y_w)
-    orpo   L = -s_w bar - beta log sigmoid(log odds(y_w) - log odds(y_l)), odds(y) = p / (1 - p), p = exp(s bar)
-                                     (trl.experimental ORPOTrainer; Hong et al. 2024: no reference)
+    cpo    L = -log sigmoid(beta (s_w - s_l)) + alpha NLL_w            (CPOTrainer, "sigmoid"; Xu et al. 2024: no
+                                      reference; NLL_w: the mean of -log pi over the batch's chosen tokens)
+    orpo   L = NLL_xw - beta log sigmoid(log odds(y_w) - log odds(y_l)), odds(y) = p / (1 - p), p = exp(s bar)
+                                     (trl.experimental ORPOTrainer; Hong et al. 2024: no reference. TRL's NLL_xw
+                                      is over prompt and y_w, the paper's over y_w)
     kto    each pair split into a desirable y_w and an undesirable y_l; with z the batch's estimate of
            KL(pi || ref) (mismatched prompt-completion pairs), L = 1 - sigmoid(beta ((s_w - r_w) - z)) for y_w and
            1 - sigmoid(beta (z - (s_l - r_l))) for y_l                 (KTOTrainer; Ethayarajh et al. 2024)

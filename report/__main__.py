@@ -32,7 +32,7 @@ log = logging.getLogger("stage")
 # then DPO against each method beyond the paper, and our PPO against TRL's RLOO
 PAIRS = [("dpo", "ppo"), ("dpo", "ppo-gt"), ("ppo", "ppo-gt"), ("dpo", "unlikelihood"), ("dpo", "preferred-ft")]
 PAIRS += [("dpo", m) for m in METHODS if m != "dpo" and ("dpo", m) not in PAIRS]
-PAIRS += [("ppo", "rloo"), ("ppo-gt", "rloo-gt")]  # our PPO against a maintained library's RL, on each reward
+PAIRS += [("ppo", "rloo"), ("ppo-gt", "rloo-gt"), ("ppo", "grpo"), ("ppo-gt", "grpo-gt")]  # our PPO against a library's RL
 FIGURES = ("frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf")
 BAND_BUDGETS = 41  # KL budgets on the band figure's axis
 BAND_RESAMPLES = 400  # per budget: a figure's band, not a reported number
@@ -112,6 +112,32 @@ def verdict(frontier: Frontier, cfg, rng_seed: int) -> tuple[list[str], list[str
                      "methods hold none of those pairs (add dpo to methods)."]
     header = ["comparison", "measure", "A - B (test reward)", f"{cfg.confidence:.0%} interval", "seeds", "verdict"]
     return sentences, header, body
+
+
+def summary(frontier: Frontier, runs: dict[str, list[dict]], cfg, rng_seed: int) -> dict:
+    """summary.json, what a ladder (imdb-scaling) reads of each rung: per method and measure the mean over seeds
+    of the chosen checkpoint's test reward with its interval; per comparison of PAIRS, A - B likewise; per method
+    its training cost."""
+    def entry(iv):
+        return {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "seeds": iv.seeds}
+
+    out = {"confidence": cfg.confidence, "measures": [name for name, _ in measures(cfg)], "methods": {},
+           "comparisons": {}, "compute": {}}
+    for method in frontier.methods:
+        out["methods"][method] = {name: entry(interval(frontier.per_seed(method, budget, cfg.area_max_kl), None,
+                                                       cfg.confidence, cfg.resamples, rng_seed))
+                                  for name, budget in measures(cfg)}
+        rs = runs.get(method, [])
+        out["compute"][method] = {key: sum(r.get(key, 0) for r in rs)
+                                  for key in ("train_seconds", "tokens_generated", "tokens_trained")}
+    for a, b in PAIRS:
+        if a in frontier.methods and b in frontier.methods:
+            out["comparisons"][f"{a} - {b}"] = {
+                name: entry(interval(frontier.per_seed(a, budget, cfg.area_max_kl),
+                                     frontier.per_seed(b, budget, cfg.area_max_kl), cfg.confidence, cfg.resamples,
+                                     rng_seed, paired_seeds=frontier.paired_seeds))
+                for name, budget in measures(cfg)}
+    return out
 
 
 def method_table(frontier: Frontier, runs: dict[str, list[dict]], cfg, rng_seed: int):
@@ -307,6 +333,7 @@ def build(job) -> list[tuple]:
     pairs_tokens = round(pairs["prompts"] * job.config["pairs"]["samples_per_prompt"] * pairs["mean_completion_tokens"])
     ev, seeds = job.config["eval"], max(frontier.seeds(m) for m in frontier.methods)  # what the data hold
     sentences, *verdict_table = verdict(frontier, cfg, job.seed)
+    (job.out / "summary.json").write_text(json.dumps(summary(frontier, runs, cfg, job.seed), indent=1))
     plot_bands(frontier, cfg, job.seed, job.out / "frontier_bands")
 
     blocks = [

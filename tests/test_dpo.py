@@ -47,7 +47,7 @@ def test_trainer_sees_exactly_the_sampled_ids(micro_run):
     model, tok = lm.load_causal_lm(root / "sft"), lm.load_tokenizer(root / "sft")
     args = DPOConfig(output_dir="/tmp/unused", precompute_ref_log_probs=True, per_device_train_batch_size=4,
                      max_length=None, report_to=[], use_cpu=True, bf16=False, remove_unused_columns=False)
-    trainer = dpo.make_trainer_class()(model=model, args=args, train_dataset=pairs, processing_class=tok)
+    trainer = dpo.make_trainer_class("dpo")(model=model, args=args, train_dataset=pairs, processing_class=tok)
     batch = next(iter(trainer.get_train_dataloader()))
     chosen = {tuple(r["prompt_ids"] + r["chosen_ids"]): r for r in pairs}
     n = batch["input_ids"].shape[0] // 2

@@ -78,7 +78,7 @@ def test_trl_dpo_loss_equals_dpo_loss_on_the_same_batch(tmp_path):
     args = DPOConfig(output_dir=str(tmp_path), beta=beta, loss_type=["sigmoid"], precompute_ref_log_probs=True,
                      per_device_train_batch_size=len(prompts), max_length=None, report_to=[], use_cpu=True,
                      bf16=False, remove_unused_columns=False)
-    trainer = dpo.make_trainer_class()(model=policy, args=args, train_dataset=pairs,
+    trainer = dpo.make_trainer_class("dpo")(model=policy, args=args, train_dataset=pairs,
                                        processing_class=toy_tokenizer(vocab))
     batch = next(iter(trainer.get_train_dataloader()))  # every pair, in the loader's order
     with torch.no_grad():

@@ -1,0 +1,80 @@
+"""The reference-free relatives (SimPO, CPO: trl.experimental's CPOTrainer; ORPO: its ORPOTrainer) pinned to their
+losses computed by hand from log-probs of core.lm on the same batch, which also pins that they see exactly the
+sampled ids (a shifted label window moves every log-prob); KTO's singles from the pairs."""
+
+import importlib
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core import lm
+from pipelines.config import CPOConfig, SimPOConfig
+from test_dpo_loss import toy_tokenizer
+from test_lm import toy_lm
+
+dpo = importlib.import_module("dpo.__main__")
+
+
+def toy_pairs(vocab: int):
+    gen = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(2, vocab, (n,), generator=gen).tolist()  # noqa: E731 (0 pad, 1 EOS)
+    prompts = [ids(n) for n in (2, 3, 1, 4)]
+    chosen, rejected = [ids(n) for n in (3, 5, 2, 4)], [ids(n) for n in (4, 2, 5, 3)]
+    return prompts, chosen, rejected
+
+
+@pytest.mark.parametrize("stage", ["simpo", "cpo", "orpo"])
+def test_reference_free_losses_by_hand_on_the_trainers_batch(stage, tmp_path):
+    from datasets import Dataset
+
+    vocab, beta = 11, 2.0 if stage == "simpo" else 0.5
+    policy = toy_lm(0, vocab).train()
+    prompts, chosen, rejected = toy_pairs(vocab)
+    pairs = Dataset.from_dict({"prompt_ids": prompts, "chosen_ids": chosen, "rejected_ids": rejected})
+    cfg = (SimPOConfig if stage == "simpo" else CPOConfig)(betas=[beta], learning_rate=1e-3, batch_size=4,
+                                                          eval_every=1)
+    args = dpo.trl_config(stage, cfg, beta, output_dir=str(tmp_path), per_device_train_batch_size=4, report_to=[],
+                          use_cpu=True, bf16=False, remove_unused_columns=False)
+    trainer = dpo.make_trainer_class(stage)(model=policy, args=args, train_dataset=pairs,
+                                            processing_class=toy_tokenizer(vocab))
+    batch = next(iter(trainer.get_train_dataloader()))
+    order = [prompts.index(p[m.bool()].tolist()) for p, m in zip(batch["prompt_input_ids"],
+                                                                 batch["prompt_attention_mask"])]
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(trainer.model, batch).item()
+        p = [prompts[i] for i in order]
+        w, l = [chosen[i] for i in order], [rejected[i] for i in order]
+        s_w, s_l = lm.completion_logprobs(policy, p, w, 0, 8), lm.completion_logprobs(policy, p, l, 0, 8)
+    mean_w = s_w / torch.tensor([len(c) for c in w])
+    mean_l = s_l / torch.tensor([len(c) for c in l])
+    nll_w = -s_w.sum() / sum(map(len, w))  # the mean over the batch's chosen tokens
+    if stage == "simpo":
+        expected = -F.logsigmoid(beta * (mean_w - mean_l) - cfg.gamma).mean()
+    elif stage == "cpo":
+        expected = -F.logsigmoid(beta * (s_w - s_l)).mean() + cfg.cpo_alpha * nll_w
+    else:  # TRL's ORPO takes the NLL over prompt and completion (after the first token), not the completion alone
+        with torch.no_grad():
+            full = lm.completion_logprobs(policy, [q[:1] for q in p], [q[1:] + c for q, c in zip(p, w)], 0, 8)
+        nll_w = -full.sum() / sum(len(q) - 1 + len(c) for q, c in zip(p, w))
+        log_odds = lambda m: m - torch.log(-torch.expm1(m))  # noqa: E731 (log p - log(1 - p), p = exp(m))
+        expected = nll_w - beta * F.logsigmoid(log_odds(mean_w) - log_odds(mean_l)).mean()
+    assert trl_loss == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_kto_singles_split_each_pair_and_pair_each_completion_with_another_prompt_of_its_batch():
+    from datasets import Dataset
+
+    prompts, chosen, rejected = [[2], [3], [4]], [[10], [11], [12]], [[20], [21], [22]]
+    pairs = Dataset.from_dict({"prompt_ids": prompts, "chosen_ids": chosen, "rejected_ids": rejected})
+    singles = dpo.kto_singles(pairs, batch_size=4, seed=0)
+    rows = list(zip(singles["prompt_ids"], singles["completion_ids"], singles["label"]))
+    assert sorted(rows) == sorted([(p, c, True) for p, c in zip(prompts, chosen)]
+                                  + [(p, r, False) for p, r in zip(prompts, rejected)])
+    assert rows != [(p, c, True) for p, c in zip(prompts, chosen)] + [(p, r, False) for p, r in
+                                                                      zip(prompts, rejected)]  # shuffled
+    c, kl = singles["completion_ids"], singles["KL_completion_ids"]
+    assert kl == [c[3], c[0], c[1], c[2], c[5], c[4]]  # within each batch of 4, completion i - 1 for prompt i
+    assert dpo.kto_singles(pairs, 4, seed=0)["completion_ids"] == c  # seeded
+    assert math.isclose(sum(singles["label"]) / len(singles), 0.5)
