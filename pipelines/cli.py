@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from . import config as config_mod
 from . import data, graph, hub, store
+from . import ladder as ladder_mod
 from .config import ConfigError
 
 log = logging.getLogger("pipelines")
@@ -100,11 +102,9 @@ def _dispatch(args) -> int:
                   f"(default {config_mod.default_scale(b, args.config)})")
         print("stages: " + " -> ".join(graph.STAGES))
         return 0
-    cfg = config_mod.load(args.benchmark, args.scale, args.config)
-    if getattr(args, "seeds", None) is not None:
-        cfg = config_mod.with_seeds(cfg, args.seeds)
-    if getattr(args, "methods", None) is not None:
-        cfg = config_mod.with_methods(cfg, [m.strip() for m in args.methods.split(",") if m.strip()])
+    if config_mod.is_ladder(config_mod.read_toml(args.config), args.benchmark):
+        return _ladder(args)
+    cfg = _overridden(config_mod.load(args.benchmark, args.scale, args.config), args)
     if args.command == "show":
         print(json.dumps(config_mod.dataclasses.asdict(cfg), indent=2))
         return 0
@@ -123,6 +123,42 @@ def _dispatch(args) -> int:
     root = graph.run(cfg, only, args.force, config_mod.protocol(args.benchmark, args.config), launch,
                      source_id)
     for name in ("frontier.png", "frontier.csv", "report.md", "report.html"):
+        if (root / name).exists():
+            log.info("result: %s", root / name)
+    return 0
+
+
+def _overridden(cfg, args):
+    """cfg with --seeds and --methods."""
+    if getattr(args, "seeds", None) is not None:
+        cfg = config_mod.with_seeds(cfg, args.seeds)
+    if getattr(args, "methods", None) is not None:
+        cfg = config_mod.with_methods(cfg, [m.strip() for m in args.methods.split(",") if m.strip()])
+    return cfg
+
+
+def _ladder(args) -> int:
+    """A ladder benchmark (imdb-scaling): every rung's whole comparison, then the scaling stage."""
+    ladder = config_mod.load_ladder(args.benchmark, args.scale, args.config)
+    ladder = dataclasses.replace(ladder, rungs={r: _overridden(c, args) for r, c in ladder.rungs.items()})
+    if args.command == "show":
+        print(json.dumps({r: dataclasses.asdict(c) for r, c in ladder.rungs.items()}, indent=2))
+        return 0
+    if getattr(args, "stages", None):
+        raise ConfigError(f"--stages: {args.benchmark} is a ladder; it runs every rung's stages (run one rung's "
+                          f"stages with its protocol benchmark, {ladder.protocol})")
+    first = next(iter(ladder.rungs.values()))
+    root = store.run_root(ladder.benchmark, ladder.name)
+    store.check_run_dir(root)
+    data.check_source(first.data.source)
+    launch = graph.Launch(args.nproc, args.accelerate_config, args.device, args.workers).resolved(first.torch_threads)
+    for cfg in ladder.rungs.values():
+        graph.check(cfg, None, launch)
+        hub.check_hub(cfg)
+    source_id = data.check(first)
+    log.info("ladder %s of %s: rungs %s; runs in %s", ladder.name, ladder.benchmark, ", ".join(ladder.rungs), root)
+    root = ladder_mod.run(ladder, args.force, config_mod.protocol(ladder.protocol, args.config), launch, source_id)
+    for name in ("scaling.md", "scaling.png", "scaling.csv"):
         if (root / name).exists():
             log.info("result: %s", root / name)
     return 0

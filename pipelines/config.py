@@ -498,10 +498,81 @@ def _resolve(doc: dict, benchmark: str, scale: str | None, path: Path) -> Benchm
     return _build(BenchmarkConfig, merged, f"{benchmark}.")
 
 
+@dataclass(frozen=True)
+class Ladder:
+    """A benchmark of rungs (imdb-scaling): the whole comparison of `protocol` at each rung, a scale-like override
+    of the protocol's `base_scale` (the model's shape, its learning rates...). Its scales are ladders."""
+    benchmark: str  # the ladder benchmark's name: runs/<benchmark>/<name>/<rung>/
+    name: str  # the ladder (the scale picked)
+    protocol: str  # the benchmark every rung runs
+    rungs: dict[str, BenchmarkConfig]  # in the file's order (smallest first)
+
+
+def is_ladder(doc: dict, benchmark: str) -> bool:
+    return isinstance(doc.get(benchmark), dict) and "protocol" in doc[benchmark]
+
+
+def _resolve_ladder(doc: dict, benchmark: str, scale: str | None, path: Path) -> Ladder:
+    """[<benchmark>] protocol = "<benchmark>", [<benchmark>.scales.<ladder>] base_scale = "<its scale>" plus any
+    keys for every rung, [<benchmark>.scales.<ladder>.rungs.<rung>...] each rung's own."""
+    check_name("benchmark", benchmark)
+    table = dict(doc[benchmark])
+    protocol_name, scales = table.pop("protocol"), table.pop("scales", {})
+    scale = scale or table.pop("default_scale", None)
+    unknown = set(table) - {"description", "default_scale"}
+    if unknown:
+        raise ConfigError(f"{benchmark}: unknown keys {sorted(unknown)}; a ladder's table holds protocol, "
+                          f"default_scale, description and scales")
+    if protocol_name not in benchmark_names(doc) or is_ladder(doc, protocol_name):
+        raise ConfigError(f"{benchmark}.protocol = {protocol_name!r}: allowed: a benchmark that is not a ladder "
+                          f"({', '.join(b for b in benchmark_names(doc) if not is_ladder(doc, b))})")
+    if not isinstance(scales, dict) or scale not in scales or not isinstance(scales[scale], dict):
+        raise ConfigError(f"unknown ladder {scale!r} for {benchmark}; allowed: {', '.join(scales)}")
+    check_name("ladder", scale)
+    ladder = dict(scales[scale])
+    base, rungs = ladder.pop("base_scale", None), ladder.pop("rungs", None)
+    base_scales = doc[protocol_name].get("scales", {})
+    if base not in base_scales:
+        raise ConfigError(f"{benchmark}.scales.{scale}.base_scale = {base!r}: allowed: a scale of {protocol_name} "
+                          f"({', '.join(base_scales)})")
+    if not isinstance(rungs, dict) or len(rungs) < 2 or not all(isinstance(r, dict) for r in rungs.values()):
+        raise ConfigError(f"{benchmark}.scales.{scale}.rungs: allowed: at least 2 tables "
+                          f"[{benchmark}.scales.{scale}.rungs.<name>], each a rung's overrides")
+    out = {}
+    for rung, overrides in rungs.items():
+        check_name("rung", rung)
+        own = {k: v for k, v in doc[protocol_name].items() if k not in ("scales", "default_scale")}
+        one = {protocol_name: {**own, "scales": {base: _merge(_merge(base_scales[base], ladder), overrides)}}}
+        try:
+            cfg = _resolve(one, protocol_name, base, path)
+        except ConfigError as e:
+            raise ConfigError(f"{benchmark}.scales.{scale}.rungs.{rung}: {e}") from None
+        out[rung] = dataclasses.replace(cfg, benchmark=benchmark, scale=scale)
+    return Ladder(benchmark, scale, protocol_name, out)
+
+
+def load_ladder(benchmark: str, scale: str | None = None, path: Path = DEFAULT_FILE) -> Ladder:
+    """A ladder benchmark at one of its ladders (its default_scale when None), after the whole file is checked."""
+    doc = read_toml(path)
+    if not is_ladder(doc, benchmark):
+        raise ConfigError(f"{benchmark!r} is not a ladder; ladders in {path.name}: "
+                          f"{', '.join(b for b in benchmark_names(doc) if is_ladder(doc, b)) or 'none'}")
+    ladder = _resolve_ladder(doc, benchmark, scale, path)
+    check_file(doc, path)
+    return ladder
+
+
 def check_file(doc: dict, path: Path) -> None:
     """The whole file, not only the scale being run: every benchmark's own table (the paper's protocol, which
     the report prints) and every scale resolved, so a mistake anywhere is found on the next run."""
     for benchmark in benchmark_names(doc):
+        if is_ladder(doc, benchmark):
+            for ladder in scale_names(doc, benchmark):
+                try:
+                    _resolve_ladder(doc, benchmark, ladder, path)
+                except ConfigError as e:
+                    raise ConfigError(f"{path.name}, ladder {ladder}: {e}") from None
+            continue
         table = {k: v for k, v in doc[benchmark].items() if k not in ("scales", "default_scale")}
         _build(BenchmarkConfig, table, f"{benchmark}.", partial=True)
         for scale in scale_names(doc, benchmark):
@@ -517,6 +588,8 @@ def load(benchmark: str, scale: str | None = None, path: Path = DEFAULT_FILE) ->
     doc = read_toml(path)
     if benchmark not in benchmark_names(doc):
         raise ConfigError(f"unknown benchmark {benchmark!r}; {path.name} defines: {', '.join(benchmark_names(doc))}")
+    if is_ladder(doc, benchmark):
+        raise ConfigError(f"{benchmark} is a ladder of rungs: load_ladder reads it")
     cfg = _resolve(doc, benchmark, scale, path)  # first: its own errors read without the file prefix
     check_file(doc, path)
     return cfg
@@ -589,4 +662,10 @@ def reference_markdown() -> str:
                 allowed.append("non-empty")
             lines.append(f"| `{f.name}` | {_type_name(tp)} | {default} | {', '.join(allowed)} | {m['help']} |")
         lines.append("")
+    lines += ["## A ladder benchmark (`imdb-scaling`)", "",
+              "A table with `protocol = \"<benchmark>\"` is a ladder (docs/scaling.md): its table holds `protocol`, "
+              "`default_scale` and `description`; each of its scales is a ladder, `[<ladder benchmark>.scales.<ladder>]`, "
+              "with `base_scale` (a scale of the protocol benchmark), any keys above for every rung, and at least two "
+              "rungs, `[<ladder benchmark>.scales.<ladder>.rungs.<rung>]`, each overriding the base scale like a "
+              "scale. Unset keys of a section follow the rules above.", ""]
     return "\n".join(lines)

@@ -353,16 +353,20 @@ def check(cfg: BenchmarkConfig, only: list[str] | None, launch: Launch = Launch(
 
 
 def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False,
-        protocol: dict | None = None, launch: Launch = Launch(workers=1), source_id: str | None = None) -> Path:
+        protocol: dict | None = None, launch: Launch = Launch(workers=1), source_id: str | None = None,
+        root: Path | None = None, tracking: dict | None = None, shared: dict[str, Path] | None = None) -> Path:
     """Run the benchmark's stages, skipping the finished ones; stages whose inputs are ready run side by side
     while `launch.workers` allows (a stage's processes each take one worker; ground_truth and report, which
     train no language model, take none). Returns the run folder.
     protocol: the benchmark's table before scale overrides (config.protocol), for the report.
-    source_id: a file source's content (data.check), an input of the stages that read the data."""
+    source_id: a file source's content (data.check), an input of the stages that read the data.
+    root, tracking, shared: a ladder's rung (pipelines/ladder.py): its folder, the ladder's wandb group, and
+    stages whose folder is the ladder's (the ground truth every rung shares)."""
     launch = launch.resolved(cfg.torch_threads)
     check(cfg, only, launch)
-    root = store.run_root(cfg.benchmark, cfg.scale)
-    tracking = job_tracking(cfg.benchmark, cfg.scale)  # one wandb group for this whole run
+    root = root or store.run_root(cfg.benchmark, cfg.scale)
+    folders = {name: (shared or {}).get(name, root / name) for name in STAGES}
+    tracking = tracking or job_tracking(cfg.benchmark, cfg.scale)  # one wandb group for this whole run
     if tracking["mode"] != "disabled":
         log.info("wandb: %s, project %s, group %s%s", tracking["mode"], tracking["project"], tracking["group"],
                  " (no API key: `make wandb-sync` uploads later; WANDB=off turns it off)"
@@ -376,7 +380,7 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
             while waiting or running:
                 busy = sum(r.processes for r in running.values() if r.stage.multiprocess)
                 for stage in [s for s in waiting if all(n in settled for n in s.needs)]:
-                    final = root / stage.name
+                    final = folders[stage.name]
                     config = stage_config(cfg, stage, protocol)
                     inputs = {need: identities.get(need) for need in stage.needs}
                     if source_id and "data" in stage.sections:
@@ -387,7 +391,7 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
                         n = launch.processes_for(stage, config) if stage.multiprocess else 0
                         if running and busy + n > launch.workers:
                             continue  # its turn comes when a running stage finishes
-                        _start_stage(cfg, stage, config, inputs, final, root, "--force" if force else why,
+                        _start_stage(cfg, stage, config, inputs, final, folders, "--force" if force else why,
                                      tracking, launch, running, lock)
                         busy += n
                     else:
@@ -428,6 +432,31 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
     return root
 
 
+def run_one(cfg: BenchmarkConfig, stage: Stage, config: dict, inputs: dict, folders: dict[str, Path], root: Path,
+            force: bool, tracking: dict, lock: store.RunLock) -> str:
+    """One stage outside a benchmark's graph (a ladder's scaling stage, in root/<stage>, whose lock the caller
+    holds): run unless finished with this config and these inputs (identities). folders: the folders of its
+    needs. -> its identity."""
+    final = root / stage.name
+    manifest = store.read_manifest(final)
+    why = _why_to_run(final, manifest, config, inputs)
+    if not (force or why):
+        log.info("[%s] up to date, skipped (%s)", stage.name, final)
+        _publish(stage, final, root)
+        return manifest["identity"]
+    running: dict[str, _Running] = {}
+    _start_stage(cfg, stage, config, inputs, final, folders, "--force" if force else why, tracking,
+                 Launch(workers=1), running, lock)
+    try:
+        running[stage.name].proc.wait()
+    except BaseException as e:
+        if isinstance(e, Interrupted):
+            e.stage = stage.name
+        _stop(running[stage.name].proc)
+        raise
+    return _finish_stage(cfg, running[stage.name], root)
+
+
 @dataclass
 class _Running:
     stage: Stage
@@ -440,12 +469,12 @@ class _Running:
     start: float
 
 
-def _start_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, root: Path, why: str,
+def _start_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, folders: dict[str, Path], why: str,
                  tracking: dict, launch: Launch, running: dict[str, _Running], lock: store.RunLock) -> None:
-    """Start the stage's process and add it to `running`, which the lock covers."""
+    """Start the stage's process and add it to `running`, which the lock covers. folders: every stage's."""
     log.info("[%s] %s (%s scale) - runs because %s", stage.name, stage.what, cfg.scale, why)
     log.info("[%s] inputs: %s; writes %s", stage.name,
-             ", ".join(str(root / n) for n in stage.needs) or "the data source", final)
+             ", ".join(str(folders[n]) for n in stage.needs) or "the data source", final)
     # --force starts over; otherwise a run of the same job killed part-way resumes from its checkpoints
     tmp, resumed = store.temp_dir_for(final, None if why == "--force" else stable_hash([config, inputs]))
     if resumed:
@@ -453,7 +482,7 @@ def _start_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, roo
     job = {
         "stage": stage.name, "benchmark": cfg.benchmark, "scale": cfg.scale, "seed": cfg.seed,
         "torch_threads": cfg.torch_threads, "config": config, "out": str(tmp),
-        "inputs": {n: str(root / n) for n in stage.needs}, "tracking": tracking,
+        "inputs": {n: str(folders[n]) for n in stage.needs}, "tracking": tracking,
     }
     (tmp / "job.json").write_text(json.dumps(job, indent=2))
     command = launch.command(stage, config) + [str(tmp / "job.json")]

@@ -1,0 +1,49 @@
+"""A ladder of model sizes (imdb-scaling): the whole comparison of the protocol benchmark at each rung, then the
+scaling stage across the rungs.
+
+Each rung is a benchmark run of its own (every stage of pipelines/graph.py, skipped when finished) in
+runs/<ladder benchmark>/<ladder>/<rung>/, with the rung's overrides of the protocol's base scale; the rungs share
+the data, the evaluation prompts (the same seeded splits), the tokenizer (trained the same way from the same
+reviews) and the ground truth (one folder, runs/<...>/<ladder>/ground_truth/). One wandb group holds the ladder;
+each run's config names its rung. The scaling stage (`python -m scaling`) then reads every rung's report
+(summary.json) and SFT model size into scaling.csv, scaling.png/pdf and scaling.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from core.tracking import job_tracking
+
+from . import graph, store
+from .config import Ladder
+
+log = logging.getLogger("pipelines")
+
+SCALING = graph.Stage("scaling", (), publish=("scaling.csv", "scaling.png", "scaling.pdf", "scaling.md"),
+                      what="the comparison across the rungs: scaling.csv, scaling.png/pdf, scaling.md",
+                      multiprocess=False)
+
+
+def run(ladder: Ladder, force: bool = False, protocol: dict | None = None,
+        launch: graph.Launch = graph.Launch(workers=1), source_id: str | None = None) -> Path:
+    """Every rung in order (smallest first), then the scaling stage. Returns the ladder's folder."""
+    root = store.run_root(ladder.benchmark, ladder.name)
+    tracking = job_tracking(ladder.benchmark, ladder.name)  # one wandb group for the whole ladder
+    shared = {"ground_truth": root / "ground_truth"}
+    with store.RunLock(root) as lock:
+        identities = {}
+        for k, (rung, cfg) in enumerate(ladder.rungs.items()):
+            log.info("rung %s (%d of %d): %d layers x %d wide, in %s", rung, k + 1, len(ladder.rungs),
+                     cfg.sft.n_layer, cfg.sft.n_embd, root / rung)
+            graph.run(cfg, None, force, protocol, launch, source_id, root=root / rung,
+                      tracking={**tracking, "rung": rung}, shared=shared)
+            identities[rung] = store.read_manifest(root / rung / "report")["identity"]
+        first = next(iter(ladder.rungs.values()))
+        config = {"rungs": list(ladder.rungs), "methods": first.methods, "report": first.section("report")}
+        stage = graph.Stage(SCALING.name, (), needs=tuple(ladder.rungs), publish=SCALING.publish, what=SCALING.what,
+                            multiprocess=False)
+        graph.run_one(first, stage, config, identities, {rung: root / rung for rung in ladder.rungs}, root, force,
+                      tracking, lock)
+    return root

@@ -1,0 +1,87 @@
+"""imdb-scaling: a ladder of rungs, each the whole comparison, then scaling.csv / .png / .md across them."""
+
+import csv
+import importlib
+import json
+
+import pytest
+from scipy import stats
+
+from conftest import BASE_TOML, cli
+from pipelines.config import ConfigError, load_ladder
+
+scaling = importlib.import_module("scaling.__main__")
+
+
+def test_micro_ladder_end_to_end(tmp_path):
+    """`python -m pipelines run imdb-scaling --scale micro`: two rungs of growing size from one shared ground
+    truth, each a full comparison, and the ladder's outputs with every method and DPO - PPO at every measure."""
+    cli("run", "imdb-scaling", "--scale", "micro", run_dir=tmp_path, check=True)
+    root = tmp_path / "imdb-scaling" / "micro"
+    for name in ("scaling.csv", "scaling.png", "scaling.pdf", "scaling.md"):
+        assert (root / name).is_file(), name
+    assert (root / "ground_truth" / "manifest.json").is_file()
+    assert not (root / "a" / "ground_truth").exists() and not (root / "b" / "ground_truth").exists()  # shared
+    gt_identity = json.loads((root / "ground_truth" / "manifest.json").read_text())["identity"]
+    for rung in ("a", "b"):
+        assert json.loads((root / rung / "pairs" / "manifest.json").read_text())["inputs"]["ground_truth"] == \
+            gt_identity
+    jobs = [json.loads((root / r / "dpo" / "job.json").read_text()) for r in ("a", "b")]
+    assert jobs[0]["tracking"]["group"] == jobs[1]["tracking"]["group"]  # one wandb group, the rung in each run
+    assert [j["tracking"]["rung"] for j in jobs] == ["a", "b"]
+
+    rows = list(csv.DictReader(open(root / "scaling.csv")))
+    measures = ["KL <= 2", "KL <= 5", "KL <= 10", "front area, KL 0-10"]
+    for rung in ("a", "b"):
+        for method in ("dpo", "ppo", "ppo-gt", "dpo - ppo"):
+            assert [r["measure"] for r in rows if r["rung"] == rung and r["method"] == method] == measures
+    params = {r["rung"]: int(r["parameters"]) for r in rows}
+    assert params["b"] > 3 * params["a"]  # 2 x 64 against 1 x 32
+    for r in rows:
+        assert float(r["low"]) <= float(r["reward"]) <= float(r["high"])
+    md = (root / "scaling.md").read_text()
+    assert sum(line.startswith("- At ") and "DPO - PPO" in line for line in md.splitlines()) == len(measures)
+    assert "one training seed" in md  # seeds = 1 at micro: no word is given
+    # a second run trains nothing and writes the same table
+    before = (root / "scaling.csv").read_text()
+    proc = cli("run", "imdb-scaling", "--scale", "micro", run_dir=tmp_path, check=True)
+    assert "runs because" not in proc.stderr and (root / "scaling.csv").read_text() == before
+
+
+def test_change_adds_the_two_rungs_variances():
+    z = stats.norm.ppf(0.975)
+    small = {"estimate": 0.10, "low": 0.10 - 0.03 * z, "high": 0.10 + 0.03 * z}  # se 0.03
+    large = {"estimate": -0.05, "low": -0.05 - 0.04 * z, "high": -0.05 + 0.04 * z}  # se 0.04
+    d, low, high = scaling.change(small, large, 0.95)
+    assert d == pytest.approx(-0.15)
+    assert (high - low) / 2 == pytest.approx(0.05 * z)  # sqrt(0.03^2 + 0.04^2) = 0.05
+
+
+@pytest.mark.parametrize("small, large, seeds, word", [
+    (0.00, 0.20, 3, "DPO gains on PPO"), (0.10, -0.15, 3, "PPO gains on DPO"), (0.00, 0.02, 3, "not resolved"),
+    (0.00, 0.20, 1, "one training seed")])
+def test_trend_sentence_says_which_way_the_gap_moves(small, large, seeds, word):
+    iv = lambda e: {"estimate": e, "low": e - 0.05, "high": e + 0.05, "seeds": seeds}  # noqa: E731
+    rungs = [{"parameters": p, "summary": {"comparisons": {"dpo - ppo": {"KL <= 5": iv(e)}}}}
+             for p, e in ((250_000, small), (4_000_000, large))]
+    text = scaling.trend_sentence("KL <= 5", rungs, 0.95)
+    assert word in text and f"{large - small:+.3f}" in text and "0.25M" in text and "4.00M" in text
+
+
+@pytest.mark.parametrize("edit, message", [
+    ('[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2\nn_embd = 64\nn_head = 2\n', "at least 2"),
+    ('base_scale = "micro"', "base_scale"),
+    ('protocol = "imdb-sentiment"', "protocol"),
+    ('[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2\nn_embd = 64\nn_head = 2',
+     "rungs.b: sft.n_head (3) must divide"),
+])
+def test_a_bad_ladder_is_a_one_line_error(tmp_path, edit, message):
+    replacement = {"at least 2": "", "base_scale": 'base_scale = "nano"', "protocol": 'protocol = "imdb-scaling"',
+                   "rungs.b: sft.n_head (3) must divide":
+                       '[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2\nn_embd = 64\nn_head = 3'}[message]
+    assert edit in BASE_TOML
+    path = tmp_path / "benchmarks.toml"
+    path.write_text(BASE_TOML.replace(edit, replacement))
+    with pytest.raises(ConfigError) as e:
+        load_ladder("imdb-scaling", "micro", path)
+    assert message in str(e.value) and "\n" not in str(e.value)
