@@ -72,12 +72,15 @@ def stage_flops(root: Path) -> dict[str, float]:
             continue
         cfg = m[stage]["config"][stage]
         flops = 0.0
+        epochs = cfg.get("epochs", 1)
         for run in read(stage, "runs.json"):
-            tokens = run["steps"] * cfg["prompts_per_step"] * cfg.get("num_generations", 2) * sequence
+            tokens = run["steps"] * cfg["prompts_per_step"] * cfg.get("num_generations", 2) * sequence  # trained on
             flops += lm * run.get("tokens_generated", 0)  # sampling
-            # no-grad: the policy's and the reference's log-probs, and for a reward-model method the reward model
-            flops += tokens * (2 * lm + (scalar if not run["method"].endswith("-gt") else 0))
-            flops += 3 * lm * tokens  # the gradient step, forward + backward
+            # no-grad, once a batch (steps / epochs batches): the reference's log-probs, RLOO's and GRPO's old
+            # policy's, and for a reward-model method the reward model
+            passes = lm * (1 if stage == "online_dpo" else 2) + (scalar if not run["method"].endswith("-gt") else 0)
+            flops += tokens / epochs * passes
+            flops += 3 * lm * tokens  # each optimiser step, forward + backward
         out[stage] = flops
     if "best_of_n" in m:  # M samples per evaluation prompt, each scored by the reward model
         metrics = m["best_of_n"]["metrics"]

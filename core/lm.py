@@ -58,9 +58,8 @@ def positions_from_mask(model):
     at shifted positions: with GPT-2's learned absolute positions its log-probs are another model's (measured on
     the tiny model: up to 8 nats apart). Our own code pads on the right or passes positions; TRL's online trainers
     (RLOO, GRPO, Online DPO) score left-padded prompt + completion rows without them, so the policy gradient and
-    the KL to the reference were computed at the wrong positions while sampling (generate passes positions) used
-    the right ones. Right-padded and unpadded rows get 0..T-1 as before. Patched on the backbone, which TRL's
-    fused LM head calls directly."""
+    the KL to the reference were computed at the wrong positions. Right-padded and unpadded rows get 0..T-1 as
+    before. Patched on the backbone, which TRL's fused LM head calls directly."""
     import types
 
     backbone = model.base_model

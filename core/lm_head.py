@@ -16,8 +16,11 @@ def plain_lm_head(model) -> None:
     import torch.nn.functional as F
     from trl.trainer.utils import FusedCausalLMOutput
 
+    import functools
+
     original = type(model).forward
 
+    @functools.wraps(original)  # generate reads the signature (position_ids) to know what to pass
     def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kw):
         if not fused_lm_head:
             return original(self, *args, labels=labels, **kw)

@@ -68,7 +68,8 @@ def start(job, name: str | None = None, method: str | None = None, params: dict 
         config={**job.config, "benchmark": job.benchmark, "scale": job.scale, "stage": job.stage,
                 **({"rung": job.tracking["rung"]} if "rung" in job.tracking else {}),  # a ladder's (imdb-scaling)
                 **({"method": method} if method else {}), **(params or {})},
-        tags=[job.scale, method or job.stage, *([job.tracking["rung"]] if "rung" in job.tracking else [])], mode=job.tracking["mode"], dir=os.environ.get("WANDB_DIR"),
+        tags=[job.scale, method or job.stage, *([job.tracking["rung"]] if "rung" in job.tracking else [])],
+        mode=job.tracking["mode"], dir=os.environ.get("WANDB_DIR"),
         settings=wandb.Settings(console="off", silent=True), reinit="finish_previous")
     run.define_metric("train/global_step")
     run.define_metric("train/*", step_metric="train/global_step")

@@ -50,7 +50,8 @@ def make_trainer_class(stage: str):
         def __init__(self, *args, prompt_ids: dict[str, list[int]], **kwargs):
             super().__init__(*args, **kwargs)
             self.prompt_ids = prompt_ids
-            lm.positions_from_mask(self.ref_model)  # TRL loads it again: it scores left-padded rows (see there)
+            if self.ref_model is not None:  # TRL loads it again: it scores left-padded rows (see lm)
+                lm.positions_from_mask(self.ref_model)
             if self.accelerator.device.type == "cpu":  # TRL's chunked log-prob head is slow without Triton
                 plain_lm_head(self.model)
                 if self.ref_model is not None:
@@ -63,9 +64,13 @@ def make_trainer_class(stage: str):
 
 
 def _online_dpo_trainer_class():
+    from contextlib import nullcontext
+
     import torch
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from trl.experimental.online_dpo import OnlineDPOTrainer
     from trl.experimental.utils import truncate_right
+    from trl.models.utils import unwrap_model_for_generation
 
     class IdsOnlineDPOTrainer(OnlineDPOTrainer):
         """OnlineDPOTrainer sampling from our prompt ids (it re-tokenizes the texts without special tokens, which
@@ -82,9 +87,12 @@ def _online_dpo_trainer_class():
             device = next(model.parameters()).device
             ids, mask = lm.left_pad([self.prompt_ids[p] for p in prompts], self._tokenizer.pad_token_id)
             ids, mask = ids.repeat(2, 1).to(device), mask.repeat(2, 1).to(device)
-            with torch.no_grad():
-                out = self.accelerator.unwrap_model(model).generate(
-                    input_ids=ids, attention_mask=mask, generation_config=self.generation_config)
+            with (unwrap_model_for_generation(model, self.accelerator,  # as TRL's: DeepSpeed / FSDP gather
+                                              gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                                              generation_kwargs=self.generation_kwargs) as unwrapped,
+                  torch.no_grad(),
+                  FSDP.summon_full_params(self.model_wrapped, recurse=False) if self.is_fsdp_enabled else nullcontext()):
+                out = unwrapped.generate(input_ids=ids, attention_mask=mask, generation_config=self.generation_config)
             completion_ids, completion_mask = truncate_right(out[:, ids.size(1):], self.eos_token_ids,
                                                              self._tokenizer.pad_token_id)
             self.stats["completions/mean_length"].append(completion_mask.sum(1).float().mean().item())
@@ -99,7 +107,7 @@ def config(stage: str, cfg, beta: float, run, job):
         output_dir=str(run.folder), learning_rate=cfg.learning_rate, lr_scheduler_type="constant_with_warmup",
         warmup_steps=cfg.warmup_steps, save_strategy="steps", save_total_limit=None, logging_steps=1,
         report_to=tracking.report_to(job), seed=run.training_seed, data_seed=run.training_seed,
-        remove_unused_columns=False,  # the reward function reads the prompts' token ids
+        remove_unused_columns=False,  # the dataset is the prompts' texts, which the trainers read themselves
         disable_tqdm=not dist.is_main(), logging_nan_inf_filter=False, **PURE_SAMPLING, **trainer_args(job))
     if stage == "online_dpo":
         from trl.experimental.online_dpo import OnlineDPOConfig
@@ -123,9 +131,10 @@ def config(stage: str, cfg, beta: float, run, job):
 
 
 def summary(stage: str, history: list[dict], completions_per_step: int) -> dict:
-    """Cost and the last logged KL and reward from TRL's log. KL: the sequence's sum of log-ratios (RLOO / GRPO log
-    the per-token mean: times the mean length). With epochs > 1 only a batch's first step samples, and logs the
-    reward and the length."""
+    """Cost and the last logged KL and reward from TRL's log (eval's exact KL is the frontier's). KL: the sequence's
+    sum of log-ratios (RLOO / GRPO log the per-token mean: times the mean length; Online DPO's objective/kl also sums
+    the pad positions after EOS, which at tiny completions rarely reach). With epochs > 1 only a batch's first step
+    samples, and logs the reward and the length."""
     kl_key, reward_key = ("objective/kl", "objective/scores") if stage == "online_dpo" else ("kl", "reward")
 
     def last(key):
@@ -154,9 +163,10 @@ def train_run(method: str, beta: float, seed: int, cfg, job, dataset, prompt_ids
     model = lm.load_causal_lm(job.upstream("sft", seed))  # also the reference: TRL copies or reloads it
     model.train()
     run.start()  # TRL's callback logs into its wandb run; TRL resumes the training itself
-    trainer = make_trainer_class(job.stage)(model=model, reward_funcs=[reward], args=config(job.stage, cfg, beta, run, job),
-                                            train_dataset=dataset, processing_class=tokenizer,
-                                            callbacks=[stop_on_non_finite_loss()], prompt_ids=prompt_ids)
+    args = config(job.stage, cfg, beta, run, job)
+    trainer = make_trainer_class(job.stage)(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
+                                            processing_class=tokenizer, callbacks=[stop_on_non_finite_loss()],
+                                            prompt_ids=prompt_ids)
     result = trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(run.folder))
     epochs = getattr(cfg, "epochs", 1)
     save_last_checkpoint(trainer, run.folder, cfg.eval_every * epochs)  # TRL saved every eval_every batches

@@ -216,6 +216,10 @@ class GRPOConfig(RLOOConfig):
     betas: list[float] = spec(gt=0, nonempty=True, help="one run per method (grpo, grpo-gt) and KL coefficient: "
                                                        "beta x the per-token k3 estimate of KL(pi || SFT) is added "
                                                        "to the loss, averaged over each completion's tokens")
+    num_generations: int = spec(4, ge=2, help="completions per prompt (the group): each one's advantage is its "
+                                              "reward standardised by the group's mean and std")
+    epochs: int = spec(1, gt=0, help="optimiser steps on each batch (TRL's num_iterations), after the first under "
+                                     "the per-token clipped ratio (clip 0.2)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -541,6 +545,9 @@ def _resolve_ladder(doc: dict, benchmark: str, scale: str | None, path: Path) ->
     out = {}
     for rung, overrides in rungs.items():
         check_name("rung", rung)
+        if rung in ("ground_truth", "scaling"):
+            raise ConfigError(f"{benchmark}.scales.{scale}.rungs.{rung}: the name of a ladder's own folder; "
+                              f"allowed: any other rung name")
         own = {k: v for k, v in doc[protocol_name].items() if k not in ("scales", "default_scale")}
         one = {protocol_name: {**own, "scales": {base: _merge(_merge(base_scales[base], ladder), overrides)}}}
         try:
@@ -548,6 +555,13 @@ def _resolve_ladder(doc: dict, benchmark: str, scale: str | None, path: Path) ->
         except ConfigError as e:
             raise ConfigError(f"{benchmark}.scales.{scale}.rungs.{rung}: {e}") from None
         out[rung] = dataclasses.replace(cfg, benchmark=benchmark, scale=scale)
+    first, *others = out
+    for rung in others:  # one ground truth, one set of prompts for every rung
+        if (out[rung].seed, out[rung].data, out[rung].ground_truth) != (out[first].seed, out[first].data,
+                                                                        out[first].ground_truth):
+            raise ConfigError(f"{benchmark}.scales.{scale}.rungs.{rung}: seed, [data] or [ground_truth] differ from "
+                              f"rung {first}'s; allowed: the same for every rung (they share data, prompts and "
+                              f"the ground truth)")
     return Ladder(benchmark, scale, protocol_name, out)
 
 
@@ -664,7 +678,8 @@ def reference_markdown() -> str:
         lines.append("")
     lines += ["## A ladder benchmark (`imdb-scaling`)", "",
               "A table with `protocol = \"<benchmark>\"` is a ladder (docs/scaling.md): its table holds `protocol`, "
-              "`default_scale` and `description`; each of its scales is a ladder, `[<ladder benchmark>.scales.<ladder>]`, "
+              "`default_scale` and `description`; each of its scales is a ladder, "
+              "`[<ladder benchmark>.scales.<ladder>]`, "
               "with `base_scale` (a scale of the protocol benchmark), any keys above for every rung, and at least two "
               "rungs, `[<ladder benchmark>.scales.<ladder>.rungs.<rung>]`, each overriding the base scale like a "
               "scale. Unset keys of a section follow the rules above.", ""]

@@ -387,11 +387,13 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
                         inputs["data"] = source_id
                     manifest = store.read_manifest(final)
                     why = _why_to_run(final, manifest, config, inputs)
-                    if (only is None or stage.name in only) and (force or why):
+                    # a ladder's shared stages are forced only when named (once, not by every rung)
+                    forced = force and (stage.name not in (shared or {}) or only is not None)
+                    if (only is None or stage.name in only) and (forced or why):
                         n = launch.processes_for(stage, config) if stage.multiprocess else 0
                         if running and busy + n > launch.workers:
                             continue  # its turn comes when a running stage finishes
-                        _start_stage(cfg, stage, config, inputs, final, folders, "--force" if force else why,
+                        _start_stage(cfg, stage, config, inputs, final, folders, "--force" if forced else why,
                                      tracking, launch, running, lock)
                         busy += n
                     else:

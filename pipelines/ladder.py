@@ -34,13 +34,16 @@ def run(ladder: Ladder, force: bool = False, protocol: dict | None = None,
     shared = {"ground_truth": root / "ground_truth"}
     with store.RunLock(root) as lock:
         identities = {}
+        first_rung, first = next(iter(ladder.rungs.items()))
+        if force:  # the shared stages once (graph.run does not force them: each rung would replace them again)
+            graph.run(first, list(shared), True, protocol, launch, source_id, root=root / first_rung,
+                      tracking={**tracking, "rung": first_rung}, shared=shared)
         for k, (rung, cfg) in enumerate(ladder.rungs.items()):
-            log.info("rung %s (%d of %d): %d layers x %d wide, in %s", rung, k + 1, len(ladder.rungs),
-                     cfg.sft.n_layer, cfg.sft.n_embd, root / rung)
+            shape = f"{cfg.sft.n_layer} layers x {cfg.sft.n_embd} wide" if cfg.sft.model == "scratch" else cfg.sft.model
+            log.info("rung %s (%d of %d): %s, in %s", rung, k + 1, len(ladder.rungs), shape, root / rung)
             graph.run(cfg, None, force, protocol, launch, source_id, root=root / rung,
                       tracking={**tracking, "rung": rung}, shared=shared)
             identities[rung] = store.read_manifest(root / rung / "report")["identity"]
-        first = next(iter(ladder.rungs.values()))
         config = {"rungs": list(ladder.rungs), "methods": first.methods, "report": first.section("report")}
         stage = graph.Stage(SCALING.name, (), needs=tuple(ladder.rungs), publish=SCALING.publish, what=SCALING.what,
                             multiprocess=False)

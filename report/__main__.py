@@ -29,10 +29,10 @@ from pipelines.config import flatten
 
 log = logging.getLogger("stage")
 # the comparisons of the verdict: the paper's (DPO against each method, PPO on the learned reward against the truth),
-# then DPO against each method beyond the paper, and our PPO against TRL's RLOO
+# then DPO against each method beyond the paper, and our PPO against TRL's RLOO and GRPO
 PAIRS = [("dpo", "ppo"), ("dpo", "ppo-gt"), ("ppo", "ppo-gt"), ("dpo", "unlikelihood"), ("dpo", "preferred-ft")]
 PAIRS += [("dpo", m) for m in METHODS if m != "dpo" and ("dpo", m) not in PAIRS]
-PAIRS += [("ppo", "rloo"), ("ppo-gt", "rloo-gt"), ("ppo", "grpo"), ("ppo-gt", "grpo-gt")]  # our PPO against a library's RL
+PAIRS += [("ppo", "rloo"), ("ppo-gt", "rloo-gt"), ("ppo", "grpo"), ("ppo-gt", "grpo-gt")]  # ours vs a library's RL
 FIGURES = ("frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf")
 BAND_BUDGETS = 41  # KL budgets on the band figure's axis
 BAND_RESAMPLES = 400  # per budget: a figure's band, not a reported number

@@ -81,7 +81,9 @@ def trend_sentence(measure: str, rungs: list[dict], confidence: float) -> str:
         word = "PPO gains on DPO as the model grows"
     else:
         word = "not resolved"
-    at = lambda iv, r: f"{iv['estimate']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}] at {r['parameters'] / 1e6:.2f}M"  # noqa: E731
+    def at(iv, rung):
+        return f"{iv['estimate']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}] at {rung['parameters'] / 1e6:.2f}M"
+
     return (f"At {measure}: DPO - PPO is {at(a, first)} and {at(b, last)} parameters; the change, "
             f"{d:+.3f} [{low:+.3f}, {high:+.3f}]: {word}.")
 

@@ -74,11 +74,17 @@ def test_trend_sentence_says_which_way_the_gap_moves(small, large, seeds, word):
     ('protocol = "imdb-sentiment"', "protocol"),
     ('[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2\nn_embd = 64\nn_head = 2',
      "rungs.b: sft.n_head (3) must divide"),
+    ('[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2', "[data] or [ground_truth] differ"),
+    ('[imdb-scaling.scales.micro.rungs.b.sft]', "a ladder's own folder"),
 ])
 def test_a_bad_ladder_is_a_one_line_error(tmp_path, edit, message):
     replacement = {"at least 2": "", "base_scale": 'base_scale = "nano"', "protocol": 'protocol = "imdb-scaling"',
                    "rungs.b: sft.n_head (3) must divide":
-                       '[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2\nn_embd = 64\nn_head = 3'}[message]
+                       '[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2\nn_embd = 64\nn_head = 3',
+                   "[data] or [ground_truth] differ":
+                       '[imdb-scaling.scales.micro.rungs.b.data]\neval_reviews = 30\n\n'
+                       '[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2',
+                   "a ladder's own folder": '[imdb-scaling.scales.micro.rungs.scaling.sft]'}[message]
     assert edit in BASE_TOML
     path = tmp_path / "benchmarks.toml"
     path.write_text(BASE_TOML.replace(edit, replacement))
