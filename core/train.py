@@ -46,7 +46,9 @@ def trainer_args(job) -> dict:
     return {"bf16": bf16(), "use_cpu": dist.on_cpu(), "dataloader_num_workers": 0,
             "max_grad_norm": job.section("train").max_grad_norm,
             # TRL turns it on by default: recomputing each block's forward in the backward saves memory these models
-            # do not need and costs time (measured +12% a training step on the tiny model); the same numbers
+            # do not need and costs time (measured +12% a training step on the tiny model). The same computation,
+            # but SFT's dropout draws from the random stream in another order: a fresh run's models differ from
+            # those of a run made before this (config hashes are unchanged, so finished stages are kept)
             "gradient_checkpointing": False}
 
 
