@@ -90,6 +90,8 @@ def trend_sentence(measure: str, rungs: list[dict], confidence: float) -> str:
 
 def plot(rows: list[dict], measures: list[str], methods: list[str], path_stem) -> None:
     """One panel per measure: each method's reward against parameters; the last: DPO - PPO at every measure."""
+    from matplotlib.ticker import NullFormatter
+
     fig, axes = panels(len(measures) + 1, 4.2, 3.4)
     for ax, measure in zip(axes, measures):
         for method in methods:
@@ -102,6 +104,7 @@ def plot(rows: list[dict], measures: list[str], methods: list[str], path_stem) -
             ax.errorbar(x, y, yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]], color=color,
                         marker=marker, capsize=3, label=label(method))
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the decades only: a ladder's few rungs crowd minor labels
         ax.set_title(measure, fontsize=10)
         ax.set_xlabel("SFT model parameters")
         ax.set_ylabel("test reward (chosen on select)")
@@ -115,6 +118,7 @@ def plot(rows: list[dict], measures: list[str], methods: list[str], path_stem) -
                         label=measure)
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_title("DPO - PPO", fontsize=10)
     ax.set_xlabel("SFT model parameters")
     ax.legend(fontsize=7)
