@@ -92,17 +92,28 @@ def measures(cfg) -> list[tuple[str, float | None]]:
     return [(f"KL <= {b:g}", b) for b in cfg.kl_budgets] + [(f"front area, KL 0-{cfg.area_max_kl:g}", None)]
 
 
-def verdict(frontier: Frontier, cfg, rng_seed: int) -> tuple[list[str], list[str], list[list[str]]]:
+def intervals(frontier: Frontier, cfg, rng_seed: int) -> tuple[dict, dict]:
+    """Every interval the report states, computed once (each is a bootstrap over test prompts).
+    -> ({method: {measure: its mean over seeds}}, {(A, B) of PAIRS present: {measure: A - B}})."""
+    def at(method, budget):
+        return frontier.per_seed(method, budget, cfg.area_max_kl)
+
+    per_method = {m: {name: interval(at(m, budget), None, cfg.confidence, cfg.resamples, rng_seed)
+                      for name, budget in measures(cfg)} for m in frontier.methods}
+    per_pair = {(a, b): {name: interval(at(a, budget), at(b, budget), cfg.confidence, cfg.resamples, rng_seed,
+                                        paired_seeds=frontier.paired_seeds)
+                         for name, budget in measures(cfg)}
+                for a, b in PAIRS if a in frontier.methods and b in frontier.methods}
+    return per_method, per_pair
+
+
+def verdict(per_pair: dict, cfg) -> tuple[list[str], list[str], list[list[str]]]:
     """Every pair of PAIRS present, at every measure: A - B with its interval and the word.
     -> (one sentence per pair, the table's header, its rows: one per pair and measure)."""
     sentences, body = [], []
-    for a, b in PAIRS:
-        if a not in frontier.methods or b not in frontier.methods:
-            continue
+    for (a, b), by_measure in per_pair.items():
         said = []
-        for name, budget in measures(cfg):
-            iv = interval(frontier.per_seed(a, budget, cfg.area_max_kl), frontier.per_seed(b, budget, cfg.area_max_kl),
-                          cfg.confidence, cfg.resamples, rng_seed, paired_seeds=frontier.paired_seeds)
+        for (name, budget), iv in zip(measures(cfg), by_measure.values()):
             said.append((f"at {name}" if budget is not None else f"on the front area (KL 0-{cfg.area_max_kl:g})", iv))
             body.append([f"{label(a)} vs {label(b)}", name, f"{iv.estimate:+.3f}", f"[{iv.low:+.3f}, {iv.high:+.3f}]",
                          str(iv.seeds), iv.word(label(a), label(b))])
@@ -114,44 +125,32 @@ def verdict(frontier: Frontier, cfg, rng_seed: int) -> tuple[list[str], list[str
     return sentences, header, body
 
 
-def summary(frontier: Frontier, runs: dict[str, list[dict]], cfg, rng_seed: int) -> dict:
+def summary(per_method: dict, per_pair: dict, runs: dict[str, list[dict]], cfg) -> dict:
     """summary.json, what a ladder (imdb-scaling) reads of each rung: per method and measure the mean over seeds
     of the chosen checkpoint's test reward with its interval; per comparison of PAIRS, A - B likewise; per method
     its training cost."""
-    def entry(iv):
-        return {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "seeds": iv.seeds}
+    def entries(by_measure):
+        return {name: {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "seeds": iv.seeds}
+                for name, iv in by_measure.items()}
 
-    out = {"confidence": cfg.confidence, "measures": [name for name, _ in measures(cfg)], "methods": {},
-           "comparisons": {}, "compute": {}}
-    for method in frontier.methods:
-        out["methods"][method] = {name: entry(interval(frontier.per_seed(method, budget, cfg.area_max_kl), None,
-                                                       cfg.confidence, cfg.resamples, rng_seed))
-                                  for name, budget in measures(cfg)}
-        rs = runs.get(method, [])
-        out["compute"][method] = {key: sum(r.get(key, 0) for r in rs)
-                                  for key in ("train_seconds", "tokens_generated", "tokens_trained")}
-    for a, b in PAIRS:
-        if a in frontier.methods and b in frontier.methods:
-            out["comparisons"][f"{a} - {b}"] = {
-                name: entry(interval(frontier.per_seed(a, budget, cfg.area_max_kl),
-                                     frontier.per_seed(b, budget, cfg.area_max_kl), cfg.confidence, cfg.resamples,
-                                     rng_seed, paired_seeds=frontier.paired_seeds))
-                for name, budget in measures(cfg)}
-    return out
+    compute = {method: {key: sum(r.get(key, 0) for r in runs.get(method, []))
+                        for key in ("train_seconds", "tokens_generated", "tokens_trained")} for method in per_method}
+    return {"confidence": cfg.confidence, "measures": [name for name, _ in measures(cfg)],
+            "methods": {m: entries(by_measure) for m, by_measure in per_method.items()},
+            "comparisons": {f"{a} - {b}": entries(by_measure) for (a, b), by_measure in per_pair.items()},
+            "compute": compute}
 
 
-def method_table(frontier: Frontier, runs: dict[str, list[dict]], cfg, rng_seed: int):
+def method_table(frontier: Frontier, per_method: dict, runs: dict[str, list[dict]], cfg):
     """Per method: runs, checkpoints, and at each measure the mean over seeds of the chosen checkpoint's test
     reward with its interval, and the mean test KL and completion length of what was chosen."""
     sft = frontier.sft
     header = ["method", "seeds", "runs", "checkpoints"] + [f"best reward, {name}" if budget is not None else name
                                                            for name, budget in measures(cfg)]
     body = [["SFT", "-", "1", "1"] + [f"{sft['reward']:.3f} +- {sft['reward_se']:.3f}"] * len(measures(cfg))]
-    for method in frontier.methods:
+    for method, by_measure in per_method.items():
         cells = []
-        for _, budget in measures(cfg):
-            iv = interval(frontier.per_seed(method, budget, cfg.area_max_kl), None, cfg.confidence, cfg.resamples,
-                          rng_seed)
+        for (_, budget), iv in zip(measures(cfg), by_measure.values()):
             kl = frontier.per_seed(method, budget, cfg.area_max_kl, "kl").mean()
             length = frontier.per_seed(method, budget, cfg.area_max_kl, "length").mean()
             cells.append(f"{iv.estimate:.3f} [{iv.low:.3f}, {iv.high:.3f}] (KL {kl:.1f}, {length:.0f} tokens)")
@@ -332,8 +331,9 @@ def build(job) -> list[tuple]:
     plot_overoptimisation(rows, job.out / "overoptimisation", pairs["sft_reward_mean"], pairs["sft_reward_std"])
     pairs_tokens = round(pairs["prompts"] * job.config["pairs"]["samples_per_prompt"] * pairs["mean_completion_tokens"])
     ev, seeds = job.config["eval"], max(frontier.seeds(m) for m in frontier.methods)  # what the data hold
-    sentences, *verdict_table = verdict(frontier, cfg, job.seed)
-    (job.out / "summary.json").write_text(json.dumps(summary(frontier, runs, cfg, job.seed), indent=1))
+    per_method, per_pair = intervals(frontier, cfg, job.seed)
+    sentences, *verdict_table = verdict(per_pair, cfg)
+    (job.out / "summary.json").write_text(json.dumps(summary(per_method, per_pair, runs, cfg), indent=1))
     plot_bands(frontier, cfg, job.seed, job.out / "frontier_bands")
 
     blocks = [
@@ -358,7 +358,7 @@ def build(job) -> list[tuple]:
               f"{cfg.confidence:.0%} interval, then the chosen checkpoints' mean test KL and completion length. "
               f"Seed {job.seed}; written {time.strftime('%Y-%m-%d %H:%M')}; frontier.csv has every point on both "
               f"splits with its standard errors."),
-        ("table", *method_table(frontier, runs, cfg, job.seed)),
+        ("table", *method_table(frontier, per_method, runs, cfg)),
         ("h2", "Reward vs KL (the DPO paper's Fig. 2, left)"),
         ("img", "frontier.png", "every checkpoint of every method and seed on the test prompts; lines: each method's "
                                 "Pareto front over all its checkpoints (chosen on test: optimistic)"),
