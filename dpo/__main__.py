@@ -37,7 +37,7 @@ import random
 
 from core import job as jobs
 from core import dist, resume, tracking
-from core.run import MethodRun
+from core.run import MethodRun, training_seed
 from core.lm_head import plain_lm_head
 from core.train import save_last_checkpoint, stop_on_non_finite_loss, trainer_args
 
@@ -161,9 +161,10 @@ def trl_config(stage: str, cfg, beta: float, **common):
     return ORPOConfig(beta=beta, max_length=None, **common)
 
 
-def train_one(beta: float, seed: int, cfg, job, pairs, heldout):
+def train_one(beta: float, seed: int, cfg, job, pairs, heldout, tokens_per_pair: float):
     """One run of the stage's loss from the SFT model; a killed run resumes from its latest checkpoint (TRL's
-    resume). The training seed sets the data order (TRL's seed and data_seed)."""
+    resume). The training seed sets the data order (TRL's seed and data_seed). pairs, heldout: what the trainer
+    reads (kto: the singles of the pairs)."""
     run = MethodRun(job, job.stage, f"beta{beta:g}", "beta", beta, seed)
     if run.summary:
         return run.summary
@@ -172,7 +173,8 @@ def train_one(beta: float, seed: int, cfg, job, pairs, heldout):
     model = lm.load_causal_lm(job.upstream("sft", seed))  # the SFT model of this seed (one unless reseed_shared)
     model.train()
     tokenizer = lm.load_tokenizer(job.upstream("sft", seed))
-    steps = cfg.max_steps or math.ceil(len(pairs) / cfg.batch_size)
+    rows_per_pair = 2 if job.stage == "kto" else 1  # kto's rows: a pair's two singles
+    steps = cfg.max_steps or math.ceil(len(pairs) / (rows_per_pair * cfg.batch_size))
     batch = dist.per_process(f"{job.stage}.batch_size", cfg.batch_size)  # pairs (kto: twice as many singles)
     args = trl_config(
         job.stage, cfg, beta, output_dir=str(run.folder), learning_rate=learning_rate(cfg, beta),
@@ -183,11 +185,6 @@ def train_one(beta: float, seed: int, cfg, job, pairs, heldout):
         logging_steps=max(1, cfg.eval_every // 4), report_to=tracking.report_to(job), seed=run.training_seed,
         data_seed=run.training_seed, **trainer_args(job), disable_tqdm=not dist.is_main(),
         remove_unused_columns=False, logging_nan_inf_filter=False)
-    per_pair = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(pairs["prompt_ids"], pairs["chosen_ids"],
-                                                                    pairs["rejected_ids"])) / len(pairs)
-    if job.stage == "kto":
-        pairs, heldout = (kto_singles(pairs, 2 * batch, run.training_seed),
-                          kto_singles(heldout, 2 * batch, run.training_seed))
     run.start()  # TRL's callback logs into its wandb run; TRL resumes the training itself
     trainer = make_trainer_class(job.stage)(model=model, args=args, train_dataset=pairs, eval_dataset=heldout,
                                             processing_class=tokenizer, callbacks=[stop_on_non_finite_loss()])
@@ -199,7 +196,7 @@ def train_one(beta: float, seed: int, cfg, job, pairs, heldout):
                      for h in trainer.state.log_history if "eval_loss" in h]
     return run.finish(
         steps=result.global_step,
-        tokens_trained=round(per_pair * result.global_step * cfg.batch_size),  # pairs seen x mean pair length
+        tokens_trained=round(tokens_per_pair * result.global_step * cfg.batch_size),  # pairs seen x mean pair length
         final_loss=history[-1]["loss"] if history else None,
         final_reward_accuracy=history[-1].get("rewards/accuracies") if history else None,
         heldout=heldout_curve)  # per checkpoint: DPO loss and reward accuracy on held-out prompts' pairs
@@ -220,9 +217,15 @@ def main():
     runs = []
     for seed in range(job.seeds):
         pairs, heldout = training_and_heldout(job.upstream("pairs", seed))
+        n_pairs = len(pairs)
+        tokens_per_pair = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(
+            pairs["prompt_ids"], pairs["chosen_ids"], pairs["rejected_ids"])) / n_pairs
+        if job.stage == "kto":  # once for every beta: the singles depend on the pairs and the training seed only
+            batch = 2 * dist.per_process(f"{job.stage}.batch_size", cfg.batch_size)
+            pairs, heldout = (kto_singles(d, batch, training_seed(job.seed, seed)) for d in (pairs, heldout))
         for beta in cfg.betas:
-            log.info("%s beta=%g, training seed %d, on %d pairs", job.stage, beta, seed, len(pairs))
-            runs.append(train_one(beta, seed, cfg, job, pairs, heldout))
+            log.info("%s beta=%g, training seed %d, on %d pairs", job.stage, beta, seed, n_pairs)
+            runs.append(train_one(beta, seed, cfg, job, pairs, heldout, tokens_per_pair))
             log.info("%s: %d steps in %.0fs, final loss %s, held-out loss by checkpoint %s", runs[-1]["run"],
                      runs[-1]["steps"], runs[-1]["train_seconds"], runs[-1]["final_loss"],
                      [round(h["loss"], 4) for h in runs[-1]["heldout"]])
