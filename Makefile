@@ -35,7 +35,7 @@ help:  ## list the targets
 	@echo "make imdb-scaling [SCALE=cpu|micro|gpu|hub]    the comparison across a ladder of model sizes (default: cpu)"
 	@echo "      [SEEDS=N] [METHODS=...]                  as above, for every rung -> scaling.{md,csv,png,pdf}"
 	@echo "make show [SCALE=...]                          print the resolved config of that scale"
-	@echo "make test                                      run the test suite (offline, CPU), fault tests included"
+	@echo "make test [TEST_WORKERS=2]                     run the test suite (offline, CPU), fault tests included"
 	@echo "make test-faults                               only the kill -9 / resume tests"
 	@echo "make test-vllm                                 the vLLM sampler's tests (in .venv-vllm, made if missing)"
 	@echo "make bench                                     speed ratios -> bench/results.json and bench/results.md"
@@ -105,8 +105,10 @@ imdb-scaling: env  ## DPO vs PPO across a ladder of model sizes
 show: env
 	$(PY) -m pipelines show imdb-sentiment --scale $(SCALE)
 
+# two pytest workers (pytest-xdist): every test process pins torch to one thread, and most tests are one process
+TEST_WORKERS ?= 2
 test: env
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 test-faults: env
 	$(PY) -m pytest -q -m faults tests

@@ -1,5 +1,8 @@
+import contextlib
+import fcntl
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,13 +33,51 @@ def cli(*args, run_dir: Path, check=False, env: dict | None = None):
     return proc
 
 
+@contextlib.contextmanager
+def once_per_session(tmp_path_factory, name: str):
+    """A folder that one pytest session builds once, whichever of its pytest-xdist workers asks first (the others
+    wait on a file lock, then read it). -> (the folder, whether the caller builds it; if so, it must fill it)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    base = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()  # xdist: the session's
+    folder, done = base / name, base / f"{name}.done"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        build = not done.exists()
+        if build:
+            shutil.rmtree(folder, ignore_errors=True)  # a failed build before this one
+            folder.mkdir()
+        yield folder, build
+        if build:
+            done.touch()
+
+
+def session_run(tmp_path_factory, name: str, *args: str, env=lambda run_dir: {}) -> tuple[Path, Path, str, str]:
+    """`python -m pipelines run imdb-sentiment --scale micro *args` once per test session, env(RUN_DIR) added to
+    its environment. -> (RUN_DIR, the run's folder, its frontier.csv before any test changes the store, the
+    spine's log)."""
+    with once_per_session(tmp_path_factory, name) as (run_dir, build):
+        if build:
+            proc = cli("run", "imdb-sentiment", "--scale", "micro", *args, run_dir=run_dir, check=True,
+                       env=env(run_dir))
+            (run_dir.parent / f"{name}.log").write_text(proc.stderr)
+    root = run_dir / "imdb-sentiment" / "micro"
+    return run_dir, root, (root / "frontier.csv").read_text(), (run_dir.parent / f"{name}.log").read_text()
+
+
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory):
-    """One full micro-scale run (every stage, about a minute), shared by the end-to-end tests."""
-    run_dir = tmp_path_factory.mktemp("runs")
-    cli("run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
-    root = run_dir / "imdb-sentiment" / "micro"
-    return run_dir, root, (root / "frontier.csv").read_text()  # the frontier before any test changes the store
+    """One full micro-scale run (every stage, about a minute), shared by the end-to-end tests (and by both
+    pytest-xdist workers of `make test`)."""
+    return session_run(tmp_path_factory, "micro_run")[:3]
+
+
+@pytest.fixture(scope="session")
+def two_process_offline_wandb_run(tmp_path_factory):
+    """The micro run again with two processes per training stage (--nproc 2) and wandb offline (no login): what
+    tests/test_multiprocess.py compares with micro_run and tests/test_wandb.py reads back, one run for both."""
+    return session_run(tmp_path_factory, "two_process_offline_wandb_run", "--nproc", "2",
+                       env=lambda run_dir: {"WANDB": None, "WANDB_MODE": None, "WANDB_API_KEY": None,
+                                            "HOME": str(run_dir)})  # no login: offline
 
 
 @torch.no_grad()

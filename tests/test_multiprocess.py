@@ -30,11 +30,10 @@ def _rows(text: str) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def two_process_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("runs2")
-    proc = cli("run", "imdb-sentiment", "--scale", "micro", "--nproc", "2", run_dir=run_dir, check=True)
-    root = run_dir / "imdb-sentiment" / "micro"
-    return root, (root / "frontier.csv").read_text(), proc.stderr
+def two_process_run(two_process_offline_wandb_run):
+    """The micro run with --nproc 2 (wandb offline in it: tests/test_wandb.py reads the same run)."""
+    _, root, frontier, log = two_process_offline_wandb_run
+    return root, frontier, log
 
 
 def test_two_processes_give_the_one_process_frontier(micro_run, two_process_run):

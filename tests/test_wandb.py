@@ -3,16 +3,16 @@ and tables the dashboards are built from; WANDB=off writes nothing."""
 
 import pytest
 
-from conftest import cli
 from wandb_records import summarize
 
 
 @pytest.fixture(scope="module")
-def offline_runs(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("wandb_runs")
-    proc = cli("run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True,
-               env={"WANDB": None, "WANDB_MODE": None, "WANDB_API_KEY": None, "HOME": str(run_dir)})  # no login
-    assert "wandb: offline, project rlhf-vs-dpo, group imdb-sentiment-micro-" in proc.stderr
+def offline_runs(two_process_offline_wandb_run):
+    """The wandb files of a micro run with wandb on and no login (offline), its training stages as two processes
+    (the session's run that tests/test_multiprocess.py compares with the one-process run): what the main process
+    logs is what one process logs."""
+    run_dir, _, _, log = two_process_offline_wandb_run
+    assert "wandb: offline, project rlhf-vs-dpo, group imdb-sentiment-micro-" in log
     folders = sorted((run_dir / "wandb").glob("offline-run-*"))
     return [summarize(f) for f in folders]
 
