@@ -158,6 +158,8 @@ def test_blocks_cover_the_items_in_order():
 @pytest.mark.parametrize("args,message", [
     (["--nproc", "3"], "--nproc 3: sft.batch_size = 16 does not split over 3 processes"),
     (["--nproc", "3", "--stages", "ppo"], "--nproc 3: ppo.rollouts_per_step = 16 does not split over 3 processes"),
+    (["--nproc", "3", "--methods", "grpo", "--stages", "grpo"],
+     "--nproc 3: grpo.prompts_per_step = 4 does not split over 3 processes"),
     (["--accelerate-config", "BAD"], "not a YAML mapping of accelerate settings"),
     (["--accelerate-config", "THREE"], "--nproc 3: sft.batch_size = 16 does not split over 3 processes"),
     (["--accelerate-config", "ZERO"], "num_processes = 0; allowed: an integer >= 1"),
