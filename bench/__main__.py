@@ -118,7 +118,7 @@ def dpo_args(out, steps: int, batch: int, precompute: bool):
 def time_dpo_ours(ds, make_model, tok, steps, batch):
     from dpo.__main__ import make_trainer_class
 
-    trainer = make_trainer_class()(model=make_model(), args=dpo_args(tempfile.mkdtemp(), steps, batch, True),
+    trainer = make_trainer_class("dpo")(model=make_model(), args=dpo_args(tempfile.mkdtemp(), steps, batch, True),
                                    train_dataset=ds, processing_class=tok)
     with Stopwatch() as train:
         trainer.train()

@@ -12,6 +12,20 @@ def test_p5_evaluates_one_checkpoint_and_times_raw_generate():
     assert p5["prompts"] == 16 and p5["eval_one_checkpoint_s"] > 0 and p5["raw_generate_s"] > 0
 
 
+def test_p2_and_p3_time_the_stages_training_steps():
+    """P2 and P3 train through the stages' own trainers (dpo's make_trainer_class, sft's plain head): 2 steps of
+    4 at a toy size, every ratio a positive number."""
+    import bench.__main__ as B
+
+    tok, make_model, reviews, pairs = B.fixture(n_reviews=300, n_pairs=16)
+    ds = B.dpo_columns(pairs, make_model().eval(), tok.pad_token_id)
+    dpo = B.p2_dpo(ds, pairs, make_model, tok, steps=2, batch=4, repeats=1)
+    sft = B.p2_sft(reviews, make_model, tok, steps=2, batch=4, repeats=1)
+    p3 = B.p3_beta_sweep(dpo, pairs, make_model, tok.pad_token_id, steps=2, batch=4, repeats=1)
+    for ratio in (dpo["ours_vs_trl"], dpo["ours_vs_plain"], sft["ours_vs_trl"], sft["ours_vs_plain"], p3["ratio"]):
+        assert 0 < ratio < float("inf")
+
+
 def test_p1_reads_a_run_and_counts_its_flops(micro_run, monkeypatch):
     """P1 over the micro run (as if it were the tiny one): stage times, processes, FLOPs, and the config check
     names what differs from the shipped tiny config."""
