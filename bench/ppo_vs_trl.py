@@ -77,7 +77,8 @@ def run_ours(run: Path, out: Path, beta: float, steps: int, seed: int) -> dict:
               config={"train": cfg.section("train")}, inputs={"sft": run / "sft", "reward_model": run / "reward_model"},
               out=out / "ours")
     torch.manual_seed(seed)  # the training seed: prompt order and sampling; the data split stays the tiny one's
-    summary = train_run("ppo", 1.0, ppo, job, prompts, tokenizer, lambda p, c: rm([a + b for a, b in zip(p, c)]))
+    summary = train_run("ppo", 1.0, 0, ppo, job, prompts, tokenizer,  # training seed 0: job.seed itself
+                        lambda p, c: rm([a + b for a, b in zip(p, c)]))
     return {"train_seconds": summary["train_seconds"], "policy": str(out / "ours" / summary["checkpoints"][-1]["path"])}
 
 
