@@ -55,3 +55,16 @@ def test_forward_flops_by_hand():
     # 2 layers, d 128, vocab 4096, 32 tokens of context: 2 * (12 * 2 * 128^2 + 4096 * 128) + 2 * 2 * 32 * 128
     assert forward_flops_per_token(2, 128, 32, 4096) == 2 * (393216 + 524288) + 16384
     assert forward_flops_per_token(2, 128, 32, None) == 2 * 393216 + 16384
+
+
+def test_p4_runs_our_ppo_through_the_stage(micro_run, tmp_path):
+    """P4's 'ours' side calls the ppo stage's train_run as the stage does: one fixed-coefficient step from the
+    micro run's SFT model and reward model leaves a checkpoint (TRL 1.12's side needs its own environment,
+    .bench-envs: not built here)."""
+    from pathlib import Path
+
+    from bench import ppo_vs_trl
+
+    _, root, _ = micro_run
+    out = ppo_vs_trl.run_ours(root, tmp_path, 0.05, 1, 0)
+    assert out["train_seconds"] > 0 and (Path(out["policy"]) / "model.safetensors").exists()
