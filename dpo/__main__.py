@@ -110,6 +110,11 @@ def make_trainer_class(stage: str):
     return PairsTrainer
 
 
+def rows_per_pair(stage: str) -> int:
+    """Rows the stage's trainer reads per pair: KTO's two singles (chosen and rejected completion), else the pair."""
+    return 2 if stage == "kto" else 1
+
+
 def kto_singles(pairs, batch_size: int, seed: int):
     """KTO's data from the pairs: each pair's chosen completion a desirable single (label True), its rejected one
     an undesirable single, shuffled by the training seed (KTO reads them in order: its KL estimate pairs each
@@ -146,8 +151,8 @@ def trl_config(stage: str, cfg, beta: float, **common):
     if stage == "kto":
         from trl import KTOConfig
 
-        common["per_device_train_batch_size"] *= 2  # a pair's two completions as two singles
-        common["per_device_eval_batch_size"] *= 2
+        common["per_device_train_batch_size"] *= rows_per_pair(stage)  # a pair's two completions as two singles
+        common["per_device_eval_batch_size"] *= rows_per_pair(stage)
         return KTOConfig(beta=beta, loss_type="kto", desirable_weight=1.0, undesirable_weight=1.0,  # one of each a pair
                          train_sampling_strategy="sequential", max_length=None, **common)
     if stage in ("simpo", "cpo"):
@@ -173,8 +178,7 @@ def train_one(beta: float, seed: int, cfg, job, pairs, heldout, tokens_per_pair:
     model = lm.load_causal_lm(job.upstream("sft", seed))  # the SFT model of this seed (one unless reseed_shared)
     model.train()
     tokenizer = lm.load_tokenizer(job.upstream("sft", seed))
-    rows_per_pair = 2 if job.stage == "kto" else 1  # kto's rows: a pair's two singles
-    steps = cfg.max_steps or math.ceil(len(pairs) / (rows_per_pair * cfg.batch_size))
+    steps = cfg.max_steps or math.ceil(len(pairs) / (rows_per_pair(job.stage) * cfg.batch_size))
     batch = dist.per_process(f"{job.stage}.batch_size", cfg.batch_size)  # pairs (kto: twice as many singles)
     args = trl_config(
         job.stage, cfg, beta, output_dir=str(run.folder), learning_rate=learning_rate(cfg, beta),
@@ -221,7 +225,7 @@ def main():
         tokens_per_pair = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(
             pairs["prompt_ids"], pairs["chosen_ids"], pairs["rejected_ids"])) / n_pairs
         if job.stage == "kto":  # once for every beta: the singles depend on the pairs and the training seed only
-            batch = 2 * dist.per_process(f"{job.stage}.batch_size", cfg.batch_size)
+            batch = rows_per_pair(job.stage) * dist.per_process(f"{job.stage}.batch_size", cfg.batch_size)
             pairs, heldout = (kto_singles(d, batch, training_seed(job.seed, seed)) for d in (pairs, heldout))
         for beta in cfg.betas:
             log.info("%s beta=%g, training seed %d, on %d pairs", job.stage, beta, seed, n_pairs)

@@ -70,9 +70,10 @@ STAGES: dict[str, Stage] = {
         Stage("ppo", ("data", "ppo", "ground_truth", "train"), needs=("sft", "ground_truth", "pairs", "reward_model"),
               what="PPO on the learned reward (ppo) and on the ground truth (ppo-gt)",
               split=("ppo.rollouts_per_step", "ppo.minibatch_size"), seeded=True),
+        # revision 1: left-padded rows scored at their own positions (lm.positions_from_mask)
         *(Stage(name, ("data", name, "ground_truth", "train"), needs=("sft", "ground_truth", "pairs", "reward_model"),
                 what=f"{what} (TRL) on the learned reward and on the ground truth, one run per beta", module="online",
-                split=(f"{name}.prompts_per_step",), seeded=True, revision=1)  # 1: left-padded rows scored at their own positions (lm.positions_from_mask)
+                split=(f"{name}.prompts_per_step",), seeded=True, revision=1)
           for name, what in (("rloo", "RLOO"), ("grpo", "GRPO"), ("online_dpo", "Online DPO"))),
         Stage("dpo", ("dpo", "train"), needs=("sft", "pairs"), what="DPO, one run per beta",
               split=("dpo.batch_size",), seeded=True),

@@ -88,10 +88,17 @@ def trend_sentence(measure: str, rungs: list[dict], confidence: float) -> str:
             f"{d:+.3f} [{low:+.3f}, {high:+.3f}]: {word}.")
 
 
-def plot(rows: list[dict], measures: list[str], methods: list[str], path_stem) -> None:
-    """One panel per measure: each method's reward against parameters; the last: DPO - PPO at every measure."""
+def parameter_axis(ax) -> None:
+    """Parameters on a log x axis, labelled at the decades only (a ladder's few rungs crowd minor labels)."""
     from matplotlib.ticker import NullFormatter
 
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("SFT model parameters")
+
+
+def plot(rows: list[dict], measures: list[str], methods: list[str], path_stem) -> None:
+    """One panel per measure: each method's reward against parameters; the last: DPO - PPO at every measure."""
     fig, axes = panels(len(measures) + 1, 4.2, 3.4)
     for ax, measure in zip(axes, measures):
         for method in methods:
@@ -103,10 +110,8 @@ def plot(rows: list[dict], measures: list[str], methods: list[str], path_stem) -
             x, y = [p[0] for p in pts], [p[1] for p in pts]
             ax.errorbar(x, y, yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]], color=color,
                         marker=marker, capsize=3, label=label(method))
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # the decades only: a ladder's few rungs crowd minor labels
+        parameter_axis(ax)
         ax.set_title(measure, fontsize=10)
-        ax.set_xlabel("SFT model parameters")
         ax.set_ylabel("test reward (chosen on select)")
     ax = axes[-1]
     for k, measure in enumerate(measures):
@@ -117,10 +122,8 @@ def plot(rows: list[dict], measures: list[str], methods: list[str], path_stem) -
                         yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]], marker="o", capsize=3,
                         label=measure)
     ax.axhline(0, color="gray", lw=0.8)
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    parameter_axis(ax)
     ax.set_title("DPO - PPO", fontsize=10)
-    ax.set_xlabel("SFT model parameters")
     ax.legend(fontsize=7)
     axes[0].legend(fontsize=7)
     save(fig, path_stem, dpi=120)
