@@ -320,8 +320,10 @@ def _child_env(cfg: BenchmarkConfig, launch: Launch) -> dict:
     return env
 
 
-def check(cfg: BenchmarkConfig, only: list[str] | None, launch: Launch = Launch()) -> None:
-    """Refuse a stage selection that cannot run, before anything is written."""
+def check(cfg: BenchmarkConfig, only: list[str] | None, launch: Launch = Launch(),
+          folders: dict[str, Path] | None = None) -> None:
+    """Refuse a stage selection that cannot run, before anything is written. folders: each stage's folder
+    (run's; default: the run root's, store.run_root)."""
     selected = stages(cfg)
     for name in only or []:
         if name not in STAGES:
@@ -341,13 +343,13 @@ def check(cfg: BenchmarkConfig, only: list[str] | None, launch: Launch = Launch(
         if cfg.section(name)["sampler"] == "vllm" and not vllm_installed():
             raise ConfigError(f"{name}.sampler = 'vllm' but vLLM is not installed in {sys.prefix}: run with "
                               f"`make ... VLLM=1` (.venv-vllm), or set sampler = 'hf' / 'auto'")
-    root = store.run_root(cfg.benchmark, cfg.scale)
+    folders = folders or {n: store.run_root(cfg.benchmark, cfg.scale) / n for n in STAGES}
     for name in only or []:
-        missing = [n for n in selected[name].needs if n not in only and store.read_manifest(root / n) is None]
+        missing = [n for n in selected[name].needs if n not in only and store.read_manifest(folders[n]) is None]
         if missing:
             raise ConfigError(f"stage {name} needs {', '.join(missing)}, not finished: run it first")
         for need in (n for n in selected[name].needs if n not in only):
-            problem = store.damaged(root / need, store.read_manifest(root / need))
+            problem = store.damaged(folders[need], store.read_manifest(folders[need]))
             if problem:
                 raise ConfigError(f"stage {name} needs {need}, whose files are damaged ({problem}): run it "
                                   f"again too (--stages {need},{name})")
@@ -364,9 +366,9 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
     root, tracking, shared: a ladder's rung (pipelines/ladder.py): its folder, the ladder's wandb group, and
     stages whose folder is the ladder's (the ground truth every rung shares)."""
     launch = launch.resolved(cfg.torch_threads)
-    check(cfg, only, launch)
     root = root or store.run_root(cfg.benchmark, cfg.scale)
     folders = {name: (shared or {}).get(name, root / name) for name in STAGES}
+    check(cfg, only, launch, folders)
     tracking = tracking or job_tracking(cfg.benchmark, cfg.scale)  # one wandb group for this whole run
     if tracking["mode"] != "disabled":
         log.info("wandb: %s, project %s, group %s%s", tracking["mode"], tracking["project"], tracking["group"],

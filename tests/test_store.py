@@ -149,3 +149,15 @@ def test_a_zombie_does_not_hold_the_lock(tmp_path):
     with store.RunLock(tmp_path):
         pass
     zombie.wait()
+
+
+def test_check_finds_a_selected_stages_inputs_in_the_runs_own_folders(micro_run, tmp_path, monkeypatch):
+    """A ladder rung keeps its stages in its own folder, not under store.run_root: graph.run hands check the
+    folders it runs in, and check looks for a selected stage's inputs there."""
+    from pipelines import config
+
+    monkeypatch.setenv("RUN_DIR", str(tmp_path))  # nothing finished under the default root
+    cfg, root = config.load("imdb-sentiment", "micro"), micro_run[1]
+    with pytest.raises(ConfigError, match="stage report needs .*eval, not finished"):
+        graph.check(cfg, ["report"])
+    graph.check(cfg, ["report"], folders={name: root / name for name in graph.STAGES})
