@@ -93,12 +93,13 @@ STAGES: dict[str, Stage] = {
                      *PAIR_SECTIONS, *ONLINE, "best_of_n"),
               publish=("frontier.csv", "frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf"),
               what="sample every checkpoint, score, exact KL to the SFT model, frontier"),
+        # revision 1: summary.json carries each interval's variance and degrees of freedom (imdb-scaling reads them)
         Stage("report", tuple(SECTIONS), needs=("sft", "ground_truth", "pairs", "reward_model", "dpo", "unlikelihood",
                                             "preferred_ft", "ppo", *PAIR_SECTIONS, *ONLINE, "best_of_n", "eval"),
               publish=("report.md", "report.html", "frontier_bands.png", "frontier_bands.pdf", "overoptimisation.png",
                        "overoptimisation.pdf"),
               what="the verdict over seeds, tables, figures and samples of the whole run",
-              multiprocess=False),
+              multiprocess=False, revision=1),
     )
 }
 

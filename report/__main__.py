@@ -14,6 +14,7 @@ import functools
 import html
 import json
 import logging
+import math
 import shutil
 import time
 
@@ -127,10 +128,11 @@ def verdict(per_pair: dict, cfg) -> tuple[list[str], list[str], list[list[str]]]
 
 def summary(per_method: dict, per_pair: dict, runs: dict[str, list[dict]], cfg) -> dict:
     """summary.json, what a ladder (imdb-scaling) reads of each rung: per method and measure the mean over seeds
-    of the chosen checkpoint's test reward with its interval; per comparison of PAIRS, A - B likewise; per method
-    its training cost."""
-    def entries(by_measure):
-        return {name: {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "seeds": iv.seeds}
+    of the chosen checkpoint's test reward with its interval (core.verdict.Interval's fields); per comparison of
+    PAIRS, A - B likewise; per method its training cost."""
+    def entries(by_measure):  # an interval's variance and degrees of freedom (null: a normal one) for the ladder
+        return {name: {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "seeds": iv.seeds,
+                       "variance": iv.variance, "df": iv.df if math.isfinite(iv.df) else None}
                 for name, iv in by_measure.items()}
 
     compute = {method: {key: sum(r.get(key, 0) for r in runs.get(method, []))

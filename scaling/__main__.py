@@ -9,9 +9,9 @@ differences) and its SFT model's parameter count, and writes
     scaling.md       per measure one sentence: how DPO - PPO changes from the smallest rung to the largest, the
                      change with its interval, and the word (DPO gains on PPO, PPO gains on DPO, not resolved)
 
-The change's interval: the rungs are independent runs, so the two rungs' variances add (each read off its
-interval as a normal one: half-width / z). With one training seed the rungs' intervals cover the test prompts
-only and no word is given (as the report's verdict).
+The change's interval: the rungs are independent runs, so the two rungs' variances add, with Welch-Satterthwaite
+degrees of freedom (core.verdict.independent_difference, on the variances summary.json carries). With one
+training seed the rungs' intervals cover the test prompts only and no word is given (as the report's verdict).
 """
 
 import csv
@@ -19,11 +19,10 @@ import json
 import logging
 import math
 
-from scipy import stats
-
 from core import job as jobs
 from core.methods import label, style
 from core.plots import panels, save
+from core.verdict import Interval, independent_difference
 
 log = logging.getLogger("stage")
 HEADLINE = "dpo - ppo"  # the question this project started from
@@ -58,34 +57,31 @@ def rows_of(rungs: list[dict]) -> list[dict]:
     return rows
 
 
-def change(small: dict, large: dict, confidence: float) -> tuple[float, float, float]:
-    """The change of a difference from one rung to another, with its interval: independent rungs' variances add,
-    each read off its interval as a normal one. -> (change, low, high)."""
-    z = stats.norm.ppf((1 + confidence) / 2)
-    se = math.hypot((small["high"] - small["low"]) / (2 * z), (large["high"] - large["low"]) / (2 * z))
-    d = large["estimate"] - small["estimate"]
-    return d, d - z * se, d + z * se
+def as_interval(entry: dict) -> Interval:
+    """An interval as summary.json has it (report: df null for a normal one)."""
+    return Interval(entry["estimate"], entry["low"], entry["high"], entry["seeds"], entry["variance"],
+                    math.inf if entry["df"] is None else entry["df"])
 
 
 def trend_sentence(measure: str, rungs: list[dict], confidence: float) -> str:
     """One sentence: DPO - PPO at the smallest and the largest rung, the change and its word."""
     first, last = rungs[0], rungs[-1]
     a, b = first["summary"]["comparisons"][HEADLINE][measure], last["summary"]["comparisons"][HEADLINE][measure]
-    d, low, high = change(a, b, confidence)
-    seeds = min(a["seeds"], b["seeds"])
-    if seeds < 2:
+    moved = independent_difference(as_interval(a), as_interval(b), confidence)
+    if moved.seeds < 2:
         word = "not resolved (one training seed: no seed variance is known, so no verdict)"
-    elif low > 0:
+    elif moved.low > 0:
         word = "DPO gains on PPO as the model grows"
-    elif high < 0:
+    elif moved.high < 0:
         word = "PPO gains on DPO as the model grows"
     else:
         word = "not resolved"
+
     def at(iv, rung):
         return f"{iv['estimate']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}] at {rung['parameters'] / 1e6:.2f}M"
 
     return (f"At {measure}: DPO - PPO is {at(a, first)} and {at(b, last)} parameters; the change, "
-            f"{d:+.3f} [{low:+.3f}, {high:+.3f}]: {word}.")
+            f"{moved.estimate:+.3f} [{moved.low:+.3f}, {moved.high:+.3f}]: {word}.")
 
 
 def parameter_axis(ax) -> None:

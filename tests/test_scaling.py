@@ -39,6 +39,11 @@ def test_micro_ladder_end_to_end(tmp_path):
     assert params["b"] > 3 * params["a"]  # 2 x 64 against 1 x 32
     for r in rows:
         assert float(r["low"]) <= float(r["reward"]) <= float(r["high"])
+    for rung in ("a", "b"):  # each interval's variance as the ladder reads it: one seed, a normal interval
+        summary = json.loads((root / rung / "report" / "summary.json").read_text())
+        for iv in summary["comparisons"]["dpo - ppo"].values():
+            half = stats.norm.ppf(0.975) * iv["variance"] ** 0.5
+            assert iv["df"] is None and iv["high"] - iv["low"] == pytest.approx(2 * half)
     md = (root / "scaling.md").read_text()
     assert sum(line.startswith("- At ") and "DPO - PPO" in line for line in md.splitlines()) == len(measures)
     assert "one training seed" in md  # seeds = 1 at micro: no word is given
@@ -48,20 +53,13 @@ def test_micro_ladder_end_to_end(tmp_path):
     assert "runs because" not in proc.stderr and (root / "scaling.csv").read_text() == before
 
 
-def test_change_adds_the_two_rungs_variances():
-    z = stats.norm.ppf(0.975)
-    small = {"estimate": 0.10, "low": 0.10 - 0.03 * z, "high": 0.10 + 0.03 * z}  # se 0.03
-    large = {"estimate": -0.05, "low": -0.05 - 0.04 * z, "high": -0.05 + 0.04 * z}  # se 0.04
-    d, low, high = scaling.change(small, large, 0.95)
-    assert d == pytest.approx(-0.15)
-    assert (high - low) / 2 == pytest.approx(0.05 * z)  # sqrt(0.03^2 + 0.04^2) = 0.05
-
-
 @pytest.mark.parametrize("small, large, seeds, word", [
     (0.00, 0.20, 3, "DPO gains on PPO"), (0.10, -0.15, 3, "PPO gains on DPO"), (0.00, 0.02, 3, "not resolved"),
     (0.00, 0.20, 1, "one training seed")])
 def test_trend_sentence_says_which_way_the_gap_moves(small, large, seeds, word):
-    iv = lambda e: {"estimate": e, "low": e - 0.05, "high": e + 0.05, "seeds": seeds}  # noqa: E731
+    z = stats.norm.ppf(0.975)  # each rung's interval a normal one, half-width 0.05
+    iv = lambda e: {"estimate": e, "low": e - 0.05, "high": e + 0.05, "seeds": seeds,  # noqa: E731
+                    "variance": (0.05 / z) ** 2, "df": None}
     rungs = [{"parameters": p, "summary": {"comparisons": {"dpo - ppo": {"KL <= 5": iv(e)}}}}
              for p, e in ((250_000, small), (4_000_000, large))]
     text = scaling.trend_sentence("KL <= 5", rungs, 0.95)

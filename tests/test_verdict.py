@@ -1,12 +1,14 @@
 """core/frontier.choice_weights and core/verdict.py: checkpoints chosen on select and reported on test, intervals
 over seeds and prompts that cover a known truth, and the words they allow."""
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
 
 from core.frontier import choice_weights
-from core.verdict import Interval, chosen_values, clause, interval, sentence
+from core.verdict import Interval, chosen_values, clause, independent_difference, interval, sentence
 
 # (kl, reward) on the select prompts: SFT, then three checkpoints
 SELECT = [(0.0, 0.50), (1.0, 0.60), (3.0, 0.70), (6.0, 0.65)]
@@ -133,16 +135,43 @@ def test_prompts_shared_by_both_methods_cancel_in_a_difference():
     assert diff.estimate == pytest.approx(a.mean() - b.mean()) and diff.low > 0
 
 
+def test_independent_difference_adds_variances_with_welch_satterthwaite_degrees_of_freedom():
+    small = Interval(0.10, 0.0, 0.2, 3, 0.0009, 2.0)
+    large = Interval(-0.05, -0.2, 0.1, 3, 0.0016, 4.0)
+    d = independent_difference(small, large)
+    df = 0.0025**2 / (0.0009**2 / 2 + 0.0016**2 / 4)  # = 5.98
+    assert (d.estimate, d.variance, d.seeds) == (pytest.approx(-0.15), pytest.approx(0.0025), 3)
+    assert d.df == pytest.approx(df)
+    assert (d.high - d.low) / 2 == pytest.approx(stats.t.ppf(0.975, df) * 0.05)
+    one_seed = independent_difference(Interval(0, 0, 0, 1, 0.0009, math.inf), Interval(0, 0, 0, 1, 0.0016, math.inf))
+    assert one_seed.df == math.inf and (one_seed.high - one_seed.low) / 2 == pytest.approx(stats.norm.ppf(0.975) * 0.05)
+
+
+def test_independent_difference_of_two_3_seed_intervals_covers_93_to_97_percent():
+    """Two rungs of 3 seeds each, the seeds' spread (s.d. 0.05) above the prompts': the change's 95% interval
+    covers the true change at its level (95.7% here, t at ~4 degrees of freedom). Reading each rung's
+    half-width as a normal one (the ladder's change before) covered 97.7% with intervals 1.3x as wide; a normal
+    quantile on the summed variance would cover too little."""
+    rng = np.random.default_rng(7)
+    covered, experiments = 0, 400
+    for i in range(experiments):
+        small = interval(0.20 + rng.normal(0, 0.05, (3, 1)) + rng.normal(0, 0.1, (3, 64)), resamples=200, rng=i)
+        large = interval(0.30 + rng.normal(0, 0.05, (3, 1)) + rng.normal(0, 0.1, (3, 64)), resamples=200, rng=i)
+        change = independent_difference(small, large)
+        covered += change.low <= 0.10 <= change.high
+    assert 0.93 <= covered / experiments <= 0.97, covered
+
+
 def test_words_and_sentences():
-    ahead = Interval(0.06, 0.03, 0.09, 3)
+    ahead = Interval(0.06, 0.03, 0.09, 3, 4.86e-5, 2.0)
     assert ahead.word("DPO", "PPO") == "DPO ahead"
     assert clause("DPO", "PPO", ahead) == ("DPO ahead", "by 0.060 [+0.030, +0.090]")
-    behind = Interval(-0.05, -0.08, -0.02, 3)
+    behind = Interval(-0.05, -0.08, -0.02, 3, 4.86e-5, 2.0)
     assert behind.word("DPO", "PPO") == "PPO ahead"
     assert clause("DPO", "PPO", behind) == ("PPO ahead", "by 0.050 [+0.020, +0.080]")
-    same = Interval(0.0, 0.0, 0.0, 3)  # both chose the SFT model at every seed
+    same = Interval(0.0, 0.0, 0.0, 3, 0.0, 2.0)  # both chose the SFT model at every seed
     assert same.word() == "not resolved" and clause("A", "B", same) == ("the same checkpoint at every seed", "")
-    unresolved = Interval(0.01, -0.02, 0.04, 3)
+    unresolved = Interval(0.01, -0.02, 0.04, 3, 4.86e-5, 2.0)
     assert unresolved.word() == "not resolved"
     assert clause("A", "B", unresolved) == ("not resolved", "+0.010 [-0.020, +0.040]")
     said = sentence("DPO", "PPO", [("at KL <= 2", unresolved), ("at KL <= 5", behind), ("at KL <= 10", behind),
@@ -150,7 +179,7 @@ def test_words_and_sentences():
     assert said == ("DPO vs PPO (3 seeds): not resolved at KL <= 2 (DPO - PPO = +0.010 [-0.020, +0.040]) and on the "
                     "front area (KL 0-10) (+0.010 [-0.020, +0.040]); PPO ahead at KL <= 5 by 0.050 [+0.020, +0.080] "
                     "and at KL <= 10 by 0.050 [+0.020, +0.080]; the same checkpoint at every seed at KL <= 1.")
-    one_seed = Interval(0.2, 0.1, 0.3, 1)  # an interval clear of 0, but over the prompts only
+    one_seed = Interval(0.2, 0.1, 0.3, 1, 0.0026, math.inf)  # an interval clear of 0, but over the prompts only
     assert one_seed.word() == "not resolved"
     assert sentence("A", "B", [("on the front area (KL 0-10)", one_seed)]) == (
         "A vs B (one seed: no training-seed variance is known, so no verdict): not resolved on the front area "
