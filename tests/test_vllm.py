@@ -122,3 +122,14 @@ def test_a_micro_run_samples_with_vllm_in_one_process(tmp_path):
     rows = (root / "frontier.csv").read_text().splitlines()
     assert len(rows) > 5 and {r.split(",")[0] for r in rows[1:]} >= {"sft", "dpo", "ppo", "ppo-gt"}
     assert "eval: sampler | vllm (its log-probs" in (root / "report.md").read_text()
+
+
+def test_bench_p6_times_both_samplers_on_the_tiny_model():
+    """make bench VLLM=1's P6 at a toy size (8 prompts, 4 tokens): both samplers run on the bench's tiny model
+    and make every token they are asked for (make bench broke unnoticed before its paths had tests)."""
+    import bench.__main__ as B
+
+    tok, make_model, _, pairs = B.fixture(n_reviews=300, n_pairs=8)
+    p6 = B.p6_vllm(make_model, tok, [p["prompt_ids"] for p in pairs], 4, repeats=1)
+    assert p6["prompts"] == 8 and p6["ours_s"] > 0 and p6["vllm_s"] > 0
+    assert 8 <= p6["ours_tokens"] <= 32 and 8 <= p6["vllm_tokens"] <= 32  # 1 to 4 tokens each (EOS may end one)
