@@ -321,10 +321,15 @@ def _child_env(cfg: BenchmarkConfig, launch: Launch) -> dict:
     return env
 
 
+def stage_folders(root: Path, shared: dict[str, Path] | None = None) -> dict[str, Path]:
+    """Each stage's folder: root/<stage>, or the ladder's own for a stage its rungs share."""
+    return {name: (shared or {}).get(name, root / name) for name in STAGES}
+
+
 def check(cfg: BenchmarkConfig, only: list[str] | None, launch: Launch = Launch(),
           folders: dict[str, Path] | None = None) -> None:
-    """Refuse a stage selection that cannot run, before anything is written. folders: each stage's folder
-    (run's; default: the run root's, store.run_root)."""
+    """Refuse a stage selection that cannot run, before anything is written. folders: the stages' folders of the
+    run (stage_folders; default: under store.run_root)."""
     selected = stages(cfg)
     for name in only or []:
         if name not in STAGES:
@@ -344,7 +349,7 @@ def check(cfg: BenchmarkConfig, only: list[str] | None, launch: Launch = Launch(
         if cfg.section(name)["sampler"] == "vllm" and not vllm_installed():
             raise ConfigError(f"{name}.sampler = 'vllm' but vLLM is not installed in {sys.prefix}: run with "
                               f"`make ... VLLM=1` (.venv-vllm), or set sampler = 'hf' / 'auto'")
-    folders = folders or {n: store.run_root(cfg.benchmark, cfg.scale) / n for n in STAGES}
+    folders = folders or stage_folders(store.run_root(cfg.benchmark, cfg.scale))
     for name in only or []:
         missing = [n for n in selected[name].needs if n not in only and store.read_manifest(folders[n]) is None]
         if missing:
@@ -368,7 +373,7 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
     stages whose folder is the ladder's (the ground truth every rung shares)."""
     launch = launch.resolved(cfg.torch_threads)
     root = root or store.run_root(cfg.benchmark, cfg.scale)
-    folders = {name: (shared or {}).get(name, root / name) for name in STAGES}
+    folders = stage_folders(root, shared)
     check(cfg, only, launch, folders)
     tracking = tracking or job_tracking(cfg.benchmark, cfg.scale)  # one wandb group for this whole run
     if tracking["mode"] != "disabled":

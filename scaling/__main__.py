@@ -68,14 +68,10 @@ def trend_sentence(measure: str, rungs: list[dict], confidence: float) -> str:
     first, last = rungs[0], rungs[-1]
     a, b = first["summary"]["comparisons"][HEADLINE][measure], last["summary"]["comparisons"][HEADLINE][measure]
     moved = independent_difference(as_interval(a), as_interval(b), confidence)
+    word = {"DPO ahead": "DPO gains on PPO as the model grows", "PPO ahead": "PPO gains on DPO as the model grows",
+            "not resolved": "not resolved"}[moved.word("DPO", "PPO")]  # the report's rule: seeds, and 0 outside
     if moved.seeds < 2:
-        word = "not resolved (one training seed: no seed variance is known, so no verdict)"
-    elif moved.low > 0:
-        word = "DPO gains on PPO as the model grows"
-    elif moved.high < 0:
-        word = "PPO gains on DPO as the model grows"
-    else:
-        word = "not resolved"
+        word += " (one training seed: no seed variance is known, so no verdict)"
 
     def at(iv, rung):
         return f"{iv['estimate']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}] at {rung['parameters'] / 1e6:.2f}M"

@@ -151,7 +151,7 @@ def test_independent_difference_of_two_3_seed_intervals_covers_93_to_97_percent(
     """Two rungs of 3 seeds each, the seeds' spread (s.d. 0.05) above the prompts': the change's 95% interval
     covers the true change at its level (95.7% here, t at ~4 degrees of freedom). Reading each rung's
     half-width as a normal one (the ladder's change before) covered 97.7% with intervals 1.3x as wide; a normal
-    quantile on the summed variance would cover too little."""
+    quantile on the summed variance covers 89.8%."""
     rng = np.random.default_rng(7)
     covered, experiments = 0, 400
     for i in range(experiments):
