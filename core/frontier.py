@@ -6,6 +6,32 @@ A point is (kl, reward). Every method can stay at the SFT model, so the callers 
 
 from __future__ import annotations
 
+import csv
+
+# frontier.csv's columns, one row per (point, split): eval writes them, the report reads them (read_frontier)
+FIELDS = ["method", "run", "param", "seed", "step", "split", "kl", "kl_se", "kl_mc", "reward", "reward_se",
+          "proxy_reward", "length", "n"]
+NUMBERS = ("kl", "kl_se", "kl_mc", "reward", "reward_se", "proxy_reward", "length")
+
+
+def read_frontier(path) -> list[dict]:
+    """frontier.csv's rows with their numbers parsed. A file with other columns (another version's eval, or an
+    edit) or a value that is not a number is a ValueError naming the file, not a KeyError later."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != FIELDS:
+            raise ValueError(f"{path} has the columns {reader.fieldnames}, not this version's {FIELDS}: it was "
+                             f"written by another version of eval, or edited")
+        rows = list(reader)
+    for line, r in enumerate(rows, start=2):
+        try:
+            for k in NUMBERS:
+                r[k] = float(r[k])
+            r["step"] = int(r["step"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}, line {line}: a value of {NUMBERS + ('step',)} is not a number") from None
+    return rows
+
 
 def point_id(method: str, run: str, step) -> str:
     """A point's key in eval's per_prompt.json and samples.json, which the report reads: "sft" (the shared SFT

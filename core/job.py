@@ -55,10 +55,15 @@ class BadArtifact(ValueError):
     """An upstream stage's file that is not what that stage writes (edited or damaged): one line, exit 1."""
 
 
+_started: Job | None = None  # this process's job (start), for run's disk-full message
+
+
 def start(argv: list[str] | None = None) -> Job:
+    global _started
     argv = sys.argv[1:] if argv is None else argv
     raw = json.loads(Path(argv[0]).read_text())
-    job = Job(**{**raw, "inputs": {k: Path(v) for k, v in raw["inputs"].items()}, "out": Path(raw["out"])})
+    job = _started = Job(**{**raw, "inputs": {k: Path(v) for k, v in raw["inputs"].items()},
+                            "out": Path(raw["out"])})
     from core import dist
 
     # with several processes the main one tells the story; the others speak up only for warnings and errors
@@ -141,6 +146,34 @@ def finish_runs(job: Job, runs: list[dict], per_run: tuple[str, ...], **extra) -
     finish(job, {**metrics, **{f"{r['run']}_{key}": r[key] for r in runs for key in per_run}, **extra})
 
 
+LOW_DISK_MIB = 64  # an error while the output's disk has less than this free is taken for a full disk
+
+
+def disk_full(error: BaseException, folder: Path) -> str | None:
+    """'no space left ...' (one line) when `error` comes from a full disk: ENOSPC in its chain, or any error while
+    the disk of `folder` is nearly full (torch.save says only "unexpected pos 576 vs 534"); else None."""
+    import errno
+    import shutil
+
+    chain, e = [], error
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    said = any(getattr(x, "errno", None) == errno.ENOSPC or "No space left on device" in str(x) for x in chain)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        free = None
+    if not said and (free is None or free >= LOW_DISK_MIB * 2**20):
+        return None
+    left = "" if free is None else f", {free / 2**20:.1f} MiB free"
+    first = (str(error).splitlines() or [""])[0][:200]
+    return f"no space left on the disk of {folder}{left} ({type(error).__name__}: {first})"
+
+
 def run(main) -> None:
     """Run a stage's main(): an expected failure (bad input, a NaN loss) is one log line and exit 1.
     With several processes, all wait for each other at the end (dist.close)."""
@@ -155,9 +188,15 @@ def run(main) -> None:
     except (ConfigError, FloatingPointError, FileNotFoundError, BadArtifact) as e:
         logging.getLogger("stage").error("%s: %s", type(e).__name__, e)
         raise SystemExit(1) from None
-    except (DistError, RuntimeError) as e:  # a peer process left (its own error is logged): no second traceback
-        if dist.world_size() == 1 or not (isinstance(e, DistError) or "Connection closed by peer" in str(e)):
+    except Exception as e:
+        peer_left = isinstance(e, DistError) or (isinstance(e, RuntimeError) and "Connection closed by peer" in str(e))
+        if peer_left and dist.world_size() > 1:  # its own error is logged: no second traceback
+            logging.getLogger("stage").error("stopped: another process of this stage failed")
+            sys.stderr.flush()
+            os._exit(1)  # not SystemExit: tearing down the broken process group would abort with C++ noise
+        full = disk_full(e, _started.out if _started else Path.cwd())
+        if not full:
             raise
-        logging.getLogger("stage").error("stopped: another process of this stage failed")
-        sys.stderr.flush()
-        os._exit(1)  # not SystemExit: tearing down the broken process group would abort with C++ noise
+        logging.getLogger("stage").error("%s: free some and run the same command again (the stage resumes from its "
+                                         "last whole checkpoint; a half-written one is not used)", full)
+        raise SystemExit(1) from None

@@ -18,8 +18,10 @@ verdict is given.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import stats
@@ -105,6 +107,36 @@ def independent_difference(a: Interval, b: Interval, confidence: float = 0.95) -
 def _interval(estimate: float, variance: float, df: float, seeds: int, confidence: float) -> Interval:
     half = stats.t.ppf((1 + confidence) / 2, df) * math.sqrt(variance)  # df = inf: the normal quantile
     return Interval(float(estimate), float(estimate - half), float(estimate + half), seeds, float(variance), float(df))
+
+
+# summary.json: the report's intervals as a ladder's scaling stage reads them. Raised with every change of its keys;
+# a file of another format is refused in one line (read_summary), and the ladder runs that rung's report again.
+SUMMARY_FORMAT = 2  # 2: the format key itself; 1 (unnamed): intervals' variance and df
+SUMMARY_KEYS = ("format", "confidence", "measures", "methods", "comparisons", "compute")
+INTERVAL_KEYS = ("estimate", "low", "high", "seeds", "variance", "df")
+
+
+def read_summary(path) -> dict:
+    """A report's summary.json, checked: ValueError naming the file and what is off when it is missing, not
+    JSON, of another format (an older or newer report) or lacks a key this version reads."""
+    try:
+        summary = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is not readable JSON ({type(e).__name__})") from None
+    found = summary.get("format") if isinstance(summary, dict) else None
+    if found != SUMMARY_FORMAT:
+        raise ValueError(f"{path} has format {found!r}; this version reads format {SUMMARY_FORMAT} (written by "
+                         f"another version of the report)")
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    bad = [f"{kind}.{name}.{measure}" for kind in ("methods", "comparisons")
+           for name, by_measure in (summary.get(kind) or {}).items() for measure, iv in by_measure.items()
+           if not isinstance(iv, dict) or any(k not in iv for k in INTERVAL_KEYS)]
+    if missing or bad or not isinstance(summary["measures"], list) or not summary["measures"]:
+        raise ValueError(f"{path}: format {SUMMARY_FORMAT} but {', '.join(missing + bad[:3]) or 'measures'} "
+                         f"missing or malformed (edited?)")
+    return summary
 
 
 def clause(a: str, b: str, iv: Interval) -> tuple[str, str]:

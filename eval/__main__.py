@@ -33,14 +33,12 @@ from tqdm.auto import tqdm
 
 from core import job as jobs
 from core import dist, lm, plots, scorer, tracking, vllm_sampling
-from core.frontier import pareto_front, point_id
+from core.frontier import FIELDS, pareto_front, point_id
 from core.methods import label, style
 from core.reward import RewardModel
 from core.run import run_label
 
 log = logging.getLogger("stage")
-FIELDS = ["method", "run", "param", "seed", "step", "split", "kl", "kl_se", "kl_mc", "reward", "reward_se",
-          "proxy_reward", "length", "n"]
 SAMPLES_KEPT = 8  # completions kept per point, for the report's samples table
 
 

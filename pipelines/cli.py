@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 from . import config as config_mod
-from . import data, graph, hub, store
+from . import data, devices, graph, hub, store
 from . import ladder as ladder_mod
 from .config import ConfigError
+from core.job import disk_full
 
 log = logging.getLogger("pipelines")
 
@@ -57,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                         "CPU its cores over the scale's torch_threads, with a GPU 1). --workers 1: one stage at a time")
     r.add_argument("--accelerate-config", type=Path,
                    help="an accelerate config file, e.g. configs/accelerate/{ddp,fsdp,zero2,zero3}.yaml")
-    r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the GPU when there is one, else the CPU)")
+    r.add_argument("--device", default=os.environ.get("PIPELINES_DEVICE") or None,
+                   help="cpu, cuda, cuda:1, mps (default: $PIPELINES_DEVICE, else the GPU when there is one, else "
+                        "the CPU); checked before any stage starts")
     s = sub.add_parser("show", help="print the resolved config")
     s.add_argument("benchmark")
     s.add_argument("--scale")
@@ -79,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except graph.StageFailed as e:
         sys.stderr.write(f"error: {e}\n")
+        return 1
+    except OSError as e:  # the spine's own writes (manifests, published results, the lock) on a full disk
+        full = disk_full(e, store.runs_dir())
+        if not full:
+            raise
+        sys.stderr.write(f"error: {full}: free some and run the same command again (finished stages are kept)\n")
         return 1
     except graph.Interrupted as e:
         during = f" during stage{'s' if ',' in e.stage else ''} {e.stage}" if e.stage else ""
@@ -112,6 +121,7 @@ def _dispatch(args) -> int:
     if only is not None and not only:
         raise ConfigError("--stages is empty; give stage names separated by commas")
     launch = graph.Launch(args.nproc, args.accelerate_config, args.device, args.workers)
+    devices.check(launch.device)  # first of the checks that need this machine: a device it lacks is one line
     store.check_run_dir(store.run_root(cfg.benchmark, cfg.scale))
     data.check_source(cfg.data.source)
     launch = launch.resolved(cfg.torch_threads)
@@ -149,9 +159,11 @@ def _ladder(args) -> int:
                           f"stages with its protocol benchmark, {ladder.protocol})")
     first = next(iter(ladder.rungs.values()))
     root = store.run_root(ladder.benchmark, ladder.name)
+    launch = graph.Launch(args.nproc, args.accelerate_config, args.device, args.workers)
+    devices.check(launch.device)
     store.check_run_dir(root)
     data.check_source(first.data.source)
-    launch = graph.Launch(args.nproc, args.accelerate_config, args.device, args.workers).resolved(first.torch_threads)
+    launch = launch.resolved(first.torch_threads)
     for cfg in ladder.rungs.values():
         graph.check(cfg, None, launch)
         hub.check_hub(cfg)

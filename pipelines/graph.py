@@ -93,13 +93,14 @@ STAGES: dict[str, Stage] = {
                      *PAIR_SECTIONS, *ONLINE, "best_of_n"),
               publish=("frontier.csv", "frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf"),
               what="sample every checkpoint, score, exact KL to the SFT model, frontier"),
-        # revision 1: summary.json carries each interval's variance and degrees of freedom (imdb-scaling reads them)
+        # revision 1: summary.json carries each interval's variance and degrees of freedom (imdb-scaling reads them);
+        # 2: it names its format (core.verdict.SUMMARY_FORMAT)
         Stage("report", tuple(SECTIONS), needs=("sft", "ground_truth", "pairs", "reward_model", "dpo", "unlikelihood",
                                             "preferred_ft", "ppo", *PAIR_SECTIONS, *ONLINE, "best_of_n", "eval"),
               publish=("report.md", "report.html", "frontier_bands.png", "frontier_bands.pdf", "overoptimisation.png",
                        "overoptimisation.pdf"),
               what="the verdict over seeds, tables, figures and samples of the whole run",
-              multiprocess=False, revision=1),
+              multiprocess=False, revision=2),
     )
 }
 
@@ -517,13 +518,14 @@ def _finish_stage(cfg, r: _Running, root: Path) -> str:
         raise StageFailed(f"stage {stage.name} failed (exit {r.proc.returncode}) after {wall:.0f}s; "
                           f"its unfinished output is in {tmp}")
     metrics = json.loads((tmp / "metrics.json").read_text())
+    files = store.file_sizes(tmp)  # checked before the stage is skipped (store.damaged)
     manifest = {
         "stage": stage.name, "benchmark": cfg.benchmark, "scale": cfg.scale, "seed": cfg.seed,
         "config": r.config, "config_hash": stable_hash(r.config), "inputs": r.inputs,
         # A fresh nonce per execution: a rerun (even --force with the same config) invalidates downstream.
         "identity": stable_hash([stable_hash(r.config), r.inputs, secrets.token_hex(8)]),
         "metrics": metrics, "wall_time_s": round(wall, 2), "processes": r.processes,
-        "files": store.file_sizes(tmp),  # checked before the stage is skipped (store.damaged)
+        "files": files, "digests": store.file_digests(tmp, files),
         "versions": store.library_versions(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

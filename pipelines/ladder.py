@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 from core.tracking import job_tracking
+from core.verdict import read_summary
 
 from . import graph, store
 from .config import Ladder
@@ -43,6 +44,12 @@ def run(ladder: Ladder, force: bool = False, protocol: dict | None = None,
             log.info("rung %s (%d of %d): %s, in %s", rung, k + 1, len(ladder.rungs), shape, root / rung)
             graph.run(cfg, None, force, protocol, launch, source_id, root=root / rung,
                       tracking={**tracking, "rung": rung}, shared=shared)
+            try:  # what the scaling stage reads of the rung: a summary of another format is made again
+                read_summary(root / rung / "report" / "summary.json")
+            except ValueError as e:
+                log.warning("rung %s: %s; its report runs again", rung, e)
+                graph.run(cfg, ["report"], True, protocol, launch, source_id, root=root / rung,
+                          tracking={**tracking, "rung": rung}, shared=shared)
             identities[rung] = store.read_manifest(root / rung / "report")["identity"]
         config = {"rungs": list(ladder.rungs), "methods": first.methods, "report": first.section("report")}
         stage = graph.Stage(SCALING.name, (), needs=tuple(ladder.rungs), publish=SCALING.publish, what=SCALING.what,

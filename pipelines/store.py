@@ -59,15 +59,31 @@ def file_sizes(folder: Path) -> dict[str, int]:
             if p.is_file() and p.name != "manifest.json"}
 
 
+DIGEST_MAX_BYTES = 1 << 20  # files up to this size (results, metrics, configs; not weights) are recorded by content
+
+
+def file_digests(folder: Path, sizes: dict[str, int]) -> dict[str, str]:
+    """sha256 of each small file of `sizes` (file_sizes): what a reader parses (summary.json, frontier.csv,
+    runs.json), so an edit that keeps a file's size is seen too."""
+    return {name: _sha256(folder / name) for name, size in sizes.items() if size <= DIGEST_MAX_BYTES}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def damaged(folder: Path, manifest: dict | None) -> str | None:
     """What no longer matches the files a finished stage recorded (deleted, truncated, rewritten), or None.
-    Manifests written before files were recorded pass."""
+    Manifests written before files (or their digests) were recorded pass."""
     for name, size in (manifest or {}).get("files", {}).items():
         path = folder / name
         if not path.is_file():
             return f"{path} is missing"
         if path.stat().st_size != size:
             return f"{path} has {path.stat().st_size} bytes, not the {size} it was written with"
+    for name, digest in (manifest or {}).get("digests", {}).items():
+        if _sha256(folder / name) != digest:
+            return f"{folder / name} was edited after it was written (same size, other content)"
     return None
 
 
@@ -118,8 +134,12 @@ def check_run_dir(root: Path) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a signal: no half-written file is left beside it
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -156,8 +176,12 @@ def commit_dir(tmp: Path, final: Path) -> None:
 
 def publish_file(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _pid_alive(pid: int) -> bool:
@@ -185,7 +209,8 @@ class RunLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:  # what check_run_dir could not see (a read-only file system, as root)
-            raise ConfigError(f"RUN_DIR: cannot create {self.path.parent} ({e.strerror})") from None
+            raise ConfigError(f"cannot create the run folder {self.path.parent} ({e.strerror}); allowed: a folder, or "
+                              f"a path where one can be made (RUN_DIR)") from None
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)

@@ -9,7 +9,6 @@ once as a list of blocks (headings, paragraphs, tables, figures) and rendered tw
 """
 
 import base64
-import csv
 import functools
 import html
 import json
@@ -22,10 +21,10 @@ import numpy as np
 
 from core import job as jobs
 from core import plots, tracking
-from core.frontier import point_id
+from core.frontier import point_id, read_frontier
 from core.methods import METHODS, label, style
 from core.run import run_label
-from core.verdict import chosen_values, interval, sentence
+from core.verdict import SUMMARY_FORMAT, chosen_values, interval, sentence
 from pipelines.config import flatten
 
 log = logging.getLogger("stage")
@@ -37,16 +36,6 @@ PAIRS += [("ppo", "rloo"), ("ppo-gt", "rloo-gt"), ("ppo", "grpo"), ("ppo-gt", "g
 FIGURES = ("frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf")
 BAND_BUDGETS = 41  # KL budgets on the band figure's axis
 BAND_RESAMPLES = 400  # per budget: a figure's band, not a reported number
-
-
-def read_frontier(path) -> list[dict]:
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k in ("kl", "kl_se", "kl_mc", "reward", "reward_se", "proxy_reward", "length"):
-            r[k] = float(r[k])
-        r["step"] = int(r["step"])
-    return rows
 
 
 def row_id(row: dict) -> str:
@@ -137,7 +126,7 @@ def summary(per_method: dict, per_pair: dict, runs: dict[str, list[dict]], cfg) 
 
     compute = {method: {key: sum(r.get(key, 0) for r in runs.get(method, []))
                         for key in ("train_seconds", "tokens_generated", "tokens_trained")} for method in per_method}
-    return {"confidence": cfg.confidence, "measures": [name for name, _ in measures(cfg)],
+    return {"format": SUMMARY_FORMAT, "confidence": cfg.confidence, "measures": [name for name, _ in measures(cfg)],
             "methods": {m: entries(by_measure) for m, by_measure in per_method.items()},
             "comparisons": {f"{a} - {b}": entries(by_measure) for (a, b), by_measure in per_pair.items()},
             "compute": compute}
@@ -321,7 +310,10 @@ def build(job) -> list[tuple]:
     cfg = job.section("report")
     inputs = job.inputs
     manifests = {name: json.loads((folder / "manifest.json").read_text()) for name, folder in inputs.items()}
-    rows = read_frontier(inputs["eval"] / "frontier.csv")
+    try:
+        rows = read_frontier(inputs["eval"] / "frontier.csv")
+    except ValueError as e:
+        raise jobs.BadArtifact(f"{e}; run eval again (--stages eval,report --force)") from None
     frontier = Frontier(rows, json.loads((inputs["eval"] / "per_prompt.json").read_text()),
                         paired_seeds=job.per_seed("sft"))
     runs: dict[str, list[dict]] = {}

@@ -22,7 +22,7 @@ import math
 from core import job as jobs
 from core.methods import label, style
 from core.plots import panels, save
-from core.verdict import Interval, independent_difference
+from core.verdict import Interval, independent_difference, read_summary
 
 log = logging.getLogger("stage")
 HEADLINE = "dpo - ppo"  # the question this project started from
@@ -38,8 +38,17 @@ def read_rungs(job) -> list[dict]:
         sft = json.loads((folder / "sft" / "manifest.json").read_text())["metrics"]
         walls = {p.parent.name: json.loads(p.read_text())["wall_time_s"] for p in folder.glob("*/manifest.json")}
         out.append({"rung": rung, "parameters": sft["parameters"], "walls": walls,
-                    "summary": json.loads((folder / "report" / "summary.json").read_text())})
+                    "summary": summary(folder / "report" / "summary.json")})
     return out
+
+
+def summary(path) -> dict:
+    """A rung's summary.json; one of another format or damaged is one line naming it (the ladder's spine runs
+    such a rung's report again before this stage, so here it means the file changed under the run)."""
+    try:
+        return read_summary(path)
+    except ValueError as e:
+        raise jobs.BadArtifact(f"{e}; run the ladder again: it redoes that rung's report") from None
 
 
 def rows_of(rungs: list[dict]) -> list[dict]:

@@ -33,6 +33,19 @@ def cli(*args, run_dir: Path, check=False, env: dict | None = None):
     return proc
 
 
+def record_in_manifest(folder: Path, name: str) -> None:
+    """Record a stage folder's rewritten file in its manifest (size and sha256), as the stage would have written it:
+    a test's stand-in for a stage that made this file (otherwise the run sees an edit and reruns the stage)."""
+    import hashlib
+    import json
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"][name] = (folder / name).stat().st_size
+    if name in manifest.get("digests", {}) or manifest["files"][name] <= (1 << 20):
+        manifest.setdefault("digests", {})[name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
 @contextlib.contextmanager
 def once_per_session(tmp_path_factory, name: str):
     """A folder that one pytest session builds once, whichever of its pytest-xdist workers asks first (the others

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli
+from conftest import cli, record_in_manifest
 
 STAGES = ["sft", "ground_truth", "pairs", "dpo", "unlikelihood", "preferred_ft", "reward_model", "ppo", "eval", "report"]
 
@@ -270,8 +270,9 @@ def test_eval_refuses_a_checkpoint_with_non_finite_weights(micro_copy):
     weights_file = root / "dpo" / "beta0.1-seed0" / "checkpoint-6" / "model.safetensors"
     weights = load_file(str(weights_file))
     name = next(k for k, v in weights.items() if v.is_floating_point())
-    weights[name][0] = float("nan")  # same size: the stage's files still match its manifest
+    weights[name][0] = float("nan")  # as if the stage had written it: its manifest records it
     save_file(weights, str(weights_file), metadata={"format": "pt"})
+    record_in_manifest(root / "dpo", "beta0.1-seed0/checkpoint-6/model.safetensors")
     proc = cli("run", "imdb-sentiment", "--scale", "micro", "--stages", "eval", "--force", run_dir=store)
     assert proc.returncode == 1
     assert "dpo beta0.1-seed0 step 6: KL or reward is not finite" in proc.stderr

@@ -7,7 +7,8 @@ import json
 import pytest
 from scipy import stats
 
-from conftest import BASE_TOML, cli
+from conftest import BASE_TOML, cli, record_in_manifest
+from core.verdict import SUMMARY_FORMAT
 from pipelines.config import ConfigError, load_ladder
 
 scaling = importlib.import_module("scaling.__main__")
@@ -51,6 +52,17 @@ def test_micro_ladder_end_to_end(tmp_path):
     before = (root / "scaling.csv").read_text()
     proc = cli("run", "imdb-scaling", "--scale", "micro", run_dir=tmp_path, check=True)
     assert "runs because" not in proc.stderr and (root / "scaling.csv").read_text() == before
+    # a rung's summary.json of another format, recorded in its manifest (a folder from another version): that
+    # rung's report is made again before the scaling stage reads it, and the table is the same
+    report = root / "a" / "report"
+    summary = json.loads((report / "summary.json").read_text())
+    (report / "summary.json").write_text(json.dumps({**summary, "format": SUMMARY_FORMAT + 1}))
+    record_in_manifest(report, "summary.json")
+    proc = cli("run", "imdb-scaling", "--scale", "micro", run_dir=tmp_path, check=True)
+    assert f"rung a: {report / 'summary.json'} has format {SUMMARY_FORMAT + 1}; this version reads format " \
+           f"{SUMMARY_FORMAT}" in proc.stderr and "its report runs again" in proc.stderr
+    assert json.loads((report / "summary.json").read_text())["format"] == SUMMARY_FORMAT
+    assert (root / "scaling.csv").read_text() == before
 
 
 @pytest.mark.parametrize("small, large, seeds, word", [
@@ -74,6 +86,7 @@ def test_trend_sentence_says_which_way_the_gap_moves(small, large, seeds, word):
      "rungs.b: sft.n_head (3) must divide"),
     ('[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2', "[data] or [ground_truth] differ"),
     ('[imdb-scaling.scales.micro.rungs.b.sft]', "a ladder's own folder"),
+    ('[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2', "differ from rung a's ['dpo', 'ppo', 'ppo-gt']"),
 ])
 def test_a_bad_ladder_is_a_one_line_error(tmp_path, edit, message):
     replacement = {"at least 2": "", "base_scale": 'base_scale = "nano"', "protocol": 'protocol = "imdb-scaling"',
@@ -82,7 +95,10 @@ def test_a_bad_ladder_is_a_one_line_error(tmp_path, edit, message):
                    "[data] or [ground_truth] differ":
                        '[imdb-scaling.scales.micro.rungs.b.data]\neval_reviews = 30\n\n'
                        '[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2',
-                   "a ladder's own folder": '[imdb-scaling.scales.micro.rungs.scaling.sft]'}[message]
+                   "a ladder's own folder": '[imdb-scaling.scales.micro.rungs.scaling.sft]',
+                   "differ from rung a's ['dpo', 'ppo', 'ppo-gt']":  # a ladder compares the same methods at every rung
+                       '[imdb-scaling.scales.micro.rungs.b]\nmethods = ["dpo", "ppo"]\n\n'
+                       '[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2'}[message]
     assert edit in BASE_TOML
     path = tmp_path / "benchmarks.toml"
     path.write_text(BASE_TOML.replace(edit, replacement))
