@@ -66,6 +66,13 @@ def _group():
     return PartialState(cpu=on_cpu())
 
 
+def barrier() -> None:
+    """Every process waits here for the others (one process: nothing)."""
+    if world_size() > 1:
+        _group()
+        torch.distributed.barrier()
+
+
 def block(n: int, r: int | None = None, size: int | None = None) -> range:
     """The indices [0, n) that process r (default: this one) handles: contiguous, sizes differing by at most 1."""
     r, size = rank() if r is None else r, world_size() if size is None else size

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from core import dist, resume, tracking
+from core.runcache import RunCache
 
 log = logging.getLogger("stage")
 
@@ -81,9 +82,18 @@ class MethodRun:
         self.label = run_label(method, self.name)
         self.folder = Path(job.out) / self.name
         self.accelerator = accelerator
+        self.kept, self.what = RunCache(job), None
         self.summary = resume.finished_run(self.folder)  # set: finished by an earlier attempt
         if self.summary:
             log.info("%s: finished by an earlier attempt", self.summary["run"])
+            if dist.is_main():  # kept, if that attempt was stopped before it could keep it
+                self.kept.keep(self.kept.what(self.name, param, seed), self.folder)
+        else:  # or kept from an earlier execution of the stage with the same settings, inputs and code
+            if dist.is_main():
+                self.what = self.kept.what(self.name, param, seed)
+                self.kept.restore(self.what, self.folder)
+            dist.barrier()  # every process sees the restored run
+            self.summary = resume.finished_run(self.folder)
         last = resume.latest_checkpoint(self.folder)
         self.latest: Path | None = last[1] if last else None  # the weights to start from, when resuming
         self._saved_state = last[2] if last else None
@@ -156,6 +166,8 @@ class MethodRun:
             record.update({k: getattr(state, k) for k in ("tokens_generated", "tokens_trained") if getattr(state, k)})
         record.update(summary)
         summary = resume.mark_finished(self.folder, record)
+        if dist.is_main():
+            self.kept.keep(self.what or self.kept.what(self.name, self.param, self.seed), self.folder)
         tracking.end(self.tracker, {k: v for k, v in summary.items() if k != "checkpoints"})
         return summary
 

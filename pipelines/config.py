@@ -31,9 +31,12 @@ class ConfigError(ValueError):
     """A config or command-line value that is not allowed. Its message is one line."""
 
 
-def spec(default=dataclasses.MISSING, *, help: str, gt=None, ge=None, le=None, choices=None, nonempty=False):
-    """A config field: its default, what it means, and the values it allows."""
-    meta = dict(help=help, gt=gt, ge=ge, le=le, choices=choices, nonempty=nonempty)
+def spec(default=dataclasses.MISSING, *, help: str, gt=None, ge=None, le=None, choices=None, nonempty=False,
+         sweep=None):
+    """A config field: its default, what it means, and the values it allows. sweep: "runs" for a method's list of
+    runs (one run per value: betas, target_kls), "per run" for a list in its order (one value per run: a beta's
+    learning rate); a run depends on its own value only (core/runcache.py)."""
+    meta = dict(help=help, gt=gt, ge=ge, le=le, choices=choices, nonempty=nonempty, sweep=sweep)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -112,9 +115,10 @@ class PairTrainingConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class DPOConfig(PairTrainingConfig):
-    betas: list[float] = spec(help="one DPO run per beta", gt=0, nonempty=True)
+    betas: list[float] = spec(help="one DPO run per beta", gt=0, nonempty=True, sweep="runs")
     learning_rates: list[float] = spec([], gt=0, help="one peak learning rate per beta, in betas' order (empty: "
-                                                      "learning_rate for every beta); see docs/protocol.md")
+                                                      "learning_rate for every beta); see docs/protocol.md",
+                                       sweep="per run")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,7 +152,7 @@ PAIR_SECTIONS = ("ipo", "slic", "rdpo", "simpo", "cpo", "orpo", "kto")
 @dataclass(frozen=True, kw_only=True)
 class UnlikelihoodConfig(PairTrainingConfig):
     alphas: list[float] = spec(help="one run per weight of the rejected completion's unlikelihood term", gt=0,
-                               nonempty=True)
+                               nonempty=True, sweep="runs")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,11 +171,13 @@ class RewardModelConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class PPOConfig:
-    target_kls: list[float] = spec(gt=0, nonempty=True, help="one run per method and target sequence KL")
+    target_kls: list[float] = spec(gt=0, nonempty=True, help="one run per method and target sequence KL",
+                                   sweep="runs")
     kl_control: str = spec("adaptive", choices=("adaptive", "fixed"), help="Ziegler et al.'s controller, or fixed")
     init_kl_coef: float = spec(0.1, ge=0, help="KL coefficient at step 0 (the fixed one when kl_control = fixed)")
     init_kl_coefs: list[float] = spec([], ge=0, help="one step-0 coefficient per target KL, in target_kls' order "
-                                                     "(empty: init_kl_coef for every target); see docs/kl-control.md")
+                                                     "(empty: init_kl_coef for every target); see docs/kl-control.md",
+                                      sweep="per run")
     kl_horizon: int = spec(10_000, gt=0, help="adaptive controller horizon, in rollouts")
     kl_hold: bool = spec(True, help="adaptive only: the coefficient is not lowered before the measured KL first "
                                     "reaches the target (anti-windup; Ziegler et al.'s rule lowers it from step 1)")
@@ -196,7 +202,8 @@ class PPOConfig:
 @dataclass(frozen=True, kw_only=True)
 class RLOOConfig:
     betas: list[float] = spec(gt=0, nonempty=True, help="one run per method (rloo, rloo-gt) and KL coefficient: the "
-                                                       "reward is r - beta x the sequence's log-ratio to the SFT model")
+                                                       "reward is r - beta x the sequence's log-ratio to the SFT model",
+                              sweep="runs")
     num_generations: int = spec(4, ge=2, help="completions per prompt (k): each one's baseline is the mean reward "
                                               "of the other k - 1")
     prompts_per_step: int = spec(gt=0, help="prompts per optimiser step (each sampled num_generations times)")
@@ -215,7 +222,8 @@ class GRPOConfig(RLOOConfig):
     """GRPO: every key it does not set is [rloo]'s after the scale's overrides."""
     betas: list[float] = spec(gt=0, nonempty=True, help="one run per method (grpo, grpo-gt) and KL coefficient: "
                                                        "beta x the per-token k3 estimate of KL(pi || SFT) is added "
-                                                       "to the loss, averaged over each completion's tokens")
+                                                       "to the loss, averaged over each completion's tokens",
+                              sweep="runs")
     num_generations: int = spec(4, ge=2, help="completions per prompt (the group): each one's advantage is its "
                                               "reward standardised by the group's mean and std")
     epochs: int = spec(1, gt=0, help="optimiser steps on each batch (TRL's num_iterations), after the first under "
@@ -226,7 +234,8 @@ class GRPOConfig(RLOOConfig):
 class OnlineDPOConfig:
     """Online DPO: every key it does not set is [rloo]'s after the scale's overrides."""
     betas: list[float] = spec(gt=0, nonempty=True, help="one run per method (online-dpo, online-dpo-gt) and DPO "
-                                                       "beta, on pairs sampled from the current policy")
+                                                       "beta, on pairs sampled from the current policy",
+                              sweep="runs")
     prompts_per_step: int = spec(gt=0, help="prompts per optimiser step (each sampled twice: one pair)")
     steps: int = spec(gt=0, help="optimiser steps per run")
     learning_rate: float = spec(gt=0, help="peak learning rate (AdamW, constant after warm-up)")

@@ -11,7 +11,7 @@ from test_lm import toy_lm
 
 
 def job(tmp_path):
-    return SimpleNamespace(out=tmp_path, tracking={}, stage="unlikelihood", seed=0)
+    return SimpleNamespace(out=tmp_path / "stage", tracking={}, stage="unlikelihood", seed=0, inputs={}, config={})
 
 
 def train_steps(model, opt, n):
@@ -34,7 +34,7 @@ def test_a_saved_run_resumes_with_its_optimizer_loop_state_and_rng(tmp_path):
     rng_after_save = torch.rand(3)
 
     again = MethodRun(job(tmp_path), "unlikelihood", "alpha0.5", "alpha", 0.5, 0)
-    assert again.latest == tmp_path / "alpha0.5-seed0" / "checkpoint-2"
+    assert again.latest == tmp_path / "stage" / "alpha0.5-seed0" / "checkpoint-2"
     opt2 = torch.optim.AdamW(toy_lm(1, vocab=11).parameters(), lr=1e-2)
     resumed = again.start({"optimizer": opt2})
     assert (resumed.step, resumed.tokens_trained, resumed.history, resumed.extra) == (2, 40, [1.0, 0.5],
@@ -46,8 +46,8 @@ def test_a_saved_run_resumes_with_its_optimizer_loop_state_and_rng(tmp_path):
     summary = again.finish(resumed, final_loss=0.5)
     assert summary["checkpoints"] == [{"step": 2, "path": "alpha0.5-seed0/checkpoint-2"}]
     assert summary["steps"] == 2 and summary["tokens_trained"] == 40 and "tokens_generated" not in summary
-    assert json.loads((tmp_path / "alpha0.5-seed0" / "run.json").read_text()) == summary
-    assert sorted(p.name for p in (tmp_path / "alpha0.5-seed0" / "checkpoint-2").iterdir()) == [
+    assert json.loads((tmp_path / "stage" / "alpha0.5-seed0" / "run.json").read_text()) == summary
+    assert sorted(p.name for p in (tmp_path / "stage" / "alpha0.5-seed0" / "checkpoint-2").iterdir()) == [
         "config.json", "generation_config.json", "model.safetensors"]  # the optimizer state is gone
     assert MethodRun(job(tmp_path), "unlikelihood", "alpha0.5", "alpha", 0.5, 0).summary == summary
 
@@ -71,11 +71,11 @@ def test_non_finite_weights_are_never_saved_nor_marked_finished(tmp_path):
     state.step = 2
     with pytest.raises(FloatingPointError, match="ppo-kl3-seed1 step 2: weight .* is not finite"):
         run.save(state, model)
-    assert not (tmp_path / "ppo-kl3-seed1" / "checkpoint-2").exists()
+    assert not (tmp_path / "stage" / "ppo-kl3-seed1" / "checkpoint-2").exists()
 
     # a checkpoint written by someone else (a TRL trainer) with a NaN in it: finish refuses, run.json is not written
-    model.save_pretrained(tmp_path / "ppo-kl3-seed1" / "checkpoint-3")
+    model.save_pretrained(tmp_path / "stage" / "ppo-kl3-seed1" / "checkpoint-3")
     with pytest.raises(FloatingPointError, match="checkpoint-3: weight .* is not finite"):
         run.finish(state)
-    assert not (tmp_path / "ppo-kl3-seed1" / "run.json").exists()
-    assert (tmp_path / "ppo-kl3-seed1" / "checkpoint-1" / "training_state.pt").exists()  # still resumable from the good one
+    assert not (tmp_path / "stage" / "ppo-kl3-seed1" / "run.json").exists()
+    assert (tmp_path / "stage" / "ppo-kl3-seed1" / "checkpoint-1" / "training_state.pt").exists()  # still resumable from the good one
