@@ -26,6 +26,8 @@ class Job:
     inputs: dict[str, Path]
     out: Path
     tracking: dict = field(default_factory=dict)  # wandb mode, project and group (core/tracking.py)
+    source: str | None = None  # the data source's content (a file source's sha256), for a stage that reads the data
+    forced: bool = False  # started with --force: method runs are trained, not restored (core/runcache.py)
 
     @property
     def seeds(self) -> int:

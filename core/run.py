@@ -83,17 +83,17 @@ class MethodRun:
         self.folder = Path(job.out) / self.name
         self.accelerator = accelerator
         self.kept, self.what = RunCache(job), None
-        self.summary = resume.finished_run(self.folder)  # set: finished by an earlier attempt
-        if self.summary:
-            log.info("%s: finished by an earlier attempt", self.summary["run"])
-            if dist.is_main():  # kept, if that attempt was stopped before it could keep it
-                self.kept.keep(self.kept.what(self.name, param, seed), self.folder)
-        else:  # or kept from an earlier execution of the stage with the same settings, inputs and code
-            if dist.is_main():
-                self.what = self.kept.what(self.name, param, seed)
+        earlier = resume.finished_run(self.folder)  # set: finished by an earlier attempt
+        dist.barrier()  # every process has looked before the main one restores: all take the same path
+        if dist.is_main():
+            self.what = self.kept.what(self.name, param, seed)
+            if earlier:  # kept, if that attempt was stopped before it could keep it
+                log.info("%s: finished by an earlier attempt", earlier["run"])
+                self.kept.keep(self.what, self.folder)
+            else:  # or kept from an earlier execution of the stage with the same settings, inputs and code
                 self.kept.restore(self.what, self.folder)
-            dist.barrier()  # every process sees the restored run
-            self.summary = resume.finished_run(self.folder)
+        dist.barrier()  # every process sees the restored run
+        self.summary = resume.finished_run(self.folder)
         last = resume.latest_checkpoint(self.folder)
         self.latest: Path | None = last[1] if last else None  # the weights to start from, when resuming
         self._saved_state = last[2] if last else None
@@ -167,7 +167,7 @@ class MethodRun:
         record.update(summary)
         summary = resume.mark_finished(self.folder, record)
         if dist.is_main():
-            self.kept.keep(self.what or self.kept.what(self.name, self.param, self.seed), self.folder)
+            self.kept.keep(self.what, self.folder)
         tracking.end(self.tracker, {k: v for k, v in summary.items() if k != "checkpoints"})
         return summary
 

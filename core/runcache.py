@@ -6,13 +6,16 @@ sweep point, one training seed) depends on less than the whole config:
   (a beta's learning rate) to this run's entry, without `seeds` and `methods` (they choose which runs there are,
   not what one computes);
 - the benchmark seed and the run's name (its method, sweep point and training seed);
-- what it reads: the content of its seed's upstream folders (SFT model, pairs, reward model, ground truth);
-- the code that trains it: the stage's package, core/ and the config schema, and the libraries' versions.
+- what it reads: the content of the files its seed's upstream stages made (SFT model, pairs with their metrics,
+  reward model, ground truth: what their manifests list) and of the data source;
+- the code that trains it: the stage's package, core/, the config schema and data splits, the libraries' versions;
+- where it trains: the device type (the precision follows it) and the process count (how a batch is split).
 Their hash is the run's key. A finished run is kept as <run folder>/.runs/<stage>/<run name>/<key>/, hard links
 to the stage folder's files (no second copy on disk), with the sha256 of each file; a stage that asks for a run
 whose key is kept restores those files instead of training (after checking them: an edited or damaged kept run is
 trained again), and says which runs it reused and, for the others, what changed. Kept runs outlive the stage
-folder: a seed or a beta removed from the config and added back is restored, not trained.
+folder: a seed or a beta removed from the config and added back is restored, not trained. `--force` trains every
+run again; a kept run of other code is deleted when the same run is kept anew (it can never be asked for again).
 
 A run restored is the files of the run that was trained, so the frontier is the one a fresh run gives: what a run
 draws derives from its training seed alone (PPO seeds torch with it, TRL's trainers take it as their seed, our
@@ -29,15 +32,12 @@ import logging
 import os
 import shutil
 import sys
-from fnmatch import fnmatch
 from pathlib import Path
 
 log = logging.getLogger("stage")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# in an upstream folder, not what a run reads: the stage's records of itself (its timings, paths and resume key) and
-# the caches `datasets` writes beside a dataset its readers filter
-UPSTREAM_SKIPPED = ("manifest.json", "job.json", "metrics.json", ".resume_key", "training_args.bin")
+CODE = ("core/*.py", "pipelines/config.py", "pipelines/data.py")  # besides the stage's package: what trains a run
 LIBRARIES = ("torch", "transformers", "trl", "accelerate", "datasets", "tokenizers", "numpy")
 
 
@@ -61,26 +61,36 @@ def run_settings(job, param) -> dict:
 
 
 @functools.cache
-def _folder_digest(folder: Path) -> str:
-    """sha256 over the files an upstream stage made in `folder` (names and contents), not its own records."""
+def upstream_digest(stage_folder: Path, part: str = "") -> str:
+    """sha256 over the files a finished upstream stage recorded in its manifest (under `part`: seed<k>/ when it made
+    one artifact per training seed), names and contents: what it made, not what its readers added beside it
+    (`datasets` writes caches next to a dataset it filters). A file recorded but gone gives a digest no kept run
+    has: the run trains."""
+    try:
+        files = json.loads((stage_folder / "manifest.json").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"unreadable manifest {os.urandom(8).hex()}"
     h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if (path.name in UPSTREAM_SKIPPED and path.parent == folder) or fnmatch(path.name, "cache-*.arrow"):
-            continue
-        h.update(str(path.relative_to(folder)).encode())
-        _update_file(h, path)
+    for name in sorted(n for n in files if n.startswith(part)):
+        h.update(name.encode())
+        try:
+            _update_file(h, stage_folder / name)
+        except OSError:
+            return f"missing {name} {os.urandom(8).hex()}"
     return h.hexdigest()
 
 
 @functools.cache
-def code_digest(main_file: str) -> str:
-    """sha256 of the code that trains a stage's runs: its package (the folder of its __main__), core/, the config
-    schema, and the versions of the libraries it trains with."""
+def code_digest(main_file: str | None) -> str:
+    """sha256 of the code that trains a stage's runs: its package (the folder of its __main__, when in this
+    repository), core/, the config schema and the data splits, and the versions of the libraries it trains with."""
     from importlib import metadata
 
-    files = sorted(Path(main_file).resolve().parent.glob("*.py")) + sorted((REPO_ROOT / "core").glob("*.py"))
+    package = Path(main_file).resolve().parent if main_file else None
+    files = sorted(package.glob("*.py")) if package and package.is_relative_to(REPO_ROOT) else []
+    files += sorted(p for pattern in CODE for p in REPO_ROOT.glob(pattern))
     h = hashlib.sha256()
-    for path in [*files, REPO_ROOT / "pipelines" / "config.py"]:
+    for path in files:
         h.update(str(path.relative_to(REPO_ROOT)).encode())
         h.update(path.read_bytes())
     for name in LIBRARIES:
@@ -103,16 +113,6 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _flatten(table: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 class RunCache:
     """The kept runs of one stage (<run folder>/.runs/<stage>/), for the runs of one job."""
 
@@ -122,11 +122,16 @@ class RunCache:
 
     def what(self, name: str, param, seed: int) -> dict:
         """What run `name` depends on (the module docstring's list), as recorded beside a kept run."""
+        from core import dist
+
         job = self.job
-        inputs = {need: _folder_digest(job.upstream(need, seed)) for need in sorted(job.inputs)}
-        main = getattr(sys.modules.get("__main__"), "__file__", None) or str(REPO_ROOT / "core" / "run.py")
+        inputs = {need: upstream_digest(Path(job.inputs[need]),
+                                        f"seed{seed}/" if job.per_seed(need) else "") for need in sorted(job.inputs)}
         return {"run": name, "seed": job.seed, "settings": run_settings(job, param), "inputs": inputs,
-                "code": code_digest(main)}
+                "data": getattr(job, "source", None), "code": code_digest(getattr(sys.modules.get("__main__"),
+                                                                                    "__file__", None)),
+                # the precision (bf16 on CUDA) and how a batch is split (KTO's singles) follow these
+                "device": dist.device().type, "processes": dist.world_size()}
 
     @staticmethod
     def key(what: dict) -> str:
@@ -135,14 +140,21 @@ class RunCache:
     def restore(self, what: dict, folder: Path) -> bool:
         """Put the kept run of `what` into `folder` (hard links; copies where the file system has none) when there
         is one whose files are whole; log which, or why none. -> whether it did."""
+        if getattr(self.job, "forced", False):
+            log.info("%s: trains (--force)", what["run"])
+            return False
         kept = self.root / what["run"] / self.key(what)
         files = _read_json(kept / ".files.json")
-        if files is not None and all((kept / name).is_file() and _file_digest(kept / name) == digest
-                                     for name, digest in files.items()):
-            shutil.rmtree(folder, ignore_errors=True)  # what an interrupted attempt left
-            _link_tree(kept, folder, files)
-            log.info("%s: reused the run kept in %s (same settings, inputs and code)", what["run"], kept)
-            return True
+        try:
+            if files is not None and all((kept / name).is_file() and _file_digest(kept / name) == digest
+                                         for name, digest in files.items()):
+                shutil.rmtree(folder, ignore_errors=True)  # what an interrupted attempt left
+                _link_tree(kept, folder, files)  # run.json last: it marks the run finished
+                log.info("%s: reused the run kept in %s (same settings, inputs and code)", what["run"], kept)
+                return True
+        except OSError as e:  # a kept run only saves time: one that cannot be restored is trained
+            shutil.rmtree(folder, ignore_errors=True)
+            log.warning("%s: its kept run could not be restored (%s)", what["run"], e)
         if files is not None:  # trained again below, and kept anew
             shutil.rmtree(kept, ignore_errors=True)
         log.info("%s: trains (%s)", what["run"], "its kept run is damaged or edited" if files is not None
@@ -151,14 +163,16 @@ class RunCache:
 
     def why_not(self, what: dict) -> str:
         """What differs from the newest kept run of the same name, or that there is none."""
+        from pipelines.config import flatten
+
         entries = sorted((p for p in (self.root / what["run"]).glob("*/.what.json")), key=lambda p: p.stat().st_mtime)
         if not entries:
             return "no run of it kept before"
         old = _read_json(entries[-1]) or {}
-        changed = [f"settings {k}" for k, v in _flatten(what["settings"]).items()
-                   if _flatten(old.get("settings", {})).get(k) != v]
+        changed = [f"settings {k}" for k, v in flatten(what["settings"]).items()
+                   if flatten(old.get("settings", {})).get(k) != v]
         changed += [f"{k}'s files" for k, v in what["inputs"].items() if old.get("inputs", {}).get(k) != v]
-        changed += [k for k in ("code", "seed") if old.get(k) != what[k]]
+        changed += [k for k in ("code", "seed", "data", "device", "processes") if old.get(k) != what[k]]
         return "changed since the run kept last: " + (", ".join(changed) or "its record")
 
     def keep(self, what: dict, folder: Path) -> None:
@@ -170,6 +184,9 @@ class RunCache:
         files = {str(p.relative_to(folder)): _file_digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
         for left in kept.parent.glob(f".{kept.name}.tmp-*"):  # what a killed attempt left: never read
             shutil.rmtree(left, ignore_errors=True)
+        for other in kept.parent.glob("*/.what.json"):  # trained by other code: no run will ask for it again
+            if (_read_json(other) or {}).get("code") != what["code"]:
+                shutil.rmtree(other.parent, ignore_errors=True)
         tmp = kept.with_name(f".{kept.name}.tmp-{os.getpid()}")
         try:
             _link_tree(folder, tmp, files)
@@ -183,7 +200,8 @@ class RunCache:
 
 
 def _link_tree(src: Path, dst: Path, files: dict) -> None:
-    for name in files:
+    """Hard links in dst to src's `files` (copies where the file system has none), run.json last."""
+    for name in sorted(files, key=lambda n: n == "run.json"):
         target = dst / name
         target.parent.mkdir(parents=True, exist_ok=True)
         try:

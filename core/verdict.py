@@ -130,9 +130,12 @@ def read_summary(path) -> dict:
         raise ValueError(f"{path} has format {found!r}; this version reads format {SUMMARY_FORMAT} (written by "
                          f"another version of the report)")
     missing = [k for k in SUMMARY_KEYS if k not in summary]
-    bad = [f"{kind}.{name}.{measure}" for kind in ("methods", "comparisons")
-           for name, by_measure in (summary.get(kind) or {}).items() for measure, iv in by_measure.items()
-           if not isinstance(iv, dict) or any(k not in iv for k in INTERVAL_KEYS)]
+    tables = {kind: summary.get(kind) for kind in ("methods", "comparisons")}
+    bad = [kind for kind, table in tables.items() if not isinstance(table, dict)
+           or not all(isinstance(by_measure, dict) for by_measure in table.values())]
+    bad += [f"{kind}.{name}.{measure}" for kind, table in tables.items() if kind not in bad
+            for name, by_measure in table.items() for measure, iv in by_measure.items()
+            if not isinstance(iv, dict) or any(k not in iv for k in INTERVAL_KEYS)]
     if missing or bad or not isinstance(summary["measures"], list) or not summary["measures"]:
         raise ValueError(f"{path}: format {SUMMARY_FORMAT} but {', '.join(missing + bad[:3]) or 'measures'} "
                          f"missing or malformed (edited?)")

@@ -571,7 +571,7 @@ def _resolve_ladder(doc: dict, benchmark: str, scale: str | None, path: Path) ->
             raise ConfigError(f"{benchmark}.scales.{scale}.rungs.{rung}: seed, [data] or [ground_truth] differ from "
                               f"rung {first}'s; allowed: the same for every rung (they share data, prompts and "
                               f"the ground truth)")
-        if out[rung].methods != out[first].methods:
+        if set(out[rung].methods) != set(out[first].methods):
             raise ConfigError(f"{benchmark}.scales.{scale}.rungs.{rung}: methods {out[rung].methods} differ from rung "
                               f"{first}'s {out[first].methods}; allowed: the same methods at every rung (the ladder "
                               f"compares each across the rungs)")

@@ -75,8 +75,9 @@ def _start_problem(device: str) -> str | None:
         return f"it did not answer within {PROBE_SECONDS} s (busy, or its driver hangs)"
     if done.returncode == 0:
         return None
-    lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-    return lines[-1] if lines else f"starting it failed (exit {done.returncode})"
+    said = [line.strip() for line in done.stdout.splitlines() if line.strip()]  # the probe's own one line
+    crashed = [line.strip() for line in done.stderr.splitlines() if line.strip()]  # else the child's last words
+    return (said or crashed or [f"starting it failed (exit {done.returncode})"])[-1]
 
 
 def probe(device: str, torch) -> str | None:

@@ -495,6 +495,7 @@ def _start_stage(cfg, stage: Stage, config: dict, inputs: dict, final: Path, fol
         "stage": stage.name, "benchmark": cfg.benchmark, "scale": cfg.scale, "seed": cfg.seed,
         "torch_threads": cfg.torch_threads, "config": config, "out": str(tmp),
         "inputs": {n: str(folders[n]) for n in stage.needs}, "tracking": tracking,
+        "source": inputs.get("data"), "forced": why == "--force",  # what a kept run depends on (core/runcache.py)
     }
     (tmp / "job.json").write_text(json.dumps(job, indent=2))
     command = launch.command(stage, config) + [str(tmp / "job.json")]

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -29,20 +28,17 @@ from pipelines.config import ConfigError
 def test_a_device_this_machine_lacks_is_one_line_and_writes_nothing(tmp_path, how, message):
     if "+cpu" not in __import__("torch").__version__:
         pytest.skip("the CPU build of torch: the device's absence is what this test needs")
-    start = time.time()
     proc = cli("run", "imdb-sentiment", "--scale", "micro", *how, run_dir=tmp_path / "runs")
-    seconds = time.time() - start
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
     assert "available here: cpu" in lines[0]
-    assert not (tmp_path / "runs").exists()
-    assert seconds < 30, seconds  # the 5 s is measured in docs/reliability.md; here only "not a stage"
+    assert not (tmp_path / "runs").exists()  # its time (2-3 s) is measured in docs/reliability.md, not here
 
 
 def test_pipelines_device_in_the_environment_is_checked_too(tmp_path):
     proc = cli("run", "imdb-scaling", "--scale", "micro", run_dir=tmp_path / "runs",
-               env={"PIPELINES_DEVICE": "cuda:3"})
-    assert proc.returncode == 2 and proc.stderr.startswith("error: --device cuda:3: "), proc.stderr
+               env={"PIPELINES_DEVICE": "cuda:99"})
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --device cuda:99: "), proc.stderr
     assert not (tmp_path / "runs").exists()
 
 
@@ -152,6 +148,8 @@ def test_read_summary_refuses_another_format_in_one_line(tmp_path):
         ({k: v for k, v in good.items() if k != "format"}, "has format None"),
         ({**good, "methods": {"dpo": {"KL <= 2": {"estimate": 0.5}}}}, "methods.dpo.KL <= 2 missing or malformed"),
         ({**good, "measures": []}, "measures missing or malformed"),
+        ({**good, "comparisons": ["dpo - ppo"]}, "comparisons missing or malformed"),
+        ({**good, "methods": {"dpo": "0.5"}}, "methods missing or malformed"),
         ([1, 2], "has format None"),
     ]:
         path.write_text(json.dumps(summary))
@@ -199,6 +197,7 @@ def test_disk_full_is_recognised_from_the_error_or_the_free_space(tmp_path, monk
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
     except RuntimeError as e:
         chained = e
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(free=50 * 2**30))  # room, whatever is here
     assert "no space left on the disk of" in jobs.disk_full(chained, tmp_path)
     assert "RuntimeError: [enforce fail" in jobs.disk_full(chained, tmp_path)
     assert jobs.disk_full(ValueError("a bug"), tmp_path) is None  # a plain bug stays a traceback

@@ -15,7 +15,7 @@ def stage_job(tmp_path, stage="dpo", **section):
     config = {"seed": 0, "seeds": 3, "methods": ["dpo"], "train": {"max_grad_norm": 1.0},
               stage: {"batch_size": 8, "learning_rates": [], **section}}
     return SimpleNamespace(stage=stage, seed=0, config=config, inputs={}, out=tmp_path / f".{stage}.tmp",
-                           upstream=lambda name, seed=0: tmp_path / name)
+                           per_seed=lambda name: False, source=None, forced=False)
 
 
 def test_a_run_depends_on_its_own_sweep_point_only(tmp_path):
@@ -48,6 +48,8 @@ def test_a_kept_run_is_restored_whole_or_trained_again(tmp_path, caplog, monkeyp
     caplog.set_level(logging.INFO, logger="stage")
     (tmp_path / "sft").mkdir()
     (tmp_path / "sft" / "model.safetensors").write_text("sft")
+    (tmp_path / "sft" / "manifest.json").write_text(json.dumps({"files": {"model.safetensors": 3}}))
+    (tmp_path / "sft" / "cache-1.arrow").write_text("a reader's cache: not what the stage made")
     job = stage_job(tmp_path, betas=[0.1, 1.0])
     job.inputs = {"sft": tmp_path / "sft"}
     cache = RunCache(job)
@@ -75,9 +77,19 @@ def test_a_kept_run_is_restored_whole_or_trained_again(tmp_path, caplog, monkeyp
     assert not cache.restore(what, tmp_path / "again" / "beta1-seed0")
     assert "beta1-seed0: trains (its kept run is damaged or edited)" in caplog.text
     assert not kept.exists()  # kept anew once trained again
-    (tmp_path / "sft" / "model.safetensors").write_text("SFT")  # the upstream changed: another key
-    runcache._folder_digest.cache_clear()
+    (tmp_path / "sft" / "cache-1.arrow").write_text("another cache")  # not in the manifest: the same key
+    runcache.upstream_digest.cache_clear()
+    assert cache.key(cache.what("beta1-seed0", 1.0, 0)) == cache.key(what)
+    (tmp_path / "sft" / "model.safetensors").write_text("SFT")  # what the upstream made changed: another key
+    runcache.upstream_digest.cache_clear()
     assert cache.key(cache.what("beta1-seed0", 1.0, 0)) != cache.key(what)
+    assert {"data", "device", "processes", "code"} <= set(what)  # where and on what it trained count too
+
+    finished_run(job.out / "beta0.1-seed0")
+    cache.keep(cache.what("beta0.1-seed0", 0.1, 0), job.out / "beta0.1-seed0")
+    job.forced = True  # --force: trained again, not restored
+    assert not cache.restore(cache.what("beta0.1-seed0", 0.1, 0), tmp_path / "f" / "beta0.1-seed0")
+    assert "beta0.1-seed0: trains (--force)" in caplog.text
 
 
 def test_adding_a_seed_and_a_beta_trains_only_what_is_new(micro_run, tmp_path):
