@@ -24,7 +24,7 @@ XGRAMMAR_VERSION := 0.2.8
 LAUNCH := $(if $(SEEDS),--seeds $(SEEDS)) $(if $(METHODS),--methods "$(METHODS)") $(if $(NPROC),--nproc $(NPROC)) $(if $(WORKERS),--workers $(WORKERS)) \
 	$(if $(ACCELERATE_CONFIG),--accelerate-config $(ACCELERATE_CONFIG)) $(if $(DEVICE),--device $(DEVICE))
 
-.PHONY: help imdb-sentiment imdb-scaling show test test-faults test-vllm bench gpu-check wandb-sync reference clean-runs env
+.PHONY: help imdb-sentiment imdb-scaling show test test-fast test-faults test-vllm bench gpu-check wandb-sync reference clean-runs env
 
 help:  ## list the targets
 	@echo "make imdb-sentiment [SCALE=tiny|micro|smol|gpt2|paper]  the IMDb benchmark (default: tiny)"
@@ -37,12 +37,13 @@ help:  ## list the targets
 	@echo "      [SEEDS=N] [METHODS=...]                  as above, for every rung -> scaling.{md,csv,png,pdf}"
 	@echo "make show [SCALE=...]                          print the resolved config of that scale"
 	@echo "make test [TEST_WORKERS=2]                     run the test suite (offline, CPU), fault tests included"
+	@echo "make test-fast                                 the unit tests only (no stage runs; about a minute)"
 	@echo "make test-faults                               only the kill -9 / resume tests"
 	@echo "make test-vllm                                 the vLLM sampler's tests (in .venv-vllm, made if missing)"
 	@echo "make bench                                     speed ratios -> bench/results.json and bench/results.md"
 	@echo "make gpu-check                                 every stage briefly on the GPU -> bench/gpu_check.json"
 	@echo "make wandb-sync                                upload the offline wandb runs in ./wandb"
-	@echo "make reference                                 regenerate docs/config.md from pipelines/config.py"
+	@echo "make reference                                 regenerate docs/config.md and docs/methods.md's table"
 	@echo "make env                                       create .venv (done automatically by the others)"
 	@echo "VLLM=1 with any target                         use .venv-vllm: the project with vLLM, which then samples"
 	@echo "                                               pairs and eval (pairs.sampler / eval.sampler = auto)"
@@ -113,6 +114,9 @@ TEST_WORKERS ?= 2
 test: env
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
+test-fast: env
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow and not faults" tests
+
 test-faults: env
 	$(PY) -m pytest -q -m faults tests
 
@@ -127,7 +131,7 @@ wandb-sync: env
 	$(VENV)/bin/wandb sync --include-offline $${WANDB_DIR:-.}/wandb/offline-run-*
 
 reference: env
-	$(PY) -m pipelines reference --write docs/config.md
+	$(PY) -m pipelines reference --docs docs
 
 clean-runs:
 	rm -rf $${RUN_DIR:-runs}

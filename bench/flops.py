@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from core.methods import stages as method_stages
+
 
 def forward_flops_per_token(n_layer: int, d_model: int, context: float, vocab: int | None) -> float:
     """One token through the model at `context` tokens of attention; vocab None: no LM head (a scalar head,
@@ -30,6 +32,10 @@ def forward_flops_per_token(n_layer: int, d_model: int, context: float, vocab: i
 def stage_flops(root: Path) -> dict[str, float]:
     """Counted FLOPs of each finished stage of the run folder `root` (stages without a manifest are left out)."""
     read = lambda *p: json.loads(root.joinpath(*p).read_text())  # noqa: E731
+
+    def of_kind(kind: str) -> list[str]:  # the finished method stages counted alike (the registry's order)
+        return [name for name, ms in method_stages().items() if ms[0].kind == kind and name in m]
+
     m = {s.name: read(s.name, "manifest.json") for s in root.iterdir() if (s / "manifest.json").is_file()}
     if "sft" not in m:
         return {}
@@ -48,17 +54,16 @@ def stage_flops(root: Path) -> dict[str, float]:
         samples = pairs["prompts"] * pairs["samples_per_prompt"]
         out["pairs"] = lm * samples * (completion + sequence)
     # policy fwd + bwd on the pairs (KTO's reference and mismatched-completion forwards are not counted)
-    for stage in ("dpo", "ipo", "slic", "rdpo", "simpo", "cpo", "orpo", "kto", "unlikelihood", "preferred_ft"):
-        if stage in m:
-            out[stage] = 3 * lm * m[stage]["metrics"]["tokens_trained"]
+    for stage in of_kind("pairs"):
+        out[stage] = 3 * lm * m[stage]["metrics"]["tokens_trained"]
     if "reward_model" in m:  # both completions of each pair, forward + backward, scalar head
         rm = m["reward_model"]
         epochs = rm["config"]["reward_model"]["epochs"]
         out["reward_model"] = 3 * scalar * 2 * rm["metrics"]["train_pairs"] * epochs * sequence
-    if "ppo" in m:
-        ppo_cfg = m["ppo"]["config"]["ppo"]
+    for stage in of_kind("ppo"):
+        ppo_cfg = m[stage]["config"][stage]
         flops = 0.0
-        for run in read("ppo", "runs.json"):
+        for run in read(stage, "runs.json"):
             rollout_tokens = run["steps"] * ppo_cfg["rollouts_per_step"] * sequence
             flops += lm * run["tokens_generated"]  # sampling
             # no-grad passes per rollout token: the old policy, the reference, the value model, and for ppo
@@ -66,10 +71,8 @@ def stage_flops(root: Path) -> dict[str, float]:
             flops += rollout_tokens * (2 * lm + scalar * (2 if run["method"] == "ppo" else 1))
             # each epoch's minibatches: policy and value model forward + backward
             flops += 3 * (lm + scalar) * run["tokens_trained"]
-        out["ppo"] = flops
-    for stage in ("rloo", "grpo", "online_dpo"):  # TRL's online trainers
-        if stage not in m:
-            continue
+        out[stage] = flops
+    for stage in of_kind("online"):  # TRL's online trainers
         cfg = m[stage]["config"][stage]
         flops = 0.0
         epochs = cfg.get("epochs", 1)
@@ -82,9 +85,9 @@ def stage_flops(root: Path) -> dict[str, float]:
             flops += tokens / epochs * passes
             flops += 3 * lm * tokens  # each optimiser step, forward + backward
         out[stage] = flops
-    if "best_of_n" in m:  # M samples per evaluation prompt, each scored by the reward model
-        metrics = m["best_of_n"]["metrics"]
-        out["best_of_n"] = lm * metrics.get("tokens_generated", 0) + \
+    for stage in of_kind("best_of_n"):  # M samples per prompt, scored by the RM
+        metrics = m[stage]["metrics"]
+        out[stage] = lm * metrics.get("tokens_generated", 0) + \
             scalar * metrics["prompts"] * metrics["samples_per_prompt"] * sequence
     if "eval" in m:  # each point: sample, then the exact sequence KL (policy and reference forwards)
         ev = m["eval"]["config"]["eval"]

@@ -33,6 +33,8 @@ _die_with_the_launcher()  # at import: every stage imports this module among its
 
 import torch  # noqa: E402
 
+from core.config import ConfigError  # noqa: E402
+
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -118,8 +120,6 @@ def close() -> None:
 def check_divisible(what: str, value: int) -> None:
     """A global batch split over the processes must split evenly, or the processes would train on different
     amounts and one process's result would differ from many processes'."""
-    from pipelines.config import ConfigError
-
     if value % world_size():
         raise ConfigError(f"{what} = {value} does not split over {world_size()} processes; "
                           f"use a multiple of {world_size()} or another NPROC")

@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.config import SECTIONS
+from core.config import SECTIONS, ConfigError
 
 log = logging.getLogger("stage")
 
@@ -182,7 +182,6 @@ def run(main) -> None:
     from torch.distributed import DistError
 
     from core import dist
-    from pipelines.config import ConfigError
 
     try:
         main()

@@ -110,7 +110,7 @@ def make_prompts(texts: list[str], tokenizer, min_tokens: int, max_tokens: int, 
 def split_prompts(data_cfg, seed: int, split: str, n: int, tokenizer) -> list[list[int]]:
     """The benchmark's first n prompts from a split ("train" or "eval"): reviews longer than min_review_chars,
     cut to their first prompt_min_tokens..prompt_max_tokens tokens."""
-    from pipelines.data import make_splits, prompt_reviews
+    from core.data import make_splits, prompt_reviews
 
     texts = prompt_reviews(getattr(make_splits(data_cfg, seed), split), data_cfg)[:n]
     return make_prompts(texts, tokenizer, data_cfg.prompt_min_tokens, data_cfg.prompt_max_tokens, seed)

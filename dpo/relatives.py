@@ -26,12 +26,12 @@ from tqdm.auto import tqdm
 
 from core import job as jobs
 from core import dist, lm
+from core.config import sweep_lists
+from core.methods import stage_method
 from core.run import MethodRun
 from core.train import loop_accelerator
 
 log = logging.getLogger("stage")
-# stage -> (method, its sweep's config key, the parameter's name); Preferred-FT sweeps nothing: one run per seed
-METHODS = {"unlikelihood": ("unlikelihood", "alphas", "alpha"), "preferred_ft": ("preferred-ft", None, None)}
 
 
 def preferred_ft_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor,
@@ -90,7 +90,7 @@ def train_one(method: str, param, seed: int, cfg, job, pairs: dict) -> dict:
     """One run from the SFT model. param: alpha (unlikelihood) or None (preferred-ft); seed: the training seed
     (the data order). A run killed part-way resumes from its latest checkpoint; a finished one is not trained
     again."""
-    name = METHODS[job.stage][2]
+    name = sweep_name(job.stage)
     accelerator = loop_accelerator()
     run = MethodRun(job, method, f"{name}{param:g}" if name else "", name or "", param, seed,
                     accelerator=accelerator)
@@ -157,9 +157,16 @@ def train_one(method: str, param, seed: int, cfg, job, pairs: dict) -> dict:
     return run.finish(state, final_loss=state.history[-1], **extra)
 
 
+def sweep_name(stage: str) -> str | None:
+    """The parameter a run of the stage sweeps (alpha: the section's `alphas`), None for Preferred-FT, which sweeps
+    nothing (one run per seed)."""
+    runs = sweep_lists(stage)[0]
+    return runs[:-1] if runs else None
+
+
 def main():
     job = jobs.start()
-    method, sweep_key, name = METHODS[job.stage]
+    method, sweep_key, name = stage_method(job.stage).name, sweep_lists(job.stage)[0], sweep_name(job.stage)
     cfg = job.section(job.stage)
     dist.check_divisible(f"{job.stage}.batch_size", cfg.batch_size)
     from datasets import load_from_disk

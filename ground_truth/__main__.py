@@ -14,7 +14,7 @@ import numpy as np
 from core import job as jobs
 from core import tracking
 from core.scorer import TfidfLogRegScorer, load_scorer, save_hf_reference
-from pipelines.data import make_splits
+from core.data import make_splits
 
 log = logging.getLogger("stage")
 

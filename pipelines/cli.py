@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 from . import config as config_mod
-from . import data, devices, graph, hub, store
+from core import data
+
+from . import devices, graph, hub, reference, signals, source, stages, store
 from . import ladder as ladder_mod
 from .config import ConfigError
 from core.job import disk_full
@@ -44,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a benchmark's stages, skipping finished ones")
     r.add_argument("benchmark")
     r.add_argument("--scale", help="named scale (default: the benchmark's default_scale)")
-    r.add_argument("--stages", help=f"comma-separated subset of: {','.join(graph.STAGES)}")
+    r.add_argument("--stages", help=f"comma-separated subset of: {','.join(stages.STAGES)}")
     r.add_argument("--force", action="store_true", help="rerun the selected stages even if finished")
     r.add_argument("--seeds", type=int, help="training seeds per method run (default: the scale's `seeds`); "
                                              "1 for a quick look, no verdict")
@@ -66,12 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scale")
     sub.add_parser("list", help="benchmarks, scales and stages")
     ref = sub.add_parser("reference", help="print the config reference (docs/config.md)")
-    ref.add_argument("--write", type=Path, help="write it to this file instead")
+    ref.add_argument("--docs", type=Path, help="instead, write the folder's config.md and the table of its methods.md")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    graph.handle_signals()
+    signals.handle_signals()
     args = _parser().parse_args(argv)
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
@@ -98,18 +100,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args) -> int:
     if args.command == "reference":
-        text = config_mod.reference_markdown()
-        if args.write:
-            args.write.write_text(text)
-        else:
-            print(text)
+        if not args.docs:
+            print(reference.reference_markdown())
+            return 0
+        methods = args.docs / "methods.md"
+        store.write_text_atomic(args.docs / "config.md", reference.reference_markdown())
+        store.write_text_atomic(methods, reference.methods_markdown(methods.read_text()))
         return 0
     if args.command == "list":
         doc = config_mod.read_toml(args.config)
         for b in config_mod.benchmark_names(doc):
             print(f"{b}: scales {', '.join(config_mod.scale_names(doc, b))} "
                   f"(default {config_mod.default_scale(b, args.config)})")
-        print("stages: " + " -> ".join(graph.STAGES))
+        print("stages: " + " -> ".join(stages.STAGES))
         return 0
     if config_mod.is_ladder(config_mod.read_toml(args.config), args.benchmark):
         return _ladder(args)
@@ -127,7 +130,7 @@ def _dispatch(args) -> int:
     launch = launch.resolved(cfg.torch_threads)
     graph.check(cfg, only, launch)
     hub.check_hub(cfg)
-    source_id = data.check(cfg)  # the last check: once the source passes, it is remembered in RUN_DIR/.cache
+    source_id = source.check(cfg)  # the last check: once the source passes, it is remembered in RUN_DIR/.cache
     log.info("benchmark %s, scale %s (choose another with --scale, or SCALE=... with make); runs in %s",
              cfg.benchmark, cfg.scale, store.run_root(cfg.benchmark, cfg.scale))
     root = graph.run(cfg, only, args.force, config_mod.protocol(args.benchmark, args.config), launch,
@@ -167,7 +170,7 @@ def _ladder(args) -> int:
     for cfg in ladder.rungs.values():
         graph.check(cfg, None, launch)
         hub.check_hub(cfg)
-    source_id = data.check(first)
+    source_id = source.check(first)
     log.info("ladder %s of %s: rungs %s; runs in %s", ladder.name, ladder.benchmark, ", ".join(ladder.rungs), root)
     root = ladder_mod.run(ladder, args.force, config_mod.protocol(ladder.protocol, args.config), launch, source_id)
     for name in ("scaling.md", "scaling.png", "scaling.csv"):

@@ -1,7 +1,7 @@
 """A ladder of model sizes (imdb-scaling): the whole comparison of the protocol benchmark at each rung, then the
 scaling stage across the rungs.
 
-Each rung is a benchmark run of its own (every stage of pipelines/graph.py, skipped when finished) in
+Each rung is a benchmark run of its own (every stage of pipelines/stages.py, skipped when finished) in
 runs/<ladder benchmark>/<ladder>/<rung>/, with the rung's overrides of the protocol's base scale; the rungs share
 the data, the evaluation prompts (the same seeded splits), the tokenizer (trained the same way from the same
 reviews) and the ground truth (one folder, runs/<...>/<ladder>/ground_truth/). One wandb group holds the ladder;

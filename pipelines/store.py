@@ -89,7 +89,7 @@ def damaged(folder: Path, manifest: dict | None) -> str | None:
 
 class HashCache:
     """sha256 of files, remembered by path, size and modification time (RUN_DIR/.cache/file-hashes.json):
-    a large source is read once, and any edit (its size or time changes) is hashed again. data.check also
+    a large source is read once, and any edit (its size or time changes) is hashed again. source.check also
     records here which source contents and settings have passed its checks."""
 
     def __init__(self):

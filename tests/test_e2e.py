@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli, record_in_manifest
+from helpers import cli, config_data, record_in_manifest, scale_overrides, write_config
 
 STAGES = ["sft", "ground_truth", "pairs", "dpo", "unlikelihood", "preferred_ft", "reward_model", "ppo", "eval", "report"]
 
@@ -143,11 +143,10 @@ def test_changing_dpo_reruns_dpo_eval_and_report_only(micro_copy, tmp_path):
     run_dir, root = micro_copy  # a private copy: the shared micro run keeps the shipped config for other tests
     before = {s: json.loads((root / s / "manifest.json").read_text())["identity"] for s in STAGES}
     old = [r for r in rows(root / "frontier.csv") if r["method"] != "dpo"]
-    toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
-    path = tmp_path / "bench.toml"
-    path.write_text(toml.replace("betas = [0.1, 1.0]", "betas = [0.1, 1.0, 5.0]"))
+    path = write_config(tmp_path / "bench.toml", scale_overrides("micro", dpo={"betas": [0.1, 1.0, 5.0]}))
     proc = cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
-    assert "[dpo] DPO, one run per beta (micro scale) - runs because config changed: dpo.betas" in proc.stderr
+    assert "[dpo] DPO (dpo) from the pairs, one run per beta and seed (micro scale) - runs because config changed: " \
+           "dpo.betas\n" in proc.stderr
     after = {s: json.loads((root / s / "manifest.json").read_text())["identity"] for s in STAGES}
     assert [s for s in STAGES if before[s] != after[s]] == ["dpo", "eval", "report"]
     new = rows(root / "frontier.csv")
@@ -162,11 +161,10 @@ def test_changing_dpo_reruns_dpo_eval_and_report_only(micro_copy, tmp_path):
 
 def test_a_changed_eval_config_evaluates_every_point_again(micro_copy, tmp_path):
     run_dir, root = micro_copy
-    toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
-    path = tmp_path / "bench.toml"
-    table = "[imdb-sentiment.scales.micro.eval]\nprompts = 16\nselect_prompts = 8\nmax_new_tokens = 8\n"
-    assert table in toml
-    path.write_text(toml.replace(table, table.replace("max_new_tokens = 8", "max_new_tokens = 6")))
+    table = config_data()["imdb-sentiment"]["scales"]["micro"]["eval"]
+    assert {k: table[k] for k in ("prompts", "select_prompts", "max_new_tokens")} == {
+        "prompts": 16, "select_prompts": 8, "max_new_tokens": 8}
+    path = write_config(tmp_path / "bench.toml", scale_overrides("micro", eval={"max_new_tokens": 6}))
     cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
     metrics = json.loads((root / "eval" / "manifest.json").read_text())["metrics"]
     assert metrics["points_reused"] == 0 and metrics["points"] == len(rows(root / "frontier.csv")) // 2
@@ -203,16 +201,11 @@ def test_ppo_gt_raises_ground_truth_reward(micro_run, tmp_path, value_model):
     _, root, _ = micro_run
     store = tmp_path / "runs"
     shutil.copytree(root, store / "imdb-sentiment" / "micro")
-    toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
-    micro_ppo = toml[toml.index("[imdb-sentiment.scales.micro.ppo]"):]
-    micro_ppo = micro_ppo[: micro_ppo.index("\n\n")]
-    path = tmp_path / "bench.toml"
-    toml = toml.replace("[imdb-sentiment.scales.micro]\n", '[imdb-sentiment.scales.micro]\nmethods = ["ppo-gt"]\n')
-    path.write_text(toml.replace(micro_ppo, "\n".join([
-        "[imdb-sentiment.scales.micro.ppo]", "target_kls = [10.0]",
-        "rollouts_per_step = 32", "minibatch_size = 16", "ppo_epochs = 2", "steps = 40", "learning_rate = 3e-3",
-        "value_learning_rate = 3e-3", "init_kl_coef = 0.01", "max_new_tokens = 8", "eval_every = 40",
-        f'value_model = "{value_model}"'])))
+    ppo = {"target_kls": [10.0], "rollouts_per_step": 32, "minibatch_size": 16, "ppo_epochs": 2, "steps": 40,
+           "learning_rate": 3e-3, "value_learning_rate": 3e-3, "init_kl_coef": 0.01, "max_new_tokens": 8,
+           "eval_every": 40, "value_model": value_model}
+    assert ppo.keys() >= config_data()["imdb-sentiment"]["scales"]["micro"]["ppo"].keys()  # every micro key replaced
+    path = write_config(tmp_path / "bench.toml", scale_overrides("micro", methods=["ppo-gt"], ppo=ppo))
     cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", "--stages", "ppo", "--seeds", "1",
         run_dir=store, check=True)
     log = [json.loads(line) for line in (store / "imdb-sentiment/micro/ppo/ppo-gt-kl10-seed0/log.jsonl").open()]
@@ -221,13 +214,10 @@ def test_ppo_gt_raises_ground_truth_reward(micro_run, tmp_path, value_model):
     assert log[-1]["kl"] > log[0]["kl"]
 
 
-def micro_with(tmp_path, line: str, *args: str) -> Path:
-    """A fresh micro run whose scale has one more top-level line (seed = 1, reseed_shared = true), run with the
+def micro_with(tmp_path, keys: dict, *args: str) -> Path:
+    """A fresh micro run whose scale has more top-level keys ({"seed": 1, "reseed_shared": True}), run with the
     command line's `args` too. -> its folder."""
-    toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
-    path = tmp_path / "micro_with.toml"
-    path.write_text(toml.replace("[imdb-sentiment.scales.micro]\ntorch_threads = 1",
-                                 f"[imdb-sentiment.scales.micro]\ntorch_threads = 1\n{line}"))
+    path = write_config(tmp_path / "micro_with.toml", scale_overrides("micro", **keys))
     cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", *args, run_dir=tmp_path / "runs",
         check=True)
     return tmp_path / "runs" / "imdb-sentiment" / "micro"
@@ -242,22 +232,12 @@ def test_a_non_finite_loss_stops_the_stage_naming_the_step(micro_run, tmp_path, 
     store = tmp_path / "runs"
     shutil.copytree(root, store / "imdb-sentiment" / "micro")
     shutil.rmtree(store / "imdb-sentiment" / "micro" / stage)
-    toml = (Path(__file__).resolve().parent.parent / "benchmarks.toml").read_text()
-    path = tmp_path / "bench.toml"
-    path.write_text(_with_key(toml, f"[imdb-sentiment.scales.micro.{stage}]\n", "learning_rate", "1e30"))
+    path = write_config(tmp_path / "bench.toml", scale_overrides("micro", **{stage: {"learning_rate": 1e30}}))
     proc = cli("--config", str(path), "run", "imdb-sentiment", "--scale", "micro", "--stages", stage, run_dir=store)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr.splitlines()[-1]
     assert f"stage {stage} failed" in proc.stderr and " at step " in proc.stderr
     assert not (store / "imdb-sentiment" / "micro" / stage).exists()  # not marked finished
-
-
-def _with_key(toml: str, section: str, key: str, value: str) -> str:
-    """The TOML text with `key = value` in the given section (replacing the section's own line for key)."""
-    head, rest = toml.split(section, 1)
-    body, tail = rest.split("\n\n", 1)
-    lines = [line for line in body.splitlines() if not line.startswith(f"{key} ")]
-    return head + section + "\n".join([f"{key} = {value}"] + lines) + "\n\n" + tail
 
 
 def test_eval_refuses_a_checkpoint_with_non_finite_weights(micro_copy):
@@ -291,7 +271,7 @@ def test_every_method_another_seed_and_reseed_shared(micro_run, tmp_path):
     from core.methods import METHODS, label
 
     _, _, first = micro_run
-    root = micro_with(tmp_path, "seed = 1\nreseed_shared = true", "--methods", "all")
+    root = micro_with(tmp_path, {"seed": 1, "reseed_shared": True}, "--methods", "all")
     assert (root / "frontier.csv").read_text() != first
     weights = [load_file(str(root / "sft" / f"seed{k}" / "model.safetensors")) for k in (0, 1)]
     assert not all(weights[0][name].equal(weights[1][name]) for name in weights[0])

@@ -14,7 +14,7 @@ import time
 import psutil
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 pytestmark = pytest.mark.faults
 

@@ -12,7 +12,7 @@ from core import lm
 from core.reward import training_reward
 from core.scorer import GroundTruth, TfidfLogRegScorer
 from ppo import algorithm as A
-from test_lm import toy_lm
+from helpers import toy_lm
 
 ppo = importlib.import_module("ppo.__main__")
 

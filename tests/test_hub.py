@@ -3,7 +3,7 @@
 import socket
 import time
 
-from conftest import cli
+from helpers import cli
 from pipelines.hub import unreachable
 
 

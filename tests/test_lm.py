@@ -6,19 +6,8 @@ import math
 import pytest
 import torch
 
-from conftest import sampled_minus_expected_logp
 from core import lm
-
-
-def toy_lm(seed: int, vocab: int = 3):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=16, n_embd=8, n_layer=1, n_head=2,
-                                       resid_pdrop=0, embd_pdrop=0, attn_pdrop=0))
-    with torch.no_grad():  # sharper distributions than the default init, so the KL is far from zero
-        model.lm_head.weight.mul_(20)
-    return model.eval()
+from helpers import sampled_minus_expected_logp, toy_lm
 
 
 @torch.no_grad()

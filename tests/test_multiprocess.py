@@ -18,9 +18,10 @@ import sys
 
 import pytest
 
-from conftest import ROOT, cli
+from helpers import ROOT, cli
 from pipelines.config import ConfigError
-from pipelines.graph import STAGES, Launch
+from pipelines.launch import Launch
+from pipelines.stages import STAGES
 
 OFF_POLICY = {"sft", "dpo", "unlikelihood", "preferred-ft"}
 
@@ -56,7 +57,7 @@ def test_the_training_stages_ran_as_two_processes(two_process_run):
     import json
 
     from pipelines import config as C
-    from pipelines.graph import stages
+    from pipelines.stages import stages
 
     root, _, log = two_process_run
     for stage in stages(C.load("imdb-sentiment", "micro")).values():  # the default methods' stages
@@ -82,7 +83,7 @@ def test_stages_alone_in_the_graph_take_every_worker_and_the_others_one():
     """sft, pairs and eval cannot run beside another training stage: they get the workers as processes (as
     many as split their batches); the method stages get one each and run side by side."""
     from pipelines import config as C
-    from pipelines.graph import SOLO, stage_config
+    from pipelines.stages import SOLO, stage_config
 
     assert SOLO == {"sft", "pairs", "eval"}
     cfg = C.load("imdb-sentiment", "micro")

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import sampled_minus_expected_logp
-from pipelines.config import TrainConfig, load
+from helpers import sampled_minus_expected_logp
+from core.config import TrainConfig
+from pipelines.config import load
 
 online = importlib.import_module("online.__main__")
 STAGES = ("rloo", "grpo", "online_dpo")

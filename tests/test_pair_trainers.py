@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from core import lm
-from pipelines.config import CPOConfig, SimPOConfig
-from test_dpo_loss import toy_tokenizer
-from test_lm import toy_lm
+from core.config import CPOConfig, SimPOConfig
+from helpers import toy_lm, toy_tokenizer
 
 dpo = importlib.import_module("dpo.__main__")
 

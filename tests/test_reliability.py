@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import cli, record_in_manifest
+from helpers import cli, record_in_manifest
 from core import job as jobs
 from core.frontier import FIELDS, read_frontier
 from core.verdict import SUMMARY_FORMAT, read_summary
@@ -125,7 +125,7 @@ def test_a_same_size_edit_of_a_result_reruns_its_stage(micro_copy):
     assert edited != text and len(edited) == len(text)
     (root / "dpo" / "runs.json").write_text(edited)
     proc = cli("run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
-    assert "[dpo] DPO, one run per beta (micro scale) - runs because" in proc.stderr
+    assert "[dpo] DPO (dpo) from the pairs, one run per beta and seed (micro scale) - runs because" in proc.stderr
     assert "dpo/runs.json was edited after it was written" in proc.stderr
     assert '"step": 3' in (root / "dpo" / "runs.json").read_text()
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core.run import LoopState, MethodRun
-from test_lm import toy_lm
+from helpers import toy_lm
 
 
 def job(tmp_path):

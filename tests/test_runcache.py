@@ -6,7 +6,7 @@ import logging
 import os
 from types import SimpleNamespace
 
-from conftest import BASE_TOML, cli
+from helpers import cli, config_data, scale_overrides, write_config
 from core import runcache
 from core.runcache import RunCache, run_settings
 
@@ -95,10 +95,8 @@ def test_a_kept_run_is_restored_whole_or_trained_again(tmp_path, caplog, monkeyp
 def test_adding_a_seed_and_a_beta_trains_only_what_is_new(micro_run, tmp_path):
     """--seeds 1 with one DPO beta, then the shipped micro config (two betas, two seeds): only the new runs train,
     the log names the reused ones, and frontier.csv is a fresh run's byte for byte."""
-    one_beta = tmp_path / "one_beta.toml"
-    full = "[imdb-sentiment.scales.micro.dpo]\nbetas = [0.1, 1.0]\n"
-    assert full in BASE_TOML
-    one_beta.write_text(BASE_TOML.replace(full, "[imdb-sentiment.scales.micro.dpo]\nbetas = [1.0]\n"))
+    assert config_data()["imdb-sentiment"]["scales"]["micro"]["dpo"]["betas"] == [0.1, 1.0]
+    one_beta = write_config(tmp_path / "one_beta.toml", scale_overrides("micro", dpo={"betas": [1.0]}))
     run_dir = tmp_path / "runs"
     cli("--config", str(one_beta), "run", "imdb-sentiment", "--scale", "micro", "--seeds", "1", run_dir=run_dir,
         check=True)

@@ -7,7 +7,7 @@ import json
 import pytest
 from scipy import stats
 
-from conftest import BASE_TOML, cli, record_in_manifest
+from helpers import cli, config_data, record_in_manifest, scale_overrides, write_config
 from core.verdict import SUMMARY_FORMAT
 from pipelines.config import ConfigError, load_ladder
 
@@ -78,30 +78,29 @@ def test_trend_sentence_says_which_way_the_gap_moves(small, large, seeds, word):
     assert word in text and f"{large - small:+.3f}" in text and "0.25M" in text and "4.00M" in text
 
 
-@pytest.mark.parametrize("edit, message", [
-    ('[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2\nn_embd = 64\nn_head = 2\n', "at least 2"),
-    ('base_scale = "micro"', "base_scale"),
-    ('protocol = "imdb-sentiment"', "protocol"),
-    ('[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2\nn_embd = 64\nn_head = 2',
-     "rungs.b: sft.n_head (3) must divide"),
-    ('[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2', "[data] or [ground_truth] differ"),
-    ('[imdb-scaling.scales.micro.rungs.b.sft]', "a ladder's own folder"),
-    ('[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2', "differ from rung a's ['dpo', 'ppo', 'ppo-gt']"),
+def micro_ladder(**keys) -> dict:
+    """Overrides for imdb-scaling's micro ladder (for helpers.write_config)."""
+    return scale_overrides("micro", "imdb-scaling", **keys)
+
+
+RUNG_B_SFT = {"n_layer": 2, "n_embd": 64, "n_head": 2}  # the shipped micro ladder's rung b
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (micro_ladder(rungs={"b": None}), "at least 2"),  # None: rung b removed
+    (micro_ladder(base_scale="nano"), "base_scale"),
+    ({"imdb-scaling": {"protocol": "imdb-scaling"}}, "protocol"),
+    (micro_ladder(rungs={"b": {"sft": {"n_head": 3}}}), "rungs.b: sft.n_head (3) must divide"),
+    (micro_ladder(rungs={"b": {"data": {"eval_reviews": 30}}}), "[data] or [ground_truth] differ"),
+    (micro_ladder(rungs={"b": None, "scaling": {"sft": RUNG_B_SFT}}), "a ladder's own folder"),  # b renamed
+    # a ladder compares the same methods at every rung
+    (micro_ladder(rungs={"b": {"methods": ["dpo", "ppo"]}}), "differ from rung a's ['dpo', 'ppo', 'ppo-gt']"),
 ])
-def test_a_bad_ladder_is_a_one_line_error(tmp_path, edit, message):
-    replacement = {"at least 2": "", "base_scale": 'base_scale = "nano"', "protocol": 'protocol = "imdb-scaling"',
-                   "rungs.b: sft.n_head (3) must divide":
-                       '[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2\nn_embd = 64\nn_head = 3',
-                   "[data] or [ground_truth] differ":
-                       '[imdb-scaling.scales.micro.rungs.b.data]\neval_reviews = 30\n\n'
-                       '[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2',
-                   "a ladder's own folder": '[imdb-scaling.scales.micro.rungs.scaling.sft]',
-                   "differ from rung a's ['dpo', 'ppo', 'ppo-gt']":  # a ladder compares the same methods at every rung
-                       '[imdb-scaling.scales.micro.rungs.b]\nmethods = ["dpo", "ppo"]\n\n'
-                       '[imdb-scaling.scales.micro.rungs.b.sft]\nn_layer = 2'}[message]
-    assert edit in BASE_TOML
-    path = tmp_path / "benchmarks.toml"
-    path.write_text(BASE_TOML.replace(edit, replacement))
+def test_a_bad_ladder_is_a_one_line_error(tmp_path, overrides, message):
+    shipped = config_data()["imdb-scaling"]  # what the overrides change
+    assert shipped["protocol"] == "imdb-sentiment" and shipped["scales"]["micro"]["base_scale"] == "micro"
+    assert shipped["scales"]["micro"]["rungs"] == {"a": {"sft": {}}, "b": {"sft": RUNG_B_SFT}}
+    path = write_config(tmp_path / "benchmarks.toml", overrides)
     with pytest.raises(ConfigError) as e:
         load_ladder("imdb-scaling", "micro", path)
     assert message in str(e.value) and "\n" not in str(e.value)

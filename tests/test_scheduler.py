@@ -10,6 +10,7 @@ import pytest
 
 from pipelines import config as C
 from pipelines import graph
+from pipelines import stages as stages_table
 
 
 def fake(name, needs=(), multiprocess=True):
@@ -23,8 +24,8 @@ def stages(monkeypatch, tmp_path):
     cfg = C.dataclasses.replace(cfg, seed=10)  # each stand-in sleeps seed / 10 = 1 s
 
     def use(*defined):
-        monkeypatch.setattr(graph, "STAGES", {s.name: s for s in defined})
-        monkeypatch.setattr(graph, "SOLO", frozenset())
+        monkeypatch.setattr(stages_table, "STAGES", {s.name: s for s in defined})
+        monkeypatch.setattr(stages_table, "SOLO", frozenset())
         return cfg, tmp_path / "imdb-sentiment" / "micro"
     return use
 

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from conftest import ROOT, cli
+from helpers import ROOT, cli
 
 pytestmark = pytest.mark.faults
 

@@ -8,8 +8,8 @@ import sys
 import psutil
 import pytest
 
-from conftest import cli
-from pipelines import graph, store
+from helpers import cli
+from pipelines import graph, stages, store
 from pipelines.config import ConfigError
 
 
@@ -160,4 +160,4 @@ def test_check_finds_a_selected_stages_inputs_in_the_runs_own_folders(micro_run,
     cfg, root = config.load("imdb-sentiment", "micro"), micro_run[1]
     with pytest.raises(ConfigError, match="stage report needs .*eval, not finished"):
         graph.check(cfg, ["report"])
-    graph.check(cfg, ["report"], folders={name: root / name for name in graph.STAGES})
+    graph.check(cfg, ["report"], folders={name: root / name for name in stages.STAGES})

@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("vllm")
 
 from core import lm, vllm_sampling  # noqa: E402
-from conftest import ROOT, cli, sampled_minus_expected_logp  # noqa: E402
+from helpers import cli, sampled_minus_expected_logp, scale_overrides, write_config  # noqa: E402
 
 EOS, VOCAB = 2, 16
 CPU = torch.device("cpu")
@@ -98,12 +98,8 @@ def test_a_model_vllm_cannot_run_is_a_one_line_error(tmp_path):
 
 def _micro_vllm_config(tmp_path):
     """The micro scale with both samplers set to vLLM ("auto" would pick it here too: the test says it)."""
-    text = (ROOT / "benchmarks.toml").read_text()
-    for header in ("[imdb-sentiment.scales.micro.pairs]", "[imdb-sentiment.scales.micro.eval]"):
-        text = text.replace(header, header + '\nsampler = "vllm"')
-    path = tmp_path / "benchmarks.toml"
-    path.write_text(text)
-    return path
+    return write_config(tmp_path / "benchmarks.toml",
+                        scale_overrides("micro", pairs={"sampler": "vllm"}, eval={"sampler": "vllm"}))
 
 
 def test_a_micro_run_samples_with_vllm_in_one_process(tmp_path):
