@@ -17,9 +17,11 @@ from core.frontier import point_id
 from core.methods import METHODS, label
 from core.verdict import SUMMARY_FORMAT, chosen_values, interval, sentence
 
-# the comparisons of the verdict, from the registry: DPO against each method, PPO on the learned reward against the
-# truth, our PPO against TRL's RLOO and GRPO (core.methods.Method.against), in the registry's order
-PAIRS = [(other, m.name) for m in METHODS.values() for other in m.against]
+# the comparisons of the verdict, from the registry (core.methods.Method.against): the paper's (DPO against each of its
+# methods, PPO on the learned reward against the truth), then DPO against each method beyond the paper, then the rest
+# (our PPO against TRL's RLOO and GRPO), each tier in the registry's order
+PAIRS = sorted([(other, m.name) for m in METHODS.values() for other in m.against],
+               key=lambda pair: (0,) if all(METHODS[x].paper for x in pair) else (1, pair[0] != "dpo"))
 
 
 def row_id(row: dict) -> str:
@@ -49,6 +51,23 @@ class Frontier:
 
     def seeds(self, method: str) -> int:
         return len(self.candidates.get(method, {}))
+
+    def coverage(self, method: str, budget: float | None, max_kl: float) -> str | None:
+        """None when the method's checkpoints cover the budget at every seed: a trained checkpoint within KL <= b
+        and one at or beyond b (on select; for the front area, b = max_kl: its width). Then its best within the
+        budget is the method's. Otherwise why not, as a phrase after its label: a method stopped below b (or never
+        inside it) is measured at where its training ended, not at the budget."""
+        b = max_kl if budget is None else budget
+        kls = [[c["kl"] for c in candidates[1:]] for candidates in self.candidates[method].values()]  # SFT left out
+        none = sum(1 for k in kls if not k or min(k) > b)
+        short = sum(1 for k in kls if k and max(k) < b)
+        if none == len(kls):
+            return f"has no checkpoint within KL <= {b:g}"
+        if short == len(kls):
+            return f"did not reach KL {b:g}"
+        if none or short:
+            return f"covers KL {b:g} at {len(kls) - none - short} of {len(kls)} seeds"
+        return None
 
     @functools.lru_cache(maxsize=None)  # the verdict, both tables and the bands ask for the same ones
     def per_seed(self, method: str, budget: float | None, max_kl: float, value: str = "reward") -> np.ndarray:
@@ -81,16 +100,31 @@ def intervals(frontier: Frontier, cfg, rng_seed: int) -> tuple[dict, dict]:
     return per_method, per_pair
 
 
-def verdict(per_pair: dict, cfg) -> tuple[list[str], list[str], list[list[str]]]:
-    """Every pair of PAIRS present, at every measure: A - B with its interval and the word.
-    -> (one sentence per pair, the table's header, its rows: one per pair and measure)."""
+def coverage(frontier: Frontier, cfg) -> dict:
+    """{method: {measure: None, or why its checkpoints do not cover the measure's budget}} (Frontier.coverage)."""
+    return {m: {name: frontier.coverage(m, budget, cfg.area_max_kl) for name, budget in measures(cfg)}
+            for m in frontier.methods}
+
+
+def not_compared(covered: dict, a: str, b: str, measure: str) -> str | None:
+    """Why A and B are not compared at a measure: a side's checkpoints do not cover its budget. None: compared."""
+    reasons = [f"{label(m)} {covered[m][measure]}" for m in (a, b) if covered[m][measure]]
+    return "; ".join(reasons) or None
+
+
+def verdict(per_pair: dict, covered: dict, cfg) -> tuple[list[str], list[str], list[list[str]]]:
+    """Every pair of PAIRS present, at every measure: A - B with its interval and the word, or "not compared" where a
+    side's checkpoints do not cover the budget (coverage). -> (one sentence per pair, the table's header, its rows:
+    one per pair and measure)."""
     sentences, body = [], []
     for (a, b), by_measure in per_pair.items():
         said = []
         for (name, budget), iv in zip(measures(cfg), by_measure.values()):
-            said.append((f"at {name}" if budget is not None else f"on the front area (KL 0-{cfg.area_max_kl:g})", iv))
+            why = not_compared(covered, a, b, name)
+            said.append((f"at {name}" if budget is not None else f"on the front area (KL 0-{cfg.area_max_kl:g})", iv,
+                         why))
             body.append([f"{label(a)} vs {label(b)}", name, f"{iv.estimate:+.3f}", f"[{iv.low:+.3f}, {iv.high:+.3f}]",
-                         str(iv.seeds), iv.word(label(a), label(b))])
+                         str(iv.seeds), f"not compared: {why}" if why else iv.word(label(a), label(b))])
         sentences.append(sentence(label(a), label(b), said))
     if not sentences:
         sentences = ["No comparison: the verdict compares DPO with every other method and PPO with PPO-GT; this run's "
@@ -99,18 +133,22 @@ def verdict(per_pair: dict, cfg) -> tuple[list[str], list[str], list[list[str]]]
     return sentences, header, body
 
 
-def summary(per_method: dict, per_pair: dict, runs: dict[str, list[dict]], cfg) -> dict:
+def summary(per_method: dict, per_pair: dict, covered: dict, runs: dict[str, list[dict]], cfg) -> dict:
     """summary.json, what a ladder (imdb-scaling) reads of each rung: per method and measure the mean over seeds
     of the chosen checkpoint's test reward with its interval (core.verdict.Interval's fields); per comparison of
-    PAIRS, A - B likewise; per method its training cost."""
-    def entries(by_measure):  # an interval's variance and degrees of freedom (null: a normal one) for the ladder
+    PAIRS, A - B likewise; per method its training cost. Each entry's "not_covered": null, or why the method's (a
+    side's) checkpoints do not cover the measure's budget: a ladder does not compare such a value."""
+    def entries(by_measure, why):  # an interval's variance and degrees of freedom (null: a normal one) for the ladder
         return {name: {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "seeds": iv.seeds,
-                       "variance": iv.variance, "df": iv.df if math.isfinite(iv.df) else None}
+                       "variance": iv.variance, "df": iv.df if math.isfinite(iv.df) else None,
+                       "not_covered": why(name)}
                 for name, iv in by_measure.items()}
 
     compute = {method: {key: sum(r.get(key, 0) for r in runs.get(method, []))
                         for key in ("train_seconds", "tokens_generated", "tokens_trained")} for method in per_method}
     return {"format": SUMMARY_FORMAT, "confidence": cfg.confidence, "measures": [name for name, _ in measures(cfg)],
-            "methods": {m: entries(by_measure) for m, by_measure in per_method.items()},
-            "comparisons": {f"{a} - {b}": entries(by_measure) for (a, b), by_measure in per_pair.items()},
+            "methods": {m: entries(by_measure, lambda name, m=m: covered[m][name] and f"{label(m)} {covered[m][name]}")
+                        for m, by_measure in per_method.items()},
+            "comparisons": {f"{a} - {b}": entries(by_measure, lambda name, a=a, b=b: not_compared(covered, a, b, name))
+                            for (a, b), by_measure in per_pair.items()},
             "compute": compute}

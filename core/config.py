@@ -308,10 +308,13 @@ class BenchmarkConfig:
                                "DPO's loss on log-probs plus cpo_alpha x the chosen completion's NLL")
     orpo: DPOLossConfig = spec(help="[orpo] ORPO (Hong et al. 2024): trl.experimental's ORPOTrainer; no reference "
                                     "model, the chosen completion's NLL plus beta x the log odds-ratio loss")
-    kto: DPOLossConfig = spec(help="[kto] KTO (Ethayarajh et al. 2024): TRL's KTOTrainer, each pair split into a "
-                                   "desirable and an undesirable completion")
-    unlikelihood: UnlikelihoodConfig = spec(help="[unlikelihood] log p(chosen) plus alpha x the rejected tokens' "
-                                                 "log(1 - p)")
+    kto: DPOLossConfig = spec(help="[kto] KTO (Ethayarajh et al. 2024): TRL's KTOTrainer, per prompt its best sample "
+                                   "a desirable and its worst an undesirable completion (batch_size: pairs of them)")
+    unlikelihood: UnlikelihoodConfig = spec(help="[unlikelihood] the DPO paper's Unlikelihood: -log p(chosen) + "
+                                                 "alpha x log p(rejected), token means (unbounded below)")
+    unlikelihood_token: UnlikelihoodConfig = spec(help="[unlikelihood_token] Welleck et al.'s token-level form: "
+                                                       "-log p(chosen) - alpha x the rejected tokens' log(1 - p); "
+                                                       "its unset keys are [unlikelihood]'s")
     preferred_ft: PreferredFTConfig = spec(help="[preferred_ft] supervised fine-tuning on the chosen completions")
     reward_model: RewardModelConfig = spec(help="[reward_model] the Bradley-Terry reward model")
     ppo: PPOConfig = spec(help="[ppo] PPO on the learned reward (ppo) and on the ground truth (ppo-gt)")

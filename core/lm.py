@@ -226,13 +226,15 @@ def kl_of_logprobs(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def completion_logprobs(model, prompts, completions, pad_id: int, batch_size: int) -> torch.Tensor:
-    """Sum of log p(completion | prompt) per sequence. -> [N]."""
+def completion_logprobs(model, prompts, completions, pad_id: int, batch_size: int,
+                        training_precision: bool = False) -> torch.Tensor:
+    """Sum of log p(completion | prompt) per sequence, in fp32 (the reference log-probs DPO's loss subtracts,
+    whatever precision it trains in), or in the training precision (autocast: bf16 on CUDA). -> [N]."""
     dev = next(model.parameters()).device
     out = []
     for j in range(0, len(prompts), batch_size):
         ids, attn, resp = completion_batch(prompts[j : j + batch_size], completions[j : j + batch_size], pad_id, dev)
-        with autocast(dev):
+        with autocast(dev) if training_precision else torch.autocast(dev.type, enabled=False):
             logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
         out.append((token_logprobs(logits, ids[:, 1:]) * resp).sum(1).cpu())
     return torch.cat(out)

@@ -37,6 +37,7 @@ class Method:
     loss: str = ""  # module dpo: the loss (DPOTrainer's loss_type, or kto / simpo / cpo / orpo: their trainers)
     against: tuple[str, ...] = ("dpo",)  # the verdict compares each of these with it: (that one) - (this one)
     paper: bool = False  # one of the DPO paper's Fig. 2 (left) methods: the default run
+    revision: int = 0  # raised when a fix changes what its stage computes: finished folders are then stale
 
     @property
     def kind(self) -> str:
@@ -61,10 +62,15 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            implementation="ours (`ppo/`, on transformers + accelerate; TRL 1.16 has no PPOTrainer)", paper=True),
     Method("ppo-gt", "PPO-GT", "ppo", "tab:cyan", "D", "ground truth", module="ppo",
            swept="target KL", implementation="ours", against=("dpo", "ppo"), paper=True),
+    # revision 1: the paper's loss (alpha x log p(y_l)), not Welleck et al.'s token-level one (now unlikelihood-token)
     Method("unlikelihood", "Unlikelihood", "unlikelihood", "tab:green", "^", "pairs", module="dpo.relatives",
-           swept="alpha", implementation="ours (`dpo/relatives.py`: no library has it)", paper=True),
+           swept="alpha", implementation="ours (`dpo/relatives.py`: no library has it), the paper's -log p(y_w) + "
+                                          "alpha log p(y_l)", paper=True, revision=1),
     Method("preferred-ft", "Preferred-FT", "preferred_ft", "tab:purple", "v", "pairs", module="dpo.relatives",
            swept="-", implementation="ours (`dpo/relatives.py`), on the chosen completions", paper=True),
+    Method("unlikelihood-token", "Unlikelihood (token)", "unlikelihood_token", "yellowgreen", "<", "pairs",
+           module="dpo.relatives", swept="alpha", inherits="unlikelihood",
+           implementation="ours (`dpo/relatives.py`), Welleck et al.'s token-level -log(1 - p)"),
     _pair("ipo", "IPO", "tab:orange", "P", "ipo", 'TRL `DPOTrainer`, `loss_type="ipo"`', swept="tau (`betas`)"),
     _pair("slic", "SLiC", "tab:brown", "X", "hinge", 'TRL `DPOTrainer`, `loss_type="hinge"`'),
     _pair("rdpo", "rDPO", "tab:pink", "h", "robust", 'TRL `DPOTrainer`, `loss_type="robust"`, `label_smoothing` 0.1'),
@@ -73,7 +79,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     _pair("cpo", "CPO", "slateblue", "s", "cpo", 'TRL `trl.experimental` `CPOTrainer`, `loss_type="sigmoid"`, '
                                                  '`cpo_alpha` 1'),
     _pair("orpo", "ORPO", "darkorange", "^", "orpo", "TRL `trl.experimental` `ORPOTrainer`", swept="beta (lambda)"),
-    _pair("kto", "KTO", "deeppink", "v", "kto", "TRL `KTOTrainer`, each pair split into two singles"),
+    # revision 1: per prompt its best and worst sample as singles, not every pair split
+    _pair("kto", "KTO", "deeppink", "v", "kto", "TRL `KTOTrainer`, per prompt its best and worst sample as singles",
+          revision=1),
     _online("rloo", "RLOO", "rloo", "navy", "d", "reward model", "TRL `RLOOTrainer`", ("dpo", "ppo"),
             swept="beta (KL coefficient)"),
     _online("rloo-gt", "RLOO-GT", "rloo", "teal", "*", "ground truth", "TRL `RLOOTrainer`", ("dpo", "ppo-gt")),

@@ -111,9 +111,9 @@ def _interval(estimate: float, variance: float, df: float, seeds: int, confidenc
 
 # summary.json: the report's intervals as a ladder's scaling stage reads them. Raised with every change of its keys;
 # a file of another format is refused in one line (read_summary), and the ladder runs that rung's report again.
-SUMMARY_FORMAT = 2  # 2: the format key itself; 1 (unnamed): intervals' variance and df
+SUMMARY_FORMAT = 3  # 3: each entry's not_covered; 2: the format key itself; 1 (unnamed): intervals' variance and df
 SUMMARY_KEYS = ("format", "confidence", "measures", "methods", "comparisons", "compute")
-INTERVAL_KEYS = ("estimate", "low", "high", "seeds", "variance", "df")
+INTERVAL_KEYS = ("estimate", "low", "high", "seeds", "variance", "df", "not_covered")
 
 
 def read_summary(path) -> dict:
@@ -160,12 +160,15 @@ def sentence(a: str, b: str, measures: list[tuple[str, Interval]]) -> str:
     """One comparison at every measure, on one line, the measures grouped by their word (in the order the words
     first come): 'DPO vs PPO (3 seeds): not resolved at KL <= 2 (DPO - PPO = -0.013 [-0.074, +0.047]) and at KL
     <= 5 (...); PPO ahead at KL <= 10 by 0.119 [+0.075, +0.163].' measures: (where, e.g. "at KL <= 2"; the
-    interval of A - B there)."""
-    seeds = min(iv.seeds for _, iv in measures)
+    interval of A - B there; optionally why they are not compared there: then "not compared at KL <= 2 (why)")."""
+    seeds = min(iv.seeds for _, iv, *_ in measures)
     count = f"{seeds} seed{'s' if seeds != 1 else ''}" if seeds > 1 else \
         "one seed: no training-seed variance is known, so no verdict"
     groups: dict[str, list[str]] = {}
-    for where, iv in measures:
+    for where, iv, *why in measures:
+        if why and why[0]:
+            groups.setdefault("not compared", []).append(f"{where} ({why[0]})")
+            continue
         word, numbers = clause(a, b, iv)
         parts = groups.setdefault(word, [])
         if word == "not resolved":  # its numbers are A - B: say so once

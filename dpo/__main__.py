@@ -18,7 +18,7 @@ the reference (r_w, r_l), the margin h = (s_w - r_w) - (s_l - r_l), and a bar fo
     orpo   L = NLL_xw - beta log sigmoid(log odds(y_w) - log odds(y_l)), odds(y) = p / (1 - p), p = exp(s bar)
                                      (trl.experimental ORPOTrainer; Hong et al. 2024: no reference. TRL's NLL_xw
                                       is over prompt and y_w, the paper's over y_w)
-    kto    each pair split into a desirable y_w and an undesirable y_l; with z the batch's estimate of
+    kto    per prompt a desirable y_w (its best sample) and an undesirable y_l (its worst); with z the batch's estimate of
            KL(pi || ref) (mismatched prompt-completion pairs), L = 1 - sigmoid(beta ((s_w - r_w) - z)) for y_w and
            1 - sigmoid(beta (z - (s_l - r_l))) for y_l                 (KTOTrainer; Ethayarajh et al. 2024)
 
@@ -31,6 +31,7 @@ held-out loss rises is seen. runs.json lists the checkpoints for eval.
 """
 
 import functools
+import itertools
 import logging
 import math
 import random
@@ -46,6 +47,24 @@ log = logging.getLogger("stage")
 OWN_TRAINERS = ("kto", "simpo", "cpo", "orpo")  # losses with a TRL trainer of their own; any other is DPOTrainer's
 COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"]
 HELDOUT_EVAL_PAIRS = 512  # held-out pairs scored at each checkpoint (a seeded sample of them)
+STEP0_PAIRS = 64  # training pairs whose step-0 margin is measured
+
+
+def step0_margin(sft_folder, pairs) -> float:
+    """The mean DPO margin h = (s_w - r_w) - (s_l - r_l) of the SFT model on the first training pairs, its log-probs in
+    the training precision (bf16 autocast on CUDA, as TRL trains there; fp32 elsewhere) against the pairs' reference
+    log-probs (fp32, the pairs stage). At step 0 the policy is the reference: about 0. Far from 0, the two disagree
+    and DPO's loss starts from a biased margin."""
+    import torch
+
+    from core import lm
+
+    model = lm.load_causal_lm(sft_folder, dist.device())
+    rows = pairs.select(range(min(STEP0_PAIRS, len(pairs))))
+    s_w, s_l = (lm.completion_logprobs(model, rows["prompt_ids"], rows[side], 0, STEP0_PAIRS, training_precision=True)
+                for side in ("chosen_ids", "rejected_ids"))
+    r_w, r_l = (torch.tensor(rows[k], dtype=torch.float32) for k in ("ref_chosen_logps", "ref_rejected_logps"))
+    return float(((s_w - r_w) - (s_l - r_l)).mean())
 
 
 def loss_of(stage: str) -> str:
@@ -118,19 +137,28 @@ def make_trainer_class(stage: str):
 
 
 def rows_per_pair(stage: str) -> int:
-    """Rows the stage's trainer reads per pair: KTO's two singles (chosen and rejected completion), else the pair."""
+    """Rows the stage's trainer reads per pair of a batch: KTO's two singles, else the pair. (KTO has two singles per
+    prompt, its best and worst sample: with max_steps 0, its epoch is one over the prompts, not the pairs.)"""
     return 2 if loss_of(stage) == "kto" else 1
 
 
 def kto_singles(pairs, batch_size: int, seed: int):
-    """KTO's data from the pairs: each pair's chosen completion a desirable single (label True), its rejected one
-    an undesirable single, shuffled by the training seed (KTO reads them in order: its KL estimate pairs each
-    completion with another prompt of its batch, TRL's rotation by one within each batch of `batch_size`).
+    """KTO's data from the pairs: per prompt one desirable single (label True), its best sample by the ground truth,
+    and one undesirable single, its worst (the pairs stage writes a prompt's pairs one after another, each sample's
+    score beside it; splitting every pair instead would label a prompt's middle samples both desirable and
+    undesirable). Shuffled by the training seed (KTO reads them in order: its KL estimate pairs each completion
+    with another prompt of its batch, TRL's rotation by one within each batch of `batch_size`).
     -> columns prompt_ids, completion_ids, label, KL_completion_ids."""
     from datasets import Dataset
 
-    rows = [(p, c, True) for p, c in zip(pairs["prompt_ids"], pairs["chosen_ids"])]
-    rows += [(p, r, False) for p, r in zip(pairs["prompt_ids"], pairs["rejected_ids"])]
+    rows = []
+    columns = zip(pairs["prompt_index"], pairs["prompt_ids"], pairs["chosen_ids"], pairs["rejected_ids"],
+                  pairs["score_chosen"], pairs["score_rejected"])
+    for _, group in itertools.groupby(columns, key=lambda row: row[0]):  # one prompt's pairs
+        group = list(group)
+        best = max(group, key=lambda row: row[4])[2]
+        worst = min(group, key=lambda row: row[5])[3]
+        rows += [(group[0][1], best, True), (group[0][1], worst, False)]
     random.Random(seed).shuffle(rows)
     completions = [c for _, c, _ in rows]
     mismatched = []
@@ -174,7 +202,7 @@ def trl_config(stage: str, cfg, beta: float, **common):
     return ORPOConfig(beta=beta, max_length=None, **common)
 
 
-def train_one(beta: float, seed: int, cfg, job, pairs, heldout, tokens_per_pair: float):
+def train_one(beta: float, seed: int, cfg, job, pairs, heldout, tokens_per_pair: float, margin0: float):
     """One run of the stage's loss from the SFT model; a killed run resumes from its latest checkpoint (TRL's
     resume). The training seed sets the data order (TRL's seed and data_seed). pairs, heldout: what the trainer
     reads (kto: the singles of the pairs)."""
@@ -211,7 +239,8 @@ def train_one(beta: float, seed: int, cfg, job, pairs, heldout, tokens_per_pair:
         tokens_trained=round(tokens_per_pair * result.global_step * cfg.batch_size),  # pairs seen x mean pair length
         final_loss=history[-1]["loss"] if history else None,
         final_reward_accuracy=history[-1].get("rewards/accuracies") if history else None,
-        heldout=heldout_curve)  # per checkpoint: DPO loss and reward accuracy on held-out prompts' pairs
+        heldout=heldout_curve,  # per checkpoint: DPO loss and reward accuracy on held-out prompts' pairs
+        step0_margin=margin0)
 
 
 def main():
@@ -222,9 +251,16 @@ def main():
     @functools.cache  # each pairs folder once (one unless reseed_shared)
     def training_and_heldout(folder):
         data = load_from_disk(str(folder / "dataset"))
-        heldout = data.filter(lambda r: r["heldout"]).select_columns(COLUMNS)
-        return (data.filter(lambda r: not r["heldout"]).select_columns(COLUMNS),
-                heldout.shuffle(seed=job.seed).select(range(min(HELDOUT_EVAL_PAIRS, len(heldout)))))
+        kto = loss_of(job.stage) == "kto"  # its singles come from each prompt's pairs, in the pairs stage's order
+        columns = COLUMNS + (["prompt_index", "score_chosen", "score_rejected"] if kto else [])
+        heldout = data.filter(lambda r: r["heldout"]).select_columns(columns)
+        if kto:  # a seeded sample of the held-out prompts, every pair of each (its singles are made from them)
+            chosen = set(random.Random(job.seed).sample(sorted(set(heldout["prompt_index"])),
+                                                        min(HELDOUT_EVAL_PAIRS, len(set(heldout["prompt_index"])))))
+            heldout = heldout.filter(lambda r: r["prompt_index"] in chosen)
+        else:
+            heldout = heldout.shuffle(seed=job.seed).select(range(min(HELDOUT_EVAL_PAIRS, len(heldout))))
+        return data.filter(lambda r: not r["heldout"]).select_columns(columns), heldout
 
     runs = []
     for seed in range(job.seeds):
@@ -232,12 +268,16 @@ def main():
         n_pairs = len(pairs)
         tokens_per_pair = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(
             pairs["prompt_ids"], pairs["chosen_ids"], pairs["rejected_ids"])) / n_pairs
+        margin0 = step0_margin(job.upstream("sft", seed), pairs)
+        log.info("step-0 DPO margin of SFT model %d on %d training pairs: %.2g nats (0 when the reference log-probs "
+                 "match the trainer's)", seed, min(STEP0_PAIRS, n_pairs), margin0)
         if loss_of(job.stage) == "kto":  # once for every beta: the singles depend on the pairs and the training seed only
             batch = rows_per_pair(job.stage) * dist.per_process(f"{job.stage}.batch_size", cfg.batch_size)
-            pairs, heldout = (kto_singles(d, batch, training_seed(job.seed, seed)) for d in (pairs, heldout))
+            pairs, heldout = kto_singles(pairs, batch, training_seed(job.seed, seed)), kto_singles(heldout, batch, job.seed)
         for beta in cfg.betas:
-            log.info("%s beta=%g, training seed %d, on %d pairs", job.stage, beta, seed, n_pairs)
-            runs.append(train_one(beta, seed, cfg, job, pairs, heldout, tokens_per_pair))
+            log.info("%s beta=%g, training seed %d, on %d %s", job.stage, beta, seed, len(pairs),
+                     "singles" if loss_of(job.stage) == "kto" else "pairs")
+            runs.append(train_one(beta, seed, cfg, job, pairs, heldout, tokens_per_pair, margin0))
             log.info("%s: %d steps in %.0fs, final loss %s, held-out loss by checkpoint %s", runs[-1]["run"],
                      runs[-1]["steps"], runs[-1]["train_seconds"], runs[-1]["final_loss"],
                      [round(h["loss"], 4) for h in runs[-1]["heldout"]])

@@ -1,20 +1,27 @@
-"""Stages unlikelihood and preferred_ft: the two baselines beside DPO in the paper's Fig. 2, on the same pairs.
+"""Stages unlikelihood and preferred_ft: the two baselines beside DPO in the paper's Fig. 2, on the same pairs; and
+unlikelihood_token, Welleck et al.'s token-level form (METHODS=all).
 
 Preferred-FT fine-tunes the SFT model on the chosen completion of each pair, ignoring the rejected one:
 
     L_PFT = -mean over chosen tokens of log pi(y_w,t | x, y_w,<t)
 
-Unlikelihood (Welleck et al. 2019; the DPO paper's Sec. 6.1 and App. C.3) adds a term that pushes down every
-token of the rejected completion, weighted by alpha:
+Unlikelihood as the DPO paper has it (Sec. 6.1, App. C.3) maximises log p(y_w | x) and minimises log p(y_l | x),
+weighted by alpha (token means, as Preferred-FT's):
 
-    L_UL = L_PFT - alpha * mean over rejected tokens of log(1 - pi(y_l,t | x, y_l,<t))
+    L_UL = L_PFT + alpha * mean over rejected tokens of log pi(y_l,t | x, y_l,<t)
+
+unbounded below: the paper blames the baseline's meaningless text on this unconstrained minimisation, and each
+checkpoint's held-out log p(y_l) is recorded (runs.json "heldout_logps") so the report shows it. Welleck et al.'s
+unlikelihood (2019), which App. C.3 cites, is bounded: it pushes down every rejected token's probability,
+
+    L_UL-token = L_PFT - alpha * mean over rejected tokens of log(1 - pi(y_l,t | x, y_l,<t))
 
 Neither needs a reference model. Both are a plain loop (the losses are not TRL's): the pairs' token ids in
 shuffled batches, AdamW or RMSprop with a linear warm-up, a checkpoint every `eval_every` steps and at the end
 (with the optimizer state, so a killed run resumes there). With several processes each step's batch is
 split over them; each divides its share of the loss by the whole batch's token counts, so the averaged
 gradients x N are the one-process gradient.
-Run as `python -m dpo.relatives job.json`; the job's stage name says which method.
+Run as `python -m dpo.relatives job.json`; the job's stage says which method (core/methods.py).
 """
 
 import functools
@@ -32,6 +39,7 @@ from core.run import MethodRun
 from core.train import loop_accelerator
 
 log = logging.getLogger("stage")
+HELDOUT_PAIRS = 512  # held-out pairs scored at each checkpoint of an unlikelihood run (a seeded sample of them)
 
 
 def preferred_ft_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor,
@@ -58,9 +66,23 @@ def unlikelihood_term(rejected_logps: torch.Tensor, rejected_mask: torch.Tensor,
 def unlikelihood_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_logps: torch.Tensor,
                       rejected_mask: torch.Tensor, alpha: float, chosen_tokens: torch.Tensor | None = None,
                       rejected_tokens: torch.Tensor | None = None) -> torch.Tensor:
-    """Preferred-FT's loss plus alpha x unlikelihood_term. chosen_* [B, T], rejected_* [B, T']. -> scalar."""
+    """The DPO paper's Unlikelihood: Preferred-FT's loss plus alpha x the rejected tokens' mean log pi (the
+    rejected completions' likelihood minimised, unbounded below). chosen_* [B, T], rejected_* [B, T'] as
+    preferred_ft_loss's. -> scalar."""
+    return (preferred_ft_loss(chosen_logps, chosen_mask, chosen_tokens)
+            - alpha * preferred_ft_loss(rejected_logps, rejected_mask, rejected_tokens))
+
+
+def unlikelihood_token_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_logps: torch.Tensor,
+                            rejected_mask: torch.Tensor, alpha: float, chosen_tokens: torch.Tensor | None = None,
+                            rejected_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Welleck et al.'s token-level unlikelihood: Preferred-FT's loss plus alpha x unlikelihood_term.
+    chosen_* [B, T], rejected_* [B, T']. -> scalar."""
     return (preferred_ft_loss(chosen_logps, chosen_mask, chosen_tokens)
             + alpha * unlikelihood_term(rejected_logps, rejected_mask, rejected_tokens))
+
+
+LOSSES = {"unlikelihood": unlikelihood_loss, "unlikelihood-token": unlikelihood_token_loss}  # method -> its loss
 
 
 def completion_token_logps(model, prompts, completions, pad_id: int):
@@ -86,10 +108,30 @@ def data_seed(method: str, param, training_seed: int) -> int:
     return lm.sample_seeds(1, "unlikelihood-order", training_seed, param)[0]
 
 
-def train_one(method: str, param, seed: int, cfg, job, pairs: dict) -> dict:
+@torch.no_grad()
+def heldout_logps(model, heldout: dict, pad_id: int, batch_size: int, autocast) -> dict:
+    """Mean log pi per token of the held-out pairs' chosen completions and of their rejected ones. Every process
+    scores all of them (a few hundred pairs): the same forward passes on each, as a sharded model's collectives
+    need (FSDP), and the same numbers. -> {"chosen_logp", "rejected_logp"}."""
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64)  # chosen log-prob sum, chosen tokens, rejected sum, rejected tokens
+    every = list(range(len(heldout["prompt_ids"])))
+    for start in range(0, len(every), batch_size):
+        part = every[start : start + batch_size]
+        prompts = [heldout["prompt_ids"][i] for i in part]
+        for k, side in enumerate(("chosen_ids", "rejected_ids")):
+            with autocast():
+                logps, mask = completion_token_logps(model, prompts, [heldout[side][i] for i in part], pad_id)
+            sums[2 * k] += float((logps.float() * mask).sum())
+            sums[2 * k + 1] += float(mask.sum())
+    model.train()
+    return {"chosen_logp": float(sums[0] / sums[1]), "rejected_logp": float(sums[2] / sums[3])}
+
+
+def train_one(method: str, param, seed: int, cfg, job, pairs: dict, heldout: dict) -> dict:
     """One run from the SFT model. param: alpha (unlikelihood) or None (preferred-ft); seed: the training seed
-    (the data order). A run killed part-way resumes from its latest checkpoint; a finished one is not trained
-    again."""
+    (the data order). heldout: pairs of held-out prompts, scored at each checkpoint (unlikelihood). A run killed
+    part-way resumes from its latest checkpoint; a finished one is not trained again."""
     name = sweep_name(job.stage)
     accelerator = loop_accelerator()
     run = MethodRun(job, method, f"{name}{param:g}" if name else "", name or "", param, seed,
@@ -108,7 +150,7 @@ def train_one(method: str, param, seed: int, cfg, job, pairs: dict) -> dict:
     resumable = {"optimizer": opt, "scheduler": sched}
     state = run.start(resumable)
     steps = cfg.max_steps or math.ceil(len(pairs["prompt_ids"]) / cfg.batch_size)
-    alpha = param if method == "unlikelihood" else 0.0
+    alpha = param if method in LOSSES else 0.0
     max_grad_norm = job.section("train").max_grad_norm
     order = data_order(len(pairs["prompt_ids"]), steps, cfg.batch_size, data_seed(method, param, run.training_seed))
     bar = tqdm(order, desc=run.label, unit="step", disable=None if dist.is_main() else True)
@@ -119,19 +161,18 @@ def train_one(method: str, param, seed: int, cfg, job, pairs: dict) -> dict:
         chosen_tokens = torch.tensor(float(sum(len(pairs["chosen_ids"][i]) for i in idx)))
         rejected_tokens = torch.tensor(float(sum(len(pairs["rejected_ids"][i]) for i in idx)))
         state.tokens_trained += sum(len(pairs["prompt_ids"][i]) + len(pairs["chosen_ids"][i]) for i in idx)
-        if method == "unlikelihood":
+        if method in LOSSES:
             state.tokens_trained += sum(len(pairs["prompt_ids"][i]) + len(pairs["rejected_ids"][i]) for i in idx)
         idx = dist.shard(idx)
         prompts = [pairs["prompt_ids"][i] for i in idx]
         chosen = [pairs["chosen_ids"][i] for i in idx]
         with accelerator.autocast():
-            if method == "unlikelihood":  # chosen and rejected in one forward pass
+            if method in LOSSES:  # chosen and rejected in one forward pass
                 rejected = [pairs["rejected_ids"][i] for i in idx]
                 logps, mask = completion_token_logps(model, prompts + prompts, chosen + rejected, pad_id)
                 n = len(idx)
-                loss = unlikelihood_loss(logps[:n], mask[:n], logps[n:], mask[n:], alpha, chosen_tokens,
-                                         rejected_tokens)
-                term = alpha * unlikelihood_term(logps[n:], mask[n:], rejected_tokens).detach()
+                loss = LOSSES[method](logps[:n], mask[:n], logps[n:], mask[n:], alpha, chosen_tokens, rejected_tokens)
+                term = (loss - preferred_ft_loss(logps[:n], mask[:n], chosen_tokens)).detach()  # alpha x its term
                 state.extra["unlikelihood_term_sum"] = state.extra.get("unlikelihood_term_sum", 0.0) + \
                     float(dist.all_sum(term))
             else:
@@ -148,12 +189,16 @@ def train_one(method: str, param, seed: int, cfg, job, pairs: dict) -> dict:
         state.history.append(batch_loss)
         run.log(step, {"loss": batch_loss, "learning_rate": sched.get_last_lr()[0]})
         if step % cfg.eval_every == 0 or step == steps:
+            if method in LOSSES:  # what minimising log p(y_l) does to held-out pairs
+                state.extra.setdefault("heldout_logps", []).append(
+                    {"step": step, **heldout_logps(model, heldout, pad_id, cfg.batch_size, accelerator.autocast)})
             run.save(state, model, resumable)
             recent = state.history[-cfg.eval_every:]
             log.info("%s step %d/%d: loss %.4f", run.label, step, steps, sum(recent) / len(recent))
     extra = {}
-    if method == "unlikelihood":  # how much the term adds to Preferred-FT's loss: alpha x its mean, in nats
+    if method in LOSSES:  # how much the term adds to Preferred-FT's loss (alpha x its mean, in nats), and held out
         extra["unlikelihood_term"] = state.extra["unlikelihood_term_sum"] / state.step
+        extra["heldout_logps"] = state.extra["heldout_logps"]
     return run.finish(state, final_loss=state.history[-1], **extra)
 
 
@@ -172,17 +217,19 @@ def main():
     from datasets import load_from_disk
 
     @functools.cache  # each pairs folder once (one unless reseed_shared)
-    def training_pairs(folder):
-        data = load_from_disk(str(folder / "dataset")).filter(lambda r: not r["heldout"])
-        return {c: data[c] for c in ("prompt_ids", "chosen_ids", "rejected_ids")}
+    def training_and_heldout(folder):
+        data = load_from_disk(str(folder / "dataset"))
+        train, heldout = (data.filter(lambda r: r["heldout"] == held) for held in (False, True))
+        heldout = heldout.shuffle(seed=job.seed).select(range(min(HELDOUT_PAIRS, len(heldout))))
+        return tuple({c: d[c] for c in ("prompt_ids", "chosen_ids", "rejected_ids")} for d in (train, heldout))
 
     runs = []
     for seed in range(job.seeds):
-        pairs = training_pairs(job.upstream("pairs", seed))
+        pairs, heldout = training_and_heldout(job.upstream("pairs", seed))
         for param in getattr(cfg, sweep_key) if sweep_key else [None]:
             log.info("%s%s, training seed %d, on %d pairs", method, f" {name}={param:g}" if name else "", seed,
                      len(pairs["prompt_ids"]))
-            runs.append(train_one(method, param, seed, cfg, job, pairs))
+            runs.append(train_one(method, param, seed, cfg, job, pairs, heldout))
     jobs.finish_runs(job, runs, ("final_loss",))
 
 

@@ -91,7 +91,7 @@ def make_pairs(job, seed: int, out, prompts, held, tokenizer, ground_truth) -> d
                              score_chosen=float(scores[c]), score_rejected=float(scores[r]), prompt_ids=prompt,
                              chosen_ids=completions[c], rejected_ids=completions[r],
                              ref_chosen_logps=float(ref_logps[c]), ref_rejected_logps=float(ref_logps[r]),
-                             heldout=tuple(prompt) in held))
+                             heldout=tuple(prompt) in held, prompt_index=p))
     Dataset.from_list(rows).save_to_disk(str(out / "dataset"))
     Dataset.from_dict(dict(prompt_ids=repeated, completion_ids=completions, score=scores.tolist(),
                            heldout=[tuple(p) in held for p in repeated])).save_to_disk(

@@ -104,8 +104,12 @@ def _dispatch(args) -> int:
             print(reference.reference_markdown())
             return 0
         methods = args.docs / "methods.md"
+        if not methods.is_file():
+            raise ConfigError(f"--docs {args.docs}: no methods.md there (its table is made in place); allowed: the "
+                              f"repository's docs folder")
+        page = reference.methods_markdown(methods.read_text(), args.config)  # checked before anything is written
         store.write_text_atomic(args.docs / "config.md", reference.reference_markdown())
-        store.write_text_atomic(methods, reference.methods_markdown(methods.read_text()))
+        store.write_text_atomic(methods, page)
         return 0
     if args.command == "list":
         doc = config_mod.read_toml(args.config)

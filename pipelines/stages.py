@@ -54,7 +54,7 @@ def method_stage(name: str, methods: list[Method]) -> Stage:
     return Stage(name, tuple(s.format(name) for s in wiring["sections"]), needs=wiring["needs"], what=what,
                  module="" if first.module == name else first.module,
                  split=tuple(s.format(name) for s in wiring.get("split", ())), seeded=True,
-                 revision=wiring.get("revision", 0))
+                 revision=wiring.get("revision", 0) + max(m.revision for m in methods))
 
 
 METHOD_STAGES = {name: method_stage(name, ms)
@@ -71,8 +71,9 @@ STAGES: dict[str, Stage] = {
               split=("sft.batch_size",)),
         Stage("ground_truth", ("data", "ground_truth"), what="the sentiment scorer, reward = P(positive)",
               multiprocess=False),
+        # revision 1: reference log-probs in fp32 on every device (they were bf16 under CUDA's autocast), prompt_index
         Stage("pairs", ("data", "pairs", "ground_truth"), needs=("sft", "ground_truth"),
-              what="4 SFT samples per prompt, all pairs labelled by the ground truth"),
+              what="4 SFT samples per prompt, all pairs labelled by the ground truth", revision=1),
         Stage("reward_model", ("reward_model", "train"), needs=("sft", "pairs"),
               what="Bradley-Terry reward model on the pairs, normalised on SFT samples",
               split=("reward_model.batch_size",)),
@@ -81,13 +82,14 @@ STAGES: dict[str, Stage] = {
               publish=("frontier.csv", "frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf"),
               what="sample every checkpoint, score, exact KL to the SFT model, frontier"),
         # revision 1: summary.json carries each interval's variance and degrees of freedom (imdb-scaling reads them);
-        # 2: it names its format (core.verdict.SUMMARY_FORMAT)
+        # 2: it names its format (core.verdict.SUMMARY_FORMAT); 3: coverage (a side not covering a budget is not
+        # compared there) and summary format 3
         Stage("report", tuple(SECTIONS),
               needs=("sft", "ground_truth", "pairs", "reward_model", *READ_ORDER, "eval"),
               publish=("report.md", "report.html", "frontier_bands.png", "frontier_bands.pdf", "overoptimisation.png",
                        "overoptimisation.pdf"),
               what="the verdict over seeds, tables, figures and samples of the whole run",
-              multiprocess=False, revision=2),
+              multiprocess=False, revision=3),
     )
 }
 

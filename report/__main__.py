@@ -15,7 +15,7 @@ import time
 
 from core import job as jobs
 from core import tracking
-from core.comparison import Frontier, intervals, measures, row_id, summary, verdict
+from core.comparison import Frontier, coverage, intervals, measures, row_id, summary, verdict
 from core.config import flatten
 from core.frontier import read_frontier
 from core.methods import METHODS, label
@@ -28,19 +28,21 @@ log = logging.getLogger("stage")
 FIGURES = ("frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf")
 
 
-def method_table(frontier: Frontier, per_method: dict, runs: dict[str, list[dict]], cfg):
+def method_table(frontier: Frontier, per_method: dict, covered: dict, runs: dict[str, list[dict]], cfg):
     """Per method: runs, checkpoints, and at each measure the mean over seeds of the chosen checkpoint's test
-    reward with its interval, and the mean test KL and completion length of what was chosen."""
+    reward with its interval, the mean test KL and completion length of what was chosen, and where its checkpoints
+    do not cover the budget, that (the value is then where its training ended)."""
     sft = frontier.sft
     header = ["method", "seeds", "runs", "checkpoints"] + [f"best reward, {name}" if budget is not None else name
                                                            for name, budget in measures(cfg)]
     body = [["SFT", "-", "1", "1"] + [f"{sft['reward']:.3f} +- {sft['reward_se']:.3f}"] * len(measures(cfg))]
     for method, by_measure in per_method.items():
         cells = []
-        for (_, budget), iv in zip(measures(cfg), by_measure.values()):
+        for (name, budget), iv in zip(measures(cfg), by_measure.values()):
             kl = frontier.per_seed(method, budget, cfg.area_max_kl, "kl").mean()
             length = frontier.per_seed(method, budget, cfg.area_max_kl, "length").mean()
-            cells.append(f"{iv.estimate:.3f} [{iv.low:.3f}, {iv.high:.3f}] (KL {kl:.1f}, {length:.0f} tokens)")
+            why = f"; {covered[method][name]}" if covered[method][name] else ""
+            cells.append(f"{iv.estimate:.3f} [{iv.low:.3f}, {iv.high:.3f}] (KL {kl:.1f}, {length:.0f} tokens{why})")
         checkpoints = sum(1 for r in frontier.rows if r["method"] == method and r["split"] == "test")
         body.append([label(method), str(frontier.seeds(method)), str(len(runs.get(method, []))), str(checkpoints)]
                     + cells)
@@ -98,12 +100,17 @@ def samples_table(frontier: Frontier, samples: dict, n: int) -> tuple[list[str],
     return ["prompt", "method", "completion", "reward"], body
 
 
-def checks_table(rows: list[dict], runs: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
+def checks_table(rows: list[dict], runs: dict[str, list[dict]], covered: dict, rm_accuracy: float | None
+                 ) -> tuple[list[str], list[list[str]]]:
     """Does each run do what it was set to? PPO: its last checkpoint's exact KL (test prompts) against its target
     (a run that misses it by more than 25% is flagged); DPO: the held-out DPO loss over its checkpoints (flagged
     when it rises: above log 2 alone is not a failure, the spread of per-pair margins adds beta^2 var / 8 to it);
-    Unlikelihood: the size of its unlikelihood term (alpha x the mean -log(1 - p) over rejected tokens), against
-    Preferred-FT's loss."""
+    every method: whether its checkpoints cover each budget it is compared at (at every seed: one within KL <= b
+    and one at or beyond b; the verdict compares it only there); DPO and its TRL relatives: held-out loss and
+    implicit-reward accuracy by checkpoint beside the reward model's held-out accuracy on the same kind of pairs;
+    Unlikelihood (both forms): the size of its term (alpha x the rejected tokens' mean log p, or mean -log(1 - p)),
+    beside the whole loss, and the held-out rejected and chosen completions' log p per token by checkpoint (what
+    minimising the rejected likelihood does)."""
     body = []
     for method in ("ppo", "ppo-gt"):
         for run in runs.get(method, []):
@@ -122,13 +129,19 @@ def checks_table(rows: list[dict], runs: dict[str, list[dict]]) -> tuple[list[st
                                    for h in curve)
             start = " (log 2 = 0.693 at the start)" if method == "dpo" else ""
             body.append([run_label(method, run["run"]), f"held-out {label(method)} loss by checkpoint {losses}{start}, "
-                         f"reward accuracy {accuracy}",
+                         f"implicit-reward accuracy {accuracy} (the reward model's: {fmt(rm_accuracy, 2)})",
                          "yes" if len(curve) < 2 or curve[-1]["loss"] < curve[0]["loss"] else
                          "NO: the held-out loss rises"])
-    for run in runs.get("unlikelihood", []):
-        if "unlikelihood_term" in run:
-            body.append([f"unlikelihood-{run['run']}", f"unlikelihood term {run['unlikelihood_term']:.4f} nats "
-                         f"beside a total loss of {run['final_loss']:.3f}", "-"])
+    for method, run in ((m, run) for m in METHODS for run in runs.get(m, []) if "unlikelihood_term" in run):
+        curve = run.get("heldout_logps") or []
+        held = (", held-out log p(y_l) per token by checkpoint " + " -> ".join(f"{h['rejected_logp']:.2f}" for h in curve)
+                + " (log p(y_w) " + " -> ".join(f"{h['chosen_logp']:.2f}" for h in curve) + ")") if curve else ""
+        body.append([run_label(method, run["run"]), f"unlikelihood term {run['unlikelihood_term']:+.4f} nats beside a "
+                     f"total loss of {run['final_loss']:.3f}{held}", "-"])
+    for method, by_measure in covered.items():
+        missed = [f"{name}: {why}" for name, why in by_measure.items() if why]
+        body.append([label(method), "checkpoints cover " + (", ".join(by_measure) if not missed else "; ".join(missed)),
+                     "yes" if not missed else "NO: not compared there"])
     return ["run", "measured", "as intended"], body
 
 
@@ -159,8 +172,9 @@ def build(job) -> list[tuple]:
     pairs_tokens = round(pairs["prompts"] * job.config["pairs"]["samples_per_prompt"] * pairs["mean_completion_tokens"])
     ev, seeds = job.config["eval"], max(frontier.seeds(m) for m in frontier.methods)  # what the data hold
     per_method, per_pair = intervals(frontier, cfg, job.seed)
-    sentences, *verdict_table = verdict(per_pair, cfg)
-    (job.out / "summary.json").write_text(json.dumps(summary(per_method, per_pair, runs, cfg), indent=1))
+    covered = coverage(frontier, cfg)
+    sentences, *verdict_table = verdict(per_pair, covered, cfg)
+    (job.out / "summary.json").write_text(json.dumps(summary(per_method, per_pair, covered, runs, cfg), indent=1))
     plot_bands(frontier, cfg, job.seed, job.out / "frontier_bands")
 
     blocks = [
@@ -185,7 +199,7 @@ def build(job) -> list[tuple]:
               f"{cfg.confidence:.0%} interval, then the chosen checkpoints' mean test KL and completion length. "
               f"Seed {job.seed}; written {time.strftime('%Y-%m-%d %H:%M')}; frontier.csv has every point on both "
               f"splits with its standard errors."),
-        ("table", *method_table(frontier, per_method, runs, cfg)),
+        ("table", *method_table(frontier, per_method, covered, runs, cfg)),
         ("h2", "Reward vs KL (the DPO paper's Fig. 2, left)"),
         ("img", "frontier.png", "every checkpoint of every method and seed on the test prompts; lines: each method's "
                                 "Pareto front over all its checkpoints (chosen on test: optimistic)"),
@@ -199,8 +213,10 @@ def build(job) -> list[tuple]:
         ("img", "overoptimisation.png", "ground truth and proxy against KL, per method; lines: means of KL bins"),
         ("h2", "Training checks"),
         ("p", "Each run against what it was set to do (PPO: within 25% of its target KL; DPO: a held-out loss "
-              "that falls over its checkpoints)."),
-        ("table", *checks_table(rows, runs)),
+              "that falls over its checkpoints), and each method's coverage: its checkpoints must hold one within "
+              "each KL budget and one at or beyond it at every seed, or it is not compared there (a method stopped "
+              "below a budget would be measured at where its training ended)."),
+        ("table", *checks_table(rows, runs, covered, rm.get("heldout_pair_accuracy"))),
         ("h2", "Reward model and ground truth"),
         ("table", ["diagnostic", "value"], [
             ["reward model: held-out pair accuracy", fmt(rm.get("heldout_pair_accuracy"))],

@@ -26,8 +26,8 @@ from core.verdict import Interval, independent_difference, read_summary
 
 log = logging.getLogger("stage")
 HEADLINE = "dpo - ppo"  # the question this project started from
-FIELDS = ["rung", "parameters", "method", "measure", "reward", "low", "high", "seeds", "train_seconds",
-          "tokens_generated", "tokens_trained"]
+FIELDS = ["rung", "parameters", "method", "measure", "reward", "low", "high", "seeds", "not_covered", "train_seconds",
+          "tokens_generated", "tokens_trained"]  # not_covered: why a side's checkpoints miss the budget (not compared)
 
 
 def read_rungs(job) -> list[dict]:
@@ -62,6 +62,7 @@ def rows_of(rungs: list[dict]) -> list[dict]:
                 for measure, iv in by_measure.items():
                     rows.append({"rung": r["rung"], "parameters": r["parameters"], "method": name, "measure": measure,
                                  "reward": iv["estimate"], "low": iv["low"], "high": iv["high"], "seeds": iv["seeds"],
+                                 "not_covered": iv["not_covered"] or "",
                                  **{k: cost.get(k, "") for k in FIELDS[-3:]}})
     return rows
 
@@ -76,6 +77,10 @@ def trend_sentence(measure: str, rungs: list[dict], confidence: float) -> str:
     """One sentence: DPO - PPO at the smallest and the largest rung, the change and its word."""
     first, last = rungs[0], rungs[-1]
     a, b = first["summary"]["comparisons"][HEADLINE][measure], last["summary"]["comparisons"][HEADLINE][measure]
+    uncovered = [f"{why} at {r['parameters'] / 1e6:.2f}M" for r, why in ((first, a["not_covered"]),
+                                                                         (last, b["not_covered"])) if why]
+    if uncovered:  # a side stopped below the budget (or never inside it): its value is not the method's there
+        return f"At {measure}: DPO - PPO not compared ({'; '.join(uncovered)})."
     moved = independent_difference(as_interval(a), as_interval(b), confidence)
     word = {"DPO ahead": "DPO gains on PPO as the model grows", "PPO ahead": "PPO gains on DPO as the model grows",
             "not resolved": "not resolved"}[moved.word("DPO", "PPO")]  # the report's rule: seeds, and 0 outside
@@ -99,7 +104,8 @@ def parameter_axis(ax) -> None:
 
 
 def plot(rows: list[dict], measures: list[str], methods: list[str], path_stem) -> None:
-    """One panel per measure: each method's reward against parameters; the last: DPO - PPO at every measure."""
+    """One panel per measure: each method's reward against parameters; the last: DPO - PPO at every measure. A value
+    whose checkpoints do not cover the budget (not compared) is a hollow grey ring, not joined to the others."""
     fig, axes = panels(len(measures) + 1, 4.2, 3.4)
     for ax, measure in zip(axes, measures):
         for method in methods:
@@ -114,6 +120,8 @@ def plot(rows: list[dict], measures: list[str], methods: list[str], path_stem) -
         parameter_axis(ax)
         ax.set_title(measure, fontsize=10)
         ax.set_ylabel("test reward (chosen on select)")
+        for r in (r for r in rows if r["not_covered"] and r["measure"] == measure and r["method"] in methods):
+            ax.scatter([r["parameters"]], [r["reward"]], s=90, facecolors="none", edgecolors="gray", zorder=3)
     ax = axes[-1]
     for k, measure in enumerate(measures):
         pts = sorted((r["parameters"], r["reward"], r["low"], r["high"]) for r in rows
@@ -147,8 +155,9 @@ def markdown(job, rungs: list[dict], measures: list[str], confidence: float) -> 
         for name in [*s["methods"], *s["comparisons"]]:
             signed = name in s["comparisons"]
             num = (lambda x: f"{x:+.3f}") if signed else (lambda x: f"{x:.3f}")  # noqa: E731
-            cells = [f"{num(iv['estimate'])} [{num(iv['low'])}, {num(iv['high'])}]"
-                     for iv in ((s["comparisons"] if signed else s["methods"])[name][m] for m in measures)]
+            cells = [f"{num(iv['estimate'])} [{num(iv['low'])}, {num(iv['high'])}]" + (" (not covered)" if
+                     iv["not_covered"] else "") for iv in ((s["comparisons"] if signed else s["methods"])[name][m]
+                                                          for m in measures)]
             cost = s["compute"].get(name)
             tail = f"{cost['train_seconds']:.0f} | {cost['tokens_generated']:,}" if cost else " | "
             lines.append(f"| {r['rung']} | {r['parameters'] / 1e6:.2f}M | {name if signed else label(name)} | "

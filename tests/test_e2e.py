@@ -86,18 +86,24 @@ def test_report_opens_on_the_verdict_and_has_every_table(micro_run):
     # one sentence and one table row per comparison and measure, each with its interval and word
     verdict = md[md.index("## Verdict"):md.index("## Per method")]
     pairs = ("DPO vs PPO", "DPO vs PPO-GT", "PPO vs PPO-GT", "DPO vs Unlikelihood", "DPO vs Preferred-FT")
-    measures = ("KL <= 2", "KL <= 5", "KL <= 10", "front area, KL 0-10")
+    measures = ("KL <= 0.02", "KL <= 0.05", "KL <= 0.1", "front area, KL 0-0.1")  # micro's budgets
     table = [line for line in verdict.splitlines() if line.startswith("| ") and " vs " in line]
     assert [tuple(c.strip() for c in line.split("|")[1:3]) for line in table] == \
         [(p, m) for p in pairs for m in measures]
+    summary = json.loads((root / "report" / "summary.json").read_text())
     for line in table:
-        estimate, interval, seeds, word = [c.strip() for c in line.split("|")[3:7]]
+        name, measure, estimate, interval, seeds, word = [c.strip() for c in line.split("|")[1:7]]
         low, high = (float(x) for x in interval.strip("[]").split(","))
         assert low <= float(estimate) <= high and seeds == "2"
-        assert word == "not resolved" if low <= 0 <= high else word.endswith(" ahead")
+        a, b = (m.lower() for m in name.split(" vs "))
+        why = summary["comparisons"][f"{a} - {b}"][measure]["not_covered"]
+        if why:  # a side's checkpoints do not cover the budget: no word, the reason
+            assert word == f"not compared: {why}" and why.split(" ")[0] in name
+        else:
+            assert word == "not resolved" if low <= 0 <= high else word.endswith(" ahead")
     said = [line for line in verdict.splitlines() if line.startswith("- ")]  # one sentence per comparison
     assert [line[2:line.index(" (")] for line in said] == list(pairs)
-    assert all(line.count("at KL <= ") == 3 and "on the front area (KL 0-10)" in line for line in said)
+    assert all(line.count("at KL <= ") == 3 and "on the front area (KL 0-0.1)" in line for line in said)
     assert "](frontier_bands.png)" in md and (root / "frontier_bands.png").stat().st_size > 10_000
     for label in ("| SFT |", "| DPO | 2 | 4 |", "| PPO | 2 | 2 |", "| PPO-GT |", "| Unlikelihood | 2 | 2 |",
                   "| Preferred-FT | 2 | 2 |"):
@@ -188,6 +194,10 @@ def test_dpo_reports_its_held_out_loss_at_every_checkpoint_and_trains_on_trainin
     for run in json.loads((root / "dpo" / "runs.json").read_text()):
         assert [h["step"] for h in run["heldout"]] == [c["step"] for c in run["checkpoints"]]
         assert all(h["loss"] > 0 and 0 <= h["reward_accuracy"] <= 1 for h in run["heldout"])
+        assert abs(run["step0_margin"]) < 1e-4  # at step 0 the trainer's log-probs are the pairs' reference ones
+    for run in json.loads((root / "unlikelihood" / "runs.json").read_text()):  # log p(y_l) by checkpoint
+        assert [h["step"] for h in run["heldout_logps"]] == [c["step"] for c in run["checkpoints"]]
+        assert all(h["rejected_logp"] < 0 and h["chosen_logp"] < 0 for h in run["heldout_logps"])
     data = load_from_disk(str(root / "pairs" / "dataset"))
     held = {tuple(p) for p, h in zip(data["prompt_ids"], data["heldout"]) if h}
     assert held and held.isdisjoint(tuple(p) for p, h in zip(data["prompt_ids"], data["heldout"]) if not h)

@@ -155,3 +155,16 @@ def test_prompts_have_2_to_8_tokens():
     prompts = lm.make_prompts(["w " * 50] * 500, WordTokenizer(), 2, 8, seed=0)
     lengths = {len(p) for p in prompts}
     assert lengths == set(range(2, 9))
+
+
+def test_reference_logprobs_are_fp32_whatever_the_training_precision():
+    """The pairs stage's reference log-probs (what DPO's loss subtracts) stay fp32 inside a bf16 autocast; in the
+    training precision they move with it (CPU bf16 autocast here, as CUDA's in a stage)."""
+    model = toy_lm(0, vocab=50)
+    prompts, comps = [[3, 4], [5]], [[6, 7, 8], [9, 10]]
+    fp32 = lm.completion_logprobs(model, prompts, comps, pad_id=0, batch_size=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = lm.completion_logprobs(model, prompts, comps, pad_id=0, batch_size=2)
+        training = lm.completion_logprobs(model, prompts, comps, pad_id=0, batch_size=2, training_precision=True)
+    assert torch.equal(reference, fp32)
+    assert not torch.equal(training, fp32) and torch.allclose(training, fp32, atol=0.2)

@@ -62,17 +62,25 @@ def test_reference_free_losses_by_hand_on_the_trainers_batch(stage, tmp_path):
     assert trl_loss == pytest.approx(expected.item(), rel=1e-4)
 
 
-def test_kto_singles_split_each_pair_and_pair_each_completion_with_another_prompt_of_its_batch():
+def test_kto_singles_are_each_prompts_best_and_worst_sample_each_with_another_prompt_of_its_batch():
+    """Per prompt one desirable single (its best sample by the ground truth) and one undesirable (its worst), not
+    every pair split: a prompt of 3 scored samples has 3 pairs, and its middle sample is in one as chosen, in
+    another as rejected."""
     from datasets import Dataset
 
-    prompts, chosen, rejected = [[2], [3], [4]], [[10], [11], [12]], [[20], [21], [22]]
-    pairs = Dataset.from_dict({"prompt_ids": prompts, "chosen_ids": chosen, "rejected_ids": rejected})
+    samples = {2: [(10, 0.9), (11, 0.5), (12, 0.1)], 3: [(13, 0.2), (14, 0.8)], 4: [(15, 0.6), (16, 0.3)]}
+    rows = [(p, a, b) for p, s in samples.items() for i, a in enumerate(s) for b in s[i + 1:]]
+    rows = [(p, a, b) if a[1] > b[1] else (p, b, a) for p, a, b in rows]  # chosen first, as the pairs stage writes
+    pairs = Dataset.from_dict({"prompt_index": [p - 2 for p, _, _ in rows], "prompt_ids": [[p] for p, _, _ in rows],
+                               "chosen_ids": [[a[0]] for _, a, _ in rows],
+                               "rejected_ids": [[b[0]] for _, _, b in rows],
+                               "score_chosen": [a[1] for _, a, _ in rows], "score_rejected": [b[1] for _, _, b in rows]})
+    assert len(pairs) == 5
     singles = dpo.kto_singles(pairs, batch_size=4, seed=0)
-    rows = list(zip(singles["prompt_ids"], singles["completion_ids"], singles["label"]))
-    assert sorted(rows) == sorted([(p, c, True) for p, c in zip(prompts, chosen)]
-                                  + [(p, r, False) for p, r in zip(prompts, rejected)])
-    assert rows != [(p, c, True) for p, c in zip(prompts, chosen)] + [(p, r, False) for p, r in
-                                                                      zip(prompts, rejected)]  # shuffled
+    got = list(zip(singles["prompt_ids"], singles["completion_ids"], singles["label"]))
+    want = [([2], [10], True), ([2], [12], False), ([3], [14], True), ([3], [13], False), ([4], [15], True),
+            ([4], [16], False)]
+    assert sorted(got) == sorted(want) and got != want  # shuffled
     c, kl = singles["completion_ids"], singles["KL_completion_ids"]
     assert kl == [c[3], c[0], c[1], c[2], c[5], c[4]]  # within each batch of 4, completion i - 1 for prompt i
     assert dpo.kto_singles(pairs, 4, seed=0)["completion_ids"] == c  # seeded

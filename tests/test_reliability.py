@@ -140,7 +140,8 @@ def _rewrite(folder, name, text):
 
 def test_read_summary_refuses_another_format_in_one_line(tmp_path):
     good = {"format": SUMMARY_FORMAT, "confidence": 0.95, "measures": ["KL <= 2"], "compute": {},
-            "methods": {"dpo": {"KL <= 2": dict(estimate=0.5, low=0.4, high=0.6, seeds=3, variance=1e-3, df=4.0)}},
+            "methods": {"dpo": {"KL <= 2": dict(estimate=0.5, low=0.4, high=0.6, seeds=3, variance=1e-3, df=4.0,
+                                          not_covered=None)}},
             "comparisons": {}}
     path = tmp_path / "summary.json"
     for summary, message in [

@@ -32,7 +32,7 @@ def test_micro_ladder_end_to_end(tmp_path):
     assert [j["tracking"]["rung"] for j in jobs] == ["a", "b"]
 
     rows = list(csv.DictReader(open(root / "scaling.csv")))
-    measures = ["KL <= 2", "KL <= 5", "KL <= 10", "front area, KL 0-10"]
+    measures = ["KL <= 0.02", "KL <= 0.05", "KL <= 0.1", "front area, KL 0-0.1"]  # micro's budgets
     for rung in ("a", "b"):
         for method in ("dpo", "ppo", "ppo-gt", "dpo - ppo"):
             assert [r["measure"] for r in rows if r["rung"] == rung and r["method"] == method] == measures
@@ -46,8 +46,16 @@ def test_micro_ladder_end_to_end(tmp_path):
             half = stats.norm.ppf(0.975) * iv["variance"] ** 0.5
             assert iv["df"] is None and iv["high"] - iv["low"] == pytest.approx(2 * half)
     md = (root / "scaling.md").read_text()
-    assert sum(line.startswith("- At ") and "DPO - PPO" in line for line in md.splitlines()) == len(measures)
-    assert "one training seed" in md  # seeds = 1 at micro: no word is given
+    said = [line for line in md.splitlines() if line.startswith("- At ") and "DPO - PPO" in line]
+    assert len(said) == len(measures)
+    for line, measure in zip(said, measures):  # seeds = 1 at micro: no word; or a side does not cover the budget
+        covered = all(not json.loads((root / r / "report" / "summary.json").read_text())["comparisons"]["dpo - ppo"]
+                      [measure]["not_covered"] for r in ("a", "b"))
+        assert ("one training seed" in line) if covered else ("not compared (" in line)
+    for r in rows:  # scaling.csv says it too
+        summary = json.loads((root / r["rung"] / "report" / "summary.json").read_text())
+        entry = summary["comparisons" if " - " in r["method"] else "methods"][r["method"]][r["measure"]]
+        assert r["not_covered"] == (entry["not_covered"] or "")
     # a second run trains nothing and writes the same table
     before = (root / "scaling.csv").read_text()
     proc = cli("run", "imdb-scaling", "--scale", "micro", run_dir=tmp_path, check=True)
@@ -69,13 +77,21 @@ def test_micro_ladder_end_to_end(tmp_path):
     (0.00, 0.20, 3, "DPO gains on PPO"), (0.10, -0.15, 3, "PPO gains on DPO"), (0.00, 0.02, 3, "not resolved"),
     (0.00, 0.20, 1, "one training seed")])
 def test_trend_sentence_says_which_way_the_gap_moves(small, large, seeds, word):
-    z = stats.norm.ppf(0.975)  # each rung's interval a normal one, half-width 0.05
-    iv = lambda e: {"estimate": e, "low": e - 0.05, "high": e + 0.05, "seeds": seeds,  # noqa: E731
-                    "variance": (0.05 / z) ** 2, "df": None}
-    rungs = [{"parameters": p, "summary": {"comparisons": {"dpo - ppo": {"KL <= 5": iv(e)}}}}
-             for p, e in ((250_000, small), (4_000_000, large))]
-    text = scaling.trend_sentence("KL <= 5", rungs, 0.95)
+    text = scaling.trend_sentence("KL <= 5", two_rungs(small, large, seeds), 0.95)
     assert word in text and f"{large - small:+.3f}" in text and "0.25M" in text and "4.00M" in text
+
+
+def two_rungs(small, large, seeds, not_covered=(None, None)) -> list[dict]:
+    z = stats.norm.ppf(0.975)  # each rung's interval a normal one, half-width 0.05
+    iv = lambda e, why: {"estimate": e, "low": e - 0.05, "high": e + 0.05, "seeds": seeds,  # noqa: E731
+                         "variance": (0.05 / z) ** 2, "df": None, "not_covered": why}
+    return [{"parameters": p, "summary": {"comparisons": {"dpo - ppo": {"KL <= 5": iv(e, why)}}}}
+            for p, e, why in ((250_000, small, not_covered[0]), (4_000_000, large, not_covered[1]))]
+
+
+def test_a_rung_whose_side_does_not_cover_the_budget_is_not_compared():
+    text = scaling.trend_sentence("KL <= 5", two_rungs(0.0, 0.2, 3, (None, "DPO did not reach KL 5")), 0.95)
+    assert text == "At KL <= 5: DPO - PPO not compared (DPO did not reach KL 5 at 4.00M)."
 
 
 def micro_ladder(**keys) -> dict:

@@ -195,3 +195,54 @@ def test_one_seed_gives_a_prompt_only_interval_and_bad_shapes_are_refused():
         interval(a, rng.normal(size=(2, 63)))
     with pytest.raises(ValueError, match="at least 2"):
         interval(a[:, :1])
+
+
+def synthetic_frontier(paths: dict[str, list[list[float]]]):
+    """A Frontier whose methods' checkpoints sit at the given select KLs, one list per seed (rewards arbitrary)."""
+    from core.comparison import Frontier
+    from core.frontier import point_id
+
+    rows, points = [], {}
+
+    def add(method, run, seed, step, kl):
+        for split in ("select", "test"):
+            rows.append(dict(method=method, run=run, param="", seed=seed, step=step, split=split, kl=kl, reward=0.5))
+        points[point_id(method, run, step)] = {k: [0.5] * 4 for k in ("reward", "proxy_reward", "kl", "length")}
+
+    add("sft", "sft", "", 0, 0.0)
+    for method, seeds in paths.items():
+        for seed, kls in enumerate(seeds):
+            for step, kl in enumerate(kls, start=1):
+                add(method, f"r-seed{seed}", seed, step, kl)
+    return Frontier(rows, {"splits": {"test": [0, 2], "select": [2, 4]}, "points": points})
+
+
+def test_a_method_is_compared_only_at_budgets_its_checkpoints_cover():
+    """Covered at b: at every seed a checkpoint within KL <= b and one at or beyond b. Otherwise the verdict does
+    not compare it there: a method stopped below b is measured where its training ended, not at b."""
+    f = synthetic_frontier({"dpo": [[1.0, 4.0, 7.0], [1.5, 6.0]], "ppo": [[3.0, 9.0, 12.0], [2.5, 11.0]],
+                            "best-of-n": [[0.5, 1.5, 3.2]]})
+    assert [f.coverage("dpo", b, 10) for b in (2, 5, 10)] == [None, None, "did not reach KL 10"]
+    assert [f.coverage("ppo", b, 10) for b in (2, 2.7, 5, 10)] == [
+        "has no checkpoint within KL <= 2", "covers KL 2.7 at 1 of 2 seeds", None, None]
+    assert f.coverage("dpo", None, 10) == "did not reach KL 10" and f.coverage("ppo", None, 10) is None
+    assert f.coverage("ppo", None, 2) == "has no checkpoint within KL <= 2"  # its front over [0, 2] is the SFT model
+    assert f.coverage("best-of-n", 5, 10) == "did not reach KL 5"
+
+
+def test_the_verdict_says_why_a_pair_is_not_compared():
+    from types import SimpleNamespace
+
+    from core.comparison import coverage, intervals, verdict
+
+    f = synthetic_frontier({"dpo": [[1.0, 4.0, 7.0], [1.5, 6.0]], "ppo": [[3.0, 9.0, 12.0], [2.5, 11.0]]})
+    cfg = SimpleNamespace(kl_budgets=[2.0, 5.0, 10.0], area_max_kl=10.0, confidence=0.95, resamples=100)
+    covered = coverage(f, cfg)
+    per_method, per_pair = intervals(f, cfg, 0)
+    sentences, _, body = verdict(per_pair, covered, cfg)
+    assert [row[-1] for row in body] == ["not compared: PPO has no checkpoint within KL <= 2",
+                                         "not resolved",  # covered at KL <= 5: compared (every reward equal here)
+                                         "not compared: DPO did not reach KL 10", "not compared: DPO did not reach KL 10"]
+    assert sentences == ["DPO vs PPO (2 seeds): not compared at KL <= 2 (PPO has no checkpoint within KL <= 2) and "
+                         "at KL <= 10 (DPO did not reach KL 10) and on the front area (KL 0-10) (DPO did not reach "
+                         "KL 10); the same checkpoint at every seed at KL <= 5."]
