@@ -49,6 +49,17 @@ def method_table(frontier: Frontier, per_method: dict, covered: dict, runs: dict
     return header, body
 
 
+def interval_scope(whole_pipeline: bool) -> str:
+    """What the verdict's intervals cover and what they hold fixed (a rerun of what they hold fixed could move the
+    estimates by more than the intervals say)."""
+    redrawn = ("its own SFT model, pairs and reward model, and the method's own training (data order, fresh "
+               "heads, rollouts)" if whole_pipeline else
+               "the method's own training only (data order, fresh heads, rollouts); the SFT model, the pairs and the "
+               "reward model are one draw, held fixed (reseed_shared = true redraws them per seed)")
+    return (f"What the intervals cover: the test prompts, and the training seeds, each of which redraws {redrawn}. "
+            f"Held fixed: the data split, the ground truth, the evaluation prompts and their sampling draws.")
+
+
 def fmt(x, digits: int = 3) -> str:
     if x is None:
         return "n/a"
@@ -186,7 +197,9 @@ def build(job) -> list[tuple]:
               f"the front divided by its width); the interval: {cfg.confidence:.0%}, over training seeds (Welch's t) "
               f"and test prompts (scipy's bootstrap, paired across methods): docs/verdict.md. 'Not resolved': the "
               f"interval holds 0, so neither method can be said to be ahead"
-              f"{'; with one seed no verdict is given' if seeds < 2 else ''}."),
+              f"{'; with one seed no verdict is given' if seeds < 2 else ''}; 'not compared': a side's checkpoints do "
+              f"not cover the budget at every seed."),
+        ("p", interval_scope(frontier.paired_seeds)),
         ("table", *verdict_table),
         ("img", "frontier_bands.png", f"each method's front: the test reward of the checkpoint chosen on select at "
                                       f"each KL budget, mean over seeds with a {cfg.confidence:.0%} band; thin: "

@@ -103,6 +103,7 @@ def test_report_opens_on_the_verdict_and_has_every_table(micro_run):
             assert word == "not resolved" if low <= 0 <= high else word.endswith(" ahead")
     said = [line for line in verdict.splitlines() if line.startswith("- ")]  # one sentence per comparison
     assert [line[2:line.index(" (")] for line in said] == list(pairs)
+    assert "the SFT model, the pairs and the reward model are one draw, held fixed" in verdict  # what they cover
     assert all(line.count("at KL <= ") == 3 and "on the front area (KL 0-0.1)" in line for line in said)
     assert "](frontier_bands.png)" in md and (root / "frontier_bands.png").stat().st_size > 10_000
     for label in ("| SFT |", "| DPO | 2 | 4 |", "| PPO | 2 | 2 |", "| PPO-GT |", "| Unlikelihood | 2 | 2 |",
@@ -296,6 +297,7 @@ def test_every_method_another_seed_and_reseed_shared(micro_run, tmp_path):
     assert all(float(r["kl"]) == 0.0 for r in table if r["method"] == "sft")  # each against itself
     md = (root / "report.md").read_text()
     assert md.index("## Verdict") < md.index("## Per method") and "(2 seeds)" in md
+    assert "each of which redraws its own SFT model, pairs and reward model" in md  # what the intervals cover
     config = json.loads((root / "ppo" / "manifest.json").read_text())["config"]
     assert config["per_seed_stages"] == ["sft", "pairs", "reward_model"] and config["seeds"] == 2
     points = {(r["method"], r["seed"]) for r in table if r["split"] == "test"}
