@@ -15,7 +15,7 @@ import numpy as np
 
 from core.frontier import point_id
 from core.methods import METHODS, label
-from core.verdict import SUMMARY_FORMAT, chosen_values, interval, sentence
+from core.verdict import SUMMARY_FORMAT, chosen_values, holm, interval, p_value, sentence
 
 # the comparisons of the verdict, from the registry (core.methods.Method.against): the paper's (DPO against each of its
 # methods, PPO on the learned reward against the truth), then DPO against each method beyond the paper, then the rest
@@ -112,11 +112,27 @@ def not_compared(covered: dict, a: str, b: str, measure: str) -> str | None:
     return "; ".join(reasons) or None
 
 
+def family_wise(per_pair: dict, covered: dict, cfg) -> dict:
+    """The verdict's words with the family-wise error held at 1 - confidence: Holm's step-down over every
+    comparison the verdict makes (each pair at each measure it compares, with at least 2 seeds), on p-values from
+    the same intervals. -> {(A, B): {measure: word}} ("not compared" where the verdict does not compare)."""
+    family = [(pair, name, iv) for pair, by_measure in per_pair.items() for name, iv in by_measure.items()
+              if iv.seeds >= 2 and not not_compared(covered, *pair, name)]
+    rejected = holm([p_value(iv) for _, _, iv in family], 1 - cfg.confidence)
+    words = {pair: {name: "not compared" if not_compared(covered, *pair, name) else "not resolved"
+                    for name in by_measure} for pair, by_measure in per_pair.items()}
+    for ((a, b), name, iv), reject in zip(family, rejected):
+        if reject:
+            words[(a, b)][name] = iv.word(label(a), label(b))
+    return words
+
+
 def verdict(per_pair: dict, covered: dict, cfg) -> tuple[list[str], list[str], list[list[str]]]:
     """Every pair of PAIRS present, at every measure: A - B with its interval and the word, or "not compared" where a
-    side's checkpoints do not cover the budget (coverage). -> (one sentence per pair, the table's header, its rows:
-    one per pair and measure)."""
+    side's checkpoints do not cover the budget (coverage), and the word family-wise (Holm, family_wise). -> (one
+    sentence per pair, the table's header, its rows: one per pair and measure)."""
     sentences, body = [], []
+    holm_words = family_wise(per_pair, covered, cfg)
     for (a, b), by_measure in per_pair.items():
         said = []
         for (name, budget), iv in zip(measures(cfg), by_measure.values()):
@@ -124,12 +140,14 @@ def verdict(per_pair: dict, covered: dict, cfg) -> tuple[list[str], list[str], l
             said.append((f"at {name}" if budget is not None else f"on the front area (KL 0-{cfg.area_max_kl:g})", iv,
                          why))
             body.append([f"{label(a)} vs {label(b)}", name, f"{iv.estimate:+.3f}", f"[{iv.low:+.3f}, {iv.high:+.3f}]",
-                         str(iv.seeds), f"not compared: {why}" if why else iv.word(label(a), label(b))])
+                         str(iv.seeds), f"not compared: {why}" if why else iv.word(label(a), label(b)),
+                         "-" if why else holm_words[(a, b)][name]])
         sentences.append(sentence(label(a), label(b), said))
     if not sentences:
         sentences = ["No comparison: the verdict compares DPO with every other method and PPO with PPO-GT; this run's "
                      "methods hold none of those pairs (add dpo to methods)."]
-    header = ["comparison", "measure", "A - B (test reward)", f"{cfg.confidence:.0%} interval", "seeds", "verdict"]
+    header = ["comparison", "measure", "A - B (test reward)", f"{cfg.confidence:.0%} interval", "seeds", "verdict",
+              "family-wise (Holm)"]
     return sentences, header, body
 
 

@@ -104,6 +104,27 @@ def independent_difference(a: Interval, b: Interval, confidence: float = 0.95) -
     return _interval(b.estimate - a.estimate, variance, df, min(a.seeds, b.seeds), confidence)
 
 
+def p_value(iv: Interval) -> float:
+    """Two-sided p-value of "A - B = 0" on the interval's own scale (t at its df, or normal): below 1 - confidence
+    exactly when the interval leaves 0 out."""
+    if iv.variance <= 0:
+        return 1.0 if iv.estimate == 0 else 0.0
+    return float(2 * stats.t.sf(abs(iv.estimate) / math.sqrt(iv.variance), iv.df))
+
+
+def holm(pvalues: list[float], alpha: float) -> list[bool]:
+    """Holm's step-down over a family of hypotheses: which are rejected with a family-wise error rate <= alpha.
+    With the p-values sorted, p_(1) <= ... <= p_(m), reject while p_(i) <= alpha / (m - i + 1), and stop at the
+    first that is not. -> one bool per p-value, in the order given."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    rejected = [False] * len(pvalues)
+    for rank, i in enumerate(order):
+        if pvalues[i] > alpha / (len(pvalues) - rank):
+            break
+        rejected[i] = True
+    return rejected
+
+
 def _interval(estimate: float, variance: float, df: float, seeds: int, confidence: float) -> Interval:
     half = stats.t.ppf((1 + confidence) / 2, df) * math.sqrt(variance)  # df = inf: the normal quantile
     return Interval(float(estimate), float(estimate - half), float(estimate + half), seeds, float(variance), float(df))

@@ -240,9 +240,48 @@ def test_the_verdict_says_why_a_pair_is_not_compared():
     covered = coverage(f, cfg)
     per_method, per_pair = intervals(f, cfg, 0)
     sentences, _, body = verdict(per_pair, covered, cfg)
-    assert [row[-1] for row in body] == ["not compared: PPO has no checkpoint within KL <= 2",
+    assert [row[-1] for row in body] == ["-", "not resolved", "-", "-"]  # family-wise: only what is compared
+    assert [row[-2] for row in body] == ["not compared: PPO has no checkpoint within KL <= 2",
                                          "not resolved",  # covered at KL <= 5: compared (every reward equal here)
                                          "not compared: DPO did not reach KL 10", "not compared: DPO did not reach KL 10"]
     assert sentences == ["DPO vs PPO (2 seeds): not compared at KL <= 2 (PPO has no checkpoint within KL <= 2) and "
                          "at KL <= 10 (DPO did not reach KL 10) and on the front area (KL 0-10) (DPO did not reach "
                          "KL 10); the same checkpoint at every seed at KL <= 5."]
+
+
+def test_holm_by_hand():
+    from core.verdict import holm
+
+    # m = 4 at alpha 0.05: thresholds 0.0125, 0.0167, 0.025, 0.05 for the sorted p-values; stops at the first miss
+    assert holm([0.01, 0.04, 0.03, 0.005], 0.05) == [True, False, False, True]  # 0.03 > 0.025: it and 0.04 kept
+    assert holm([0.01, 0.015, 0.02, 0.04], 0.05) == [True, True, True, True]
+    assert holm([0.2, 0.001], 0.05) == [False, True] and holm([], 0.05) == []
+
+
+def test_p_value_agrees_with_the_interval():
+    from core.verdict import p_value
+
+    for estimate, sd, df in ((0.05, 0.02, 4.0), (0.03, 0.02, 4.0), (-0.1, 0.03, math.inf)):
+        iv = Interval(estimate, estimate - 1.96, estimate + 1.96, 3, sd**2, df)  # only variance and df are read
+        half = stats.t.ppf(0.975, df) * sd
+        assert (p_value(iv) < 0.05) == (abs(estimate) > half)
+
+
+def test_family_wise_words_keep_the_false_positive_rate_of_a_null_family():
+    """20 comparisons whose true differences are all 0 (3 seeds, 40 prompts each side): per comparison the 95%
+    intervals reject about 5% of the time, so some word is wrong in most families; Holm's family-wise words are wrong
+    in at most about 5% of families."""
+    from core.verdict import holm, p_value
+
+    rng = np.random.default_rng(0)
+    families, size, any_raw, any_holm = 150, 20, 0, 0
+    for f in range(families):
+        ivs = []
+        for k in range(size):
+            a = rng.normal(0, 0.05, (3, 1)) + rng.normal(0, 0.2, (3, 40))
+            b = rng.normal(0, 0.05, (3, 1)) + rng.normal(0, 0.2, (3, 40))
+            ivs.append(interval(a, b, resamples=200, rng=f * size + k))
+        any_raw += any(iv.low > 0 or iv.high < 0 for iv in ivs)
+        any_holm += any(holm([p_value(iv) for iv in ivs], 0.05))
+    assert any_raw / families > 0.3  # uncorrected: a wrong word in a third or more of the families
+    assert any_holm / families <= 0.08  # family-wise: within its nominal 5% (binomial slack for 150 families)
