@@ -57,12 +57,11 @@ def method_stage(name: str, methods: list[Method]) -> Stage:
                  revision=wiring.get("revision", 0) + max(m.revision for m in methods))
 
 
-METHOD_STAGES = {name: method_stage(name, ms)
-                 for kind in WIRING for name, ms in method_stages().items() if ms[0].kind == kind}
+_BY_STAGE = method_stages()
+METHOD_STAGES = {name: method_stage(name, ms) for kind in WIRING for name, ms in _BY_STAGE.items() if ms[0].kind == kind}
 # what eval and the report read, in frontier.csv's row order: the paper's methods first, offline before online
-READ_ORDER = sorted(METHOD_STAGES, key=lambda n: (not method_stages()[n][0].paper,
-                                                   ("pairs", "ppo", "online", "best_of_n").index(
-                                                       method_stages()[n][0].kind)))
+READ_ORDER = sorted(METHOD_STAGES, key=lambda n: (not _BY_STAGE[n][0].paper,
+                                                   ("pairs", "ppo", "online", "best_of_n").index(_BY_STAGE[n][0].kind)))
 
 STAGES: dict[str, Stage] = {
     s.name: s
