@@ -8,8 +8,8 @@ benchmark's (2-8 token prompts, 48-token completions).
 P1  the tiny pipeline: the latest tiny run's elapsed time (`make imdb-sentiment`; its manifests), checked to
     be the shipped config (the bench fails if not), each stage against its floor (counted FLOPs at this
     machine's measured matmul peak: bench/flops.py), and a fresh micro-scale run end to end.
-P2  overhead: our SFT and DPO trainers vs the same TRL trainer scripted by hand (stock settings), and a plain
-    PyTorch loop computing the same loss (the floor); steps/s.
+P2  overhead: our SFT trainer and DPO step (the pairs loop, dpo/loop.py) vs the same TRL trainer scripted by hand
+    (stock settings), and a plain PyTorch loop computing the same loss (the floor); steps/s.
 P3  the DPO beta sweep: reference log-probs computed once by the pairs stage and shared by K betas, vs K
     stock TRL runs that each compute them.
 P5  evaluation of one checkpoint (sample, score by the ground truth and a reward model, exact KL) vs raw batched
@@ -116,12 +116,24 @@ def dpo_args(out, steps: int, batch: int, precompute: bool):
 
 
 def time_dpo_ours(ds, make_model, tok, steps, batch):
-    from dpo.__main__ import make_trainer_class
+    """The dpo stage's step: its batch loss (dpo.__main__.batch_loss_of) in the pairs loop's train_step, AdamW, no
+    warm-up."""
+    from core.run import LoopState
+    from core.train import loop_accelerator
+    from dpo import loop
+    from dpo.__main__ import COLUMNS, batch_loss_of
 
-    trainer = make_trainer_class("dpo")(model=make_model(), args=dpo_args(tempfile.mkdtemp(), steps, batch, True),
-                                   train_dataset=ds, processing_class=tok)
+    accelerator = loop_accelerator()
+    model = make_model().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    model, opt = accelerator.prepare(model, opt)
+    data, state = {c: list(ds[c]) for c in COLUMNS}, LoopState()
+    batch_loss = batch_loss_of(data, "sigmoid", 0.1, tok.pad_token_id)
     with Stopwatch() as train:
-        trainer.train()
+        for s in range(steps):
+            loop.train_step(accelerator, model, opt, sched, batch_loss, list(range(s * batch, (s + 1) * batch)), state,
+                            1.0)
     return train.seconds
 
 
@@ -237,8 +249,10 @@ def p3_beta_sweep(dpo: dict, pairs, make_model, pad_id, steps: int, batch: int, 
     from pipelines.config import load
 
     tiny = load("imdb-sentiment", "tiny")  # the sweep as benchmarks.toml ships it
-    k, n_steps = len(tiny.dpo.betas), tiny.dpo.max_steps
+    from dpo.loop import steps_of
+
     n_pairs = tiny.pairs.prompts * tiny.pairs.samples_per_prompt * (tiny.pairs.samples_per_prompt - 1) // 2
+    k, n_steps = len(tiny.dpo.betas), steps_of(tiny.dpo, round(n_pairs * (1 - tiny.pairs.heldout_prompts)))
     ours, stock_step, stock_ref = dpo["ours_step_s"], dpo["trl_step_s"], dpo["trl_tokenize_and_reference_s"]
     ref_ours = median_time(lambda: dpo_columns(pairs[: steps * batch], make_model().eval(), pad_id), repeats)
     shared = ref_ours + k * ours * steps

@@ -44,8 +44,11 @@ class Method:
         return KINDS[self.module]
 
 
+_OWN_LOOP = 'ours: the pairs loop (`dpo/loop.py`), the loss of TRL `DPOTrainer`\'s `loss_type="{}"` (pinned to it)'
+
+
 def _pair(name, label, color, marker, loss, implementation, swept="beta", **kw) -> Method:
-    """A relative of DPO on the pairs through a TRL trainer: its unset keys are [dpo]'s."""
+    """A relative of DPO on the pairs (DPOTrainer's loss in our loop, or a TRL trainer): its unset keys are [dpo]'s."""
     return Method(name, label, name, color, marker, "pairs", loss=loss, implementation=implementation, swept=swept,
                   inherits="dpo", **kw)
 
@@ -56,8 +59,9 @@ def _online(name, label, stage, color, marker, learns_from, implementation, agai
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("dpo", "DPO", "dpo", "tab:red", "o", "pairs", loss="sigmoid", against=(), paper=True,
-           implementation='TRL `DPOTrainer`, `loss_type="sigmoid"`'),
+    # revision 1 (dpo, ipo, slic, rdpo): trained in our pairs loop with the loss pinned to DPOTrainer's, not by it
+    Method("dpo", "DPO", "dpo", "tab:red", "o", "pairs", loss="sigmoid", against=(), paper=True, revision=1,
+           implementation=_OWN_LOOP.format("sigmoid")),
     Method("ppo", "PPO", "ppo", "tab:blue", "s", "reward model", module="ppo", swept="target KL",
            implementation="ours (`ppo/`, on transformers + accelerate; TRL 1.16 has no PPOTrainer)", paper=True),
     Method("ppo-gt", "PPO-GT", "ppo", "tab:cyan", "D", "ground truth", module="ppo",
@@ -71,9 +75,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("unlikelihood-token", "Unlikelihood (token)", "unlikelihood_token", "yellowgreen", "<", "pairs",
            module="dpo.relatives", swept="alpha", inherits="unlikelihood",
            implementation="ours (`dpo/relatives.py`), Welleck et al.'s token-level -log(1 - p)"),
-    _pair("ipo", "IPO", "tab:orange", "P", "ipo", 'TRL `DPOTrainer`, `loss_type="ipo"`', swept="tau (`betas`)"),
-    _pair("slic", "SLiC", "tab:brown", "X", "hinge", 'TRL `DPOTrainer`, `loss_type="hinge"`'),
-    _pair("rdpo", "rDPO", "tab:pink", "h", "robust", 'TRL `DPOTrainer`, `loss_type="robust"`, `label_smoothing` 0.1'),
+    _pair("ipo", "IPO", "tab:orange", "P", "ipo", _OWN_LOOP.format("ipo"), swept="tau (`betas`)", revision=1),
+    _pair("slic", "SLiC", "tab:brown", "X", "hinge", _OWN_LOOP.format("hinge"), revision=1),
+    _pair("rdpo", "rDPO", "tab:pink", "h", "robust", _OWN_LOOP.format("robust") + ", `label_smoothing` 0.1",
+          revision=1),
     _pair("simpo", "SimPO", "olive", "o", "simpo",
           'TRL `trl.experimental` `CPOTrainer`, `loss_type="simpo"`, `cpo_alpha` 0'),
     _pair("cpo", "CPO", "slateblue", "s", "cpo", 'TRL `trl.experimental` `CPOTrainer`, `loss_type="sigmoid"`, '

@@ -1,13 +1,16 @@
 """What every TRL-trained stage adds to its trainer."""
 
 import math
+import os
+import signal
 
 
 def stop_on_non_finite_loss():
     """A TrainerCallback that stops training with an error naming the step when a logged loss is NaN or inf.
 
     The trainer must log with logging_nan_inf_filter=False (transformers otherwise replaces a non-finite loss
-    by the running mean and trains on). The stage then exits non-zero: the checkpoints saved before the step
+    by the running mean and trains on). It also carries the resume tests' fault hook: with
+    PIPELINES_KILL_AFTER_CHECKPOINT set, the process dies right after saving the checkpoint that path ends with. The stage then exits non-zero: the checkpoints saved before the step
     stay in its unfinished folder and the stage is not marked finished."""
     from transformers import TrainerCallback
 
@@ -17,6 +20,11 @@ def stop_on_non_finite_loss():
             if loss is not None and not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {state.global_step}; stopping (checkpoints "
                                          f"up to the previous save are kept in {args.output_dir})")
+
+        def on_save(self, args, state, control, **kwargs):  # the resume tests' fault hook, as core/resume.py's
+            fault = os.environ.get("PIPELINES_KILL_AFTER_CHECKPOINT")
+            if fault and f"{args.output_dir}/checkpoint-{state.global_step}".endswith(fault):
+                os.kill(os.getpid(), signal.SIGKILL)
 
     return StopOnNonFiniteLoss()
 

@@ -23,11 +23,16 @@ the reference (r_w, r_l), the margin h = (s_w - r_w) - (s_l - r_l), and a bar fo
            1 - sigmoid(beta (z - (s_l - r_l))) for y_l                 (KTOTrainer; Ethayarajh et al. 2024)
 
 each averaged over a batch. Each run starts from the SFT model, which is also the reference where there is one.
-Training is TRL's, handed the pairs as token ids (exactly what was sampled; each trainer re-tokenizes text
-otherwise) and, for DPOTrainer, the reference log-probs the pairs stage computed once for the whole sweep. It
-trains on the pairs of training prompts; at every kept checkpoint (every `eval_every` steps and the last) it reports
-the loss (and DPOTrainer's reward accuracy) on pairs of the held-out prompts (runs.json's "heldout"), so a run whose
-held-out loss rises is seen. runs.json lists the checkpoints for eval.
+dpo, ipo, slic and rdpo train in our pairs loop (dpo/loop.py) with the loss of dpo/loss.py, each pinned to TRL
+1.16's DPOTrainer on the same batch (tests/test_dpo_loss.py); at micro the loop's frontier is byte-identical to the
+one DPOTrainer gave (the same data order and steps). TRL's trainer cost 1.5x a step on the CPU here for metrics
+this benchmark does not read (entropy and mean logits over the vocabulary, per token). The other losses train by
+their TRL trainer, handed the pairs as token ids (exactly what was sampled; each trainer re-tokenizes text
+otherwise), as does any other DPOTrainer loss_type a registry entry names (it gets the pairs' reference
+log-probs, which the pairs stage computed once for the whole sweep). Every run trains on the pairs of training
+prompts; at every kept checkpoint (every `eval_every` steps and the last) it reports the loss (and the
+implicit-reward accuracy) on pairs of the held-out prompts (runs.json's "heldout"), so a run whose held-out loss
+rises is seen. runs.json lists the checkpoints for eval.
 """
 
 import functools
@@ -42,6 +47,7 @@ from core.methods import stage_method
 from core.run import MethodRun, training_seed
 from core.lm_head import plain_lm_head
 from core.train import save_last_checkpoint, stop_on_non_finite_loss, trainer_args
+from dpo.loss import OWN_LOOP_LOSSES, pair_losses
 
 log = logging.getLogger("stage")
 OWN_TRAINERS = ("kto", "simpo", "cpo", "orpo")  # losses with a TRL trainer of their own; any other is DPOTrainer's
@@ -203,9 +209,86 @@ def trl_config(stage: str, cfg, beta: float, **common):
 
 
 def train_one(beta: float, seed: int, cfg, job, pairs, heldout, tokens_per_pair: float, margin0: float):
-    """One run of the stage's loss from the SFT model; a killed run resumes from its latest checkpoint (TRL's
-    resume). The training seed sets the data order (TRL's seed and data_seed). pairs, heldout: what the trainer
-    reads (kto: the singles of the pairs)."""
+    """One run of the stage's loss from the SFT model: in our loop when the loss is one of dpo/loss.py's
+    (train_own), else by its TRL trainer (train_trl). A killed run resumes from its latest checkpoint. pairs, heldout:
+    what the trainer reads (kto: the singles of the pairs)."""
+    train = train_own if loss_of(job.stage) in OWN_LOOP_LOSSES else train_trl
+    return train(beta, seed, cfg, job, pairs, heldout, tokens_per_pair, margin0)
+
+
+def losses_and_hits(model, data: dict, idx: list[int], loss_type: str, beta: float, pad_id: int,
+                    label_smoothing: float = 0.0):
+    """Per pair data[idx] (columns COLUMNS, as lists): the loss of dpo/loss.py's pair_losses, the policy's sequence
+    log-probs of chosen and rejected in one forward pass against the pairs' reference log-probs; and whether the
+    chosen log-ratio is the larger (the implicit reward's accuracy). -> ([b], [b])."""
+    import torch
+
+    from dpo.loop import completion_token_logps
+
+    prompts = [data["prompt_ids"][i] for i in idx]
+    completions = [data["chosen_ids"][i] for i in idx] + [data["rejected_ids"][i] for i in idx]
+    logps, mask = completion_token_logps(model, prompts + prompts, completions, pad_id)
+    seq, n = (logps.float() * mask).sum(1), len(idx)
+    chosen = seq[:n] - torch.tensor([data["ref_chosen_logps"][i] for i in idx], device=seq.device)
+    rejected = seq[n:] - torch.tensor([data["ref_rejected_logps"][i] for i in idx], device=seq.device)
+    losses = pair_losses(loss_type, chosen, rejected, beta, mask[:n].sum(1), mask[n:].sum(1), label_smoothing)
+    return losses, (chosen > rejected).float()
+
+
+def batch_loss_of(data: dict, loss_type: str, beta: float, pad_id: int, label_smoothing: float = 0.0):
+    """The pairs loop's batch_loss (dpo/loop.py): this process's block of the batch, its loss summed and divided by
+    the whole batch's size; logs the batch's implicit-reward accuracy (and keeps it in the loop state)."""
+    def batch_loss(model, idx, state):
+        state.tokens_trained += sum(2 * len(data["prompt_ids"][i]) + len(data["chosen_ids"][i]) +
+                                    len(data["rejected_ids"][i]) for i in idx)
+        losses, hits = losses_and_hits(model, data, dist.shard(idx), loss_type, beta, pad_id, label_smoothing)
+        accuracy = float(dist.all_sum(hits.sum().detach().cpu())) / len(idx)
+        state.extra.setdefault("reward_accuracy", []).append(accuracy)
+        return losses.sum() / len(idx), {"reward_accuracy": accuracy}
+
+    return batch_loss
+
+
+def train_own(beta: float, seed: int, cfg, job, pairs, heldout, tokens_per_pair: float, margin0: float):
+    """The run in the pairs loop (dpo/loop.py) with the loss of dpo/loss.py, pinned to TRL's DPOTrainer's (the
+    reference log-probs: fp32, computed once by the pairs stage). Every checkpoint scores the held-out pairs (every
+    process all of them, as sharded models need): the loss and the implicit-reward accuracy."""
+    import torch
+
+    from core import lm
+    from core.train import loop_accelerator
+    from dpo import loop
+
+    run = MethodRun(job, job.stage, f"beta{beta:g}", "beta", beta, seed, accelerator=loop_accelerator())
+    if run.summary:
+        return run.summary
+    pad_id = lm.load_tokenizer(job.upstream("sft", seed)).pad_token_id
+    loss_type, smoothing = loss_of(job.stage), getattr(cfg, "label_smoothing", 0.0)
+    train, held = ({c: list(data[c]) for c in COLUMNS} for data in (pairs, heldout))
+
+    @torch.no_grad()
+    def at_checkpoint(model, state):
+        model.eval()
+        every, sums = list(range(len(held["prompt_ids"]))), torch.zeros(2, dtype=torch.float64)
+        for start in range(0, len(every), cfg.batch_size):
+            with run.accelerator.autocast():
+                losses, hits = losses_and_hits(model, held, every[start : start + cfg.batch_size], loss_type, beta,
+                                               pad_id, smoothing)
+            sums += torch.tensor([float(losses.sum()), float(hits.sum())], dtype=torch.float64)
+        model.train()
+        state.extra.setdefault("heldout", []).append(
+            {"step": state.step, "loss": float(sums[0]) / len(every), "reward_accuracy": float(sums[1]) / len(every)})
+
+    state = loop.train(run, cfg, job.upstream("sft", seed), len(train["prompt_ids"]), run.training_seed,
+                       learning_rate(cfg, beta), batch_loss_of(train, loss_type, beta, pad_id, smoothing),
+                       at_checkpoint, job.section("train").max_grad_norm)
+    window = state.extra["reward_accuracy"][-max(1, cfg.eval_every // 4):]  # as TRL logged it: a logging window
+    return run.finish(state, final_loss=state.history[-1], final_reward_accuracy=sum(window) / len(window),
+                      heldout=state.extra["heldout"], step0_margin=margin0)
+
+
+def train_trl(beta: float, seed: int, cfg, job, pairs, heldout, tokens_per_pair: float, margin0: float):
+    """The run by the loss's TRL trainer (TRL's resume)."""
     run = MethodRun(job, job.stage, f"beta{beta:g}", "beta", beta, seed)
     if run.summary:
         return run.summary

@@ -16,20 +16,16 @@ unlikelihood (2019), which App. C.3 cites, is bounded: it pushes down every reje
 
     L_UL-token = L_PFT - alpha * mean over rejected tokens of log(1 - pi(y_l,t | x, y_l,<t))
 
-Neither needs a reference model. Both are a plain loop (the losses are not TRL's): the pairs' token ids in
-shuffled batches, AdamW or RMSprop with a linear warm-up, a checkpoint every `eval_every` steps and at the end
-(with the optimizer state, so a killed run resumes there). With several processes each step's batch is
-split over them; each divides its share of the loss by the whole batch's token counts, so the averaged
-gradients x N are the one-process gradient.
+Neither needs a reference model. Both train in the pairs loop (dpo/loop.py; the losses are not TRL's). With
+several processes each step's batch is split over them; each divides its share of the loss by the whole batch's
+token counts, so the averaged gradients x N are the one-process gradient.
 Run as `python -m dpo.relatives job.json`; the job's stage says which method (core/methods.py).
 """
 
 import functools
 import logging
-import math
 
 import torch
-from tqdm.auto import tqdm
 
 from core import job as jobs
 from core import dist, lm
@@ -37,6 +33,8 @@ from core.config import sweep_lists
 from core.methods import stage_method
 from core.run import MethodRun
 from core.train import loop_accelerator
+from dpo import loop
+from dpo.loop import completion_token_logps
 
 log = logging.getLogger("stage")
 HELDOUT_PAIRS = 512  # held-out pairs scored at each checkpoint of an unlikelihood run (a seeded sample of them)
@@ -85,21 +83,6 @@ def unlikelihood_token_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tenso
 LOSSES = {"unlikelihood": unlikelihood_loss, "unlikelihood-token": unlikelihood_token_loss}  # method -> its loss
 
 
-def completion_token_logps(model, prompts, completions, pad_id: int):
-    """log pi of every completion token, with its mask. -> ([B, T-1], [B, T-1]) on the model's device."""
-    dev = next(model.parameters()).device
-    ids, attn, resp = lm.completion_batch(prompts, completions, pad_id, dev)
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
-    return lm.token_logprobs(logits, ids[:, 1:]), resp.float()
-
-
-def data_order(n: int, steps: int, batch_size: int, seed: int) -> list[list[int]]:
-    """Pair indices for each step: seeded shuffles of the pairs, one after another, cut into batches."""
-    g = torch.Generator().manual_seed(seed)
-    flat = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(steps * batch_size / n))])
-    return [flat[i * batch_size : (i + 1) * batch_size].tolist() for i in range(steps)]
-
-
 def data_seed(method: str, param, training_seed: int) -> int:
     """Each run its own data order: Preferred-FT's is its training seed's, each Unlikelihood alpha has its own
     (they shared Preferred-FT's order once, which made alpha look like it did more than it did)."""
@@ -133,30 +116,14 @@ def train_one(method: str, param, seed: int, cfg, job, pairs: dict, heldout: dic
     (the data order). heldout: pairs of held-out prompts, scored at each checkpoint (unlikelihood). A run killed
     part-way resumes from its latest checkpoint; a finished one is not trained again."""
     name = sweep_name(job.stage)
-    accelerator = loop_accelerator()
     run = MethodRun(job, method, f"{name}{param:g}" if name else "", name or "", param, seed,
-                    accelerator=accelerator)
+                    accelerator=loop_accelerator())
     if run.summary:
         return run.summary
-    world = dist.world_size()
-    model = lm.load_causal_lm(run.latest or job.upstream("sft", seed), accelerator.device).train()
     pad_id = lm.load_tokenizer(job.upstream("sft", seed)).pad_token_id
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = (torch.optim.RMSprop(params, lr=cfg.learning_rate) if cfg.optimizer == "rmsprop"
-           else torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0))
-    warmup = max(1, cfg.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-    model, opt = accelerator.prepare(model, opt)
-    resumable = {"optimizer": opt, "scheduler": sched}
-    state = run.start(resumable)
-    steps = cfg.max_steps or math.ceil(len(pairs["prompt_ids"]) / cfg.batch_size)
     alpha = param if method in LOSSES else 0.0
-    max_grad_norm = job.section("train").max_grad_norm
-    order = data_order(len(pairs["prompt_ids"]), steps, cfg.batch_size, data_seed(method, param, run.training_seed))
-    bar = tqdm(order, desc=run.label, unit="step", disable=None if dist.is_main() else True)
-    for step, idx in enumerate(bar, start=1):
-        if step <= state.step:
-            continue
+
+    def batch_loss(model, idx, state):
         # the whole batch's token counts; then this process trains on its block of the batch
         chosen_tokens = torch.tensor(float(sum(len(pairs["chosen_ids"][i]) for i in idx)))
         rejected_tokens = torch.tensor(float(sum(len(pairs["rejected_ids"][i]) for i in idx)))
@@ -166,35 +133,25 @@ def train_one(method: str, param, seed: int, cfg, job, pairs: dict, heldout: dic
         idx = dist.shard(idx)
         prompts = [pairs["prompt_ids"][i] for i in idx]
         chosen = [pairs["chosen_ids"][i] for i in idx]
-        with accelerator.autocast():
-            if method in LOSSES:  # chosen and rejected in one forward pass
-                rejected = [pairs["rejected_ids"][i] for i in idx]
-                logps, mask = completion_token_logps(model, prompts + prompts, chosen + rejected, pad_id)
-                n = len(idx)
-                loss = LOSSES[method](logps[:n], mask[:n], logps[n:], mask[n:], alpha, chosen_tokens, rejected_tokens)
-                term = (loss - preferred_ft_loss(logps[:n], mask[:n], chosen_tokens)).detach()  # alpha x its term
-                state.extra["unlikelihood_term_sum"] = state.extra.get("unlikelihood_term_sum", 0.0) + \
-                    float(dist.all_sum(term))
-            else:
-                logps, mask = completion_token_logps(model, prompts, chosen, pad_id)
-                loss = preferred_ft_loss(logps, mask, chosen_tokens)
-        batch_loss = float(dist.all_sum(loss.detach()))  # the processes' shares add up to the batch's loss
-        run.check_finite(batch_loss, step)
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(world * loss)  # DDP averages the processes' gradients; each is a share of the sum
-        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)  # the suite's one rule ([train])
-        opt.step()
-        sched.step()
-        state.step = step
-        state.history.append(batch_loss)
-        run.log(step, {"loss": batch_loss, "learning_rate": sched.get_last_lr()[0]})
-        if step % cfg.eval_every == 0 or step == steps:
-            if method in LOSSES:  # what minimising log p(y_l) does to held-out pairs
-                state.extra.setdefault("heldout_logps", []).append(
-                    {"step": step, **heldout_logps(model, heldout, pad_id, cfg.batch_size, accelerator.autocast)})
-            run.save(state, model, resumable)
-            recent = state.history[-cfg.eval_every:]
-            log.info("%s step %d/%d: loss %.4f", run.label, step, steps, sum(recent) / len(recent))
+        if method not in LOSSES:
+            logps, mask = completion_token_logps(model, prompts, chosen, pad_id)
+            return preferred_ft_loss(logps, mask, chosen_tokens), {}
+        rejected = [pairs["rejected_ids"][i] for i in idx]  # chosen and rejected in one forward pass
+        logps, mask = completion_token_logps(model, prompts + prompts, chosen + rejected, pad_id)
+        n = len(idx)
+        loss = LOSSES[method](logps[:n], mask[:n], logps[n:], mask[n:], alpha, chosen_tokens, rejected_tokens)
+        term = (loss - preferred_ft_loss(logps[:n], mask[:n], chosen_tokens)).detach()  # alpha x its term
+        state.extra["unlikelihood_term_sum"] = state.extra.get("unlikelihood_term_sum", 0.0) + \
+            float(dist.all_sum(term))
+        return loss, {}
+
+    def at_checkpoint(model, state):  # what minimising log p(y_l) does to held-out pairs
+        state.extra.setdefault("heldout_logps", []).append(
+            {"step": state.step, **heldout_logps(model, heldout, pad_id, cfg.batch_size, run.accelerator.autocast)})
+
+    state = loop.train(run, cfg, job.upstream("sft", seed), len(pairs["prompt_ids"]),
+                       data_seed(method, param, run.training_seed), cfg.learning_rate, batch_loss,
+                       at_checkpoint if method in LOSSES else None, job.section("train").max_grad_norm)
     extra = {}
     if method in LOSSES:  # how much the term adds to Preferred-FT's loss (alpha x its mean, in nats), and held out
         extra["unlikelihood_term"] = state.extra["unlikelihood_term_sum"] / state.step
@@ -221,7 +178,7 @@ def main():
         data = load_from_disk(str(folder / "dataset"))
         train, heldout = (data.filter(lambda r: r["heldout"] == held) for held in (False, True))
         heldout = heldout.shuffle(seed=job.seed).select(range(min(HELDOUT_PAIRS, len(heldout))))
-        return tuple({c: d[c] for c in ("prompt_ids", "chosen_ids", "rejected_ids")} for d in (train, heldout))
+        return tuple({c: list(d[c]) for c in ("prompt_ids", "chosen_ids", "rejected_ids")} for d in (train, heldout))
 
     runs = []
     for seed in range(job.seeds):

@@ -1,4 +1,5 @@
-"""dpo_loss: by hand, and pinned to TRL's DPOTrainer loss (what the dpo stage trains with) on the same batch."""
+"""dpo_loss and pair_losses: by hand, and pinned to TRL's DPOTrainer loss on the same batch (what the dpo, ipo, slic and
+rdpo stages would train with through TRL; they train in our loop, dpo/loop.py)."""
 
 import importlib
 import math
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from core import lm
-from dpo.loss import dpo_loss
+from dpo.loss import OWN_LOOP_LOSSES, dpo_loss, pair_losses
 from helpers import toy_lm, toy_tokenizer
 
 dpo = importlib.import_module("dpo.__main__")
@@ -36,6 +37,25 @@ def test_dpo_loss_is_log_2_at_the_reference_and_pushes_the_chosen_up():
     assert (logps.grad < 0).all()  # gradient descent raises log pi of the chosen completions
 
 
+def test_pair_losses_by_hand():
+    """Two pairs: log-ratios (chosen, rejected) (1.0, -0.5) with lengths (2, 5), and (-0.2, 0.4) with (4, 1); beta 0.5.
+    Margins 1.5 and -0.6."""
+    chosen, rejected = torch.tensor([1.0, -0.2]), torch.tensor([-0.5, 0.4])
+    n_w, n_l = torch.tensor([2, 4]), torch.tensor([5, 1])
+    got = lambda kind, eps=0.0: pair_losses(kind, chosen, rejected, 0.5, n_w, n_l, eps).tolist()  # noqa: E731
+    log_sig = lambda x: -math.log1p(math.exp(-x))  # noqa: E731
+    assert got("sigmoid") == pytest.approx([-log_sig(0.75), -log_sig(-0.3)])
+    assert got("hinge") == pytest.approx([0.25, 1.3])  # max(0, 1 - 0.5 x margin)
+    # per-token margins 1/2 + 0.5/5 = 0.6 and -0.2/4 - 0.4 = -0.45, against 1 / (2 x 0.5) = 1
+    assert got("ipo") == pytest.approx([0.4 ** 2, 1.45 ** 2])
+    eps = 0.2  # rDPO: [-(0.8) log s(0.75) + 0.2 log s(-0.75)] / 0.6
+    assert got("robust", eps) == pytest.approx([(-(1 - eps) * log_sig(0.75) + eps * log_sig(-0.75)) / (1 - 2 * eps),
+                                                (-(1 - eps) * log_sig(-0.3) + eps * log_sig(0.3)) / (1 - 2 * eps)])
+    assert got("robust") == pytest.approx(got("sigmoid"))
+    with pytest.raises(ValueError, match="no loss 'nca_pair' of our own"):
+        got("nca_pair")
+
+
 def test_dpo_loss_asserts_shapes():
     b = torch.zeros(3)
     with pytest.raises(AssertionError):
@@ -44,9 +64,11 @@ def test_dpo_loss_asserts_shapes():
         dpo_loss(b, b, b[:2], b, 0.1)
 
 
-def test_trl_dpo_loss_equals_dpo_loss_on_the_same_batch(tmp_path):
-    """The stage's trainer (TRL's DPOTrainer, sigmoid loss, precomputed reference log-probs) on one batch of a
-    toy policy gives the loss and rewards dpo_loss gives on log-probs computed apart with core.lm."""
+@pytest.mark.parametrize("loss_type", OWN_LOOP_LOSSES)
+def test_trl_dpo_loss_equals_ours_on_the_same_batch(loss_type, tmp_path):
+    """TRL's DPOTrainer (precomputed reference log-probs) on one batch of a toy policy gives the loss pair_losses
+    gives on log-probs computed apart with core.lm, for each loss type our loop trains (sigmoid also through
+    dpo_loss, with its rewards). rdpo's label smoothing 0.1; ipo's length normalisation by completion length."""
     from datasets import Dataset
     from trl import DPOConfig
 
@@ -66,7 +88,9 @@ def test_trl_dpo_loss_equals_dpo_loss_on_the_same_batch(tmp_path):
     pairs = Dataset.from_dict({"prompt_ids": prompts, "chosen_ids": chosen, "rejected_ids": rejected,
                                "ref_chosen_logps": ref_chosen.tolist(), "ref_rejected_logps": ref_rejected.tolist()})
 
-    args = DPOConfig(output_dir=str(tmp_path), beta=beta, loss_type=["sigmoid"], precompute_ref_log_probs=True,
+    smoothing = 0.1 if loss_type == "robust" else 0.0
+    args = DPOConfig(output_dir=str(tmp_path), beta=beta, loss_type=[loss_type], precompute_ref_log_probs=True,
+                     label_smoothing=smoothing,
                      per_device_train_batch_size=len(prompts), max_length=None, report_to=[], use_cpu=True,
                      bf16=False, remove_unused_columns=False)
     trainer = dpo.make_trainer_class("dpo")(model=policy, args=args, train_dataset=pairs,
@@ -76,9 +100,14 @@ def test_trl_dpo_loss_equals_dpo_loss_on_the_same_batch(tmp_path):
         trl_loss = trainer.compute_loss(trainer.model, batch).item()
     metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
 
-    loss, chosen_rewards, rejected_rewards = dpo_loss(logps(policy, chosen), logps(policy, rejected), ref_chosen,
-                                                      ref_rejected, beta)
-    assert trl_loss == pytest.approx(loss.item(), rel=1e-5)
+    s_w, s_l = logps(policy, chosen), logps(policy, rejected)
+    ours = pair_losses(loss_type, s_w - ref_chosen, s_l - ref_rejected, beta, torch.tensor([len(c) for c in chosen]),
+                       torch.tensor([len(r) for r in rejected]), smoothing).mean()
+    assert trl_loss == pytest.approx(ours.item(), rel=1e-5)
+    if loss_type != "sigmoid":
+        return
+    loss, chosen_rewards, rejected_rewards = dpo_loss(s_w, s_l, ref_chosen, ref_rejected, beta)
+    assert loss.item() == pytest.approx(ours.item(), rel=1e-6)
     assert loss.item() < math.log(2) - 0.05  # the margins are positive and not small
     assert metrics["rewards/chosen"] == pytest.approx(chosen_rewards.mean().item(), rel=1e-5, abs=1e-6)
     assert metrics["rewards/rejected"] == pytest.approx(rejected_rewards.mean().item(), rel=1e-5, abs=1e-6)

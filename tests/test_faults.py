@@ -74,32 +74,25 @@ def test_killed_at_ten_random_moments_the_run_ends_with_the_same_frontier(micro_
     assert not list((run_dir / "imdb-sentiment" / "micro").glob(".*.tmp"))  # nothing half-written is left
 
 
-@pytest.mark.parametrize("stage,marker", [("dpo", "beta0.1-seed0/checkpoint-3/trainer_state.json"),
+@pytest.mark.parametrize("stage,marker", [("reward_model", "trainer/checkpoint-4"),
+                                          ("dpo", "beta0.1-seed0/checkpoint-3"),
                                           ("ppo", "ppo-kl2-seed1/checkpoint-2"),
                                           ("unlikelihood", "alpha0.5-seed0/checkpoint-3")])
 def test_a_stage_killed_after_a_checkpoint_resumes_from_it(micro_run, micro_copy, tmp_path, stage, marker):
-    """dpo (TRL): killed once its checkpoint is on disk; ppo and unlikelihood (our loops): killed by the fault
-    hook right after writing the checkpoint (their micro steps are too quick to catch from outside). From a
-    copy of the finished micro run without that stage: it runs again, is killed, resumes, and the frontier is
-    the uninterrupted one (eval reuses a point only for the same weights)."""
+    """Each killed by the fault hook right after writing a checkpoint (their micro steps are too quick to catch from
+    outside): reward_model (a transformers Trainer: core.train's callback), dpo, ppo and unlikelihood (our loops:
+    core.resume). From a copy of the finished micro run without that stage: it runs again, is killed, resumes, and
+    the frontier is the uninterrupted one (eval reuses a point only for the same weights)."""
     _, _, expected = micro_run
     run_dir, root = micro_copy
     shutil.rmtree(root / stage)
-    shutil.rmtree(root / ".runs" / stage)  # its kept runs too: the stage trains them again (core/runcache.py)
-    if stage == "dpo":
-        partial = run_dir / "imdb-sentiment" / "micro" / f".{stage}.tmp" / marker
-        proc = start(run_dir, tmp_path / "killed.log")
-        deadline = time.time() + 300
-        while not partial.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        assert partial.exists(), "the stage never wrote the checkpoint"
-        kill(proc)
-    else:
-        proc = start(run_dir, tmp_path / "killed.log", {"PIPELINES_KILL_AFTER_CHECKPOINT": marker})
-        assert proc.wait(timeout=600) == 1  # the stage died with SIGKILL; the spine reports it
-        assert f"stage {stage} failed (exit -9)" in (tmp_path / "killed.log").read_text()
+    shutil.rmtree(root / ".runs" / stage, ignore_errors=True)  # its kept runs: trained again (core/runcache.py)
+    proc = start(run_dir, tmp_path / "killed.log", {"PIPELINES_KILL_AFTER_CHECKPOINT": marker})
+    assert proc.wait(timeout=600) == 1  # the stage died with SIGKILL; the spine reports it
+    assert f"stage {stage} failed (exit -9)" in (tmp_path / "killed.log").read_text()
     assert finish(run_dir, tmp_path / "final.log") == expected
     log = (tmp_path / "final.log").read_text()
     assert f"[{stage}] resuming the interrupted run" in log
-    assert {"dpo": "resuming from checkpoint-3", "ppo": "ppo-kl2-seed1: resuming after step 2",
+    assert {"reward_model": "resuming from checkpoint-4", "dpo": "dpo-beta0.1-seed0: resuming after step 3",
+            "ppo": "ppo-kl2-seed1: resuming after step 2",
             "unlikelihood": "unlikelihood-alpha0.5-seed0: resuming after step 3"}[stage] in log

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from dpo.relatives import (data_order, data_seed, preferred_ft_loss, unlikelihood_loss, unlikelihood_term,
-                           unlikelihood_token_loss)
+from dpo.loop import data_order
+from dpo.relatives import data_seed, preferred_ft_loss, unlikelihood_loss, unlikelihood_term, unlikelihood_token_loss
 
 CHOSEN = torch.tensor([[-1.0, -2.0, -9.0], [-3.0, -9.0, -9.0]])  # log p of each target token
 CHOSEN_MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # -9: prompt or padding, must not count
