@@ -206,6 +206,7 @@ def train_run(method: str, target_kl: float, seed: int, cfg, job, prompts, token
     state = run.start(resumable)
     kl_ctl.value = state.extra.get("kl_coef", kl_ctl.value)
     kl_ctl.reached = state.extra.get("kl_reached", False)
+    kl_ctl.kls = state.extra.get("kl_seen", [])
     order = list(range(len(prompts)))
     random.Random(run.training_seed).shuffle(order)
     for step in range(state.step + 1, cfg.steps + 1):
@@ -240,6 +241,7 @@ def train_run(method: str, target_kl: float, seed: int, cfg, job, prompts, token
 
         # ------------------------------------------------------------------------------------ plumbing
         state.step, state.extra["kl_coef"], state.extra["kl_reached"] = step, kl_ctl.value, kl_ctl.reached
+        state.extra["kl_seen"] = kl_ctl.kls
         state.tokens_generated += sum(map(len, batch.completions))
         state.tokens_trained += tokens
         row = {"step": step, "score": float(batch.score.mean()), "kl": seq_kl, "kl_coef": coef,

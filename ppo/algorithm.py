@@ -108,19 +108,32 @@ class AdaptiveKLController:
 
     error = clip(KL / target - 1, -0.2, 0.2); coef <- coef * (1 + error * n / horizon), n = rollouts this step.
 
-    hold (anti-windup, our departure): the coefficient is not lowered before the measured KL has first reached
-    the target. A run starts at KL 0, so Ziegler's rule lowers the coefficient at every early step (error -0.2)
-    only because the policy has not moved yet; over a run as short as this suite's, it then overshoots its
-    target and the upward correction comes too late. Ziegler et al. ran thousands of steps with horizon 10,000,
-    where those first steps do not matter."""
+    hold (anti-windup, our departure): the coefficient is not lowered while the measured KL is still on its first
+    climb toward the target. A run starts at KL 0, so Ziegler's rule lowers the coefficient at every
+    early step (error -0.2) only because the policy has not moved yet; over a run as short as this suite's, it then
+    overshoots its target and the upward correction comes too late. Ziegler et al. ran thousands of steps with
+    horizon 10,000, where those first steps do not matter. The hold ends for good when the KL first reaches the
+    target or stalls short of it: the mean KL of the last `stall_steps` steps is below (1 + stall_growth) x the mean
+    of the `stall_steps` before (a start coefficient above the target's level would otherwise be frozen there)."""
 
-    def __init__(self, init_coef: float, target: float, horizon: int, hold: bool = False):
+    def __init__(self, init_coef: float, target: float, horizon: int, hold: bool = False, stall_steps: int = 3,
+                 stall_growth: float = 0.1):
         self.value, self.target, self.horizon, self.hold = init_coef, target, horizon, hold
-        self.reached = False  # has the measured KL reached the target yet
+        self.stall_steps, self.stall_growth = stall_steps, stall_growth
+        self.reached = False  # has the measured KL reached the target yet, or stalled short of it
+        self.kls: list[float] = []  # the measured KL of every step so far
+
+    def rising(self) -> bool:
+        """Is the measured KL still rising (True until 2 x stall_steps steps are seen)?"""
+        k = self.stall_steps
+        if len(self.kls) < 2 * k:
+            return True
+        return sum(self.kls[-k:]) >= (1 + self.stall_growth) * sum(self.kls[-2 * k : -k])
 
     def update(self, current_kl: float, n_steps: int) -> float:
         error = min(max(current_kl / self.target - 1, -0.2), 0.2)
-        self.reached |= current_kl >= self.target
+        self.kls.append(current_kl)
+        self.reached |= current_kl >= self.target or not self.rising()
         if error < 0 and self.hold and not self.reached:
             return self.value
         self.value *= 1 + error * n_steps / self.horizon
@@ -131,7 +144,7 @@ class FixedKLController:
     reached = False  # the adaptive controller's hold state, so both save and resume alike
 
     def __init__(self, init_coef: float):
-        self.value = init_coef
+        self.value, self.kls = init_coef, []
 
     def update(self, current_kl: float, n_steps: int) -> float:
         return self.value

@@ -77,6 +77,43 @@ def test_adaptive_kl_controller_update_rule():
     assert A.FixedKLController(0.2).update(100.0, 512) == 0.2
 
 
+def test_the_hold_keeps_the_coefficient_on_the_first_climb_and_lets_go_when_the_kl_stalls():
+    c = A.AdaptiveKLController(0.1, target=6.0, horizon=100, hold=True)
+    kls = [0.5, 1.0, 1.6, 2.4, 3.2, 4.0, 4.1, 4.2, 4.2, 4.2]
+    for kl in kls:  # held: each step's last-three mean is >= 1.1 x the three before's (step 10: 4.2 vs 1.1 x 3.77)
+        assert c.update(kl, 10) == 0.1 and not c.reached
+    c.update(4.2, 10)  # 4.2 < 1.1 x 4.1: stalled short of the target, released for good
+    assert c.reached and c.value == pytest.approx(0.1 * (1 - 0.2 * 10 / 100))
+    before = c.value
+    assert c.update(4.0, 10) == pytest.approx(before * (1 - 0.2 * 10 / 100))  # from now on Ziegler's rule
+    no_hold = A.AdaptiveKLController(0.1, target=6.0, horizon=100)
+    assert no_hold.update(0.5, 10) == pytest.approx(0.1 * 0.98)  # Ziegler's rule lowers from step 1
+
+
+def ziegler_stand_in(target: float, init_coef: float, hold: bool = True, stall_steps: int = 3) -> float:
+    """A policy whose KL drifts each step a third of the way toward the KL its coefficient allows (0.875 / coef,
+    so a start of 0.35 allows 2.5), under tiny's controller settings (24 steps of 64 rollouts, horizon 80). -> the
+    final KL."""
+    ctl = A.AdaptiveKLController(init_coef, target, 80, hold=hold, stall_steps=stall_steps)
+    kl = 0.0
+    for _ in range(24):
+        kl += 0.35 * (0.875 / ctl.value - kl)
+        ctl.update(kl, 64)
+    return kl
+
+
+def test_a_start_coefficient_above_the_targets_level_does_not_freeze_the_run():
+    """With a start that holds the KL at 2.5, the hold alone froze every target there (the untuned scales' failure):
+    targets 9 and 12 ended at the same KL. The stall release lets each find its level: they end apart, near their
+    targets; a start near the level is left as it was."""
+    frozen = [ziegler_stand_in(t, 0.35, stall_steps=10**6) for t in (9.0, 12.0)]
+    assert frozen[0] == pytest.approx(frozen[1]) == pytest.approx(2.5, rel=0.01)
+    ends = {t: ziegler_stand_in(t, 0.35) for t in (3.0, 6.0, 9.0, 12.0)}
+    assert ends[12.0] - ends[9.0] > 2.0
+    assert all(abs(kl / t - 1) < 0.25 for t, kl in ends.items()), ends
+    assert ziegler_stand_in(9.0, 0.097) == pytest.approx(ziegler_stand_in(9.0, 0.097, stall_steps=10**6), rel=0.01)
+
+
 def test_each_target_starts_at_its_own_coefficient_when_given():
     from types import SimpleNamespace
 
