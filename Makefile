@@ -20,8 +20,9 @@ XGRAMMAR_VERSION := 0.2.8
 # stages that run side by side), ACCELERATE_CONFIG=configs/accelerate/<x>.yaml;
 # DEVICE=cpu|cuda|cuda:<i>|mps overrides the device (default: the GPU when there is one).
 # SEEDS=N training seeds per method run (default: the scale's `seeds`, 3 at tiny); SEEDS=1 for a quick look.
+# SEED=N another instance of the benchmark (every split, sample and initialisation from N), in <scale>-seed<N>/.
 # METHODS=dpo,ipo,... or METHODS=all: the methods on the frontier (default: the paper's methods; docs/methods.md).
-LAUNCH := $(if $(SEEDS),--seeds $(SEEDS)) $(if $(METHODS),--methods "$(METHODS)") $(if $(NPROC),--nproc $(NPROC)) $(if $(WORKERS),--workers $(WORKERS)) \
+LAUNCH := $(if $(SEED),--seed $(SEED)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(METHODS),--methods "$(METHODS)") $(if $(NPROC),--nproc $(NPROC)) $(if $(WORKERS),--workers $(WORKERS)) \
 	$(if $(ACCELERATE_CONFIG),--accelerate-config $(ACCELERATE_CONFIG)) $(if $(DEVICE),--device $(DEVICE))
 
 .PHONY: help imdb-sentiment imdb-scaling show test test-fast test-faults test-vllm bench gpu-check wandb-sync reference clean-runs env
@@ -29,6 +30,7 @@ LAUNCH := $(if $(SEEDS),--seeds $(SEEDS)) $(if $(METHODS),--methods "$(METHODS)"
 help:  ## list the targets
 	@echo "make imdb-sentiment [SCALE=tiny|micro|smol|gpt2|paper]  the IMDb benchmark (default: tiny)"
 	@echo "      [SEEDS=N]                                training seeds per method run (default: the scale's; tiny 3)"
+	@echo "      [SEED=N]                                 another instance: every draw from seed N, in <scale>-seed<N>/"
 	@echo "      [METHODS=dpo,ipo,...|all]                the methods on the frontier (default: the paper's methods)"
 	@echo "      [WORKERS=N] [NPROC=N] [ACCELERATE_CONFIG=configs/accelerate/{ddp,fsdp,zero2,zero3}.yaml] [DEVICE=cpu|cuda|mps]"
 	@echo "                                               WORKERS processes at once (default: cores / torch threads),"

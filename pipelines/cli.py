@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="rerun the selected stages even if finished")
     r.add_argument("--seeds", type=int, help="training seeds per method run (default: the scale's `seeds`); "
                                              "1 for a quick look, no verdict")
+    r.add_argument("--seed", type=int, help="another instance of the benchmark: every split, sample and "
+                   "initialisation drawn from this seed (default: the scale's `seed`, 0); its runs go to "
+                   "<scale>-seed<N>/ beside the default's")
     r.add_argument("--methods", help="comma-separated methods to put on the frontier, or 'all' (default: the "
                                      "benchmark's `methods`, the paper's methods); see docs/methods.md")
     r.add_argument("--nproc", type=int,
@@ -129,16 +132,17 @@ def _dispatch(args) -> int:
         raise ConfigError("--stages is empty; give stage names separated by commas")
     launch = graph.Launch(args.nproc, args.accelerate_config, args.device, args.workers)
     devices.check(launch.device)  # first of the checks that need this machine: a device it lacks is one line
-    store.check_run_dir(store.run_root(cfg.benchmark, cfg.scale))
+    root = store.run_root(cfg.benchmark, cfg.scale, getattr(args, "seed", None))
+    store.check_run_dir(root)
     data.check_source(cfg.data.source)
     launch = launch.resolved(cfg.torch_threads)
-    graph.check(cfg, only, launch)
+    graph.check(cfg, only, launch, graph.stage_folders(root))
     hub.check_hub(cfg)
     source_id = source.check(cfg)  # the last check: once the source passes, it is remembered in RUN_DIR/.cache
-    log.info("benchmark %s, scale %s (choose another with --scale, or SCALE=... with make); runs in %s",
-             cfg.benchmark, cfg.scale, store.run_root(cfg.benchmark, cfg.scale))
+    log.info("benchmark %s, scale %s (choose another with --scale, or SCALE=... with make), seed %d; runs in %s",
+             cfg.benchmark, cfg.scale, cfg.seed, root)
     root = graph.run(cfg, only, args.force, config_mod.protocol(args.benchmark, args.config), launch,
-                     source_id)
+                     source_id, root=root)
     for name in ("frontier.png", "frontier.csv", "report.md", "report.html"):
         if (root / name).exists():
             log.info("result: %s", root / name)
@@ -146,7 +150,9 @@ def _dispatch(args) -> int:
 
 
 def _overridden(cfg, args):
-    """cfg with --seeds and --methods."""
+    """cfg with --seed, --seeds and --methods."""
+    if getattr(args, "seed", None) is not None:
+        cfg = config_mod.with_seed(cfg, args.seed)
     if getattr(args, "seeds", None) is not None:
         cfg = config_mod.with_seeds(cfg, args.seeds)
     if getattr(args, "methods", None) is not None:
@@ -165,7 +171,7 @@ def _ladder(args) -> int:
         raise ConfigError(f"--stages: {args.benchmark} is a ladder; it runs every rung's stages (run one rung's "
                           f"stages with its protocol benchmark, {ladder.protocol})")
     first = next(iter(ladder.rungs.values()))
-    root = store.run_root(ladder.benchmark, ladder.name)
+    root = store.run_root(ladder.benchmark, ladder.name, getattr(args, "seed", None))
     launch = graph.Launch(args.nproc, args.accelerate_config, args.device, args.workers)
     devices.check(launch.device)
     store.check_run_dir(root)
@@ -176,7 +182,8 @@ def _ladder(args) -> int:
         hub.check_hub(cfg)
     source_id = source.check(first)
     log.info("ladder %s of %s: rungs %s; runs in %s", ladder.name, ladder.benchmark, ", ".join(ladder.rungs), root)
-    root = ladder_mod.run(ladder, args.force, config_mod.protocol(ladder.protocol, args.config), launch, source_id)
+    root = ladder_mod.run(ladder, args.force, config_mod.protocol(ladder.protocol, args.config), launch, source_id,
+                          root)
     for name in ("scaling.md", "scaling.png", "scaling.csv"):
         if (root / name).exists():
             log.info("result: %s", root / name)

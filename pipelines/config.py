@@ -204,6 +204,13 @@ def with_seeds(cfg: BenchmarkConfig, seeds: int) -> BenchmarkConfig:
     return dataclasses.replace(cfg, seeds=check_scalar("--seeds", seeds, int, meta))
 
 
+def with_seed(cfg: BenchmarkConfig, seed: int) -> BenchmarkConfig:
+    """cfg as another instance of the benchmark (--seed / SEED=): every split, sample and initialisation drawn from
+    `seed`, checked like the file's value."""
+    meta = {f.name: f.metadata for f in dataclasses.fields(BenchmarkConfig)}["seed"]
+    return dataclasses.replace(cfg, seed=check_scalar("--seed", seed, int, meta))
+
+
 def with_methods(cfg: BenchmarkConfig, methods: list[str]) -> BenchmarkConfig:
     """cfg with other methods (--methods / METHODS=), checked like the file's value."""
     meta = {f.name: f.metadata for f in dataclasses.fields(BenchmarkConfig)}["methods"]

@@ -126,7 +126,7 @@ def run(cfg: BenchmarkConfig, only: list[str] | None = None, force: bool = False
     root = root or store.run_root(cfg.benchmark, cfg.scale)
     folders = stage_folders(root, shared)
     check(cfg, only, launch, folders)
-    tracking = tracking or job_tracking(cfg.benchmark, cfg.scale)  # one wandb group for this whole run
+    tracking = tracking or job_tracking(cfg.benchmark, root.name)  # one wandb group for this run (<scale>[-seed<N>])
     if tracking["mode"] != "disabled":
         log.info("wandb: %s, project %s, group %s%s", tracking["mode"], tracking["project"], tracking["group"],
                  " (no API key: `make wandb-sync` uploads later; WANDB=off turns it off)"

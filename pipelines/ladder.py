@@ -28,9 +28,11 @@ SCALING = graph.Stage("scaling", (), publish=("scaling.csv", "scaling.png", "sca
 
 
 def run(ladder: Ladder, force: bool = False, protocol: dict | None = None,
-        launch: graph.Launch = graph.Launch(workers=1), source_id: str | None = None) -> Path:
-    """Every rung in order (smallest first), then the scaling stage. Returns the ladder's folder."""
-    root = store.run_root(ladder.benchmark, ladder.name)
+        launch: graph.Launch = graph.Launch(workers=1), source_id: str | None = None, root: Path | None = None
+        ) -> Path:
+    """Every rung in order (smallest first), then the scaling stage, in root (default: the ladder's run folder).
+    Returns the ladder's folder."""
+    root = root or store.run_root(ladder.benchmark, ladder.name)
     tracking = job_tracking(ladder.benchmark, ladder.name)  # one wandb group for the whole ladder
     shared = {"ground_truth": root / "ground_truth"}
     with store.RunLock(root) as lock:

@@ -24,8 +24,10 @@ def runs_dir() -> Path:
     return Path(os.environ.get("RUN_DIR") or REPO_ROOT / "runs")
 
 
-def run_root(benchmark: str, scale: str) -> Path:
-    return runs_dir() / benchmark / scale
+def run_root(benchmark: str, scale: str, instance: int | None = None) -> Path:
+    """runs/<benchmark>/<scale>/; an instance drawn from another benchmark seed (--seed N) in <scale>-seed<N>/, so two
+    instances stand side by side and neither replaces the other."""
+    return runs_dir() / benchmark / (scale if instance is None else f"{scale}-seed{instance}")
 
 
 def library_versions() -> dict[str, str]:
