@@ -17,6 +17,7 @@ from core import job as jobs
 from core import tracking
 from core.comparison import Frontier, coverage, intervals, measures, row_id, summary, verdict
 from core.config import flatten
+from core.flops import Model, completions_generated, run_flops
 from core.frontier import read_frontier
 from core.methods import METHODS, label
 from core.run import run_label
@@ -71,19 +72,38 @@ def fmt(x, digits: int = 3) -> str:
 
 
 def compute_table(runs: dict[str, list[dict]], manifests: dict[str, dict], pairs_tokens: int):
-    """Per method: training wall time, tokens generated and trained on, the peak memory of its stage."""
-    header = ["method", "train time (s)", "tokens generated", "tokens trained on", "peak memory (MiB)"]
-    body = []
+    """Per method: training wall time, tokens generated and trained on, the peak memory of its stage; and its budget
+    a run (the mean over its runs): completions it sampled, pairs it saw, counted FLOPs (core/flops.py). -> header,
+    body, and a sentence naming the methods whose completions a run differ from PPO's (None when none do)."""
+    header = ["method", "train time (s)", "tokens generated", "tokens trained on", "peak memory (MiB)",
+              "completions a run", "pairs seen a run", "counted TFLOP a run"]
+    body, completions = [], {}
+    model = Model.of(manifests)
     for method in METHODS:
         if method not in runs:
             continue
-        rs, metrics = runs[method], manifests[METHODS[method].stage]["metrics"]
+        m = METHODS[method]
+        rs, manifest = runs[method], manifests[m.stage]
+        metrics, section = manifest["metrics"], manifest["config"][m.stage]
         generated = sum(r.get("tokens_generated", 0) for r in rs)
+        if m.kind in ("ppo", "online"):
+            completions[method] = sum(completions_generated(m.kind, r, section) for r in rs) / len(rs)
+        sampled = {"pairs": "0 (the pairs')", "best_of_n": "its stage's"}.get(m.kind) or fmt(completions[method], 0)
+        seen = (fmt(sum(r["steps"] * section["batch_size"] for r in rs) / len(rs), 0)
+                if m.kind == "pairs" and all("steps" in r for r in rs) else "-")
+        counted = (f"{sum(run_flops(m.kind, r, section, model, m.stage) for r in rs) / len(rs) / 1e12:.3g}"
+                   if m.kind in ("pairs", "ppo", "online") else "-")
         body.append([label(method), fmt(sum(r["train_seconds"] for r in rs), 0),
                      fmt(generated) if generated else f"0 (trains on the pairs' {pairs_tokens:,})",
                      fmt(sum(r.get("tokens_trained", 0) for r in rs)),
-                     fmt(metrics.get("peak_gpu_mib", metrics.get("peak_rss_mib")), 0)])
-    return header, body
+                     fmt(metrics.get("peak_gpu_mib", metrics.get("peak_rss_mib")), 0),
+                     sampled, seen, counted])
+    ppo = completions.get("ppo")
+    differ = [f"{label(m)} {n:,.0f} ({n / ppo:.1f}x)" for m, n in completions.items()
+              if ppo and m not in ("ppo", "ppo-gt") and abs(n / ppo - 1) > 0.01]
+    note = (f"Sample budgets: PPO samples {ppo:,.0f} completions a run; these methods sample another number: "
+            f"{', '.join(differ)}." if differ else None)
+    return header, body, note
 
 
 def protocol_table(protocol: dict, config: dict) -> tuple[list[str], list[list[str]]]:
@@ -188,6 +208,7 @@ def build(job) -> list[tuple]:
     (job.out / "summary.json").write_text(json.dumps(summary(per_method, per_pair, covered, runs, cfg), indent=1))
     plot_bands(frontier, cfg, job.seed, job.out / "frontier_bands")
 
+    budget = compute_table(runs, manifests, pairs_tokens)
     blocks = [
         ("h1", f"{job.benchmark} at scale {job.scale}: RLHF (PPO) vs DPO"),
         ("h2", "Verdict"),
@@ -239,7 +260,8 @@ def build(job) -> list[tuple]:
             ["pairs: labelled pairs (ties dropped)", f"{pairs['pairs']:,} ({pairs.get('ties_dropped', 0)})"],
             sampler_row("pairs", pairs), sampler_row("eval", manifests["eval"]["metrics"])]),
         ("h2", "Compute"),
-        ("table", *compute_table(runs, manifests, pairs_tokens)),
+        ("table", *budget[:2]),
+        *([("p", budget[2])] if budget[2] else []),
         ("table", ["stage", "wall time (s)", "peak memory (MiB)"],
          [[name, fmt(m["wall_time_s"], 0), fmt(m["metrics"].get("peak_gpu_mib", m["metrics"].get("peak_rss_mib")), 0)]
           for name, m in manifests.items()]),

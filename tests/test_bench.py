@@ -3,6 +3,10 @@ that they still call the stages' functions the way those now work)."""
 
 import json
 
+import pytest
+
+from core.flops import forward_flops_per_token
+
 
 def test_p5_evaluates_one_checkpoint_and_times_raw_generate():
     import bench.__main__ as B
@@ -13,7 +17,7 @@ def test_p5_evaluates_one_checkpoint_and_times_raw_generate():
 
 
 def test_p2_and_p3_time_the_stages_training_steps():
-    """P2 and P3 train through the stages' own trainers (dpo's make_trainer_class, sft's plain head): 2 steps of
+    """P2 and P3 train through the stages' own code (dpo's batch loss in the pairs loop, sft's plain head): 2 steps of
     4 at a toy size, every ratio a positive number."""
     import bench.__main__ as B
 
@@ -44,13 +48,12 @@ def test_p1_reads_a_run_and_counts_its_flops(micro_run, monkeypatch):
     assert all(v > 0 for v in counted.values())
     sft = json.loads((root / "sft" / "manifest.json").read_text())
     c = sft["config"]["sft"]
-    per_token = flops.forward_flops_per_token(c["n_layer"], c["n_embd"], c["max_length"] / 2, c["vocab_size"])
+    per_token = forward_flops_per_token(c["n_layer"], c["n_embd"], c["max_length"] / 2, c["vocab_size"])
     assert counted["sft"] == 3 * per_token * sft["metrics"]["steps"] * c["batch_size"] * c["max_length"]
     assert "NOT the shipped config" in "\n".join(B.p1_lines(p1))
 
 
 def test_forward_flops_by_hand():
-    from bench.flops import forward_flops_per_token
 
     # 2 layers, d 128, vocab 4096, 32 tokens of context: 2 * (12 * 2 * 128^2 + 4096 * 128) + 2 * 2 * 32 * 128
     assert forward_flops_per_token(2, 128, 32, 4096) == 2 * (393216 + 524288) + 16384
@@ -68,3 +71,22 @@ def test_p4_runs_our_ppo_through_the_stage(micro_run, tmp_path):
     _, root, _ = micro_run
     out = ppo_vs_trl.run_ours(root, tmp_path, 0.05, 1, 0)
     assert out["train_seconds"] > 0 and (Path(out["policy"]) / "model.safetensors").exists()
+
+
+def test_a_runs_counted_flops_and_completions_by_hand():
+    """core/flops.py per run: a pairs run is 3 forwards a trained token; PPO samples steps x rollouts completions and
+    counts sampling, its no-grad passes per rollout token and its training; an online run generates once every
+    `epochs` steps."""
+    from core.flops import Model, completions_generated, run_flops
+
+    model = Model({"n_layer": 2, "n_embd": 128, "vocab_size": 4096}, sequence=50.0)
+    assert model.lm == forward_flops_per_token(2, 128, 25.0, 4096)
+    assert run_flops("pairs", {"tokens_trained": 1000}, {}, model, "dpo") == 3 * model.lm * 1000
+    ppo = {"method": "ppo", "steps": 2, "tokens_generated": 300, "tokens_trained": 700}
+    cfg = {"rollouts_per_step": 4}
+    assert run_flops("ppo", ppo, cfg, model, "ppo") == pytest.approx(
+        model.lm * 300 + 2 * 4 * 50 * (2 * model.lm + 2 * model.scalar) + 3 * (model.lm + model.scalar) * 700)
+    assert completions_generated("ppo", ppo, cfg) == 8
+    assert completions_generated("online", {"steps": 24}, {"prompts_per_step": 16, "num_generations": 4,
+                                                          "epochs": 2}) == 24 * 16 * 4 // 2
+    assert completions_generated("online", {"steps": 72}, {"prompts_per_step": 32}) == 4608  # Online DPO at tiny

@@ -121,6 +121,11 @@ def test_report_opens_on_the_verdict_and_has_every_table(micro_run):
     for run in ("| ppo-kl2-seed0 | final KL ", "| ppo-gt-kl2-seed1 | final KL ",
                 "| dpo-beta0.1-seed0 | held-out DPO loss by checkpoint ", "| unlikelihood-alpha0.5-seed1 | unlikelihood term "):
         assert run in md, run
+    # each method's budget a run: completions sampled (PPO: 4 steps x 16 rollouts), pairs seen (DPO: 6 steps x 8)
+    compute = md[md.index("## Compute"):].split("\n\n")[1]  # its first table
+    budget = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[6:9]] for line in compute.splitlines()[2:]}
+    assert budget["PPO"][:2] == ["64", "-"] and budget["DPO"][:2] == ["0 (the pairs')", "48"]
+    assert all(float(b[2]) > 0 for b in budget.values() if b[2] != "-")
 
 
 def test_pairs_are_oriented_and_prompts_have_2_to_8_tokens(micro_run):
