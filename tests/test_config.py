@@ -261,3 +261,29 @@ def test_the_tests_toml_writer_round_trips_the_shipped_file(tmp_path):
     assert config.read_toml(write_config(tmp_path / "bench.toml")) == config.read_toml()
     odd = {"a.b": {"../x": {}, "s": 'q"\\\t\u00e9\x01', "f": [0.1, 1e-06, 1e30, -2.5], "b": [True, False]}}
     assert tomllib.loads(toml_text(odd)) == odd
+
+
+def test_seed_draws_another_instance_in_its_own_folder(tmp_path):
+    """--seed N (SEED=N): the same benchmark drawn again from seed N, in <scale>-seed<N>/ beside the default's, so
+    neither replaces the other; a bad seed is one line naming it and what is allowed, and writes nothing."""
+    from pipelines import store
+
+    assert config.with_seed(config.load("imdb-sentiment", "micro"), 1).seed == 1
+    assert store.run_root("imdb-sentiment", "tiny", 1).name == "tiny-seed1"
+    assert store.run_root("imdb-sentiment", "tiny") == store.run_root("imdb-sentiment", "tiny", None)
+    for bad in ("-1", "x"):
+        proc = cli("run", "imdb-sentiment", "--scale", "micro", "--seed", bad, run_dir=tmp_path)
+        assert proc.returncode == 2 and "--seed" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, \
+            proc.stderr
+    assert not any(tmp_path.glob("imdb-sentiment/*"))
+
+
+def test_the_default_scale_and_every_verdict_ladder_reseed_the_whole_pipeline():
+    """Whole-pipeline seeds wherever a verdict is printed: the default scale's seeds each train their own SFT model,
+    pairs and reward model (reseed_shared), and so does every ladder with more than one seed."""
+    default = config.load("imdb-sentiment", config.default_scale("imdb-sentiment"))
+    assert default.seeds > 1 and default.reseed_shared
+    ladders = config.scale_names(config.read_toml(config.DEFAULT_FILE), "imdb-scaling")
+    rungs = [cfg for ladder in ladders for cfg in config.load_ladder("imdb-scaling", ladder).rungs.values()]
+    assert any(cfg.seeds > 1 for cfg in rungs)
+    assert all(cfg.reseed_shared for cfg in rungs if cfg.seeds > 1)
