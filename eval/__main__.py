@@ -195,7 +195,8 @@ def main():
     tokenizer = lm.load_tokenizer(job.upstream("sft"))  # one tokenizer for every seed's SFT model
     ground_truth = scorer.GroundTruth(job.inputs["ground_truth"], job.section("ground_truth").reads, tokenizer)
     reward_models: dict[Path, RewardModel | None] = {}  # the proxy's scorer of each seed (one unless reseed_shared)
-    prompts = lm.split_prompts(data_cfg, job.seed, "eval", cfg.prompts + cfg.select_prompts, tokenizer)
+    pool = {"eval": "eval", "tune": "gt_heldout"}[cfg.prompt_split]  # the tune split: for tuning, never the test
+    prompts = lm.split_prompts(data_cfg, job.seed, pool, cfg.prompts + cfg.select_prompts, tokenizer)
     splits = prompt_splits(cfg.prompts, cfg.select_prompts)
     prompt_texts = [lm.decode(tokenizer, p) for p in prompts[:SAMPLES_KEPT]]
 

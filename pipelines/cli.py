@@ -13,10 +13,12 @@ from pathlib import Path
 from . import config as config_mod
 from core import data
 
-from . import devices, graph, hub, reference, signals, source, stages, store
+from . import devices, graph, hub, reference, signals, source, stages, store, tune
 from . import ladder as ladder_mod
 from .config import ConfigError
 from core.job import disk_full
+
+REPO_DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 log = logging.getLogger("pipelines")
 
@@ -66,6 +68,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=os.environ.get("PIPELINES_DEVICE") or None,
                    help="cpu, cuda, cuda:1, mps (default: $PIPELINES_DEVICE, else the GPU when there is one, else "
                         "the CPU); checked before any stage starts")
+    t = sub.add_parser("tune", help="choose a method's learning rate on the tune split (docs/tuning-<scale>.md)")
+    t.add_argument("benchmark")
+    t.add_argument("--scale", help="named scale (default: the benchmark's default_scale)")
+    t.add_argument("--method", required=True, help="the method to tune (docs/methods.md)")
+    t.add_argument("--scales", default=",".join(f"{x:g}" for x in tune.DEFAULT_SCALES),
+                   help="the trials: the method's learning rate(s) times each of these (default 0.5,1,2)")
+    t.add_argument("--docs", type=Path, default=REPO_DOCS, help="where tuning-<scale>.md is written (default: docs/)")
+    t.add_argument("--write", action="store_true", help="also write the chosen rate(s) into the benchmarks file")
+    t.add_argument("--workers", type=int, default=_env_int("PIPELINES_WORKERS"),
+                   help="processes kept busy at once (as for run)")
     s = sub.add_parser("show", help="print the resolved config")
     s.add_argument("benchmark")
     s.add_argument("--scale")
@@ -101,7 +113,28 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + e.signum
 
 
+def _tune(args) -> int:
+    try:
+        scales = tuple(float(x) for x in args.scales.split(","))
+    except ValueError:
+        raise ConfigError(f"tune --scales {args.scales!r}: allowed: positive numbers separated by commas, e.g. "
+                          f"0.5,1,2") from None
+    cfg = config_mod.load(args.benchmark, args.scale, args.config)
+    tune.check(cfg, args.method, scales)
+    launch = graph.Launch(workers=args.workers)
+    devices.check(launch.device)
+    store.check_run_dir(store.run_root(cfg.benchmark, f"{cfg.scale}-tune"))
+    data.check_source(cfg.data.source)
+    hub.check_hub(cfg)
+    source_id = source.check(cfg)
+    tune.run(cfg, args.method, scales, config_mod.protocol(args.benchmark, args.config), launch.resolved(
+        cfg.torch_threads), source_id, args.docs, args.config if args.write else None)
+    return 0
+
+
 def _dispatch(args) -> int:
+    if args.command == "tune":
+        return _tune(args)
     if args.command == "reference":
         if not args.docs:
             print(reference.reference_markdown())

@@ -79,7 +79,7 @@ def _resolve(doc: dict, benchmark: str, scale: str | None, path: Path) -> Benchm
             own_rates = "betas" in own or "learning_rate" in own  # then [dpo]'s per-beta rates are not its own
             keys = {f.name for f in dataclasses.fields(SECTIONS[name])}
             inherited = {k: v for k, v in merged[parent].items()
-                         if k in keys and not (own_rates and k == "learning_rates")}
+                         if k in keys and k != "tuned" and not (own_rates and k == "learning_rates")}
             merged[name] = {**inherited, **own}
     if "benchmark" in merged or "scale" in merged:
         raise ConfigError(f"{benchmark}: 'benchmark' and 'scale' are set from the names, not as keys")

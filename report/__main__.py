@@ -106,6 +106,17 @@ def compute_table(runs: dict[str, list[dict]], manifests: dict[str, dict], pairs
     return header, body, note
 
 
+def tuning_line(config: dict, methods: list[str], scale: str) -> str:
+    """Which methods' learning rates were chosen on the tune split (their section's `tuned`) and which were not."""
+    tuned = {m: config.get(METHODS[m].stage, {}).get("tuned", "") for m in METHODS if m in methods}
+    done = [f"{label(m)} ({how})" for m, how in tuned.items() if how]
+    not_done = [label(m) for m, how in tuned.items() if not how]
+    return ("Settings: " + (f"learning rates chosen on the tune split: {'; '.join(done)}. " if done else "") +
+            (f"Not tuned on the tune split (settings from earlier sessions, some chosen on test prompts): "
+             f"{', '.join(not_done)}; `python -m pipelines tune` chooses them (docs/tuning-{scale}.md)."
+             if not_done else "every method's learning rate was chosen there."))
+
+
 def protocol_table(protocol: dict, config: dict) -> tuple[list[str], list[list[str]]]:
     """Every setting of the paper's protocol beside this scale's value (not the sections of methods beyond the
     paper, whose benchmark-level values are ours)."""
@@ -251,6 +262,7 @@ def build(job) -> list[tuple]:
               "each KL budget and one at or beyond it at every seed, or it is not compared there (a method stopped "
               "below a budget would be measured at where its training ended)."),
         ("table", *checks_table(rows, runs, covered, rm.get("heldout_pair_accuracy"))),
+        ("p", tuning_line(job.config, list(runs), job.scale)),
         ("h2", "Reward model and ground truth"),
         ("table", ["diagnostic", "value"], [
             ["reward model: held-out pair accuracy", fmt(rm.get("heldout_pair_accuracy"))],

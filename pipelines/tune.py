@@ -1,0 +1,184 @@
+"""`python -m pipelines tune`: one tuning protocol for every method, blind to the test prompts.
+
+A method's settings are chosen on the tune split, prompts from the ground truth's held-out reviews (disjoint from
+the test and select prompts and from every review a model trains on; `eval.prompt_split = "tune"`), with the same
+trial budget for every method: its learning rate(s) times each of `scales` (default 0.5, 1, 2), one training seed,
+the method's own sweep as in the benchmark. Each trial is the benchmark's own stages for that one method (SFT model,
+pairs and reward model shared by the trials, in <scale>-tune/shared/), evaluated on the tune split: checkpoints
+chosen on its select half, measured on its other half, as the report does on the test prompts. The choice is the
+trial with the highest front area (the verdict's own measure, KL 0 to report.area_max_kl).
+
+Every trial (setting, training seconds, tune reward at each KL budget, front area) goes to <docs>/tuning-<scale>.md,
+one section per method, replaced when the method is tuned again; --write puts the chosen rate(s) into the
+benchmarks file's table of the scale and method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+from core.config import ConfigError
+from core.frontier import choice_weights, read_frontier
+from core.methods import METHODS
+
+from . import graph, store
+from .config import read_toml
+
+log = logging.getLogger("pipelines")
+SHARED = ("sft", "ground_truth", "pairs", "reward_model")  # the trials' common upstream
+DEFAULT_SCALES = (0.5, 1.0, 2.0)
+
+
+def rate_keys(section) -> list[str]:
+    """The learning-rate keys a trial scales: learning_rate, and learning_rates where it lists one per run."""
+    return [k for k in ("learning_rate", "learning_rates") if getattr(section, k, None)]
+
+
+def trial_config(cfg, method: str, scale: float):
+    """cfg for one trial: that method alone, one training seed, evaluated on the tune split, its learning rate(s)
+    times scale."""
+    stage = METHODS[method].stage
+    section = getattr(cfg, stage)
+    scaled = {k: (getattr(section, k) * scale if k == "learning_rate" else [r * scale for r in getattr(section, k)])
+              for k in rate_keys(section)}
+    return dataclasses.replace(cfg, methods=[method], seeds=1, **{
+        stage: dataclasses.replace(section, **scaled),
+        "eval": dataclasses.replace(cfg.eval, prompt_split="tune")})
+
+
+def trial_measures(frontier: list[dict], method: str, budgets: list[float], max_kl: float) -> dict:
+    """The method's checkpoints (the SFT point among the candidates) chosen on the tune split's select half at each
+    KL budget and for the front area, measured on its other half. -> {"KL <= b": (reward, kl) or None, "area": a}."""
+    def points(split):
+        rows = [r for r in frontier if r["split"] == split and r["method"] in ("sft", method)]
+        return [(f"{r['method']}/{r['run']}/{r['step']}", r["kl"], r["reward"]) for r in rows]
+
+    select = points("select")
+    tune = {key: (kl, reward) for key, kl, reward in points("test")}  # the tune split's measured half
+    out = {}
+    for budget in budgets + [None]:
+        weights = choice_weights([(kl, r) for _, kl, r in select], budget, max_kl)
+        if not any(weights):
+            out[f"KL <= {budget:g}" if budget is not None else "area"] = None
+            continue
+        reward = sum(w * tune[key][1] for w, (key, _, _) in zip(weights, select))
+        kl = sum(w * tune[key][0] for w, (key, _, _) in zip(weights, select))
+        out[f"KL <= {budget:g}" if budget is not None else "area"] = reward if budget is None else (reward, kl)
+    return out
+
+
+def check(cfg, method: str, scales: tuple[float, ...]) -> None:
+    """ConfigError (one line: what is wrong, what is allowed) unless the method can be tuned with these scales."""
+    if method not in METHODS or METHODS[method].kind not in ("pairs", "ppo", "online"):
+        tunable = [m for m, spec in METHODS.items() if spec.kind in ("pairs", "ppo", "online")]
+        raise ConfigError(f"tune --method {method!r}: allowed: {', '.join(tunable)}")
+    if not rate_keys(getattr(cfg, METHODS[method].stage)):
+        raise ConfigError(f"tune: [{METHODS[method].stage}] has no learning rate to tune")
+    if not scales or any(not (s > 0) or s != s or s == float("inf") for s in scales):
+        raise ConfigError(f"tune --scales {','.join(map(str, scales))}: allowed: positive numbers, e.g. 0.5,1,2")
+
+
+def run(cfg, method: str, scales: tuple[float, ...], protocol: dict, launch, source_id: str | None,
+        docs: Path, config_path: Path | None = None) -> dict:
+    """Every trial of the method (finished ones are kept), then its section of <docs>/tuning-<scale>.md; with
+    config_path, the chosen rate(s) written into that benchmarks file. -> the record of the trials."""
+    check(cfg, method, scales)
+    stage = METHODS[method].stage
+    root = store.run_root(cfg.benchmark, f"{cfg.scale}-tune")
+    shared = {name: root / "shared" / name for name in SHARED}
+    report = cfg.report
+    trials = []
+    for scale in scales:
+        trial = trial_config(cfg, method, scale)
+        folder = root / method / f"lr-x{scale:g}"
+        log.info("tune %s: trial lr x%g (%s) in %s", method, scale, rates_text(getattr(trial, stage)), folder)
+        t0 = time.time()
+        graph.run(trial, None, False, protocol, launch, source_id, root=folder, shared=shared)
+        manifest = store.read_manifest(folder / stage)
+        measures = trial_measures(read_frontier(folder / "eval" / "frontier.csv"), method, list(report.kl_budgets),
+                                  report.area_max_kl)
+        trials.append({"scale": scale, "rates": rates_text(getattr(trial, stage)),
+                       "train_seconds": manifest["wall_time_s"], "seconds": round(time.time() - t0, 1),
+                       "measures": measures})
+    best = max(trials, key=lambda t: (t["measures"]["area"] if t["measures"]["area"] is not None else float("-inf"),
+                                      -abs(t["scale"] - 1)))
+    record = {"method": method, "stage": stage, "scale": cfg.scale, "trials": trials, "chosen": best["scale"],
+              "chosen_rates": best["rates"], "budgets": list(report.kl_budgets), "area_max_kl": report.area_max_kl,
+              "date": time.strftime("%Y-%m-%d")}
+    page = docs / f"tuning-{cfg.scale}.md"
+    store.write_text_atomic(page, tuning_page(page.read_text() if page.is_file() else "", record))
+    log.info("tune %s: chose lr x%g (%s); every trial in %s", method, best["scale"], best["rates"], page)
+    if config_path is not None:
+        how = (f"{record['date']}: lr x{best['scale']:g} of x{', x'.join(f'{s:g}' for s in scales)} on the tune "
+               f"split, one seed (docs/tuning-{cfg.scale}.md)")
+        write_choice(config_path, cfg.benchmark, cfg.scale, stage, trial_config(cfg, method, best["scale"]), how)
+        log.info("tune %s: wrote the choice into %s", method, config_path)
+    return record
+
+
+def rates_text(section) -> str:
+    return ", ".join(f"{k} = {getattr(section, k)!r}" for k in rate_keys(section))
+
+
+def tuning_page(text: str, record: dict) -> str:
+    """The page with the method's section (re)written: a table of its trials and the choice."""
+    title = f"# Tuning at scale {record['scale']}\n\n" \
+            "Each method's learning rate(s) chosen on the tune split (`python -m pipelines tune`, docs/protocol.md): the\n" \
+            "same trials for every method (its rate(s) x each scale, one training seed, its own sweep), the choice the\n" \
+            "highest front area on the tune split. Never the test prompts.\n"
+    sections = dict(re.findall(r"(?ms)^## (\S+)\n(.*?)(?=^## |\Z)", text))
+    budgets = [f"KL <= {b:g}" for b in record["budgets"]]
+    lines = [f"Tuned {record['date']}: {len(record['trials'])} trials; chosen: lr x{record['chosen']:g} "
+             f"({record['chosen_rates']}).", "",
+             "| lr x | rates | training s | " + " | ".join(f"reward (KL) at {b}" for b in budgets) +
+             f" | front area, KL 0-{record['area_max_kl']:g} |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in budgets) + " | --- |"]
+    for t in record["trials"]:
+        cells = [f"{t['measures'][b][0]:.3f} ({t['measures'][b][1]:.2f})" if t["measures"][b] else "none within"
+                 for b in budgets]
+        area = t["measures"]["area"]
+        lines.append(f"| {t['scale']:g} | {t['rates']} | {t['train_seconds']:.0f} | " + " | ".join(cells) +
+                     f" | {'n/a' if area is None else f'{area:.3f}'} |")
+    sections[record["method"]] = "\n".join(lines) + "\n\n"
+    return title + "\n" + "".join(f"## {m}\n{body}" for m, body in sorted(sections.items()))
+
+
+def write_choice(path: Path, benchmark: str, scale: str, stage: str, chosen, how: str = "") -> None:
+    """Set the chosen rate(s), and `tuned` = how, in the benchmarks file's [<benchmark>.scales.<scale>.<stage>]
+    table (made when missing), each key's line replaced in place (its comment kept) or added under the header;
+    written atomically, and the file must still read back."""
+    section = getattr(chosen, stage)
+    values = {key: getattr(section, key) for key in rate_keys(section)}
+    if how:
+        values["tuned"] = how
+    text = path.read_text()
+    header = f"[{benchmark}.scales.{scale}.{stage}]"
+    lines = text.splitlines()
+    if not any(line.split("#")[0].strip() == header for line in lines):
+        lines += ["", header]
+    start = next(i for i, line in enumerate(lines) if line.split("#")[0].strip() == header)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    for key, value in values.items():
+        literal = (json.dumps(value) if isinstance(value, str) else
+                   f"[{', '.join(f'{v:g}' for v in value)}]" if isinstance(value, list) else f"{value:g}")
+        new = f"{key} = {literal}"
+        at = next((i for i in range(start + 1, end) if re.match(rf"\s*{key}\s*=", lines[i])), None)
+        if at is None:
+            lines.insert(start + 1, new + "  # chosen by `python -m pipelines tune` (docs/tuning-" + scale + ".md)")
+            end += 1
+        else:
+            comment = lines[at].split("#", 1)[1] if "#" in lines[at] else None
+            lines[at] = new + (f"  #{comment}" if comment else "")
+    out = "\n".join(lines) + "\n"
+    path.with_name(path.name + ".tmp").write_text(out)
+    try:
+        read_toml(path.with_name(path.name + ".tmp"))
+    except Exception as e:  # never leave a file that does not read
+        path.with_name(path.name + ".tmp").unlink()
+        raise ConfigError(f"tune: the edited {path.name} would not read ({e}); left unchanged") from e
+    path.with_name(path.name + ".tmp").replace(path)

@@ -1,0 +1,107 @@
+"""The tuning protocol: trials blind to the test prompts, the same budget per method, every trial logged, the choice
+written back (pipelines/tune.py)."""
+
+import tomllib
+
+import pytest
+
+from helpers import BASE_TOML, ROOT, cli
+from pipelines import config, tune
+from pipelines.config import ConfigError
+
+
+def test_a_trial_is_the_method_alone_one_seed_on_the_tune_split_with_its_rates_scaled():
+    cfg = config.load("imdb-sentiment", "tiny")
+    trial = tune.trial_config(cfg, "dpo", 0.5)
+    assert trial.methods == ["dpo"] and trial.seeds == 1 and trial.eval.prompt_split == "tune"
+    assert trial.dpo.learning_rate == cfg.dpo.learning_rate * 0.5
+    assert trial.dpo.learning_rates == [r * 0.5 for r in cfg.dpo.learning_rates]  # one per beta, all scaled
+    assert trial.dpo.betas == cfg.dpo.betas and trial.eval.prompts == cfg.eval.prompts  # its sweep as in the benchmark
+    assert tune.trial_config(cfg, "ppo", 2.0).ppo.learning_rate == cfg.ppo.learning_rate * 2
+    assert cfg.eval.prompt_split == "eval"  # the benchmark itself never evaluates on the tune split
+
+
+def test_trial_measures_choose_on_the_select_half_and_measure_on_the_other():
+    """Two DPO checkpoints and the SFT model. On select, step 2 is the best within KL 5 (0.8 at KL 4); on the
+    measured half it has 0.6 at KL 4.5: what is reported, not the measured half's better step 1."""
+    def row(method, step, split, kl, reward):
+        return {"method": method, "run": "r" if method != "sft" else "sft", "step": step, "split": split, "kl": kl,
+                "reward": reward}
+
+    rows = [row("sft", 0, "select", 0.0, 0.5), row("sft", 0, "test", 0.0, 0.4),
+            row("dpo", 1, "select", 1.0, 0.6), row("dpo", 1, "test", 1.0, 0.9),
+            row("dpo", 2, "select", 4.0, 0.8), row("dpo", 2, "test", 4.5, 0.6),
+            row("ppo", 1, "select", 1.0, 0.99), row("ppo", 1, "test", 1.0, 0.99)]  # another method: not a candidate
+    m = tune.trial_measures(rows, "dpo", [0.5, 5.0], max_kl=5.0)
+    assert m["KL <= 5"] == (0.6, 4.5)
+    assert m["KL <= 0.5"] == (0.4, 0.0)  # only the SFT model within
+    # area: SFT best on [0, 1), step 1 on [1, 4), step 2 on [4, 5]: weights 0.2, 0.6, 0.2 of the measured rewards
+    assert m["area"] == pytest.approx(0.2 * 0.4 + 0.6 * 0.9 + 0.2 * 0.6)
+
+
+def test_the_page_keeps_other_methods_sections_and_the_choice_is_written_in_place(tmp_path):
+    record = {"method": "dpo", "scale": "tiny", "date": "2026-12-07", "chosen": 2.0, "chosen_rates": "lr",
+              "budgets": [5.0], "area_max_kl": 10.0,
+              "trials": [{"scale": s, "rates": f"x{s}", "train_seconds": 1.0, "measures": {"KL <= 5": (0.5, 4.0),
+                                                                                            "area": a}}
+                         for s, a in ((0.5, 0.4), (2.0, 0.6))]}
+    page = tune.tuning_page("", {**record, "method": "ppo"})
+    page = tune.tuning_page(page, record)
+    page = tune.tuning_page(page, record)  # tuned again: replaced, not added
+    assert page.count("## dpo") == 1 and page.count("## ppo") == 1 and page.count("| 0.5 | x0.5 | 1 | 0.500 (4.00) |") == 2
+    path = tmp_path / "benchmarks.toml"
+    path.write_text(BASE_TOML)
+    cfg = config.load("imdb-sentiment", "tiny", path)
+    tune.write_choice(path, "imdb-sentiment", "tiny", "dpo", tune.trial_config(cfg, "dpo", 2.0), 'x2 "of" 3')
+    tune.write_choice(path, "imdb-sentiment", "tiny", "rloo", tune.trial_config(cfg, "rloo", 0.5))
+    after = config.load("imdb-sentiment", "tiny", path)
+    assert after.dpo.learning_rate == cfg.dpo.learning_rate * 2 and after.dpo.learning_rates == \
+        [r * 2 for r in cfg.dpo.learning_rates]
+    assert after.rloo.learning_rate == cfg.rloo.learning_rate * 0.5 and after.ppo == cfg.ppo  # nothing else moved
+    assert after.dpo.tuned == 'x2 "of" 3' and after.ipo.tuned == "" and after.rloo.tuned == ""  # never inherited
+    assert "# min(2e-4, 5e-5 / beta)" in path.read_text()  # a replaced line keeps its comment
+    assert tomllib.loads(path.read_text())["imdb-sentiment"]["scales"]["tiny"]["dpo"]["max_steps"] == 0
+
+
+def test_bad_tune_arguments_are_one_line_and_write_nothing(tmp_path):
+    for args, word in ((["--method", "sft"], "allowed: dpo"), (["--method", "dpo", "--scales", "0.5,x"], "--scales"),
+                       (["--method", "dpo", "--scales", "0,1"], "--scales")):
+        proc = cli("tune", "imdb-sentiment", "--scale", "micro", *args, "--docs", str(tmp_path), run_dir=tmp_path)
+        assert proc.returncode == 2 and word in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ConfigError, match="allowed"):
+        tune.run(config.load("imdb-sentiment", "micro"), "best-of-n", (1.0,), {}, None, None, tmp_path)
+
+
+@pytest.mark.slow
+def test_tuning_dpo_at_micro_runs_three_trials_on_the_tune_split_and_writes_the_choice(tmp_path):
+    """The command as a user types it (micro): three trials of DPO, each evaluated on tune prompts only (its eval's
+    config says so), every trial in tuning-micro.md, the choice written into the benchmarks file given."""
+    path = tmp_path / "benchmarks.toml"
+    path.write_text(BASE_TOML)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    proc = cli("--config", str(path), "tune", "imdb-sentiment", "--scale", "micro", "--method", "dpo", "--docs",
+               str(docs), "--write", run_dir=tmp_path / "runs", check=True)
+    page = (docs / "tuning-micro.md").read_text()
+    assert "## dpo" in page and all(f"\n| {s} |" in page for s in ("0.5", "1", "2"))
+    root = tmp_path / "runs" / "imdb-sentiment" / "micro-tune"
+    for s in ("0.5", "1", "2"):
+        manifest = (root / "dpo" / f"lr-x{s}" / "eval" / "manifest.json").read_text()
+        assert '"prompt_split": "tune"' in manifest
+    chosen = float(page.split("chosen: lr x")[1].split(" ")[0])
+    base = config.load("imdb-sentiment", "micro")
+    tuned = config.load("imdb-sentiment", "micro", path).dpo
+    assert tuned.learning_rate == pytest.approx(base.dpo.learning_rate * chosen)
+    assert tuned.tuned.endswith("of x0.5, x1, x2 on the tune split, one seed (docs/tuning-micro.md)")
+    assert "chose lr x" in proc.stderr
+    assert (ROOT / "benchmarks.toml").read_text() == BASE_TOML  # the repository's own file untouched
+
+
+def test_the_report_says_which_methods_were_tuned_on_the_tune_split():
+    report = __import__("importlib").import_module("report.__main__")
+    line = report.tuning_line({"dpo": {"tuned": "x1 of x0.5, x1, x2"}, "ppo": {"tuned": ""}}, ["dpo", "ppo", "ppo-gt"],
+                              "tiny")
+    assert "chosen on the tune split: DPO (x1 of x0.5, x1, x2)" in line and "Not tuned on the tune split" in line
+    assert "PPO, PPO-GT;" in line and "docs/tuning-tiny.md" in line
+    assert "every method" in report.tuning_line({"dpo": {"tuned": "x1"}}, ["dpo"], "tiny")
