@@ -164,7 +164,7 @@ def _dispatch(args) -> int:
     if only is not None and not only:
         raise ConfigError("--stages is empty; give stage names separated by commas")
     launch = graph.Launch(args.nproc, args.accelerate_config, args.device, args.workers)
-    devices.check(launch.device)  # first of the checks that need this machine: a device it lacks is one line
+    launch.check_sharding(devices.check(launch.device))  # first of the checks that need this machine
     root = store.run_root(cfg.benchmark, cfg.scale, getattr(args, "seed", None))
     store.check_run_dir(root)
     data.check_source(cfg.data.source)
@@ -206,7 +206,7 @@ def _ladder(args) -> int:
     first = next(iter(ladder.rungs.values()))
     root = store.run_root(ladder.benchmark, ladder.name, getattr(args, "seed", None))
     launch = graph.Launch(args.nproc, args.accelerate_config, args.device, args.workers)
-    devices.check(launch.device)
+    launch.check_sharding(devices.check(launch.device))
     store.check_run_dir(root)
     data.check_source(first.data.source)
     launch = launch.resolved(first.torch_threads)

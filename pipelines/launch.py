@@ -60,6 +60,20 @@ class Launch:
                 raise ConfigError(f"--accelerate-config {self.accelerate_config}: num_processes = {n!r}; allowed: "
                                   f"an integer >= 1")
 
+    def check_sharding(self, device: str) -> None:
+        """On the CPU, accelerate ignores an FSDP or DeepSpeed config and trains with DDP (measured with torch 2.13
+        and accelerate here: distributed type MULTI_CPU, the model wrapped in DistributedDataParallel): a run that
+        asked for sharding would silently not shard, so it is refused in one line."""
+        if self.accelerate_config is None or device != "cpu":
+            return
+        import yaml
+
+        kind = str(yaml.safe_load(Path(self.accelerate_config).read_text(encoding="utf-8")).get("distributed_type", ""))
+        if kind.upper() in ("FSDP", "DEEPSPEED"):
+            raise ConfigError(f"--accelerate-config {self.accelerate_config}: {kind} on the CPU would silently be DDP "
+                              f"(accelerate shards on GPUs only); allowed on the CPU: configs/accelerate/ddp.yaml or "
+                              f"--nproc N")
+
     @property
     def fixed(self) -> bool:
         """Whether the user set the processes per stage (--nproc, or an accelerate config file)."""

@@ -177,3 +177,13 @@ def test_launch_that_a_stage_would_refuse_is_refused_before_anything_runs(tmp_pa
     proc = cli("run", "imdb-sentiment", "--scale", "micro", *args, run_dir=tmp_path / "runs")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert message in proc.stderr and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["fsdp.yaml", "zero3.yaml"])
+def test_a_sharding_config_on_the_cpu_is_refused_not_silently_ddp(name, tmp_path):
+    """accelerate on the CPU turns an FSDP or DeepSpeed config into DDP (MULTI_CPU): refused in one line, before any
+    stage runs."""
+    proc = cli("run", "imdb-sentiment", "--scale", "micro", "--device", "cpu", "--accelerate-config",
+               str(ROOT / "configs" / "accelerate" / name), run_dir=tmp_path)
+    assert proc.returncode == 2 and "would silently be DDP" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not list(tmp_path.glob("imdb-sentiment"))
