@@ -36,17 +36,19 @@ def stage_flops(root: Path) -> dict[str, float]:
     completion = sequence - sum(m["sft"]["config"]["data"][k] for k in ("prompt_min_tokens", "prompt_max_tokens")) / 2
     prompt = sequence - completion
     out: dict[str, float] = {}
+    copies = lambda stage: len(m[stage]["metrics"].get("per_seed") or [None])  # noqa: E731 (reseed_shared: one a seed)
     # sft: every step a full batch of max_length-token reviews
-    out["sft"] = 3 * forward_flops_per_token(L, d, T / 2, V) * m["sft"]["metrics"]["steps"] * sft["batch_size"] * T
+    out["sft"] = 3 * forward_flops_per_token(L, d, T / 2, V) * m["sft"]["metrics"]["steps"] * sft["batch_size"] * T \
+        * copies("sft")
     if "pairs" in m:  # sample k completions per prompt, then the reference log-probs of every sample
         samples = pairs["prompts"] * pairs["samples_per_prompt"]
-        out["pairs"] = lm * samples * (completion + sequence)
+        out["pairs"] = lm * samples * (completion + sequence) * copies("pairs")
     for stage in of_kind("pairs"):
         out[stage] = 3 * lm * m[stage]["metrics"]["tokens_trained"]  # as run_flops, from the stage's total
     if "reward_model" in m:  # both completions of each pair, forward + backward, scalar head
         rm = m["reward_model"]
         epochs = rm["config"]["reward_model"]["epochs"]
-        out["reward_model"] = 3 * scalar * 2 * rm["metrics"]["train_pairs"] * epochs * sequence
+        out["reward_model"] = 3 * scalar * 2 * rm["metrics"]["train_pairs"] * epochs * sequence * copies("reward_model")
     for stage in of_kind("ppo") + of_kind("online"):
         kind = "ppo" if stage in of_kind("ppo") else "online"
         out[stage] = sum(run_flops(kind, run, m[stage]["config"][stage], model, stage)

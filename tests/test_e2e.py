@@ -314,3 +314,15 @@ def test_every_method_another_seed_and_reseed_shared(micro_run, tmp_path):
     assert float(bon[16]["reward"]) > float(bon[1]["reward"])  # choosing by the ground truth raises it
     per_method = md[md.index("## Per method"):]
     assert all(f"| {label(m)} |" in per_method for m in METHODS)
+    from bench.flops import stage_flops  # each seed's SFT model, pairs and reward model counted: twice one seed's
+
+    counted, sft = stage_flops(root), json.loads((root / "sft" / "manifest.json").read_text())
+    assert len(sft["metrics"]["per_seed"]) == 2
+    one = stage_flops(root)["sft"] / 2
+    c = sft["config"]["sft"]
+    from core.flops import forward_flops_per_token
+
+    assert one == pytest.approx(3 * forward_flops_per_token(c["n_layer"], c["n_embd"], c["max_length"] / 2,
+                                                            c["vocab_size"]) * sft["metrics"]["steps"] *
+                                c["batch_size"] * c["max_length"])
+    assert counted["online_dpo"] > 0 and counted["best_of_n"] > 0
