@@ -242,7 +242,7 @@ def batch_loss_of(data: dict, loss_type: str, beta: float, pad_id: int, label_sm
         state.tokens_trained += sum(2 * len(data["prompt_ids"][i]) + len(data["chosen_ids"][i]) +
                                     len(data["rejected_ids"][i]) for i in idx)
         losses, hits = losses_and_hits(model, data, dist.shard(idx), loss_type, beta, pad_id, label_smoothing)
-        accuracy = float(dist.all_sum(hits.sum().detach().cpu())) / len(idx)
+        accuracy = float(dist.all_sum(hits.sum().detach())) / len(idx)  # on the device: NCCL has no CPU path
         state.extra.setdefault("reward_accuracy", []).append(accuracy)
         return losses.sum() / len(idx), {"reward_accuracy": accuracy}
 
@@ -282,8 +282,8 @@ def train_own(beta: float, seed: int, cfg, job, pairs, heldout, tokens_per_pair:
     state = loop.train(run, cfg, job.upstream("sft", seed), len(train["prompt_ids"]), run.training_seed,
                        learning_rate(cfg, beta), batch_loss_of(train, loss_type, beta, pad_id, smoothing),
                        at_checkpoint, job.section("train").max_grad_norm)
-    window = state.extra["reward_accuracy"][-max(1, cfg.eval_every // 4):]  # as TRL logged it: a logging window
-    return run.finish(state, final_loss=state.history[-1], final_reward_accuracy=sum(window) / len(window),
+    return run.finish(state, final_loss=loop.recent_mean(state.history, cfg),
+                      final_reward_accuracy=loop.recent_mean(state.extra["reward_accuracy"], cfg),
                       heldout=state.extra["heldout"], step0_margin=margin0)
 
 

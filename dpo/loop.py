@@ -40,6 +40,13 @@ def data_order(n: int, steps: int, batch_size: int, seed: int) -> list[list[int]
     return [flat[i * batch_size : (i + 1) * batch_size].tolist() for i in range(steps)]
 
 
+def recent_mean(values: list[float], cfg) -> float:
+    """The mean over the last quarter of a checkpoint interval's steps (TRL's logging window): a run's final loss or
+    accuracy, less noisy than one batch's."""
+    window = values[-max(1, cfg.eval_every // 4):]
+    return sum(window) / len(window)
+
+
 def steps_of(cfg, n_pairs: int) -> int:
     """max_steps, or one epoch over the pairs (max_steps 0, the paper's)."""
     return cfg.max_steps or math.ceil(n_pairs / cfg.batch_size)

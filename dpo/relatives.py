@@ -156,7 +156,7 @@ def train_one(method: str, param, seed: int, cfg, job, pairs: dict, heldout: dic
     if method in LOSSES:  # how much the term adds to Preferred-FT's loss (alpha x its mean, in nats), and held out
         extra["unlikelihood_term"] = state.extra["unlikelihood_term_sum"] / state.step
         extra["heldout_logps"] = state.extra["heldout_logps"]
-    return run.finish(state, final_loss=state.history[-1], **extra)
+    return run.finish(state, final_loss=loop.recent_mean(state.history, cfg), **extra)
 
 
 def sweep_name(stage: str) -> str | None:

@@ -156,7 +156,9 @@ def _dispatch(args) -> int:
         return 0
     if config_mod.is_ladder(config_mod.read_toml(args.config), args.benchmark):
         return _ladder(args)
-    cfg = _overridden(config_mod.load(args.benchmark, args.scale, args.config), args)
+    base = config_mod.load(args.benchmark, args.scale, args.config)
+    cfg = _overridden(base, args)
+    instance = cfg.seed if cfg.seed != base.seed else None  # --seed of the file's own seed: the default instance
     if args.command == "show":
         print(json.dumps(config_mod.dataclasses.asdict(cfg), indent=2))
         return 0
@@ -165,7 +167,7 @@ def _dispatch(args) -> int:
         raise ConfigError("--stages is empty; give stage names separated by commas")
     launch = graph.Launch(args.nproc, args.accelerate_config, args.device, args.workers)
     launch.check_sharding(devices.check(launch.device))  # first of the checks that need this machine
-    root = store.run_root(cfg.benchmark, cfg.scale, getattr(args, "seed", None))
+    root = store.run_root(cfg.benchmark, cfg.scale, instance)
     store.check_run_dir(root)
     data.check_source(cfg.data.source)
     launch = launch.resolved(cfg.torch_threads)

@@ -140,6 +140,9 @@ def stage_config(cfg: BenchmarkConfig, stage: Stage, protocol: dict | None = Non
     if stage.revision:
         config["revision"] = stage.revision
     config.update({name: cfg.section(name) for name in stage.sections})
+    if stage.name != "report":  # a method's `tuned` note is for the report: rewriting it retrains nothing
+        config.update({name: {k: v for k, v in section.items() if k != "tuned"} for name, section in config.items()
+                       if isinstance(section, dict) and "tuned" in section})
     for section in config.values():  # pairs.sampler / eval.sampler: "auto" -> the sampler that will run
         if isinstance(section, dict) and section.get("sampler") == "auto":
             section["sampler"] = "vllm" if vllm_installed() else "hf"

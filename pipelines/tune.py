@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import time
+import tomllib
 from pathlib import Path
 
 from core.config import ConfigError
@@ -72,6 +73,19 @@ def trial_measures(frontier: list[dict], method: str, budgets: list[float], max_
     return out
 
 
+def run_trial(cfg, method: str, stage: str, scale: float, root: Path, shared: dict, protocol: dict, launch,
+              source_id: str | None) -> dict:
+    """One trial (kept when finished: graph.run skips what is up to date), and what it measured on the tune split."""
+    trial = trial_config(cfg, method, scale)
+    folder = root / method / f"lr-x{scale:g}"
+    log.info("tune %s: trial lr x%g (%s) in %s", method, scale, rates_text(getattr(trial, stage)), folder)
+    graph.run(trial, None, False, protocol, launch, source_id, root=folder, shared=shared)
+    measures = trial_measures(read_frontier(folder / "eval" / "frontier.csv"), method, list(cfg.report.kl_budgets),
+                              cfg.report.area_max_kl)
+    return {"scale": scale, "rates": rates_text(getattr(trial, stage)),
+            "train_seconds": store.read_manifest(folder / stage)["wall_time_s"], "measures": measures}
+
+
 def check(cfg, method: str, scales: tuple[float, ...]) -> None:
     """ConfigError (one line: what is wrong, what is allowed) unless the method can be tuned with these scales."""
     if method not in METHODS or METHODS[method].kind not in ("pairs", "ppo", "online"):
@@ -93,20 +107,15 @@ def run(cfg, method: str, scales: tuple[float, ...], protocol: dict, launch, sou
     shared = {name: root / "shared" / name for name in SHARED}
     report = cfg.report
     trials = []
-    for scale in scales:
-        trial = trial_config(cfg, method, scale)
-        folder = root / method / f"lr-x{scale:g}"
-        log.info("tune %s: trial lr x%g (%s) in %s", method, scale, rates_text(getattr(trial, stage)), folder)
-        t0 = time.time()
-        graph.run(trial, None, False, protocol, launch, source_id, root=folder, shared=shared)
-        manifest = store.read_manifest(folder / stage)
-        measures = trial_measures(read_frontier(folder / "eval" / "frontier.csv"), method, list(report.kl_budgets),
-                                  report.area_max_kl)
-        trials.append({"scale": scale, "rates": rates_text(getattr(trial, stage)),
-                       "train_seconds": manifest["wall_time_s"], "seconds": round(time.time() - t0, 1),
-                       "measures": measures})
-    best = max(trials, key=lambda t: (t["measures"]["area"] if t["measures"]["area"] is not None else float("-inf"),
-                                      -abs(t["scale"] - 1)))
+    root.mkdir(parents=True, exist_ok=True)
+    with store.RunLock(root):  # two tune commands of one scale would race on the shared stages
+        for scale in scales:
+            trials.append(run_trial(cfg, method, stage, scale, root, shared, protocol, launch, source_id))
+    scored = [t for t in trials if t["measures"]["area"] is not None]
+    if not scored:
+        raise ConfigError(f"tune {method}: no trial has a front area on the tune split (no checkpoint within KL "
+                          f"{report.area_max_kl:g}); nothing chosen")
+    best = max(scored, key=lambda t: (t["measures"]["area"], -abs(t["scale"] - 1)))
     record = {"method": method, "stage": stage, "scale": cfg.scale, "trials": trials, "chosen": best["scale"],
               "chosen_rates": best["rates"], "budgets": list(report.kl_budgets), "area_max_kl": report.area_max_kl,
               "date": time.strftime("%Y-%m-%d")}
@@ -116,9 +125,26 @@ def run(cfg, method: str, scales: tuple[float, ...], protocol: dict, launch, sou
     if config_path is not None:
         how = (f"{record['date']}: lr x{best['scale']:g} of x{', x'.join(f'{s:g}' for s in scales)} on the tune "
                f"split, one seed (docs/tuning-{cfg.scale}.md)")
-        write_choice(config_path, cfg.benchmark, cfg.scale, stage, trial_config(cfg, method, best["scale"]), how)
+        write_choice(config_path, cfg.benchmark, cfg.scale, stage, trial_config(cfg, method, best["scale"]), how,
+                     inheriting_rates(cfg, stage))
         log.info("tune %s: wrote the choice into %s", method, config_path)
     return record
+
+
+def inheriting_rates(cfg, stage: str) -> dict:
+    """The sections that take `stage`'s learning rate(s) (core.methods inherits: the relatives of [dpo] that set
+    none of their own), with those rates: written out as they are, so tuning DPO does not move IPO or KTO."""
+    from core.methods import inherits
+
+    parent = getattr(cfg, stage)
+    out = {}
+    for child, of in inherits().items():
+        section = getattr(cfg, child, None)
+        if of == stage and section is not None:
+            same = {k: getattr(section, k) for k in rate_keys(parent) if getattr(section, k, None) == getattr(parent, k)}
+            if same:
+                out[child] = same
+    return out
 
 
 def rates_text(section) -> str:
@@ -148,37 +174,75 @@ def tuning_page(text: str, record: dict) -> str:
     return title + "\n" + "".join(f"## {m}\n{body}" for m, body in sorted(sections.items()))
 
 
-def write_choice(path: Path, benchmark: str, scale: str, stage: str, chosen, how: str = "") -> None:
-    """Set the chosen rate(s), and `tuned` = how, in the benchmarks file's [<benchmark>.scales.<scale>.<stage>]
-    table (made when missing), each key's line replaced in place (its comment kept) or added under the header;
-    written atomically, and the file must still read back."""
-    section = getattr(chosen, stage)
-    values = {key: getattr(section, key) for key in rate_keys(section)}
-    if how:
-        values["tuned"] = how
-    text = path.read_text()
-    header = f"[{benchmark}.scales.{scale}.{stage}]"
-    lines = text.splitlines()
-    if not any(line.split("#")[0].strip() == header for line in lines):
-        lines += ["", header]
-    start = next(i for i, line in enumerate(lines) if line.split("#")[0].strip() == header)
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
-    for key, value in values.items():
-        literal = (json.dumps(value) if isinstance(value, str) else
-                   f"[{', '.join(f'{v:g}' for v in value)}]" if isinstance(value, list) else f"{value:g}")
-        new = f"{key} = {literal}"
-        at = next((i for i in range(start + 1, end) if re.match(rf"\s*{key}\s*=", lines[i])), None)
-        if at is None:
-            lines.insert(start + 1, new + "  # chosen by `python -m pipelines tune` (docs/tuning-" + scale + ".md)")
-            end += 1
-        else:
-            comment = lines[at].split("#", 1)[1] if "#" in lines[at] else None
-            lines[at] = new + (f"  #{comment}" if comment else "")
-    out = "\n".join(lines) + "\n"
-    path.with_name(path.name + ".tmp").write_text(out)
+def _key(part: str) -> str:
+    """A TOML key as a header writes it: bare when it can be, else quoted (a scale name may hold a dot)."""
+    return part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
+
+
+def _header_path(line: str) -> list[str] | None:
+    """The dotted key of a [table] header line (a header with its comment is a TOML document of its own), parts
+    unquoted; None when the line is not a table header."""
+    if not line.lstrip().startswith("[") or line.lstrip().startswith("[["):
+        return None
     try:
-        read_toml(path.with_name(path.name + ".tmp"))
-    except Exception as e:  # never leave a file that does not read
-        path.with_name(path.name + ".tmp").unlink()
-        raise ConfigError(f"tune: the edited {path.name} would not read ({e}); left unchanged") from e
-    path.with_name(path.name + ".tmp").replace(path)
+        doc = tomllib.loads(line)
+    except tomllib.TOMLDecodeError:
+        return None
+    path = []
+    while isinstance(doc, dict) and len(doc) == 1:
+        key, doc = next(iter(doc.items()))
+        path.append(key)
+    return path
+
+
+def _literal(value) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(repr(float(v)) for v in value) + "]"
+    return repr(float(value))
+
+
+def write_choice(path: Path, benchmark: str, scale: str, stage: str, chosen, how: str = "", keep: dict | None = None
+                 ) -> None:
+    """Set the chosen rate(s), and `tuned` = how, in the benchmarks file's [<benchmark>.scales.<scale>.<stage>]
+    table (made when missing), each key's line replaced (a note of the value it replaces) or added under the header;
+    keep: {section: {key: value}} of other sections to pin as they were (the relatives that took [dpo]'s rates).
+    Written atomically; the file must read back with exactly these values, else it is left as it was."""
+    section = getattr(chosen, stage)
+    values = {stage: {key: getattr(section, key) for key in rate_keys(section)}}
+    if how:
+        values[stage]["tuned"] = how
+    values.update(keep or {})
+    lines = path.read_text().splitlines()
+    for table, items in values.items():
+        where = [benchmark, "scales", scale, table]
+        at = [i for i, line in enumerate(lines) if _header_path(line) == where]
+        if not at:
+            lines += ["", "[" + ".".join(_key(p) for p in where) + "]"]
+            at = [len(lines) - 1]
+        start = at[0]
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+        for key, value in items.items():
+            new = f"{key} = {_literal(value)}"
+            found = next((i for i in range(start + 1, end) if re.match(rf"\s*{re.escape(key)}\s*=", lines[i])), None)
+            note = "kept as it was before tuning [dpo]" if table != stage else f"docs/tuning-{scale}.md"
+            if found is None:
+                lines.insert(start + 1, f"{new}  # {note}" if key != "tuned" else new)
+                end += 1
+            elif key != "tuned":
+                lines[found] = f"{new}  # {note} (was: {lines[found].split('=', 1)[1].split('#')[0].strip()})"
+            else:
+                lines[found] = new
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    try:
+        doc = read_toml(tmp)
+        for table, items in values.items():
+            got = doc[benchmark]["scales"][scale][table]
+            if any(got.get(k) != v for k, v in items.items()):
+                raise ValueError(f"[{benchmark}.scales.{scale}.{table}] does not read back as written")
+    except Exception as e:  # never leave a file that does not read, or reads otherwise
+        tmp.unlink()
+        raise ConfigError(f"tune: the edited {path.name} would not read back ({e}); left unchanged") from e
+    tmp.replace(path)

@@ -113,8 +113,9 @@ class AdaptiveKLController:
     early step (error -0.2) only because the policy has not moved yet; over a run as short as this suite's, it then
     overshoots its target and the upward correction comes too late. Ziegler et al. ran thousands of steps with
     horizon 10,000, where those first steps do not matter. The hold ends for good when the KL first reaches the
-    target or stalls short of it: the mean KL of the last `stall_steps` steps is below (1 + stall_growth) x the mean
-    of the `stall_steps` before (a start coefficient above the target's level would otherwise be frozen there)."""
+    target or stalls short of it: the mean KL of the last `stall_steps` steps exceeds the mean of the `stall_steps`
+    before by less than stall_growth x that mean (or x 5% of the target, whichever is larger), so a start
+    coefficient above the target's level is not frozen there."""
 
     def __init__(self, init_coef: float, target: float, horizon: int, hold: bool = False, stall_steps: int = 3,
                  stall_growth: float = 0.1):
@@ -128,7 +129,10 @@ class AdaptiveKLController:
         k = self.stall_steps
         if len(self.kls) < 2 * k:
             return True
-        return sum(self.kls[-k:]) >= (1 + self.stall_growth) * sum(self.kls[-2 * k : -k])
+        last, before = sum(self.kls[-k:]) / k, sum(self.kls[-2 * k : -k]) / k
+        # growth relative to the earlier window, but never to less than 5% of the target: near KL 0 the k1 estimate's
+        # noise (it can be negative) would otherwise decide it
+        return last - before >= self.stall_growth * max(before, 0.05 * self.target)
 
     def update(self, current_kl: float, n_steps: int) -> float:
         error = min(max(current_kl / self.target - 1, -0.2), 0.2)

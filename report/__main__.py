@@ -108,7 +108,8 @@ def compute_table(runs: dict[str, list[dict]], manifests: dict[str, dict], pairs
 
 def tuning_line(config: dict, methods: list[str], scale: str) -> str:
     """Which methods' learning rates were chosen on the tune split (their section's `tuned`) and which were not."""
-    tuned = {m: config.get(METHODS[m].stage, {}).get("tuned", "") for m in METHODS if m in methods}
+    tuned = {m: config.get(METHODS[m].stage, {}).get("tuned", "") for m in METHODS
+             if m in methods and METHODS[m].kind in ("pairs", "ppo", "online")}  # what the tune command tunes
     done = [f"{label(m)} ({how})" for m, how in tuned.items() if how]
     not_done = [label(m) for m, how in tuned.items() if not how]
     return ("Settings: " + (f"learning rates chosen on the tune split: {'; '.join(done)}. " if done else "") +

@@ -90,6 +90,16 @@ def test_the_hold_keeps_the_coefficient_on_the_first_climb_and_lets_go_when_the_
     assert no_hold.update(0.5, 10) == pytest.approx(0.1 * 0.98)  # Ziegler's rule lowers from step 1
 
 
+def test_near_kl_0_the_estimates_noise_does_not_keep_the_hold():
+    """k1's batch KL can be negative near 0: a ratio of two noisy near-zero means would keep the hold on noise. The
+    growth is measured against at least 5% of the target: six steps flat at about 0 are a stall."""
+    c = A.AdaptiveKLController(0.1, target=6.0, horizon=100, hold=True)
+    for kl in (-0.02, 0.01, -0.01, 0.0, 0.02):
+        assert c.update(kl, 10) == 0.1
+    c.update(-0.01, 10)
+    assert c.reached and c.value < 0.1
+
+
 def ziegler_stand_in(target: float, init_coef: float, hold: bool = True, stall_steps: int = 3) -> float:
     """A policy whose KL drifts each step a third of the way toward the KL its coefficient allows (0.875 / coef,
     so a start of 0.35 allows 2.5), under tiny's controller settings (24 steps of 64 rollouts, horizon 80). -> the

@@ -52,14 +52,25 @@ def test_the_page_keeps_other_methods_sections_and_the_choice_is_written_in_plac
     path = tmp_path / "benchmarks.toml"
     path.write_text(BASE_TOML)
     cfg = config.load("imdb-sentiment", "tiny", path)
-    tune.write_choice(path, "imdb-sentiment", "tiny", "dpo", tune.trial_config(cfg, "dpo", 2.0), 'x2 "of" 3')
+    keep = tune.inheriting_rates(cfg, "dpo")
+    assert keep["kto"] == {"learning_rate": cfg.dpo.learning_rate, "learning_rates": cfg.dpo.learning_rates}
+    assert "learning_rates" not in keep["ipo"]  # its own (empty) list: not DPO's
+    tune.write_choice(path, "imdb-sentiment", "tiny", "dpo", tune.trial_config(cfg, "dpo", 2.0), 'x2 "of" 3', keep)
     tune.write_choice(path, "imdb-sentiment", "tiny", "rloo", tune.trial_config(cfg, "rloo", 0.5))
     after = config.load("imdb-sentiment", "tiny", path)
     assert after.dpo.learning_rate == cfg.dpo.learning_rate * 2 and after.dpo.learning_rates == \
         [r * 2 for r in cfg.dpo.learning_rates]
     assert after.rloo.learning_rate == cfg.rloo.learning_rate * 0.5 and after.ppo == cfg.ppo  # nothing else moved
     assert after.dpo.tuned == 'x2 "of" 3' and after.ipo.tuned == "" and after.rloo.tuned == ""  # never inherited
-    assert "# min(2e-4, 5e-5 / beta)" in path.read_text()  # a replaced line keeps its comment
+    assert all(getattr(after, m) == getattr(cfg, m) for m in ("ipo", "slic", "rdpo", "kto", "cpo"))  # relatives kept
+    assert "# docs/tuning-tiny.md (was: [2e-4, 2e-4, 5e-5, 1e-5])" in path.read_text()  # what it replaced
+    dotted = tmp_path / "dotted.toml"  # a scale name with a dot is a quoted key in a header
+    dotted.write_text(BASE_TOML.replace("[imdb-sentiment.scales.micro", '[imdb-sentiment.scales."v1.5"')
+                      .replace('base_scale = "micro"', 'base_scale = "v1.5"'))
+    micro = config.load("imdb-sentiment", "v1.5", dotted)
+    tune.write_choice(dotted, "imdb-sentiment", "v1.5", "ppo", tune.trial_config(micro, "ppo", 0.5))
+    assert config.load("imdb-sentiment", "v1.5", dotted).ppo.learning_rate == micro.ppo.learning_rate * 0.5
+    assert "v1" not in tomllib.loads(dotted.read_text())["imdb-sentiment"]["scales"]
     assert tomllib.loads(path.read_text())["imdb-sentiment"]["scales"]["tiny"]["dpo"]["max_steps"] == 0
 
 
