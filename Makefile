@@ -120,7 +120,7 @@ tune: env  ## choose a method's learning rate on the tune split
 # two pytest workers (pytest-xdist): every test process pins torch to one thread, and most tests are one process
 TEST_WORKERS ?= 2
 test: env
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations 15 tests  # the slowest, for make test's budget
 
 test-fast: env
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow and not faults" tests

@@ -178,6 +178,11 @@ class PPOConfig:
     kl_horizon: int = spec(10_000, gt=0, help="adaptive controller horizon, in rollouts")
     kl_hold: bool = spec(True, help="adaptive only: the coefficient is not lowered before the measured KL first "
                                     "reaches the target (anti-windup; Ziegler et al.'s rule lowers it from step 1)")
+    kl_hold_release: str = spec("stall", choices=("stall", "never"),
+                                help="adaptive with kl_hold: the hold also ends when the KL stalls short of the target "
+                                     "(for starts not tuned at the scale: one above the target's level would freeze "
+                                     "there), or only when it reaches it (starts tuned with the hold alone: tiny); "
+                                     "docs/kl-control.md")
     kl_estimator: str = spec("k1", choices=("k1", "k3"), help="per-token KL penalty estimator")
     value_model: str = spec("reward_model", choices=("reward_model", "policy_head"),
                             help="a separate value network initialised from the reward model, or a head on the policy")

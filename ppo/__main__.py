@@ -200,7 +200,8 @@ def train_run(method: str, target_kl: float, seed: int, cfg, job, prompts, token
     raw_policy, raw_value = policy, value  # for sampling and no-grad passes: no gradient sync needed there
     policy, value, policy_opt, value_opt = accelerator.prepare(policy, value, policy_opt, value_opt)
     init_kl_coef = initial_kl_coef(cfg, target_kl)
-    kl_ctl = (A.AdaptiveKLController(init_kl_coef, target_kl, cfg.kl_horizon, cfg.kl_hold)
+    kl_ctl = (A.AdaptiveKLController(init_kl_coef, target_kl, cfg.kl_horizon, cfg.kl_hold,
+                                     stall_steps=3 if cfg.kl_hold_release == "stall" else None)
               if cfg.kl_control == "adaptive" else A.FixedKLController(init_kl_coef))
     resumable = {"value": value, "policy_optimizer": policy_opt, "value_optimizer": value_opt}
     state = run.start(resumable)

@@ -117,17 +117,17 @@ class AdaptiveKLController:
     before by less than stall_growth x that mean (or x 5% of the target, whichever is larger), so a start
     coefficient above the target's level is not frozen there."""
 
-    def __init__(self, init_coef: float, target: float, horizon: int, hold: bool = False, stall_steps: int = 3,
-                 stall_growth: float = 0.1):
+    def __init__(self, init_coef: float, target: float, horizon: int, hold: bool = False,
+                 stall_steps: int | None = 3, stall_growth: float = 0.1):
         self.value, self.target, self.horizon, self.hold = init_coef, target, horizon, hold
         self.stall_steps, self.stall_growth = stall_steps, stall_growth
         self.reached = False  # has the measured KL reached the target yet, or stalled short of it
         self.kls: list[float] = []  # the measured KL of every step so far
 
     def rising(self) -> bool:
-        """Is the measured KL still rising (True until 2 x stall_steps steps are seen)?"""
+        """Is the measured KL still rising (True until 2 x stall_steps steps are seen; always, stall_steps None)?"""
         k = self.stall_steps
-        if len(self.kls) < 2 * k:
+        if k is None or len(self.kls) < 2 * k:
             return True
         last, before = sum(self.kls[-k:]) / k, sum(self.kls[-2 * k : -k]) / k
         # growth relative to the earlier window, but never to less than 5% of the target: near KL 0 the k1 estimate's

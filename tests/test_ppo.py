@@ -116,12 +116,22 @@ def test_a_start_coefficient_above_the_targets_level_does_not_freeze_the_run():
     """With a start that holds the KL at 2.5, the hold alone froze every target there (the untuned scales' failure):
     targets 9 and 12 ended at the same KL. The stall release lets each find its level: they end apart, near their
     targets; a start near the level is left as it was."""
-    frozen = [ziegler_stand_in(t, 0.35, stall_steps=10**6) for t in (9.0, 12.0)]
+    frozen = [ziegler_stand_in(t, 0.35, stall_steps=None) for t in (9.0, 12.0)]
     assert frozen[0] == pytest.approx(frozen[1]) == pytest.approx(2.5, rel=0.01)
     ends = {t: ziegler_stand_in(t, 0.35) for t in (3.0, 6.0, 9.0, 12.0)}
     assert ends[12.0] - ends[9.0] > 2.0
     assert all(abs(kl / t - 1) < 0.25 for t, kl in ends.items()), ends
-    assert ziegler_stand_in(9.0, 0.097) == pytest.approx(ziegler_stand_in(9.0, 0.097, stall_steps=10**6), rel=0.01)
+    assert ziegler_stand_in(9.0, 0.097) == pytest.approx(ziegler_stand_in(9.0, 0.097, stall_steps=None), rel=0.01)
+
+
+def test_the_stall_release_is_on_where_the_starts_were_not_tuned_and_off_at_tiny():
+    """tiny's per-target starts were tuned with the hold alone (the release overshot them: docs/kl-control.md); the
+    scales and rungs whose starts were not tuned for them release on a stall."""
+    from pipelines import config
+
+    assert config.load("imdb-sentiment", "tiny").ppo.kl_hold_release == "never"
+    assert config.load("imdb-sentiment", "paper").ppo.kl_hold_release == "stall"
+    assert {cfg.ppo.kl_hold_release for cfg in config.load_ladder("imdb-scaling", "gpu").rungs.values()} == {"stall"}
 
 
 def test_each_target_starts_at_its_own_coefficient_when_given():
