@@ -32,9 +32,7 @@ def stage_flops(root: Path) -> dict[str, float]:
     L, d, V, T = sft["n_layer"], sft["n_embd"], sft["vocab_size"], sft["max_length"]
     pairs = m.get("pairs", {}).get("config", {}).get("pairs", {})
     model = Model.of(m)
-    lm, scalar, sequence = model.lm, model.scalar, model.sequence
-    completion = sequence - sum(m["sft"]["config"]["data"][k] for k in ("prompt_min_tokens", "prompt_max_tokens")) / 2
-    prompt = sequence - completion
+    lm, scalar, sequence, prompt, completion = model.lm, model.scalar, model.sequence, model.prompt, model.completion
     out: dict[str, float] = {}
     copies = lambda stage: len(m[stage]["metrics"].get("per_seed") or [None])  # noqa: E731 (reseed_shared: one a seed)
     # sft: every step a full batch of max_length-token reviews

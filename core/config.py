@@ -25,11 +25,12 @@ class ConfigError(ValueError):
 
 
 def spec(default=dataclasses.MISSING, *, help: str, gt=None, ge=None, le=None, choices=None, nonempty=False,
-         sweep=None):
+         sweep=None, note=False):
     """A config field: its default, what it means, and the values it allows. sweep: "runs" for a method's list of
     runs (one run per value: betas, target_kls), "per run" for a list in its order (one value per run: a beta's
-    learning rate); a run depends on its own value only (core/runcache.py)."""
-    meta = dict(help=help, gt=gt, ge=ge, le=le, choices=choices, nonempty=nonempty, sweep=sweep)
+    learning rate); a run depends on its own value only (core/runcache.py). note: a record for the reader (the
+    report), not a setting: no stage's config hash but the report's holds it (pipelines/stages.py)."""
+    meta = dict(help=help, gt=gt, ge=ge, le=le, choices=choices, nonempty=nonempty, sweep=sweep, note=note)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -44,7 +45,7 @@ def sampler_spec():
 
 def tuned_spec():
     """A method section's record of its tuning (never inherited: a relative's rates were not tuned for it)."""
-    return spec("", help="how its learning rate was chosen on the tune split, written by `python -m pipelines tune "
+    return spec("", note=True, help="how its learning rate was chosen on the tune split, written by `python -m pipelines tune "
                          "--write` (docs/tuning-<scale>.md); empty: not tuned there, which the report says")
 
 
@@ -388,6 +389,11 @@ class BenchmarkConfig:
 
 
 SECTIONS = {name: tp for name, tp in typing.get_type_hints(BenchmarkConfig).items() if dataclasses.is_dataclass(tp)}
+
+
+def note_fields(section: str) -> set[str]:
+    """The section's fields that are notes (spec note=True), not settings."""
+    return {f.name for f in dataclasses.fields(SECTIONS[section]) if f.metadata.get("note")}
 
 
 def sweep_lists(section: str) -> tuple[str | None, list[str]]:

@@ -18,12 +18,13 @@ def forward_flops_per_token(n_layer: int, d_model: int, context: float, vocab: i
 
 
 class Model:
-    """The per-token costs of a run's models: sft, the SFT section's config; sequence, a prompt and its completion
-    (tokens, mean), as the method stages train on them."""
+    """The per-token costs of a run's models: sft, the SFT section's config; prompt and completion, their mean token
+    counts (a sequence, as the method stages train on them, is the two)."""
 
-    def __init__(self, sft: dict, sequence: float):
+    def __init__(self, sft: dict, prompt: float, completion: float):
         L, d, V = sft["n_layer"], sft["n_embd"], sft["vocab_size"]
-        self.sequence = sequence
+        self.prompt, self.completion = prompt, completion
+        self.sequence = sequence = prompt + completion
         self.lm = forward_flops_per_token(L, d, sequence / 2, V)  # mean attention context over a sequence
         self.scalar = forward_flops_per_token(L, d, sequence / 2, None)
 
@@ -36,7 +37,7 @@ class Model:
                                                   pairs.get("config", {}).get("pairs", {}).get("max_new_tokens", 0))
         data = manifests["sft"]["config"]["data"]
         prompt = (data["prompt_min_tokens"] + data["prompt_max_tokens"]) / 2
-        return cls(manifests["sft"]["config"]["sft"], prompt + completion)
+        return cls(manifests["sft"]["config"]["sft"], prompt, completion)
 
 
 def completions_generated(kind: str, run: dict, cfg: dict) -> int:

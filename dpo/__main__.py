@@ -253,8 +253,6 @@ def train_own(beta: float, seed: int, cfg, job, pairs, heldout, tokens_per_pair:
     """The run in the pairs loop (dpo/loop.py) with the loss of dpo/loss.py, pinned to TRL's DPOTrainer's (the
     reference log-probs: fp32, computed once by the pairs stage). Every checkpoint scores the held-out pairs (every
     process all of them, as sharded models need): the loss and the implicit-reward accuracy."""
-    import torch
-
     from core import lm
     from core.train import loop_accelerator
     from dpo import loop
@@ -266,18 +264,14 @@ def train_own(beta: float, seed: int, cfg, job, pairs, heldout, tokens_per_pair:
     loss_type, smoothing = loss_of(job.stage), getattr(cfg, "label_smoothing", 0.0)
     train, held = ({c: list(data[c]) for c in COLUMNS} for data in (pairs, heldout))
 
-    @torch.no_grad()
     def at_checkpoint(model, state):
-        model.eval()
-        every, sums = list(range(len(held["prompt_ids"]))), torch.zeros(2, dtype=torch.float64)
-        for start in range(0, len(every), cfg.batch_size):
-            with run.accelerator.autocast():
-                losses, hits = losses_and_hits(model, held, every[start : start + cfg.batch_size], loss_type, beta,
-                                               pad_id, smoothing)
-            sums += torch.tensor([float(losses.sum()), float(hits.sum())], dtype=torch.float64)
-        model.train()
-        state.extra.setdefault("heldout", []).append(
-            {"step": state.step, "loss": float(sums[0]) / len(every), "reward_accuracy": float(sums[1]) / len(every)})
+        def sums_of(model, idx):
+            losses, hits = losses_and_hits(model, held, idx, loss_type, beta, pad_id, smoothing)
+            return [float(losses.sum()), float(hits.sum())]
+
+        n = len(held["prompt_ids"])
+        loss, hits = loop.heldout_sums(model, n, cfg.batch_size, run.accelerator.autocast, sums_of)
+        state.extra.setdefault("heldout", []).append({"step": state.step, "loss": loss / n, "reward_accuracy": hits / n})
 
     state = loop.train(run, cfg, job.upstream("sft", seed), len(train["prompt_ids"]), run.training_seed,
                        learning_rate(cfg, beta), batch_loss_of(train, loss_type, beta, pad_id, smoothing),

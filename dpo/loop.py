@@ -33,6 +33,21 @@ def completion_token_logps(model, prompts, completions, pad_id: int):
     return lm.token_logprobs(logits, ids[:, 1:]), resp.float()
 
 
+@torch.no_grad()
+def heldout_sums(model, n: int, batch_size: int, autocast, sums_of: Callable) -> list[float]:
+    """Held-out statistics at a checkpoint: sums_of(model, idx) -> [float, ...] for each batch of the n held-out
+    pairs' indices, added up (float64), with the model in eval mode (restored to train after). Every process scores
+    all n (a few hundred pairs): the same forward passes on each, as a sharded model's collectives need (FSDP)."""
+    model.eval()
+    total = None
+    for start in range(0, n, batch_size):
+        with autocast():
+            part = torch.tensor(sums_of(model, list(range(start, min(start + batch_size, n)))), dtype=torch.float64)
+        total = part if total is None else total + part
+    model.train()
+    return total.tolist()
+
+
 def data_order(n: int, steps: int, batch_size: int, seed: int) -> list[list[int]]:
     """Pair indices for each step: seeded shuffles of the pairs, one after another, cut into batches."""
     g = torch.Generator().manual_seed(seed)

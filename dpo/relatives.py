@@ -91,24 +91,19 @@ def data_seed(method: str, param, training_seed: int) -> int:
     return lm.sample_seeds(1, "unlikelihood-order", training_seed, param)[0]
 
 
-@torch.no_grad()
 def heldout_logps(model, heldout: dict, pad_id: int, batch_size: int, autocast) -> dict:
-    """Mean log pi per token of the held-out pairs' chosen completions and of their rejected ones. Every process
-    scores all of them (a few hundred pairs): the same forward passes on each, as a sharded model's collectives
-    need (FSDP), and the same numbers. -> {"chosen_logp", "rejected_logp"}."""
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64)  # chosen log-prob sum, chosen tokens, rejected sum, rejected tokens
-    every = list(range(len(heldout["prompt_ids"])))
-    for start in range(0, len(every), batch_size):
-        part = every[start : start + batch_size]
-        prompts = [heldout["prompt_ids"][i] for i in part]
-        for k, side in enumerate(("chosen_ids", "rejected_ids")):
-            with autocast():
-                logps, mask = completion_token_logps(model, prompts, [heldout[side][i] for i in part], pad_id)
-            sums[2 * k] += float((logps.float() * mask).sum())
-            sums[2 * k + 1] += float(mask.sum())
-    model.train()
-    return {"chosen_logp": float(sums[0] / sums[1]), "rejected_logp": float(sums[2] / sums[3])}
+    """Mean log pi per token of the held-out pairs' chosen completions and of their rejected ones (every process
+    scores all of them: loop.heldout_sums). -> {"chosen_logp", "rejected_logp"}."""
+    def sums_of(model, idx):  # chosen log-prob sum, chosen tokens, rejected sum, rejected tokens
+        out = []
+        for side in ("chosen_ids", "rejected_ids"):
+            logps, mask = completion_token_logps(model, [heldout["prompt_ids"][i] for i in idx],
+                                                 [heldout[side][i] for i in idx], pad_id)
+            out += [float((logps.float() * mask).sum()), float(mask.sum())]
+        return out
+
+    sums = loop.heldout_sums(model, len(heldout["prompt_ids"]), batch_size, autocast, sums_of)
+    return {"chosen_logp": sums[0] / sums[1], "rejected_logp": sums[2] / sums[3]}
 
 
 def train_one(method: str, param, seed: int, cfg, job, pairs: dict, heldout: dict) -> dict:

@@ -121,15 +121,23 @@ def _tune(args) -> int:
                           f"0.5,1,2") from None
     cfg = config_mod.load(args.benchmark, args.scale, args.config)
     tune.check(cfg, args.method, scales)
-    launch = graph.Launch(workers=args.workers)
-    devices.check(launch.device)
-    store.check_run_dir(store.run_root(cfg.benchmark, f"{cfg.scale}-tune"))
-    data.check_source(cfg.data.source)
-    hub.check_hub(cfg)
-    source_id = source.check(cfg)
-    tune.run(cfg, args.method, scales, config_mod.protocol(args.benchmark, args.config), launch.resolved(
-        cfg.torch_threads), source_id, args.docs, args.config if args.write else None)
+    root = store.run_root(cfg.benchmark, f"{cfg.scale}-tune")
+    launch, source_id = _preflight(cfg, graph.Launch(workers=args.workers), root)
+    tune.run(cfg, args.method, scales, config_mod.protocol(args.benchmark, args.config), launch, source_id, args.docs,
+             args.config if args.write else None)
     return 0
+
+
+def _preflight(cfg, launch, root, only: list[str] | None = None):
+    """Every check before a run writes anything, each one line: the device (and a sharding config it cannot run), the
+    run folder, the data source, the stages, the hub. -> (the launch resolved for the scale, the source's id)."""
+    launch.check_sharding(devices.check(launch.device))  # first of the checks that need this machine
+    store.check_run_dir(root)
+    data.check_source(cfg.data.source)
+    launch = launch.resolved(cfg.torch_threads)
+    graph.check(cfg, only, launch, graph.stage_folders(root))
+    hub.check_hub(cfg)
+    return launch, source.check(cfg)  # the last check: once the source passes, it is remembered in RUN_DIR/.cache
 
 
 def _dispatch(args) -> int:
@@ -165,15 +173,9 @@ def _dispatch(args) -> int:
     only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     if only is not None and not only:
         raise ConfigError("--stages is empty; give stage names separated by commas")
-    launch = graph.Launch(args.nproc, args.accelerate_config, args.device, args.workers)
-    launch.check_sharding(devices.check(launch.device))  # first of the checks that need this machine
     root = store.run_root(cfg.benchmark, cfg.scale, instance)
-    store.check_run_dir(root)
-    data.check_source(cfg.data.source)
-    launch = launch.resolved(cfg.torch_threads)
-    graph.check(cfg, only, launch, graph.stage_folders(root))
-    hub.check_hub(cfg)
-    source_id = source.check(cfg)  # the last check: once the source passes, it is remembered in RUN_DIR/.cache
+    launch, source_id = _preflight(cfg, graph.Launch(args.nproc, args.accelerate_config, args.device, args.workers),
+                                   root, only)
     log.info("benchmark %s, scale %s (choose another with --scale, or SCALE=... with make), seed %d; runs in %s",
              cfg.benchmark, cfg.scale, cfg.seed, root)
     root = graph.run(cfg, only, args.force, config_mod.protocol(args.benchmark, args.config), launch,

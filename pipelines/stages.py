@@ -12,7 +12,7 @@ import dataclasses
 import importlib.util
 from dataclasses import dataclass
 
-from core.config import SECTIONS, BenchmarkConfig
+from core.config import SECTIONS, BenchmarkConfig, note_fields
 from core.methods import METHODS, Method
 from core.methods import stages as method_stages
 
@@ -140,9 +140,9 @@ def stage_config(cfg: BenchmarkConfig, stage: Stage, protocol: dict | None = Non
     if stage.revision:
         config["revision"] = stage.revision
     config.update({name: cfg.section(name) for name in stage.sections})
-    if stage.name != "report":  # a method's `tuned` note is for the report: rewriting it retrains nothing
-        config.update({name: {k: v for k, v in section.items() if k != "tuned"} for name, section in config.items()
-                       if isinstance(section, dict) and "tuned" in section})
+    if stage.name != "report":  # notes (a method's `tuned`) are for the report: rewriting one retrains nothing
+        config.update({name: {k: v for k, v in config[name].items() if k not in note_fields(name)}
+                       for name in stage.sections})
     for section in config.values():  # pairs.sampler / eval.sampler: "auto" -> the sampler that will run
         if isinstance(section, dict) and section.get("sampler") == "auto":
             section["sampler"] = "vllm" if vllm_installed() else "hf"

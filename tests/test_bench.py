@@ -79,7 +79,7 @@ def test_a_runs_counted_flops_and_completions_by_hand():
     `epochs` steps."""
     from core.flops import Model, completions_generated, run_flops
 
-    model = Model({"n_layer": 2, "n_embd": 128, "vocab_size": 4096}, sequence=50.0)
+    model = Model({"n_layer": 2, "n_embd": 128, "vocab_size": 4096}, prompt=5.0, completion=45.0)
     assert model.lm == forward_flops_per_token(2, 128, 25.0, 4096)
     assert run_flops("pairs", {"tokens_trained": 1000}, {}, model, "dpo") == 3 * model.lm * 1000
     ppo = {"method": "ppo", "steps": 2, "tokens_generated": 300, "tokens_trained": 700}
