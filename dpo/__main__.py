@@ -25,7 +25,8 @@ the reference (r_w, r_l), the margin h = (s_w - r_w) - (s_l - r_l), and a bar fo
 each averaged over a batch. Each run starts from the SFT model, which is also the reference where there is one.
 dpo, ipo, slic and rdpo train in our pairs loop (dpo/loop.py) with the loss of dpo/loss.py, each pinned to TRL
 1.16's DPOTrainer on the same batch (tests/test_dpo_loss.py); at micro the loop's frontier is byte-identical to the
-one DPOTrainer gave (the same data order and steps). TRL's trainer cost 1.5x a step on the CPU here for metrics
+one DPOTrainer gave (the same data order and steps). TRL's trainer cost about 1.5x a step on the CPU (two runs,
+not one measurement: docs/implementation.md) for metrics
 this benchmark does not read (entropy and mean logits over the vocabulary, per token). The other losses train by
 their TRL trainer, handed the pairs as token ids (exactly what was sampled; each trainer re-tokenizes text
 otherwise), as does any other DPOTrainer loss_type a registry entry names (it gets the pairs' reference
