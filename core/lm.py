@@ -220,6 +220,41 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return target_logprobs(F.log_softmax(logits.float(), dim=-1), targets)
 
 
+class _TargetLogprob(torch.autograd.Function):
+    """log_softmax(logits)[target] per position, with a hand-written backward: one softmax pass (d/dlogits =
+    onehot(target) - softmax, times the incoming gradient). Autograd's log_softmax + gather computes the same, but
+    its backward writes a zero [B, T, V] tensor for the gather, then makes another pass for the log_softmax.
+    Math in fp32 whatever the logits' precision; the gradient in theirs."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, with_entropy: bool):
+        logp = F.log_softmax(logits.float(), dim=-1)  # one fused pass (logsumexp is several on the CPU)
+        ctx.save_for_backward(logp, targets)
+        ctx.dtype = logits.dtype
+        # a metric: no gradient flows through it
+        entropy = -(logp.exp() * logp).sum(-1) if with_entropy else logp.new_zeros(logp.shape[:-1])
+        ctx.mark_non_differentiable(entropy)
+        return torch.gather(logp, -1, targets[..., None]).squeeze(-1), entropy
+
+    @staticmethod
+    def backward(ctx, grad_out, _):
+        logp, targets = ctx.saved_tensors
+        grad = torch.exp(logp).mul_(-grad_out[..., None])  # - softmax x g
+        grad.scatter_add_(-1, targets[..., None], grad_out[..., None])  # + onehot x g
+        return grad.to(ctx.dtype), None, None
+
+
+def next_token_logprobs(logits: torch.Tensor, ids: torch.Tensor, entropy: bool = False):
+    """log p(ids[:, t + 1] | ids[:, :t + 1]) at each position t from the model's logits over the whole sequence
+    (fp32), without slicing the logits (a slice's backward writes another [B, T, V] tensor); equal to
+    token_logprobs(logits[:, :-1], ids[:, 1:]), its gradient up to float rounding. With entropy, also the
+    entropy of each position's next-token distribution (no gradient).
+    logits [B, T, V], ids [B, T] -> [B, T-1] (and [B, T-1])."""
+    targets = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1)  # the last position predicts past the sequence: cut below
+    logp, ent = _TargetLogprob.apply(logits, targets, entropy)
+    return (logp[:, :-1], ent[:, :-1]) if entropy else logp[:, :-1]
+
+
 def kl_of_logprobs(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """sum_v p(v) (log p(v) - log q(v)) at each position, from full-vocabulary log-probs. [B, T, V] x2 -> [B, T]."""
     return (logp.exp() * (logp - logq)).sum(-1)
@@ -235,8 +270,8 @@ def completion_logprobs(model, prompts, completions, pad_id: int, batch_size: in
     for j in range(0, len(prompts), batch_size):
         ids, attn, resp = completion_batch(prompts[j : j + batch_size], completions[j : j + batch_size], pad_id, dev)
         with autocast(dev) if training_precision else torch.autocast(dev.type, enabled=False):
-            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
-        out.append((token_logprobs(logits, ids[:, 1:]) * resp).sum(1).cpu())
+            logits = model(input_ids=ids, attention_mask=attn).logits
+        out.append((next_token_logprobs(logits, ids) * resp).sum(1).cpu())
     return torch.cat(out)
 
 

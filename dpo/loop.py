@@ -29,8 +29,7 @@ def completion_token_logps(model, prompts, completions, pad_id: int):
     """log pi of every completion token, with its mask. -> ([B, T-1], [B, T-1]) on the model's device."""
     dev = next(model.parameters()).device
     ids, attn, resp = lm.completion_batch(prompts, completions, pad_id, dev)
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
-    return lm.token_logprobs(logits, ids[:, 1:]), resp.float()
+    return lm.next_token_logprobs(model(input_ids=ids, attention_mask=attn).logits, ids), resp.float()
 
 
 @torch.no_grad()

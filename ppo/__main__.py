@@ -23,7 +23,6 @@ import random
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from core import job as jobs
 from core import dist, lm
@@ -66,12 +65,8 @@ class ValueModel(torch.nn.Module):
 def forward_policy(policy, ids, attn, want_hidden: bool, want_entropy: bool = True):
     """Per-position log-prob of the next token and the entropy there. -> ([B, T-1], [B, T-1] or None, hidden)."""
     out = policy(input_ids=ids, attention_mask=attn, output_hidden_states=want_hidden)
-    logp_all = F.log_softmax(out.logits[:, :-1].float(), dim=-1)
-    logp = torch.gather(logp_all, 2, ids[:, 1:, None]).squeeze(-1)
-    entropy = None
-    if want_entropy:
-        with torch.no_grad():
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
+    logp, entropy = lm.next_token_logprobs(out.logits, ids, entropy=True) if want_entropy else \
+        (lm.next_token_logprobs(out.logits, ids), None)
     return logp, entropy, out.hidden_states[-1] if want_hidden else None
 
 

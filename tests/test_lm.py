@@ -168,3 +168,24 @@ def test_reference_logprobs_are_fp32_whatever_the_training_precision():
         training = lm.completion_logprobs(model, prompts, comps, pad_id=0, batch_size=2, training_precision=True)
     assert torch.equal(reference, fp32)
     assert not torch.equal(training, fp32) and torch.allclose(training, fp32, atol=0.2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_next_token_logprobs_and_their_gradient_are_log_softmax_and_gather(dtype):
+    """The fused log-prob (hand-written backward: onehot - softmax) against autograd through log_softmax, gather and
+    the [:, :-1] shift it replaces, on random logits and an arbitrary upstream gradient: the values exactly, the
+    gradient to float rounding; the entropy is the next-token distribution's, checked by its definition."""
+    torch.manual_seed(0)
+    logits = (torch.randn(3, 9, 40) * 4).to(dtype).requires_grad_()
+    ids, upstream = torch.randint(0, 40, (3, 9)), torch.randn(3, 8)
+    fused, entropy = lm.next_token_logprobs(logits, ids, entropy=True)
+    (fused * upstream).sum().backward()
+    grad, logits.grad = logits.grad.clone(), None
+    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+    plain = torch.gather(logp, 2, ids[:, 1:, None]).squeeze(-1)
+    (plain * upstream).sum().backward()
+    assert fused.dtype == torch.float32 and torch.equal(fused, plain) and grad.dtype == dtype
+    assert torch.allclose(grad.float(), logits.grad.float(), atol=1e-6 if dtype == torch.float32 else 1e-2)
+    by_hand = -(logp.exp() * logp).sum(-1)
+    assert not entropy.requires_grad and torch.allclose(entropy, by_hand.detach())
+    assert torch.equal(lm.next_token_logprobs(logits, ids), fused)
