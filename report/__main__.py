@@ -143,14 +143,21 @@ def samples_table(frontier: Frontier, samples: dict, n: int) -> tuple[list[str],
     return ["prompt", "method", "completion", "reward"], body
 
 
-def checks_table(rows: list[dict], runs: dict[str, list[dict]], covered: dict, rm_accuracy: float | None
+def rm_accuracies(rm_metrics: dict) -> list[float | None]:
+    """The reward model's held-out pair accuracy, one per training seed where each seed trained its own
+    (reseed_shared), else the one model's (a list of one)."""
+    return [m.get("heldout_pair_accuracy") for m in rm_metrics.get("per_seed") or [rm_metrics]]
+
+
+def checks_table(rows: list[dict], runs: dict[str, list[dict]], covered: dict, rm_accuracy: list[float | None]
                  ) -> tuple[list[str], list[list[str]]]:
     """Does each run do what it was set to? PPO: its last checkpoint's exact KL (test prompts) against its target
     (a run that misses it by more than 25% is flagged); DPO: the held-out DPO loss over its checkpoints (flagged
     when it rises: above log 2 alone is not a failure, the spread of per-pair margins adds beta^2 var / 8 to it);
     every method: whether its checkpoints cover each budget it is compared at (at every seed: one within KL <= b
     and one at or beyond b; the verdict compares it only there); DPO and its TRL relatives: held-out loss and
-    implicit-reward accuracy by checkpoint beside the reward model's held-out accuracy on the same kind of pairs;
+    implicit-reward accuracy by checkpoint beside the held-out accuracy of the reward model trained on the run's
+    own pairs (rm_accuracy: one per seed, or one for all);
     Unlikelihood (both forms): the size of its term (alpha x the rejected tokens' mean log p, or mean -log(1 - p)),
     beside the whole loss, and the held-out rejected and chosen completions' log p per token by checkpoint (what
     minimising the rejected likelihood does)."""
@@ -172,7 +179,8 @@ def checks_table(rows: list[dict], runs: dict[str, list[dict]], covered: dict, r
                                    for h in curve)
             start = " (log 2 = 0.693 at the start)" if method == "dpo" else ""
             body.append([run_label(method, run["run"]), f"held-out {label(method)} loss by checkpoint {losses}{start}, "
-                         f"implicit-reward accuracy {accuracy} (the reward model's: {fmt(rm_accuracy, 2)})",
+                         f"implicit-reward accuracy {accuracy} (the reward model's on these pairs: "
+                         f"{fmt(rm_accuracy[run['seed'] if len(rm_accuracy) > 1 else 0], 2)})",
                          "yes" if len(curve) < 2 or curve[-1]["loss"] < curve[0]["loss"] else
                          "NO: the held-out loss rises"])
     for method, run in ((m, run) for m in METHODS for run in runs.get(m, []) if "unlikelihood_term" in run):
@@ -211,6 +219,10 @@ def build(job) -> list[tuple]:
             runs.setdefault(r["method"], []).append(r)
     samples = json.loads((inputs["eval"] / "samples.json").read_text())
     pairs, gt, rm = manifests["pairs"]["metrics"], manifests["ground_truth"]["metrics"], manifests["reward_model"]["metrics"]
+    by_seed = " (seed 0 / 1 / ...: each trained its own)" if rm.get("per_seed") else ""
+
+    def per_seed(key: str) -> str:  # the reward model's diagnostic, every seed's where each seed trained one
+        return " / ".join(fmt(m.get(key)) for m in rm.get("per_seed") or [rm])
     plot_overoptimisation(rows, job.out / "overoptimisation", pairs["sft_reward_mean"], pairs["sft_reward_std"])
     pairs_tokens = round(pairs["prompts"] * job.config["pairs"]["samples_per_prompt"] * pairs["mean_completion_tokens"])
     ev, seeds = job.config["eval"], max(frontier.seeds(m) for m in frontier.methods)  # what the data hold
@@ -262,12 +274,13 @@ def build(job) -> list[tuple]:
               "that falls over its checkpoints), and each method's coverage: its checkpoints must hold one within "
               "each KL budget and one at or beyond it at every seed, or it is not compared there (a method stopped "
               "below a budget would be measured at where its training ended)."),
-        ("table", *checks_table(rows, runs, covered, rm.get("heldout_pair_accuracy"))),
+        ("table", *checks_table(rows, runs, covered, rm_accuracies(rm))),
         ("p", tuning_line(job.config, list(runs), job.scale)),
         ("h2", "Reward model and ground truth"),
         ("table", ["diagnostic", "value"], [
-            ["reward model: held-out pair accuracy", fmt(rm.get("heldout_pair_accuracy"))],
-            ["reward model: Spearman correlation with the ground truth", fmt(rm.get("spearman_with_ground_truth"))],
+            ["reward model: held-out pair accuracy" + by_seed, per_seed("heldout_pair_accuracy")],
+            ["reward model: Spearman correlation with the ground truth" + by_seed,
+             per_seed("spearman_with_ground_truth")],
             ["ground truth: held-out accuracy (full reviews)", fmt(gt.get("heldout_accuracy"))],
             ["ground truth: held-out accuracy (first words only)", fmt(gt.get("heldout_accuracy_prefix"))],
             ["pairs: labelled pairs (ties dropped)", f"{pairs['pairs']:,} ({pairs.get('ties_dropped', 0)})"],

@@ -314,6 +314,13 @@ def test_every_method_another_seed_and_reseed_shared(micro_run, tmp_path):
     assert float(bon[16]["reward"]) > float(bon[1]["reward"])  # choosing by the ground truth raises it
     per_method = md[md.index("## Per method"):]
     assert all(f"| {label(m)} |" in per_method for m in METHODS)
+    rm = [m["heldout_pair_accuracy"] for m in
+          json.loads((root / "reward_model" / "manifest.json").read_text())["metrics"]["per_seed"]]
+    assert f"| reward model: held-out pair accuracy (seed 0 / 1 / ...: each trained its own) | {rm[0]:.3f} / " \
+           f"{rm[1]:.3f} |" in md
+    for k in (0, 1):  # each DPO run's implicit-reward accuracy beside its own seed's reward model
+        row = next(line for line in md.splitlines() if line.startswith(f"| dpo-beta0.1-seed{k} | held-out"))
+        assert f"(the reward model's on these pairs: {rm[k]:.2f})" in row
     from bench.flops import stage_flops  # each seed's SFT model, pairs and reward model counted: twice one seed's
 
     counted, sft = stage_flops(root), json.loads((root / "sft" / "manifest.json").read_text())
