@@ -200,6 +200,8 @@ class PPOConfig:
     lam: float = spec(0.95, ge=0, le=1, help="GAE lambda")
     max_new_tokens: int = spec(gt=0, help="tokens sampled per rollout (temperature 1, top_k 0, top_p 1)")
     eval_every: int = spec(gt=0, help="keep a checkpoint for evaluation every this many PPO steps")
+    early_checkpoints: list[int] = spec([], gt=0, help="also keep a checkpoint at these steps (a run's first steps: "
+                                                       "its path below the lowest KL budget)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -248,7 +248,7 @@ def train_run(method: str, target_kl: float, seed: int, cfg, job, prompts, token
         eta = run.elapsed() / step * (cfg.steps - step)
         log.info("%s step %d/%d: score %.3f, KL %.2f, coef %.3f, entropy %.2f, clipfrac %.2f (ETA %.0fs)",
                  run.label, step, cfg.steps, row["score"], seq_kl, coef, row["entropy"], row["clipfrac"], eta)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if step % cfg.eval_every == 0 or step == cfg.steps or step in cfg.early_checkpoints:
             run.save(state, policy, resumable)
     if dist.is_main():
         (run.folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state.history))
