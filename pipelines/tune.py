@@ -226,7 +226,7 @@ def write_choice(path: Path, benchmark: str, scale: str, stage: str, chosen, how
         for key, value in items.items():
             new = f"{key} = {_literal(value)}"
             found = next((i for i in range(start + 1, end) if re.match(rf"\s*{re.escape(key)}\s*=", lines[i])), None)
-            note = "kept as it was before tuning [dpo]" if table != stage else f"docs/tuning-{scale}.md"
+            note = f"kept as it was before tuning [{stage}]" if table != stage else f"docs/tuning-{scale}.md"
             if found is None:
                 lines.insert(start + 1, f"{new}  # {note}" if key != "tuned" else new)
                 end += 1

@@ -124,10 +124,14 @@ def test_methods_choose_the_stages_and_the_relatives_take_dpos_settings():
     only_gt = config.with_methods(cfg, ["dpo", "ppo-gt"])
     assert graph.stage_config(only_gt, graph.stages(only_gt)["ppo"])["methods"] == ["ppo-gt"]
     assert "unlikelihood" not in graph.stages(only_gt)
-    trained = ("optimizer", "learning_rate", "warmup_steps", "batch_size", "max_steps", "eval_every")
-    assert all(getattr(cfg.rdpo, k) == getattr(cfg.dpo, k) for k in (*trained, "betas", "learning_rates"))
+    trained = ("optimizer", "warmup_steps", "batch_size", "max_steps", "eval_every")
+    assert all(getattr(cfg.rdpo, k) == getattr(cfg.dpo, k) for k in (*trained, "betas"))
     assert cfg.ipo.betas != cfg.dpo.betas and cfg.ipo.learning_rates == []  # its own sweep: not DPO's rates
     assert all(getattr(cfg.ipo, k) == getattr(cfg.dpo, k) for k in trained)
+    # rates too, where [dpo]'s were not tuned (tiny writes out the relatives' rates as they were before tuning)
+    paper = config.load("imdb-sentiment", "paper")
+    assert all(getattr(paper.rdpo, k) == getattr(paper.dpo, k) for k in ("learning_rate", "learning_rates"))
+    assert cfg.rdpo.learning_rates == [2 * r for r in cfg.dpo.learning_rates] and cfg.ipo.learning_rate == 2e-4
     assert all(getattr(cfg.slic, k) == getattr(cfg.dpo, k) for k in trained)
 
 

@@ -5,7 +5,7 @@ import tomllib
 
 import pytest
 
-from helpers import BASE_TOML, ROOT, cli
+from helpers import BASE_TOML, ROOT, cli, write_config
 from pipelines import config, tune
 from pipelines.config import ConfigError
 
@@ -50,7 +50,15 @@ def test_the_page_keeps_other_methods_sections_and_the_choice_is_written_in_plac
     page = tune.tuning_page(page, record)  # tuned again: replaced, not added
     assert page.count("## dpo") == 1 and page.count("## ppo") == 1 and page.count("| 0.5 | x0.5 | 1 | 0.500 (4.00) |") == 2
     path = tmp_path / "benchmarks.toml"
-    path.write_text(BASE_TOML)
+    untuned = tomllib.loads(BASE_TOML)  # tiny as before any tuning: the relatives take [dpo]'s / [unlikelihood]'s rates
+    tiny = untuned["imdb-sentiment"]["scales"]["tiny"]
+    for relative in ("ipo", "slic", "rdpo", "cpo", "kto", "unlikelihood_token"):
+        for key in ("learning_rate", "learning_rates"):
+            if key != "learning_rates" or relative not in ("ipo", "slic"):  # their own (empty) lists stay
+                tiny.get(relative, {}).pop(key, None)
+    write_config(path, None, untuned)
+    path.write_text(path.read_text().replace("[imdb-sentiment.scales.tiny.dpo]\n",  # a comment to keep beside a value
+                                             "[imdb-sentiment.scales.tiny.dpo]\n# the rates\n"))
     cfg = config.load("imdb-sentiment", "tiny", path)
     keep = tune.inheriting_rates(cfg, "dpo")
     assert keep["kto"] == {"learning_rate": cfg.dpo.learning_rate, "learning_rates": cfg.dpo.learning_rates}
@@ -63,7 +71,12 @@ def test_the_page_keeps_other_methods_sections_and_the_choice_is_written_in_plac
     assert after.rloo.learning_rate == cfg.rloo.learning_rate * 0.5 and after.ppo == cfg.ppo  # nothing else moved
     assert after.dpo.tuned == 'x2 "of" 3' and after.ipo.tuned == "" and after.rloo.tuned == ""  # never inherited
     assert all(getattr(after, m) == getattr(cfg, m) for m in ("ipo", "slic", "rdpo", "kto", "cpo"))  # relatives kept
-    assert "# docs/tuning-tiny.md (was: [2e-4, 2e-4, 5e-5, 1e-5])" in path.read_text()  # what it replaced
+    new = f"learning_rates = {tune._literal(after.dpo.learning_rates)}  # docs/tuning-tiny.md (was: ["  # and what it
+    assert sum(line.startswith(new) for line in path.read_text().splitlines()) == 1                   # replaced
+    pinned = tune.inheriting_rates(cfg, "unlikelihood")  # Welleck's form takes [unlikelihood]'s rate
+    tune.write_choice(path, "imdb-sentiment", "tiny", "unlikelihood", tune.trial_config(cfg, "unlikelihood", 0.5), "",
+                      pinned)
+    assert pinned and "# kept as it was before tuning [unlikelihood]" in path.read_text()
     dotted = tmp_path / "dotted.toml"  # a scale name with a dot is a quoted key in a header
     dotted.write_text(BASE_TOML.replace("[imdb-sentiment.scales.micro", '[imdb-sentiment.scales."v1.5"')
                       .replace('base_scale = "micro"', 'base_scale = "v1.5"'))
