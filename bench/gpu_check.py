@@ -23,7 +23,7 @@ SHORT = {  # appended to the chosen scale: every stage, a few steps
     "dpo": {"betas": [0.1], "learning_rates": [], "max_steps": 40, "eval_every": 20},
     "unlikelihood": {"alphas": [0.5], "max_steps": 20, "eval_every": 20},
     "preferred_ft": {"max_steps": 20, "eval_every": 20},
-    "ppo": {"target_kls": [6.0], "init_kl_coefs": [], "steps": 4, "eval_every": 4},
+    "ppo": {"target_kls": [6.0], "init_kl_coefs": [], "steps": 4, "eval_every": 4, "early_checkpoints": []},
     "eval": {"prompts": 256},
 }
 

@@ -50,7 +50,7 @@ def tiny_ppo_config(beta: float, steps: int):
 
     cfg = load("imdb-sentiment", "tiny")
     return cfg, replace(cfg.ppo, target_kls=[1.0], kl_control="fixed", init_kl_coef=beta,
-                        init_kl_coefs=[], steps=steps, eval_every=steps)  # no per-target starts: beta is the coefficient
+                        init_kl_coefs=[], steps=steps, eval_every=steps, early_checkpoints=[])  # no per-target starts: beta is the coefficient
 
 
 def train_prompts(cfg, n: int, tokenizer):

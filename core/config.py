@@ -382,6 +382,9 @@ class BenchmarkConfig:
                     one = {"target_kls": "target"}.get(runs, runs.rstrip("s"))
                     raise ConfigError(f"{name}.{key} has {given} values for {wanted} {runs}; allowed: one per {one}, "
                                       f"or none")
+        if any(step > self.ppo.steps for step in self.ppo.early_checkpoints):
+            raise ConfigError(f"ppo.early_checkpoints {self.ppo.early_checkpoints} has a step past ppo.steps "
+                              f"({self.ppo.steps}); allowed: steps 1 to {self.ppo.steps}")
         if self.ppo.rollouts_per_step % self.ppo.minibatch_size:
             raise ConfigError(f"ppo.minibatch_size ({self.ppo.minibatch_size}) must divide ppo.rollouts_per_step "
                               f"({self.ppo.rollouts_per_step})")

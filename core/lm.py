@@ -237,6 +237,7 @@ class _TargetLogprob(torch.autograd.Function):
         return torch.gather(logp, -1, targets[..., None]).squeeze(-1), entropy
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, _):
         logp, targets = ctx.saved_tensors
         grad = torch.exp(logp).mul_(-grad_out[..., None])  # - softmax x g

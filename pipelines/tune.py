@@ -133,7 +133,9 @@ def run(cfg, method: str, scales: tuple[float, ...], protocol: dict, launch, sou
 
 def inheriting_rates(cfg, stage: str) -> dict:
     """The sections that take `stage`'s learning rate(s) (core.methods inherits: the relatives of [dpo] that set
-    none of their own), with those rates: written out as they are, so tuning DPO does not move IPO or KTO."""
+    none of their own), with those rates: written out as they are, so tuning DPO does not move IPO or KTO. A
+    per-run list of rates goes with the runs it was set for (the betas too), so it cannot meet another sweep."""
+    from core.config import sweep_lists
     from core.methods import inherits
 
     parent = getattr(cfg, stage)
@@ -142,6 +144,9 @@ def inheriting_rates(cfg, stage: str) -> dict:
         section = getattr(cfg, child, None)
         if of == stage and section is not None:
             same = {k: getattr(section, k) for k in rate_keys(parent) if getattr(section, k, None) == getattr(parent, k)}
+            runs, per_run = sweep_lists(child)
+            if runs and any(k in per_run for k in same):
+                same[runs] = getattr(section, runs)
             if same:
                 out[child] = same
     return out

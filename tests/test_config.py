@@ -73,6 +73,8 @@ BAD = [
     ("[imdb-sentiment.scales.bad.rdpo]\nlabel_smoothing = 0.5", "rdpo.label_smoothing = 0.5: must be > 0 and <= 0.49"),
     ("[imdb-sentiment.scales.bad.best_of_n]\nns = [1, 128]", "best_of_n.ns has N = 128 > best_of_n.samples = 64"),
     ("[imdb-sentiment.scales.bad.best_of_n]\nns = [0]", "best_of_n.ns[0] = 0: must be > 0"),
+    ("[imdb-sentiment.scales.bad.ppo]\nearly_checkpoints = [2, 300]", "ppo.early_checkpoints [2, 300] has a step past "
+     "ppo.steps (100); allowed: steps 1 to 100"),
 ]
 
 
@@ -131,7 +133,8 @@ def test_methods_choose_the_stages_and_the_relatives_take_dpos_settings():
     # rates too, where [dpo]'s were not tuned (tiny writes out the relatives' rates as they were before tuning)
     paper = config.load("imdb-sentiment", "paper")
     assert all(getattr(paper.rdpo, k) == getattr(paper.dpo, k) for k in ("learning_rate", "learning_rates"))
-    assert cfg.rdpo.learning_rates == [2 * r for r in cfg.dpo.learning_rates] and cfg.ipo.learning_rate == 2e-4
+    for relative in (cfg.rdpo, cfg.cpo, cfg.kto):  # tiny writes them out: rates and the betas they were set for
+        assert len(relative.learning_rates) == len(relative.betas) == len(cfg.dpo.betas)
     assert all(getattr(cfg.slic, k) == getattr(cfg.dpo, k) for k in trained)
 
 

@@ -53,15 +53,16 @@ def test_the_page_keeps_other_methods_sections_and_the_choice_is_written_in_plac
     untuned = tomllib.loads(BASE_TOML)  # tiny as before any tuning: the relatives take [dpo]'s / [unlikelihood]'s rates
     tiny = untuned["imdb-sentiment"]["scales"]["tiny"]
     for relative in ("ipo", "slic", "rdpo", "cpo", "kto", "unlikelihood_token"):
-        for key in ("learning_rate", "learning_rates"):
-            if key != "learning_rates" or relative not in ("ipo", "slic"):  # their own (empty) lists stay
+        for key in ("learning_rate", "learning_rates", "betas"):
+            if key == "learning_rate" or relative not in ("ipo", "slic"):  # their own sweeps stay
                 tiny.get(relative, {}).pop(key, None)
     write_config(path, None, untuned)
     path.write_text(path.read_text().replace("[imdb-sentiment.scales.tiny.dpo]\n",  # a comment to keep beside a value
                                              "[imdb-sentiment.scales.tiny.dpo]\n# the rates\n"))
     cfg = config.load("imdb-sentiment", "tiny", path)
     keep = tune.inheriting_rates(cfg, "dpo")
-    assert keep["kto"] == {"learning_rate": cfg.dpo.learning_rate, "learning_rates": cfg.dpo.learning_rates}
+    assert keep["kto"] == {"learning_rate": cfg.dpo.learning_rate, "learning_rates": cfg.dpo.learning_rates,
+                           "betas": cfg.dpo.betas}  # the rates with the runs they were set for
     assert "learning_rates" not in keep["ipo"]  # its own (empty) list: not DPO's
     tune.write_choice(path, "imdb-sentiment", "tiny", "dpo", tune.trial_config(cfg, "dpo", 2.0), 'x2 "of" 3', keep)
     tune.write_choice(path, "imdb-sentiment", "tiny", "rloo", tune.trial_config(cfg, "rloo", 0.5))
