@@ -115,7 +115,9 @@ def tuning_line(config: dict, methods: list[str], scale: str) -> str:
     return ("Settings: " + (f"learning rates chosen on the tune split: {'; '.join(done)}. " if done else "") +
             (f"Not tuned on the tune split (settings from earlier sessions, some chosen on test prompts): "
              f"{', '.join(not_done)}; `python -m pipelines tune` chooses them (docs/tuning-{scale}.md)."
-             if not_done else "every method's learning rate was chosen there."))
+             if not_done else "Every method's learning rate was chosen there.") +
+            " The command tunes learning rates only: other settings (PPO's start coefficients, DPO's per-beta rule) "
+            f"are earlier sessions' (docs/protocol.md).")
 
 
 def protocol_table(protocol: dict, config: dict) -> tuple[list[str], list[list[str]]]:

@@ -130,4 +130,6 @@ def test_the_report_says_which_methods_were_tuned_on_the_tune_split():
                               "tiny")
     assert "chosen on the tune split: DPO (x1 of x0.5, x1, x2)" in line and "Not tuned on the tune split" in line
     assert "PPO, PPO-GT;" in line and "docs/tuning-tiny.md" in line
-    assert "every method" in report.tuning_line({"dpo": {"tuned": "x1"}}, ["dpo"], "tiny")
+    every = report.tuning_line({"dpo": {"tuned": "x1"}}, ["dpo"], "tiny")
+    assert "Every method's learning rate was chosen there." in every
+    assert "learning rates only: other settings (PPO's start coefficients" in every  # what tuning did not choose
