@@ -42,8 +42,6 @@ def config_text(scale: str) -> str:
     for section, table in tomllib.loads(base)["imdb-sentiment"]["scales"][scale].items():
         if isinstance(table, dict):
             merged = {**table, **SHORT.get(section, {})}
-            if "learning_rates" in table and section not in SHORT:  # a relative's own per-beta list (tiny pins the
-                merged["learning_rates"] = []                        # rates [dpo] had before tuning): one beta here
             extra.append(f"[imdb-sentiment.scales.gpucheck.{section}]\n"
                          + "".join(f"{k} = {toml_value(v)}\n" for k, v in merged.items()))
     return base + "\n" + "\n".join(extra)

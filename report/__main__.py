@@ -117,7 +117,7 @@ def tuning_line(config: dict, methods: list[str], scale: str) -> str:
              f"{', '.join(not_done)}; `python -m pipelines tune` chooses them (docs/tuning-{scale}.md)."
              if not_done else "Every method's learning rate was chosen there.") +
             " The command tunes learning rates only: other settings (PPO's start coefficients, DPO's per-beta rule) "
-            f"are earlier sessions' (docs/protocol.md).")
+            "are earlier sessions' (docs/protocol.md).")
 
 
 def protocol_table(protocol: dict, config: dict) -> tuple[list[str], list[list[str]]]:
@@ -145,10 +145,10 @@ def samples_table(frontier: Frontier, samples: dict, n: int) -> tuple[list[str],
     return ["prompt", "method", "completion", "reward"], body
 
 
-def rm_accuracies(rm_metrics: dict) -> list[float | None]:
-    """The reward model's held-out pair accuracy, one per training seed where each seed trained its own
-    (reseed_shared), else the one model's (a list of one)."""
-    return [m.get("heldout_pair_accuracy") for m in rm_metrics.get("per_seed") or [rm_metrics]]
+def reward_models(rm_metrics: dict) -> list[dict]:
+    """The reward model's metrics, one per training seed where each seed trained its own (reseed_shared), else the
+    one model's (a list of one)."""
+    return rm_metrics.get("per_seed") or [rm_metrics]
 
 
 def checks_table(rows: list[dict], runs: dict[str, list[dict]], covered: dict, rm_accuracy: list[float | None]
@@ -224,7 +224,7 @@ def build(job) -> list[tuple]:
     by_seed = " (seed 0 / 1 / ...: each trained its own)" if rm.get("per_seed") else ""
 
     def per_seed(key: str) -> str:  # the reward model's diagnostic, every seed's where each seed trained one
-        return " / ".join(fmt(m.get(key)) for m in rm.get("per_seed") or [rm])
+        return " / ".join(fmt(m.get(key)) for m in reward_models(rm))
     plot_overoptimisation(rows, job.out / "overoptimisation", pairs["sft_reward_mean"], pairs["sft_reward_std"])
     pairs_tokens = round(pairs["prompts"] * job.config["pairs"]["samples_per_prompt"] * pairs["mean_completion_tokens"])
     ev, seeds = job.config["eval"], max(frontier.seeds(m) for m in frontier.methods)  # what the data hold
@@ -276,7 +276,7 @@ def build(job) -> list[tuple]:
               "that falls over its checkpoints), and each method's coverage: its checkpoints must hold one within "
               "each KL budget and one at or beyond it at every seed, or it is not compared there (a method stopped "
               "below a budget would be measured at where its training ended)."),
-        ("table", *checks_table(rows, runs, covered, rm_accuracies(rm))),
+        ("table", *checks_table(rows, runs, covered, [m.get("heldout_pair_accuracy") for m in reward_models(rm)])),
         ("p", tuning_line(job.config, list(runs), job.scale)),
         ("h2", "Reward model and ground truth"),
         ("table", ["diagnostic", "value"], [
