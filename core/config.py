@@ -169,6 +169,8 @@ class RewardModelConfig:
 @dataclass(frozen=True, kw_only=True)
 class PPOConfig:
     tuned: str = tuned_spec()
+    starts_tuned: str = spec("", note=True, help="how init_kl_coefs were chosen on the tune split, written by `python -m "
+                             "pipelines tune --setting starts --write` (docs/tuning-<scale>.md); empty: not tuned there")
     target_kls: list[float] = spec(gt=0, nonempty=True, help="one run per method and target sequence KL",
                                    sweep="runs")
     kl_control: str = spec("adaptive", choices=("adaptive", "fixed"), help="Ziegler et al.'s controller, or fixed")

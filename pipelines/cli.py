@@ -72,8 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("benchmark")
     t.add_argument("--scale", help="named scale (default: the benchmark's default_scale)")
     t.add_argument("--method", required=True, help="the method to tune (docs/methods.md)")
+    t.add_argument("--setting", default="lr",
+                   help="what the trials scale: lr (the method's learning rate(s), the choice the highest front area) "
+                        "or starts (PPO's init_kl_coefs, per target the nearest landing); default lr")
     t.add_argument("--scales", default=",".join(f"{x:g}" for x in tune.DEFAULT_SCALES),
-                   help="the trials: the method's learning rate(s) times each of these (default 0.5,1,2)")
+                   help="the trials: the setting times each of these (default 0.5,1,2)")
     t.add_argument("--docs", type=Path, default=REPO_DOCS, help="where tuning-<scale>.md is written (default: docs/)")
     t.add_argument("--write", action="store_true", help="also write the chosen rate(s) into the benchmarks file")
     t.add_argument("--workers", type=int, default=_env_int("PIPELINES_WORKERS"),
@@ -120,11 +123,11 @@ def _tune(args) -> int:
         raise ConfigError(f"tune --scales {args.scales!r}: allowed: positive numbers separated by commas, e.g. "
                           f"0.5,1,2") from None
     cfg = config_mod.load(args.benchmark, args.scale, args.config)
-    tune.check(cfg, args.method, scales)
+    tune.check(cfg, args.method, scales, args.setting)
     root = store.run_root(cfg.benchmark, f"{cfg.scale}-tune")
     launch, source_id = _preflight(cfg, graph.Launch(workers=args.workers), root)
     tune.run(cfg, args.method, scales, config_mod.protocol(args.benchmark, args.config), launch, source_id, args.docs,
-             args.config if args.write else None)
+             args.config if args.write else None, args.setting)
     return 0
 
 

@@ -8,6 +8,11 @@ pairs and reward model shared by the trials, in <scale>-tune/shared/), evaluated
 chosen on its select half, measured on its other half, as the report does on the test prompts. The choice is the
 trial with the highest front area (the verdict's own measure, KL 0 to report.area_max_kl).
 
+`--setting starts` tunes PPO's other per-scale setting the same way: its step-0 KL coefficients (init_kl_coefs, one
+per target KL) times each of `scales`, and for each target the trial whose last checkpoint lands nearest it (the
+tune split's exact KL over the target, on a log scale): the starts exist so that each run reaches its target within
+its few steps (docs/kl-control.md), so where it lands is their measure. A user reruns it on another machine.
+
 Every trial (setting, training seconds, tune reward at each KL budget, front area) goes to <docs>/tuning-<scale>.md,
 one section per method, replaced when the method is tuned again; --write puts the chosen rate(s) into the
 benchmarks file's table of the scale and method.
@@ -33,6 +38,7 @@ from .config import read_toml
 log = logging.getLogger("pipelines")
 SHARED = ("sft", "ground_truth", "pairs", "reward_model")  # the trials' common upstream
 DEFAULT_SCALES = (0.5, 1.0, 2.0)
+SETTINGS = {"lr": "tuned", "starts": "starts_tuned"}  # what a trial scales -> the section's note of its choice
 
 
 def rate_keys(section) -> list[str]:
@@ -40,13 +46,21 @@ def rate_keys(section) -> list[str]:
     return [k for k in ("learning_rate", "learning_rates") if getattr(section, k, None)]
 
 
-def trial_config(cfg, method: str, scale: float):
+def starts(section) -> list[float]:
+    """PPO's step-0 KL coefficient for each target, in target_kls' order (init_kl_coef where no list is given)."""
+    return list(section.init_kl_coefs) or [section.init_kl_coef] * len(section.target_kls)
+
+
+def trial_config(cfg, method: str, scale: float, setting: str = "lr"):
     """cfg for one trial: that method alone, one training seed, evaluated on the tune split, its learning rate(s)
-    times scale."""
+    (setting "lr") or its start coefficients ("starts") times scale."""
     stage = METHODS[method].stage
     section = getattr(cfg, stage)
-    scaled = {k: (getattr(section, k) * scale if k == "learning_rate" else [r * scale for r in getattr(section, k)])
-              for k in rate_keys(section)}
+    if setting == "starts":
+        scaled = {"init_kl_coefs": [c * scale for c in starts(section)]}
+    else:
+        scaled = {k: (getattr(section, k) * scale if k == "learning_rate" else [r * scale for r in getattr(section, k)])
+                  for k in rate_keys(section)}
     return dataclasses.replace(cfg, methods=[method], seeds=1, **{
         stage: dataclasses.replace(section, **scaled),
         "eval": dataclasses.replace(cfg.eval, prompt_split="tune")})
@@ -73,35 +87,61 @@ def trial_measures(frontier: list[dict], method: str, budgets: list[float], max_
     return out
 
 
+def landing(frontier: list[dict], method: str) -> dict[float, float]:
+    """Each run's last checkpoint: its exact KL over every tune prompt (both halves, weighted by their prompts) over
+    its target. -> {target: ratio}."""
+    last = {}
+    for r in frontier:
+        if r["method"] == method and r["split"] in ("select", "test"):
+            key = (float(r["param"]), r["split"])
+            if key not in last or int(r["step"]) > int(last[key]["step"]):
+                last[key] = r
+    out = {}
+    for t in sorted({target for target, _ in last}):
+        halves = [r for (u, _), r in last.items() if u == t]
+        n = [float(r.get("n") or 1) for r in halves]
+        out[t] = sum(w * float(r["kl"]) for w, r in zip(n, halves)) / sum(n) / t
+    return out
+
+
 def run_trial(cfg, method: str, stage: str, scale: float, root: Path, shared: dict, protocol: dict, launch,
-              source_id: str | None) -> dict:
-    """One trial (kept when finished: graph.run skips what is up to date), and what it measured on the tune split."""
-    trial = trial_config(cfg, method, scale)
-    folder = root / method / f"lr-x{scale:g}"
-    log.info("tune %s: trial lr x%g (%s) in %s", method, scale, rates_text(getattr(trial, stage)), folder)
+              source_id: str | None, setting: str = "lr") -> dict:
+    """One trial (kept when finished: graph.run skips what is up to date), and what it measured on the tune split.
+    Times 1 is the config as it stands whatever the setting: one trial, in lr-x1/."""
+    trial = trial_config(cfg, method, scale, setting)
+    folder = root / method / f"{'lr' if scale == 1 else setting}-x{scale:g}"
+    log.info("tune %s: trial %s x%g (%s) in %s", method, setting, scale, setting_text(getattr(trial, stage), setting),
+             folder)
     graph.run(trial, None, False, protocol, launch, source_id, root=folder, shared=shared)
-    measures = trial_measures(read_frontier(folder / "eval" / "frontier.csv"), method, list(cfg.report.kl_budgets),
-                              cfg.report.area_max_kl)
-    return {"scale": scale, "rates": rates_text(getattr(trial, stage)),
-            "train_seconds": store.read_manifest(folder / stage)["wall_time_s"], "measures": measures}
+    frontier = read_frontier(folder / "eval" / "frontier.csv")
+    measures = trial_measures(frontier, method, list(cfg.report.kl_budgets), cfg.report.area_max_kl)
+    return {"scale": scale, "rates": setting_text(getattr(trial, stage), setting),
+            "train_seconds": store.read_manifest(folder / stage)["wall_time_s"], "measures": measures,
+            "landing": landing(frontier, method) if METHODS[method].kind == "ppo" else {}}
 
 
-def check(cfg, method: str, scales: tuple[float, ...]) -> None:
+def check(cfg, method: str, scales: tuple[float, ...], setting: str = "lr") -> None:
     """ConfigError (one line: what is wrong, what is allowed) unless the method can be tuned with these scales."""
+    if setting not in SETTINGS:
+        raise ConfigError(f"tune --setting {setting!r}: allowed: {', '.join(SETTINGS)}")
     if method not in METHODS or METHODS[method].kind not in ("pairs", "ppo", "online"):
         tunable = [m for m, spec in METHODS.items() if spec.kind in ("pairs", "ppo", "online")]
         raise ConfigError(f"tune --method {method!r}: allowed: {', '.join(tunable)}")
-    if not rate_keys(getattr(cfg, METHODS[method].stage)):
+    if setting == "starts" and METHODS[method].kind != "ppo":
+        allowed = [m for m, spec in METHODS.items() if spec.kind == "ppo"]
+        raise ConfigError(f"tune --setting starts --method {method}: allowed: {', '.join(allowed)} (PPO's KL "
+                          f"coefficients)")
+    if setting == "lr" and not rate_keys(getattr(cfg, METHODS[method].stage)):
         raise ConfigError(f"tune: [{METHODS[method].stage}] has no learning rate to tune")
     if not scales or any(not (s > 0) or s != s or s == float("inf") for s in scales):
         raise ConfigError(f"tune --scales {','.join(map(str, scales))}: allowed: positive numbers, e.g. 0.5,1,2")
 
 
 def run(cfg, method: str, scales: tuple[float, ...], protocol: dict, launch, source_id: str | None,
-        docs: Path, config_path: Path | None = None) -> dict:
+        docs: Path, config_path: Path | None = None, setting: str = "lr") -> dict:
     """Every trial of the method (finished ones are kept), then its section of <docs>/tuning-<scale>.md; with
-    config_path, the chosen rate(s) written into that benchmarks file. -> the record of the trials."""
-    check(cfg, method, scales)
+    config_path, the choice written into that benchmarks file. -> the record of the trials."""
+    check(cfg, method, scales, setting)
     stage = METHODS[method].stage
     root = store.run_root(cfg.benchmark, f"{cfg.scale}-tune")
     shared = {name: root / "shared" / name for name in SHARED}
@@ -110,25 +150,51 @@ def run(cfg, method: str, scales: tuple[float, ...], protocol: dict, launch, sou
     root.mkdir(parents=True, exist_ok=True)
     with store.RunLock(root):  # two tune commands of one scale would race on the shared stages
         for scale in scales:
-            trials.append(run_trial(cfg, method, stage, scale, root, shared, protocol, launch, source_id))
-    scored = [t for t in trials if t["measures"]["area"] is not None]
-    if not scored:
-        raise ConfigError(f"tune {method}: no trial has a front area on the tune split (no checkpoint within KL "
-                          f"{report.area_max_kl:g}); nothing chosen")
-    best = max(scored, key=lambda t: (t["measures"]["area"], -abs(t["scale"] - 1)))
-    record = {"method": method, "stage": stage, "scale": cfg.scale, "trials": trials, "chosen": best["scale"],
-              "chosen_rates": best["rates"], "budgets": list(report.kl_budgets), "area_max_kl": report.area_max_kl,
-              "date": time.strftime("%Y-%m-%d")}
-    page = docs / f"tuning-{cfg.scale}.md"
-    store.write_text_atomic(page, tuning_page(page.read_text() if page.is_file() else "", record))
-    log.info("tune %s: chose lr x%g (%s); every trial in %s", method, best["scale"], best["rates"], page)
-    if config_path is not None:
+            trials.append(run_trial(cfg, method, stage, scale, root, shared, protocol, launch, source_id, setting))
+    record = {"method": method, "stage": stage, "scale": cfg.scale, "trials": trials, "setting": setting,
+              "budgets": list(report.kl_budgets), "area_max_kl": report.area_max_kl, "date": time.strftime("%Y-%m-%d")}
+    if setting == "starts":
+        record.update(choose_starts(getattr(cfg, stage), trials))
+        chosen = dataclasses.replace(cfg, **{stage: dataclasses.replace(getattr(cfg, stage),
+                                                                        init_kl_coefs=record["chosen_starts"])})
+        how = (f"{record['date']}: per target the nearest landing of x{', x'.join(f'{s:g}' for s in scales)} on the "
+               f"tune split, one seed (docs/tuning-{cfg.scale}.md)")
+        keep, said = {}, f"starts {record['chosen_rates']}"
+    else:
+        scored = [t for t in trials if t["measures"]["area"] is not None]
+        if not scored:
+            raise ConfigError(f"tune {method}: no trial has a front area on the tune split (no checkpoint within KL "
+                              f"{report.area_max_kl:g}); nothing chosen")
+        best = max(scored, key=lambda t: (t["measures"]["area"], -abs(t["scale"] - 1)))
+        record.update(chosen=best["scale"], chosen_rates=best["rates"])
+        chosen = trial_config(cfg, method, best["scale"])
         how = (f"{record['date']}: lr x{best['scale']:g} of x{', x'.join(f'{s:g}' for s in scales)} on the tune "
                f"split, one seed (docs/tuning-{cfg.scale}.md)")
-        write_choice(config_path, cfg.benchmark, cfg.scale, stage, trial_config(cfg, method, best["scale"]), how,
-                     inheriting_rates(cfg, stage))
+        keep, said = inheriting_rates(cfg, stage), f"lr x{best['scale']:g} ({best['rates']})"
+    page = docs / f"tuning-{cfg.scale}.md"
+    store.write_text_atomic(page, tuning_page(page.read_text() if page.is_file() else "", record))
+    log.info("tune %s: chose %s; every trial in %s", method, said, page)
+    if config_path is not None:
+        write_choice(config_path, cfg.benchmark, cfg.scale, stage, chosen, how, keep, setting)
         log.info("tune %s: wrote the choice into %s", method, config_path)
     return record
+
+
+def choose_starts(section, trials: list[dict]) -> dict:
+    """Per target, the trial whose last checkpoint landed nearest it (|log(KL / target)|; a tie: the scale nearer 1).
+    -> {"chosen": {target: scale}, "chosen_starts": [coefficient per target], "chosen_rates": its text}."""
+    import math
+
+    chosen, coefs = {}, []
+    for target, start in zip(section.target_kls, starts(section)):
+        landed = [t for t in trials if t["landing"].get(target, 0) > 0]
+        if not landed:
+            raise ConfigError(f"tune starts: no trial has a checkpoint of target KL {target:g} on the tune split; "
+                              f"nothing chosen")
+        best = min(landed, key=lambda t: (abs(math.log(t["landing"][target])), abs(math.log(t["scale"]))))
+        chosen[target] = best["scale"]
+        coefs.append(start * best["scale"])
+    return {"chosen": chosen, "chosen_starts": coefs, "chosen_rates": f"init_kl_coefs = {coefs!r}"}
 
 
 def inheriting_rates(cfg, stage: str) -> dict:
@@ -156,26 +222,42 @@ def rates_text(section) -> str:
     return ", ".join(f"{k} = {getattr(section, k)!r}" for k in rate_keys(section))
 
 
+def setting_text(section, setting: str) -> str:
+    return f"init_kl_coefs = {starts(section)!r}" if setting == "starts" else rates_text(section)
+
+
 def tuning_page(text: str, record: dict) -> str:
-    """The page with the method's section (re)written: a table of its trials and the choice."""
+    """The page with the method's section (re)written: a table of its trials and the choice (`<method>` for its
+    learning rate, `<method>-starts` for PPO's start coefficients)."""
     title = f"# Tuning at scale {record['scale']}\n\n" \
             "Each method's learning rate(s) chosen on the tune split (`python -m pipelines tune`, docs/protocol.md): the\n" \
             "same trials for every method (its rate(s) x each scale, one training seed, its own sweep), the choice the\n" \
-            "highest front area on the tune split. Never the test prompts.\n"
+            "highest front area on the tune split. PPO's start coefficients (`--setting starts`): the same trials of its\n" \
+            "init_kl_coefs, for each target the one whose last checkpoint lands nearest it. Never the test prompts.\n"
     sections = dict(re.findall(r"(?ms)^## (\S+)\n(.*?)(?=^## |\Z)", text))
+    starts_ = record.get("setting") == "starts"
     budgets = [f"KL <= {b:g}" for b in record["budgets"]]
-    lines = [f"Tuned {record['date']}: {len(record['trials'])} trials; chosen: lr x{record['chosen']:g} "
-             f"({record['chosen_rates']}).", "",
-             "| lr x | rates | training s | " + " | ".join(f"reward (KL) at {b}" for b in budgets) +
-             f" | front area, KL 0-{record['area_max_kl']:g} |",
-             "| --- | --- | --- | " + " | ".join("---" for _ in budgets) + " | --- |"]
+    targets = sorted({t for trial in record["trials"] for t in trial.get("landing", {})})
+    if starts_:
+        choice = ", ".join(f"KL {t:g}: x{x:g}" for t, x in record["chosen"].items())
+        head = f"Tuned {record['date']}: {len(record['trials'])} trials; chosen per target: {choice} " \
+               f"({record['chosen_rates']})."
+    else:
+        head = f"Tuned {record['date']}: {len(record['trials'])} trials; chosen: lr x{record['chosen']:g} " \
+               f"({record['chosen_rates']})."
+    lines = [head, "",
+             f"| {'starts' if starts_ else 'lr'} x | {'coefficients' if starts_ else 'rates'} | training s | " +
+             " | ".join(f"reward (KL) at {b}" for b in budgets) + f" | front area, KL 0-{record['area_max_kl']:g} |" +
+             "".join(f" KL / target {t:g} |" for t in targets),
+             "| --- | --- | --- | " + " | ".join("---" for _ in budgets) + " | --- |" + " --- |" * len(targets)]
     for t in record["trials"]:
         cells = [f"{t['measures'][b][0]:.3f} ({t['measures'][b][1]:.2f})" if t["measures"][b] else "none within"
                  for b in budgets]
         area = t["measures"]["area"]
+        landed = [f"{t['landing'][x]:.2f}" if x in t.get("landing", {}) else "-" for x in targets]
         lines.append(f"| {t['scale']:g} | {t['rates']} | {t['train_seconds']:.0f} | " + " | ".join(cells) +
-                     f" | {'n/a' if area is None else f'{area:.3f}'} |")
-    sections[record["method"]] = "\n".join(lines) + "\n\n"
+                     f" | {'n/a' if area is None else f'{area:.3f}'} |" + "".join(f" {c} |" for c in landed))
+    sections[record["method"] + ("-starts" if starts_ else "")] = "\n".join(lines) + "\n\n"
     return title + "\n" + "".join(f"## {m}\n{body}" for m, body in sorted(sections.items()))
 
 
@@ -208,16 +290,18 @@ def _literal(value) -> str:
     return repr(float(value))
 
 
-def write_choice(path: Path, benchmark: str, scale: str, stage: str, chosen, how: str = "", keep: dict | None = None
-                 ) -> None:
-    """Set the chosen rate(s), and `tuned` = how, in the benchmarks file's [<benchmark>.scales.<scale>.<stage>]
+def write_choice(path: Path, benchmark: str, scale: str, stage: str, chosen, how: str = "", keep: dict | None = None,
+                 setting: str = "lr") -> None:
+    """Set the chosen rate(s) (setting "starts": init_kl_coefs), and the setting's note (`tuned`, `starts_tuned`) =
+    how, in the benchmarks file's [<benchmark>.scales.<scale>.<stage>]
     table (made when missing), each key's line replaced (a note of the value it replaces) or added under the header;
     keep: {section: {key: value}} of other sections to pin as they were (the relatives that took [dpo]'s rates).
     Written atomically; the file must read back with exactly these values, else it is left as it was."""
     section = getattr(chosen, stage)
-    values = {stage: {key: getattr(section, key) for key in rate_keys(section)}}
+    keys = ["init_kl_coefs"] if setting == "starts" else rate_keys(section)
+    values = {stage: {key: getattr(section, key) for key in keys}}
     if how:
-        values[stage]["tuned"] = how
+        values[stage][SETTINGS[setting]] = how
     values.update(keep or {})
     lines = path.read_text().splitlines()
     for table, items in values.items():
@@ -233,9 +317,9 @@ def write_choice(path: Path, benchmark: str, scale: str, stage: str, chosen, how
             found = next((i for i in range(start + 1, end) if re.match(rf"\s*{re.escape(key)}\s*=", lines[i])), None)
             note = f"kept as it was before tuning [{stage}]" if table != stage else f"docs/tuning-{scale}.md"
             if found is None:
-                lines.insert(start + 1, f"{new}  # {note}" if key != "tuned" else new)
+                lines.insert(start + 1, f"{new}  # {note}" if key not in SETTINGS.values() else new)
                 end += 1
-            elif key != "tuned":
+            elif key not in SETTINGS.values():
                 lines[found] = f"{new}  # {note} (was: {lines[found].split('=', 1)[1].split('#')[0].strip()})"
             else:
                 lines[found] = new

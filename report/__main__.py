@@ -115,8 +115,16 @@ def tuning_line(config: dict, methods: list[str], scale: str) -> str:
     return ("Settings: " + (f"learning rates chosen on the tune split: {'; '.join(done)}. " if done else "") +
             (f"Not tuned on the tune split (settings from earlier sessions, some chosen on test prompts): "
              f"{', '.join(not_done)}; `python -m pipelines tune` chooses them (docs/tuning-{scale}.md)."
-             if not_done else "Every method's learning rate was chosen there.") +
-            " The command tunes learning rates only: other settings (PPO's start coefficients, DPO's per-beta rule) "
+             if not_done else "Every method's learning rate was chosen there.") + " " + starts_line(config, methods))
+
+
+def starts_line(config: dict, methods: list[str]) -> str:
+    """What the tune command chose besides learning rates: PPO's start coefficients (`starts_tuned`), or not."""
+    how = config.get("ppo", {}).get("starts_tuned", "")
+    if any(METHODS[m].kind == "ppo" for m in methods) and how:
+        return (f"PPO's start KL coefficients were chosen there too, by where each target's run lands ({how}); "
+                "DPO's per-beta rule is an earlier session's (docs/protocol.md).")
+    return ("The command tuned learning rates only: other settings (PPO's start coefficients, DPO's per-beta rule) "
             "are earlier sessions' (docs/protocol.md).")
 
 

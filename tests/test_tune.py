@@ -1,6 +1,8 @@
 """The tuning protocol: trials blind to the test prompts, the same budget per method, every trial logged, the choice
 written back (pipelines/tune.py)."""
 
+import dataclasses
+import time
 import tomllib
 
 import pytest
@@ -18,6 +20,11 @@ def test_a_trial_is_the_method_alone_one_seed_on_the_tune_split_with_its_rates_s
     assert trial.dpo.learning_rates == [r * 0.5 for r in cfg.dpo.learning_rates]  # one per beta, all scaled
     assert trial.dpo.betas == cfg.dpo.betas and trial.eval.prompts == cfg.eval.prompts  # its sweep as in the benchmark
     assert tune.trial_config(cfg, "ppo", 2.0).ppo.learning_rate == cfg.ppo.learning_rate * 2
+    starts = tune.trial_config(cfg, "ppo", 0.5, "starts").ppo  # the other setting: its starts, its rate as it is
+    assert starts.init_kl_coefs == [c * 0.5 for c in cfg.ppo.init_kl_coefs] and starts.learning_rate == cfg.ppo.learning_rate
+    one = config.load("imdb-sentiment", "micro")  # no list: init_kl_coef for every target, scaled
+    assert tune.trial_config(one, "ppo", 2.0, "starts").ppo.init_kl_coefs == [one.ppo.init_kl_coef * 2] * len(
+        one.ppo.target_kls)
     assert cfg.eval.prompt_split == "eval"  # the benchmark itself never evaluates on the tune split
 
 
@@ -37,6 +44,40 @@ def test_trial_measures_choose_on_the_select_half_and_measure_on_the_other():
     assert m["KL <= 0.5"] == (0.4, 0.0)  # only the SFT model within
     # area: SFT best on [0, 1), step 1 on [1, 4), step 2 on [4, 5]: weights 0.2, 0.6, 0.2 of the measured rewards
     assert m["area"] == pytest.approx(0.2 * 0.4 + 0.6 * 0.9 + 0.2 * 0.6)
+
+
+def test_ppo_starts_are_chosen_per_target_by_where_the_last_checkpoint_lands():
+    """Two targets, three trials. landing(): the last step of each run, KL averaged over the two halves, over the
+    target. Target 3 lands nearest at x2 (0.9 of it; x1: 0.6), target 6 at x0.5 (1.2 beats x1's 0.75: |log 1.2| <
+    |log 0.75|); the chosen coefficients are those scales times the starts."""
+    def rows(scale_kls):
+        out = []
+        for target, (kl_select, kl_test) in scale_kls.items():
+            for step, frac in ((2, 0.5), (4, 1.0)):  # step 2 is not the last: ignored
+                out += [{"method": "ppo", "param": str(target), "step": str(step), "split": split, "kl": str(kl * frac)}
+                        for split, kl in (("select", kl_select), ("test", kl_test))]
+        return out + [{"method": "ppo-gt", "param": "3.0", "step": "9", "split": "test", "kl": "99"}]  # other method
+
+    landed = {s: tune.landing(rows(k), "ppo") for s, k in
+              ((0.5, {3.0: (4.0, 5.0), 6.0: (7.0, 7.4)}), (1.0, {3.0: (1.8, 1.8), 6.0: (4.4, 4.6)}),
+               (2.0, {3.0: (2.6, 2.8), 6.0: (1.0, 1.0)}))}
+    assert landed[1.0] == {3.0: pytest.approx(0.6), 6.0: pytest.approx(0.75)}
+    section = dataclasses.replace(config.load("imdb-sentiment", "tiny").ppo, target_kls=[3.0, 6.0],
+                                  init_kl_coefs=[0.3, 0.1])
+    trials = [{"scale": s, "landing": landed[s]} for s in (0.5, 1.0, 2.0)]
+    choice = tune.choose_starts(section, trials)
+    assert choice["chosen"] == {3.0: 2.0, 6.0: 0.5} and choice["chosen_starts"] == [0.6, 0.05]
+    tie = [{"scale": 0.5, "landing": {3.0: 1.1, 6.0: 1.0}}, {"scale": 1.0, "landing": {3.0: 1 / 1.1, 6.0: 1.0}}]
+    assert tune.choose_starts(section, tie)["chosen"] == {3.0: 1.0, 6.0: 1.0}  # ties: the starts as they are
+    with pytest.raises(ConfigError, match="target KL 6"):
+        tune.choose_starts(section, [{"scale": 1.0, "landing": {3.0: 1.0}}])
+    page = tune.tuning_page("## ppo\nlr\n\n", {"method": "ppo", "scale": "tiny", "date": "d", "setting": "starts",
+                                                  "budgets": [5.0], "area_max_kl": 10.0, **choice,
+                                                  "trials": [{**t, "rates": "c", "train_seconds": 1.0,
+                                                              "measures": {"KL <= 5": None, "area": 0.5}}
+                                                             for t in trials]})
+    assert "## ppo\nlr" in page and "## ppo-starts" in page and "chosen per target: KL 3: x2, KL 6: x0.5" in page
+    assert "| 2 | c | 1 | none within | 0.500 | 0.90 | 0.17 |" in page
 
 
 def test_the_page_keeps_other_methods_sections_and_the_choice_is_written_in_place(tmp_path):
@@ -86,11 +127,18 @@ def test_the_page_keeps_other_methods_sections_and_the_choice_is_written_in_plac
     assert config.load("imdb-sentiment", "v1.5", dotted).ppo.learning_rate == micro.ppo.learning_rate * 0.5
     assert "v1" not in tomllib.loads(dotted.read_text())["imdb-sentiment"]["scales"]
     assert tomllib.loads(path.read_text())["imdb-sentiment"]["scales"]["tiny"]["dpo"]["max_steps"] == 0
+    starts = tune.trial_config(cfg, "ppo", 2.0, "starts")
+    tune.write_choice(path, "imdb-sentiment", "tiny", "ppo", starts, "per target", setting="starts")
+    ppo = config.load("imdb-sentiment", "tiny", path).ppo
+    assert ppo.init_kl_coefs == starts.ppo.init_kl_coefs and ppo.starts_tuned == "per target"
+    assert ppo.learning_rate == cfg.ppo.learning_rate and ppo.tuned == cfg.ppo.tuned  # the rate and its note kept
 
 
 def test_bad_tune_arguments_are_one_line_and_write_nothing(tmp_path):
     for args, word in ((["--method", "sft"], "allowed: dpo"), (["--method", "dpo", "--scales", "0.5,x"], "--scales"),
-                       (["--method", "dpo", "--scales", "0,1"], "--scales")):
+                       (["--method", "dpo", "--scales", "0,1"], "--scales"),
+                       (["--method", "ppo", "--setting", "beta"], "allowed: lr, starts"),
+                       (["--method", "dpo", "--setting", "starts"], "allowed: ppo, ppo-gt")):
         proc = cli("tune", "imdb-sentiment", "--scale", "micro", *args, "--docs", str(tmp_path), run_dir=tmp_path)
         assert proc.returncode == 2 and word in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not list(tmp_path.iterdir())
@@ -99,10 +147,10 @@ def test_bad_tune_arguments_are_one_line_and_write_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_tuning_dpo_at_micro_runs_its_trials_on_the_tune_split_and_writes_the_choice(tmp_path):
+def test_tuning_dpo_and_ppo_starts_at_micro_run_trials_on_the_tune_split_and_write_the_choice(tmp_path):
     """The command as a user types it (micro; two trials to save time): DPO's trials, each evaluated on tune prompts
     only (its eval's config says so), every trial in tuning-micro.md, the choice written into the benchmarks file
-    given."""
+    given; then PPO's start coefficients from the same shared stages."""
     path = tmp_path / "benchmarks.toml"
     path.write_text(BASE_TOML)
     docs = tmp_path / "docs"
@@ -123,6 +171,19 @@ def test_tuning_dpo_at_micro_runs_its_trials_on_the_tune_split_and_writes_the_ch
     assert "chose lr x" in proc.stderr
     assert (ROOT / "benchmarks.toml").read_text() == BASE_TOML  # the repository's own file untouched
 
+    # PPO's starts (`--setting starts`), from the same shared stages: x1 is the config as it stands (lr-x1/, where a
+    # learning-rate trial of x1 runs too), each target's landing on the page, one start per target written
+    cli("--config", str(path), "tune", "imdb-sentiment", "--scale", "micro", "--method", "ppo", "--setting", "starts",
+        "--docs", str(docs), "--write", "--scales", "1,4", run_dir=tmp_path / "runs", check=True)
+    assert sorted(p.name for p in (root / "ppo").iterdir()) == ["lr-x1", "starts-x4"]
+    page = (docs / "tuning-micro.md").read_text()
+    assert "## dpo" in page and "## ppo-starts" in page
+    assert all(f" KL / target {t:g} |" in page for t in base.ppo.target_kls)
+    chosen = [float(x.split(": x")[1]) for x in page.split("chosen per target: ")[1].split(" (")[0].split(", ")]
+    ppo = config.load("imdb-sentiment", "micro", path).ppo
+    assert ppo.init_kl_coefs == pytest.approx([c * x for c, x in zip(tune.starts(base.ppo), chosen)])
+    assert ppo.starts_tuned.startswith(time.strftime("%Y-%m-%d")) and ppo.learning_rate == base.ppo.learning_rate
+
 
 def test_the_report_says_which_methods_were_tuned_on_the_tune_split():
     report = __import__("importlib").import_module("report.__main__")
@@ -133,3 +194,5 @@ def test_the_report_says_which_methods_were_tuned_on_the_tune_split():
     every = report.tuning_line({"dpo": {"tuned": "x1"}}, ["dpo"], "tiny")
     assert "Every method's learning rate was chosen there." in every
     assert "learning rates only: other settings (PPO's start coefficients" in every  # what tuning did not choose
+    both = report.tuning_line({"ppo": {"tuned": "x1", "starts_tuned": "nearest landing"}}, ["ppo"], "tiny")
+    assert "PPO's start KL coefficients were chosen there too" in both and "(nearest landing)" in both
