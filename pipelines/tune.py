@@ -9,9 +9,10 @@ chosen on its select half, measured on its other half, as the report does on the
 trial with the highest front area (the verdict's own measure, KL 0 to report.area_max_kl).
 
 `--setting starts` tunes PPO's other per-scale setting the same way: its step-0 KL coefficients (init_kl_coefs, one
-per target KL) times each of `scales`, and for each target the trial whose last checkpoint lands nearest it (the
-tune split's exact KL over the target, on a log scale): the starts exist so that each run reaches its target within
-its few steps (docs/kl-control.md), so where it lands is their measure. A user reruns it on another machine.
+per target KL) times each of `scales`. The starts exist so that each run reaches its target within its few steps
+(docs/kl-control.md), so where it lands is their measure: for each target, the starts as they stand if their run's
+last checkpoint lands within 25% of it (the tune split's exact KL over the target), else the trial that lands
+nearest. A user reruns it on another machine, where the starts may not land.
 
 Every trial (setting, training seconds, tune reward at each KL budget, front area) goes to <docs>/tuning-<scale>.md,
 one section per method, replaced when the method is tuned again; --write puts the chosen rate(s) into the
@@ -39,6 +40,7 @@ log = logging.getLogger("pipelines")
 SHARED = ("sft", "ground_truth", "pairs", "reward_model")  # the trials' common upstream
 DEFAULT_SCALES = (0.5, 1.0, 2.0)
 SETTINGS = {"lr": "tuned", "starts": "starts_tuned"}  # what a trial scales -> the section's note of its choice
+LANDING = 1.25  # a PPO run lands when its last checkpoint's KL is within 25% of its target (#29's band)
 
 
 def rate_keys(section) -> list[str]:
@@ -157,8 +159,8 @@ def run(cfg, method: str, scales: tuple[float, ...], protocol: dict, launch, sou
         record.update(choose_starts(getattr(cfg, stage), trials))
         chosen = dataclasses.replace(cfg, **{stage: dataclasses.replace(getattr(cfg, stage),
                                                                         init_kl_coefs=record["chosen_starts"])})
-        how = (f"{record['date']}: per target the nearest landing of x{', x'.join(f'{s:g}' for s in scales)} on the "
-               f"tune split, one seed (docs/tuning-{cfg.scale}.md)")
+        how = (f"{record['date']}: per target, of x{', x'.join(f'{s:g}' for s in scales)} on the tune split (one "
+               f"seed), x1 where it lands within 25%, else the nearest landing (docs/tuning-{cfg.scale}.md)")
         keep, said = {}, f"starts {record['chosen_rates']}"
     else:
         scored = [t for t in trials if t["measures"]["area"] is not None]
@@ -181,8 +183,11 @@ def run(cfg, method: str, scales: tuple[float, ...], protocol: dict, launch, sou
 
 
 def choose_starts(section, trials: list[dict]) -> dict:
-    """Per target, the trial whose last checkpoint landed nearest it (|log(KL / target)|; a tie: the scale nearer 1).
-    -> {"chosen": {target: scale}, "chosen_starts": [coefficient per target], "chosen_rates": its text}."""
+    """Per target: the starts as they stand (the trial nearest x1) among the trials whose last checkpoint lands
+    within LANDING of it, else the trial that lands nearest it (|log(KL / target)|). One seed's landing moves by a
+    few percent between trials whose starts differ 2x (docs/tuning-tiny.md), so "nearest" alone would follow that
+    noise; the band is what the starts are for. -> {"chosen": {target: scale}, "chosen_starts": [coefficient per
+    target], "chosen_rates": its text}."""
     import math
 
     chosen, coefs = {}, []
@@ -191,7 +196,10 @@ def choose_starts(section, trials: list[dict]) -> dict:
         if not landed:
             raise ConfigError(f"tune starts: no trial has a checkpoint of target KL {target:g} on the tune split; "
                               f"nothing chosen")
-        best = min(landed, key=lambda t: (abs(math.log(t["landing"][target])), abs(math.log(t["scale"]))))
+        within = [t for t in landed if abs(math.log(t["landing"][target])) <= math.log(LANDING)]
+        best = (min(within, key=lambda t: (abs(math.log(t["scale"])), abs(math.log(t["landing"][target]))))
+                if within else min(landed, key=lambda t: (abs(math.log(t["landing"][target])),
+                                                          abs(math.log(t["scale"])))))
         chosen[target] = best["scale"]
         coefs.append(start * best["scale"])
     return {"chosen": chosen, "chosen_starts": coefs, "chosen_rates": f"init_kl_coefs = {coefs!r}"}

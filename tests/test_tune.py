@@ -48,8 +48,8 @@ def test_trial_measures_choose_on_the_select_half_and_measure_on_the_other():
 
 def test_ppo_starts_are_chosen_per_target_by_where_the_last_checkpoint_lands():
     """Two targets, three trials. landing(): the last step of each run, KL averaged over the two halves, over the
-    target. Target 3 lands nearest at x2 (0.9 of it; x1: 0.6), target 6 at x0.5 (1.2 beats x1's 0.75: |log 1.2| <
-    |log 0.75|); the chosen coefficients are those scales times the starts."""
+    target. x1 misses both by more than 25% (0.6, 0.75); target 3 lands within at x2 only (0.9), target 6 at x0.5
+    only (1.2); the chosen coefficients are those scales times the starts. Where x1 lands within 25%, it stays."""
     def rows(scale_kls):
         out = []
         for target, (kl_select, kl_test) in scale_kls.items():
@@ -67,8 +67,9 @@ def test_ppo_starts_are_chosen_per_target_by_where_the_last_checkpoint_lands():
     trials = [{"scale": s, "landing": landed[s]} for s in (0.5, 1.0, 2.0)]
     choice = tune.choose_starts(section, trials)
     assert choice["chosen"] == {3.0: 2.0, 6.0: 0.5} and choice["chosen_starts"] == [0.6, 0.05]
-    tie = [{"scale": 0.5, "landing": {3.0: 1.1, 6.0: 1.0}}, {"scale": 1.0, "landing": {3.0: 1 / 1.1, 6.0: 1.0}}]
-    assert tune.choose_starts(section, tie)["chosen"] == {3.0: 1.0, 6.0: 1.0}  # ties: the starts as they are
+    kept = [{"scale": 0.5, "landing": {3.0: 1.0, 6.0: 1.3}}, {"scale": 1.0, "landing": {3.0: 1.2, 6.0: 0.7}},
+            {"scale": 2.0, "landing": {3.0: 0.6, 6.0: 0.5}}]
+    assert tune.choose_starts(section, kept)["chosen"] == {3.0: 1.0, 6.0: 0.5}  # 1.2: within, kept; 0.7 < 0.8: nearest
     with pytest.raises(ConfigError, match="target KL 6"):
         tune.choose_starts(section, [{"scale": 1.0, "landing": {3.0: 1.0}}])
     page = tune.tuning_page("## ppo\nlr\n\n", {"method": "ppo", "scale": "tiny", "date": "d", "setting": "starts",
