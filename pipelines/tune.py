@@ -290,6 +290,14 @@ def _header_path(line: str) -> list[str] | None:
     return path
 
 
+def _value(line: str):
+    """The value of a `key = value  # comment` line, None if it does not read as TOML."""
+    try:
+        return next(iter(tomllib.loads(line).values()))
+    except (tomllib.TOMLDecodeError, StopIteration):
+        return None
+
+
 def _literal(value) -> str:
     if isinstance(value, str):
         return json.dumps(value)
@@ -327,10 +335,10 @@ def write_choice(path: Path, benchmark: str, scale: str, stage: str, chosen, how
             if found is None:
                 lines.insert(start + 1, f"{new}  # {note}" if key not in SETTINGS.values() else new)
                 end += 1
-            elif key not in SETTINGS.values():
-                lines[found] = f"{new}  # {note} (was: {lines[found].split('=', 1)[1].split('#')[0].strip()})"
-            else:
+            elif key in SETTINGS.values():
                 lines[found] = new
+            elif _value(lines[found]) != value:  # an unchanged value keeps its line, comment and all
+                lines[found] = f"{new}  # {note} (was: {lines[found].split('=', 1)[1].split('#')[0].strip()})"
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     try:

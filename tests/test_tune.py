@@ -133,6 +133,9 @@ def test_the_page_keeps_other_methods_sections_and_the_choice_is_written_in_plac
     ppo = config.load("imdb-sentiment", "tiny", path).ppo
     assert ppo.init_kl_coefs == starts.ppo.init_kl_coefs and ppo.starts_tuned == "per target"
     assert ppo.learning_rate == cfg.ppo.learning_rate and ppo.tuned == cfg.ppo.tuned  # the rate and its note kept
+    line = next(x for x in path.read_text().splitlines() if x.startswith("init_kl_coefs"))
+    tune.write_choice(path, "imdb-sentiment", "tiny", "ppo", starts, "again", setting="starts")
+    assert line in path.read_text().splitlines()  # the same value again: its line (and its comment) as it was
 
 
 def test_bad_tune_arguments_are_one_line_and_write_nothing(tmp_path):
