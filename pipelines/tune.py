@@ -6,7 +6,8 @@ trial budget for every method: its learning rate(s) times each of `scales` (defa
 the method's own sweep as in the benchmark. Each trial is the benchmark's own stages for that one method (SFT model,
 pairs and reward model shared by the trials, in <scale>-tune/shared/), evaluated on the tune split: checkpoints
 chosen on its select half, measured on its other half, as the report does on the test prompts. The choice is the
-trial with the highest front area (the verdict's own measure, KL 0 to report.area_max_kl).
+trial with the highest front area (the verdict's own measure, KL 0 to report.area_max_kl) among those whose
+checkpoints reach the verdict's largest budget on the select half (else among all, and the page says so).
 
 `--setting starts` tunes PPO's other per-scale setting the same way: its step-0 KL coefficients (init_kl_coefs, one
 per target KL) times each of `scales`. The starts exist so that each run reaches its target within its few steps
@@ -70,7 +71,9 @@ def trial_config(cfg, method: str, scale: float, setting: str = "lr"):
 
 def trial_measures(frontier: list[dict], method: str, budgets: list[float], max_kl: float) -> dict:
     """The method's checkpoints (the SFT point among the candidates) chosen on the tune split's select half at each
-    KL budget and for the front area, measured on its other half. -> {"KL <= b": (reward, kl) or None, "area": a}."""
+    KL budget and for the front area, measured on its other half; and how far its checkpoints reach on select (the
+    verdict's coverage: a trial stopped short of a budget is not compared there). -> {"KL <= b": (reward, kl) or
+    None, "area": a, "reach": the highest KL of a trained checkpoint on select, or None}."""
     def points(split):
         rows = [r for r in frontier if r["split"] == split and r["method"] in ("sft", method)]
         return [(f"{r['method']}/{r['run']}/{r['step']}", r["kl"], r["reward"]) for r in rows]
@@ -86,6 +89,7 @@ def trial_measures(frontier: list[dict], method: str, budgets: list[float], max_
         reward = sum(w * tune[key][1] for w, (key, _, _) in zip(weights, select))
         kl = sum(w * tune[key][0] for w, (key, _, _) in zip(weights, select))
         out[f"KL <= {budget:g}" if budget is not None else "area"] = reward if budget is None else (reward, kl)
+    out["reach"] = max((kl for key, kl, _ in select if not key.startswith("sft/")), default=None)
     return out
 
 
@@ -163,12 +167,9 @@ def run(cfg, method: str, scales: tuple[float, ...], protocol: dict, launch, sou
                f"seed), x1 where it lands within 25%, else the nearest landing (docs/tuning-{cfg.scale}.md)")
         keep, said = {}, f"starts {record['chosen_rates']}"
     else:
-        scored = [t for t in trials if t["measures"]["area"] is not None]
-        if not scored:
-            raise ConfigError(f"tune {method}: no trial has a front area on the tune split (no checkpoint within KL "
-                              f"{report.area_max_kl:g}); nothing chosen")
-        best = max(scored, key=lambda t: (t["measures"]["area"], -abs(t["scale"] - 1)))
-        record.update(chosen=best["scale"], chosen_rates=best["rates"])
+        furthest = max(list(report.kl_budgets) + [report.area_max_kl])  # the verdict compares up to here
+        best, reached = choose_rate(method, trials, furthest, report.area_max_kl)
+        record.update(chosen=best["scale"], chosen_rates=best["rates"], reach=furthest, reached=reached)
         chosen = trial_config(cfg, method, best["scale"])
         how = (f"{record['date']}: lr x{best['scale']:g} of x{', x'.join(f'{s:g}' for s in scales)} on the tune "
                f"split, one seed (docs/tuning-{cfg.scale}.md)")
@@ -180,6 +181,18 @@ def run(cfg, method: str, scales: tuple[float, ...], protocol: dict, launch, sou
         write_choice(config_path, cfg.benchmark, cfg.scale, stage, chosen, how, keep, setting)
         log.info("tune %s: wrote the choice into %s", method, config_path)
     return record
+
+
+def choose_rate(method: str, trials: list[dict], furthest: float, area_max_kl: float) -> tuple[dict, bool]:
+    """The trial of the highest front area among those whose checkpoints reach KL `furthest` on select (the verdict
+    compares a method only at budgets it reaches: a rate that stops short would win an area it is not compared on);
+    if none reaches it, of all. A tie: the scale nearer 1. -> (the trial, whether it reaches)."""
+    scored = [t for t in trials if t["measures"]["area"] is not None]
+    if not scored:
+        raise ConfigError(f"tune {method}: no trial has a front area on the tune split (no checkpoint within KL "
+                          f"{area_max_kl:g}); nothing chosen")
+    reaching = [t for t in scored if (t["measures"].get("reach") or 0) >= furthest]
+    return max(reaching or scored, key=lambda t: (t["measures"]["area"], -abs(t["scale"] - 1))), bool(reaching)
 
 
 def choose_starts(section, trials: list[dict]) -> dict:
@@ -240,8 +253,9 @@ def tuning_page(text: str, record: dict) -> str:
     title = f"# Tuning at scale {record['scale']}\n\n" \
             "Each method's learning rate(s) chosen on the tune split (`python -m pipelines tune`, docs/protocol.md): the\n" \
             "same trials for every method (its rate(s) x each scale, one training seed, its own sweep), the choice the\n" \
-            "highest front area on the tune split. PPO's start coefficients (`--setting starts`): the same trials of its\n" \
-            "init_kl_coefs, for each target the one whose last checkpoint lands nearest it. Never the test prompts.\n"
+            "highest front area on the tune split among the trials that reach the verdict's largest budget. PPO's start\n" \
+            "coefficients (`--setting starts`): the same trials of its init_kl_coefs; per target, x1 where its run lands\n" \
+            "within 25% of the target, else the nearest landing. Never the test prompts.\n"
     sections = dict(re.findall(r"(?ms)^## (\S+)\n(.*?)(?=^## |\Z)", text))
     starts_ = record.get("setting") == "starts"
     budgets = [f"KL <= {b:g}" for b in record["budgets"]]
@@ -253,18 +267,26 @@ def tuning_page(text: str, record: dict) -> str:
     else:
         head = f"Tuned {record['date']}: {len(record['trials'])} trials; chosen: lr x{record['chosen']:g} " \
                f"({record['chosen_rates']})."
+        if "reach" in record:
+            head += (f" The highest front area among the trials whose checkpoints reach KL {record['reach']:g} on "
+                     f"select (the verdict's largest budget)." if record["reached"] else
+                     f" No trial's checkpoints reach KL {record['reach']:g} on select: the highest front area of all, "
+                     f"and the verdict will not compare it at that budget.")
     lines = [head, "",
              f"| {'starts' if starts_ else 'lr'} x | {'coefficients' if starts_ else 'rates'} | training s | " +
              " | ".join(f"reward (KL) at {b}" for b in budgets) + f" | front area, KL 0-{record['area_max_kl']:g} |" +
+             " furthest KL (select) |" +
              "".join(f" KL / target {t:g} |" for t in targets),
-             "| --- | --- | --- | " + " | ".join("---" for _ in budgets) + " | --- |" + " --- |" * len(targets)]
+             "| --- | --- | --- | " + " | ".join("---" for _ in budgets) + " | --- | --- |" + " --- |" * len(targets)]
     for t in record["trials"]:
         cells = [f"{t['measures'][b][0]:.3f} ({t['measures'][b][1]:.2f})" if t["measures"][b] else "none within"
                  for b in budgets]
         area = t["measures"]["area"]
         landed = [f"{t['landing'][x]:.2f}" if x in t.get("landing", {}) else "-" for x in targets]
         lines.append(f"| {t['scale']:g} | {t['rates']} | {t['train_seconds']:.0f} | " + " | ".join(cells) +
-                     f" | {'n/a' if area is None else f'{area:.3f}'} |" + "".join(f" {c} |" for c in landed))
+                     f" | {'n/a' if area is None else f'{area:.3f}'} |" +
+                     (f" {reach:.2f} |" if (reach := t["measures"].get("reach")) is not None else " - |") +
+                     "".join(f" {c} |" for c in landed))
     sections[record["method"] + ("-starts" if starts_ else "")] = "\n".join(lines) + "\n\n"
     return title + "\n" + "".join(f"## {m}\n{body}" for m, body in sorted(sections.items()))
 

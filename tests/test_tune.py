@@ -44,6 +44,7 @@ def test_trial_measures_choose_on_the_select_half_and_measure_on_the_other():
     assert m["KL <= 0.5"] == (0.4, 0.0)  # only the SFT model within
     # area: SFT best on [0, 1), step 1 on [1, 4), step 2 on [4, 5]: weights 0.2, 0.6, 0.2 of the measured rewards
     assert m["area"] == pytest.approx(0.2 * 0.4 + 0.6 * 0.9 + 0.2 * 0.6)
+    assert m["reach"] == 4.0  # its furthest trained checkpoint on select (not the measured half's 4.5, not SFT)
 
 
 def test_ppo_starts_are_chosen_per_target_by_where_the_last_checkpoint_lands():
@@ -78,7 +79,22 @@ def test_ppo_starts_are_chosen_per_target_by_where_the_last_checkpoint_lands():
                                                               "measures": {"KL <= 5": None, "area": 0.5}}
                                                              for t in trials]})
     assert "## ppo\nlr" in page and "## ppo-starts" in page and "chosen per target: KL 3: x2, KL 6: x0.5" in page
-    assert "| 2 | c | 1 | none within | 0.500 | 0.90 | 0.17 |" in page
+    assert "| 2 | c | 1 | none within | 0.500 | - | 0.90 | 0.17 |" in page
+
+
+def test_the_rate_chosen_is_the_best_front_area_among_trials_that_reach_the_largest_budget():
+    """x0.5 has the best area but stops at KL 9.98 on select (the tiny DPO trials of 2026-12-07): the verdict would not
+    compare it at KL 10, so x1 (area 0.677, reach 24) is chosen; with no trial reaching, the best area of all."""
+    def trial(scale, area, reach):
+        return {"scale": scale, "rates": f"x{scale}", "measures": {"area": area, "reach": reach}}
+
+    trials = [trial(0.5, 0.713, 9.98), trial(1.0, 0.677, 24.1), trial(2.0, 0.668, 45.1), trial(4.0, None, None)]
+    assert tune.choose_rate("dpo", trials, 10.0, 10.0) == (trials[1], True)
+    assert tune.choose_rate("dpo", trials[:1] + trials[3:], 10.0, 10.0) == (trials[0], False)
+    assert tune.choose_rate("dpo", [trial(0.5, 0.6, 12.0), trial(2.0, 0.6, 12.0), trial(1.0, 0.6, 12.0)], 10.0,
+                            10.0)[0]["scale"] == 1.0  # a tie: nearer x1
+    with pytest.raises(ConfigError, match="no trial has a front area"):
+        tune.choose_rate("dpo", trials[3:], 10.0, 10.0)
 
 
 def test_the_page_keeps_other_methods_sections_and_the_choice_is_written_in_place(tmp_path):
