@@ -40,7 +40,8 @@ help:  ## list the targets
 	@echo "make show [SCALE=...]                          print the resolved config of that scale"
 	@echo "make tune METHOD=dpo [SCALE=...] [WRITE=1]     its learning rate x 0.5 / 1 / 2 on the tune split, one seed"
 	@echo "                                               -> docs/tuning-<scale>.md (WRITE=1: the choice into benchmarks.toml)"
-	@echo "make tune METHOD=ppo SETTING=starts            PPO's start KL coefficients x 0.5 / 1 / 2, per target the nearest landing"
+	@echo "make tune METHOD=ppo SETTING=starts            PPO's start KL coefficients x 0.5 / 1 / 2: per target x1 where it lands"
+	@echo "                                               within 25% of the target on the tune split, else the nearest landing"
 	@echo "make test [TEST_WORKERS=2]                     run the test suite (offline, CPU), fault tests included"
 	@echo "make test-fast                                 the unit tests only (no stage runs; about a minute)"
 	@echo "make test-faults                               only the kill -9 / resume tests"
@@ -115,7 +116,7 @@ show: env
 	$(PY) -m pipelines show imdb-sentiment --scale $(SCALE)
 
 tune: env  ## choose a method's learning rate (or PPO's starts) on the tune split
-	@if [ -z "$(METHOD)" ]; then echo "make tune METHOD=<method> [SCALE=...] [WRITE=1]: which method (docs/methods.md)"; exit 2; fi
+	@if [ -z "$(METHOD)" ]; then echo "make tune METHOD=<method> [SETTING=starts] [SCALE=...] [WRITE=1]: which method (docs/methods.md)"; exit 2; fi
 	$(PY) -m pipelines tune imdb-sentiment --scale $(SCALE) --method $(METHOD) $(if $(SETTING),--setting $(SETTING)) $(if $(WRITE),--write) $(if $(WORKERS),--workers $(WORKERS))
 
 # two pytest workers (pytest-xdist): every test process pins torch to one thread, and most tests are one process

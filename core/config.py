@@ -169,8 +169,9 @@ class RewardModelConfig:
 @dataclass(frozen=True, kw_only=True)
 class PPOConfig:
     tuned: str = tuned_spec()
-    starts_tuned: str = spec("", note=True, help="how init_kl_coefs were chosen on the tune split, written by `python -m "
-                             "pipelines tune --setting starts --write` (docs/tuning-<scale>.md); empty: not tuned there")
+    starts_tuned: str = spec("", note=True, help="how the start coefficients went through the tune split, written by "
+                             "`python -m pipelines tune --setting starts --write` (docs/tuning-<scale>.md); empty: not "
+                             "there")
     target_kls: list[float] = spec(gt=0, nonempty=True, help="one run per method and target sequence KL",
                                    sweep="runs")
     kl_control: str = spec("adaptive", choices=("adaptive", "fixed"), help="Ziegler et al.'s controller, or fixed")
@@ -204,6 +205,10 @@ class PPOConfig:
     eval_every: int = spec(gt=0, help="keep a checkpoint for evaluation every this many PPO steps")
     early_checkpoints: list[int] = spec([], gt=0, help="also keep a checkpoint at these steps (a run's first steps: "
                                                        "its path below the lowest KL budget)")
+
+    def start_coefs(self) -> list[float]:
+        """The step-0 KL coefficient of each target, in target_kls' order: init_kl_coefs, or init_kl_coef for all."""
+        return list(self.init_kl_coefs) or [self.init_kl_coef] * len(self.target_kls)
 
 
 @dataclass(frozen=True, kw_only=True)

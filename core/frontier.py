@@ -14,6 +14,14 @@ FIELDS = ["method", "run", "param", "seed", "step", "split", "kl", "kl_se", "kl_
 NUMBERS = ("kl", "kl_se", "kl_mc", "reward", "reward_se", "proxy_reward", "length")
 
 
+TARGET_TOLERANCE = 0.25  # a PPO run lands on its target KL when its last checkpoint is within 25% of it
+
+
+def on_target(kl: float, target: float) -> bool:
+    """Whether a run's final KL lands on its target: within TARGET_TOLERANCE of it (0.75x to 1.25x)."""
+    return abs(kl / target - 1) <= TARGET_TOLERANCE
+
+
 def read_frontier(path) -> list[dict]:
     """frontier.csv's rows with their numbers parsed. A file with other columns (another version's eval, or an
     edit) or a value that is not a number is a ValueError naming the file, not a KeyError later."""

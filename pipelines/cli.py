@@ -68,17 +68,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=os.environ.get("PIPELINES_DEVICE") or None,
                    help="cpu, cuda, cuda:1, mps (default: $PIPELINES_DEVICE, else the GPU when there is one, else "
                         "the CPU); checked before any stage starts")
-    t = sub.add_parser("tune", help="choose a method's learning rate on the tune split (docs/tuning-<scale>.md)")
+    t = sub.add_parser("tune", help="choose a method's learning rate (or PPO's start KL coefficients) on the tune "
+                                    "split (docs/tuning-<scale>.md)")
     t.add_argument("benchmark")
     t.add_argument("--scale", help="named scale (default: the benchmark's default_scale)")
     t.add_argument("--method", required=True, help="the method to tune (docs/methods.md)")
     t.add_argument("--setting", default="lr",
-                   help="what the trials scale: lr (the method's learning rate(s), the choice the highest front area) "
-                        "or starts (PPO's init_kl_coefs, per target the nearest landing); default lr")
+                   help="what the trials scale: lr (the method's learning rate(s); the choice: the highest front "
+                        "area among the trials that reach the largest KL budget) or starts (PPO's start KL "
+                        "coefficients, --method ppo, scales with 1; per target: x1 where it lands within 25%%, else "
+                        "the nearest landing); default lr")
     t.add_argument("--scales", default=",".join(f"{x:g}" for x in tune.DEFAULT_SCALES),
                    help="the trials: the setting times each of these (default 0.5,1,2)")
     t.add_argument("--docs", type=Path, default=REPO_DOCS, help="where tuning-<scale>.md is written (default: docs/)")
-    t.add_argument("--write", action="store_true", help="also write the chosen rate(s) into the benchmarks file")
+    t.add_argument("--write", action="store_true", help="also write the choice into the benchmarks file")
     t.add_argument("--workers", type=int, default=_env_int("PIPELINES_WORKERS"),
                    help="processes kept busy at once (as for run)")
     s = sub.add_parser("show", help="print the resolved config")

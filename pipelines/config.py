@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import SECTIONS, BenchmarkConfig, ConfigError, build, check_scalar
+from core.config import SECTIONS, BenchmarkConfig, ConfigError, build, check_scalar, note_fields
 from core.methods import inherits
 
 DEFAULT_FILE = Path(__file__).resolve().parent.parent / "benchmarks.toml"
@@ -87,6 +87,14 @@ def _resolve(doc: dict, benchmark: str, scale: str | None, path: Path) -> Benchm
     return build(BenchmarkConfig, merged, f"{benchmark}.")
 
 
+def without_notes(scale_table: dict) -> dict:
+    """A scale's table less its sections' notes (`tuned`, `starts_tuned`): a ladder's rungs take its settings at other
+    model sizes, where nothing was tuned, so the notes of how the scale's settings were chosen do not carry over."""
+    return {name: ({k: v for k, v in value.items() if k not in note_fields(name)}
+                   if isinstance(value, dict) and name in SECTIONS else value)
+            for name, value in scale_table.items()}
+
+
 @dataclass(frozen=True)
 class Ladder:
     """A benchmark of rungs (imdb-scaling): the whole comparison of `protocol` at each rung, a scale-like override
@@ -134,7 +142,8 @@ def _resolve_ladder(doc: dict, benchmark: str, scale: str | None, path: Path) ->
             raise ConfigError(f"{benchmark}.scales.{scale}.rungs.{rung}: the name of a ladder's own folder; "
                               f"allowed: any other rung name")
         own = {k: v for k, v in doc[protocol_name].items() if k not in ("scales", "default_scale")}
-        one = {protocol_name: {**own, "scales": {base: _merge(_merge(base_scales[base], ladder), overrides)}}}
+        one = {protocol_name: {**own, "scales": {base: _merge(_merge(without_notes(base_scales[base]), ladder),
+                                                             overrides)}}}
         try:
             cfg = _resolve(one, protocol_name, base, path)
         except ConfigError as e:

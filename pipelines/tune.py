@@ -15,9 +15,10 @@ per target KL) times each of `scales`. The starts exist so that each run reaches
 last checkpoint lands within 25% of it (the tune split's exact KL over the target), else the trial that lands
 nearest. A user reruns it on another machine, where the starts may not land.
 
-Every trial (setting, training seconds, tune reward at each KL budget, front area) goes to <docs>/tuning-<scale>.md,
-one section per method, replaced when the method is tuned again; --write puts the chosen rate(s) into the
-benchmarks file's table of the scale and method.
+Every trial (setting, training seconds, tune reward at each KL budget, front area, furthest KL on select; for the
+starts each target's landing) goes to <docs>/tuning-<scale>.md, one section per method and setting, replaced when
+it is tuned again; --write puts the choice into the benchmarks file's table of the scale and method, with a note
+(`tuned`, `starts_tuned`) the report quotes.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import tomllib
 from pathlib import Path
 
 from core.config import ConfigError
-from core.frontier import choice_weights, read_frontier
+from core.frontier import TARGET_TOLERANCE, choice_weights, on_target, read_frontier
 from core.methods import METHODS
 
 from . import graph, store
@@ -41,7 +42,6 @@ log = logging.getLogger("pipelines")
 SHARED = ("sft", "ground_truth", "pairs", "reward_model")  # the trials' common upstream
 DEFAULT_SCALES = (0.5, 1.0, 2.0)
 SETTINGS = {"lr": "tuned", "starts": "starts_tuned"}  # what a trial scales -> the section's note of its choice
-LANDING = 1.25  # a PPO run lands when its last checkpoint's KL is within 25% of its target (#29's band)
 
 
 def rate_keys(section) -> list[str]:
@@ -49,18 +49,15 @@ def rate_keys(section) -> list[str]:
     return [k for k in ("learning_rate", "learning_rates") if getattr(section, k, None)]
 
 
-def starts(section) -> list[float]:
-    """PPO's step-0 KL coefficient for each target, in target_kls' order (init_kl_coef where no list is given)."""
-    return list(section.init_kl_coefs) or [section.init_kl_coef] * len(section.target_kls)
-
-
 def trial_config(cfg, method: str, scale: float, setting: str = "lr"):
     """cfg for one trial: that method alone, one training seed, evaluated on the tune split, its learning rate(s)
     (setting "lr") or its start coefficients ("starts") times scale."""
     stage = METHODS[method].stage
     section = getattr(cfg, stage)
-    if setting == "starts":
-        scaled = {"init_kl_coefs": [c * scale for c in starts(section)]}
+    if scale == 1:  # the config as it stands, whatever the setting: one trial (lr-x1/)
+        scaled = {}
+    elif setting == "starts":
+        scaled = {"init_kl_coefs": [c * scale for c in section.start_coefs()]}
     else:
         scaled = {k: (getattr(section, k) * scale if k == "learning_rate" else [r * scale for r in getattr(section, k)])
                   for k in rate_keys(section)}
@@ -133,10 +130,12 @@ def check(cfg, method: str, scales: tuple[float, ...], setting: str = "lr") -> N
     if method not in METHODS or METHODS[method].kind not in ("pairs", "ppo", "online"):
         tunable = [m for m, spec in METHODS.items() if spec.kind in ("pairs", "ppo", "online")]
         raise ConfigError(f"tune --method {method!r}: allowed: {', '.join(tunable)}")
-    if setting == "starts" and METHODS[method].kind != "ppo":
-        allowed = [m for m, spec in METHODS.items() if spec.kind == "ppo"]
-        raise ConfigError(f"tune --setting starts --method {method}: allowed: {', '.join(allowed)} (PPO's KL "
-                          f"coefficients)")
+    if setting == "starts" and method != "ppo":
+        raise ConfigError(f"tune --setting starts --method {method}: allowed: ppo (the starts are [ppo]'s, which "
+                          f"PPO-GT shares; they are set for the learned reward PPO optimises)")
+    if setting == "starts" and 1.0 not in scales:
+        raise ConfigError(f"tune --setting starts --scales {','.join(f'{x:g}' for x in scales)}: allowed: scales "
+                          f"that include 1 (the starts as they stand, kept where they land)")
     if setting == "lr" and not rate_keys(getattr(cfg, METHODS[method].stage)):
         raise ConfigError(f"tune: [{METHODS[method].stage}] has no learning rate to tune")
     if not scales or any(not (s > 0) or s != s or s == float("inf") for s in scales):
@@ -164,7 +163,8 @@ def run(cfg, method: str, scales: tuple[float, ...], protocol: dict, launch, sou
         chosen = dataclasses.replace(cfg, **{stage: dataclasses.replace(getattr(cfg, stage),
                                                                         init_kl_coefs=record["chosen_starts"])})
         how = (f"{record['date']}: per target, of x{', x'.join(f'{s:g}' for s in scales)} on the tune split (one "
-               f"seed), x1 where it lands within 25%, else the nearest landing (docs/tuning-{cfg.scale}.md)")
+               f"seed), x1 where it lands within {TARGET_TOLERANCE:.0%}, else the nearest landing "
+               f"(docs/tuning-{cfg.scale}.md)")
         keep, said = {}, f"starts {record['chosen_rates']}"
     else:
         furthest = max(list(report.kl_budgets) + [report.area_max_kl])  # the verdict compares up to here
@@ -178,7 +178,7 @@ def run(cfg, method: str, scales: tuple[float, ...], protocol: dict, launch, sou
     store.write_text_atomic(page, tuning_page(page.read_text() if page.is_file() else "", record))
     log.info("tune %s: chose %s; every trial in %s", method, said, page)
     if config_path is not None:
-        write_choice(config_path, cfg.benchmark, cfg.scale, stage, chosen, how, keep, setting)
+        write_choice(config_path, cfg.benchmark, cfg.scale, stage, chosen, how, keep, setting, before=cfg)
         log.info("tune %s: wrote the choice into %s", method, config_path)
     return record
 
@@ -196,20 +196,21 @@ def choose_rate(method: str, trials: list[dict], furthest: float, area_max_kl: f
 
 
 def choose_starts(section, trials: list[dict]) -> dict:
-    """Per target: the starts as they stand (the trial nearest x1) among the trials whose last checkpoint lands
-    within LANDING of it, else the trial that lands nearest it (|log(KL / target)|). One seed's landing moves by a
+    """Per target: the starts as they stand (the trial nearest x1) among the trials whose last checkpoint lands on
+    it (core.frontier.on_target: within 25%, as the report checks), else the trial that lands nearest it
+    (|log(KL / target)|). One seed's landing moves by a
     few percent between trials whose starts differ 2x (docs/tuning-tiny.md), so "nearest" alone would follow that
     noise; the band is what the starts are for. -> {"chosen": {target: scale}, "chosen_starts": [coefficient per
     target], "chosen_rates": its text}."""
     import math
 
     chosen, coefs = {}, []
-    for target, start in zip(section.target_kls, starts(section)):
-        landed = [t for t in trials if t["landing"].get(target, 0) > 0]
+    for target, start in zip(section.target_kls, section.start_coefs()):
+        landed = [t for t in trials if t["landing"].get(target, 0) > 0]  # KL 0 or not a number: it went nowhere
         if not landed:
-            raise ConfigError(f"tune starts: no trial has a checkpoint of target KL {target:g} on the tune split; "
-                              f"nothing chosen")
-        within = [t for t in landed if abs(math.log(t["landing"][target])) <= math.log(LANDING)]
+            raise ConfigError(f"tune starts: no trial's run of target KL {target:g} ended at a KL above 0 on the tune "
+                              f"split; nothing chosen")
+        within = [t for t in landed if on_target(t["landing"][target], 1.0)]
         best = (min(within, key=lambda t: (abs(math.log(t["scale"])), abs(math.log(t["landing"][target]))))
                 if within else min(landed, key=lambda t: (abs(math.log(t["landing"][target])),
                                                           abs(math.log(t["scale"])))))
@@ -244,7 +245,7 @@ def rates_text(section) -> str:
 
 
 def setting_text(section, setting: str) -> str:
-    return f"init_kl_coefs = {starts(section)!r}" if setting == "starts" else rates_text(section)
+    return f"init_kl_coefs = {section.start_coefs()!r}" if setting == "starts" else rates_text(section)
 
 
 def tuning_page(text: str, record: dict) -> str:
@@ -329,15 +330,16 @@ def _literal(value) -> str:
 
 
 def write_choice(path: Path, benchmark: str, scale: str, stage: str, chosen, how: str = "", keep: dict | None = None,
-                 setting: str = "lr") -> None:
-    """Set the chosen rate(s) (setting "starts": init_kl_coefs), and the setting's note (`tuned`, `starts_tuned`) =
-    how, in the benchmarks file's [<benchmark>.scales.<scale>.<stage>]
+                 setting: str = "lr", before=None) -> None:
+    """Set the chosen rate(s) (setting "starts": init_kl_coefs; those that differ from `before`'s, when given), and
+    the setting's note (`tuned`, `starts_tuned`) = how, in the benchmarks file's [<benchmark>.scales.<scale>.<stage>]
     table (made when missing), each key's line replaced (a note of the value it replaces) or added under the header;
     keep: {section: {key: value}} of other sections to pin as they were (the relatives that took [dpo]'s rates).
     Written atomically; the file must read back with exactly these values, else it is left as it was."""
     section = getattr(chosen, stage)
     keys = ["init_kl_coefs"] if setting == "starts" else rate_keys(section)
-    values = {stage: {key: getattr(section, key) for key in keys}}
+    values = {stage: {key: getattr(section, key) for key in keys  # before: the config as it stood; what it
+                      if before is None or getattr(getattr(before, stage), key) != getattr(section, key)}}  # had, stays
     if how:
         values[stage][SETTINGS[setting]] = how
     values.update(keep or {})

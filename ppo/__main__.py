@@ -172,9 +172,7 @@ def initial_kl_coef(cfg, target_kl: float) -> float:
     every run at one coefficient and let the controller find its level over thousands of steps (horizon 10,000);
     a short run can only fine-tune, so it starts each target near the coefficient that reaches it
     (docs/kl-control.md)."""
-    if cfg.init_kl_coefs:
-        return cfg.init_kl_coefs[cfg.target_kls.index(target_kl)]
-    return cfg.init_kl_coef
+    return cfg.start_coefs()[cfg.target_kls.index(target_kl)]
 
 
 def train_run(method: str, target_kl: float, seed: int, cfg, job, prompts, tokenizer, score_fn):

@@ -18,7 +18,7 @@ from core import tracking
 from core.comparison import Frontier, coverage, intervals, measures, row_id, summary, verdict
 from core.config import flatten
 from core.flops import Model, completions_generated, run_flops
-from core.frontier import read_frontier
+from core.frontier import TARGET_TOLERANCE, on_target, read_frontier
 from core.methods import METHODS, label
 from core.run import run_label
 
@@ -115,17 +115,23 @@ def tuning_line(config: dict, methods: list[str], scale: str) -> str:
     return ("Settings: " + (f"learning rates chosen on the tune split: {'; '.join(done)}. " if done else "") +
             (f"Not tuned on the tune split (settings from earlier sessions, some chosen on test prompts): "
              f"{', '.join(not_done)}; `python -m pipelines tune` chooses them (docs/tuning-{scale}.md)."
-             if not_done else "Every method's learning rate was chosen there.") + " " + starts_line(config, methods))
+             if not_done else "Every method's learning rate was chosen there.") + " " + starts_line(config, methods)
+            ).rstrip()
 
 
 def starts_line(config: dict, methods: list[str]) -> str:
-    """What the tune command chose besides learning rates: PPO's start coefficients (`starts_tuned`), or not."""
-    how = config.get("ppo", {}).get("starts_tuned", "")
-    if any(METHODS[m].kind == "ppo" for m in methods) and how:
-        return (f"PPO's start KL coefficients were chosen there too, by where each target's run lands ({how}); "
-                "DPO's per-beta rule is an earlier session's (docs/protocol.md).")
-    return ("The command tuned learning rates only: other settings (PPO's start coefficients, DPO's per-beta rule) "
-            "are earlier sessions' (docs/protocol.md).")
+    """What the tune command did besides learning rates: PPO's start coefficients (`starts_tuned`), or not; and
+    DPO's per-beta rule, which it does not choose."""
+    ppo = any(METHODS[m].kind == "ppo" for m in methods)
+    how = config.get("ppo", {}).get("starts_tuned", "") if ppo else ""
+    said = ([f"PPO's start KL coefficients went through the tune split ({how}); those it kept were first set on "
+             "test-prompt KL in earlier sessions (docs/kl-control.md)."] if how else
+            ["PPO's start KL coefficients were not checked on the tune split (earlier sessions set them, some on "
+             "test-prompt KL)."] if ppo else [])
+    if "dpo" in methods:
+        said.append("DPO's per-beta rule (one learning rate per beta) is an earlier session's: the command scales "
+                    "its rates together (docs/protocol.md).")
+    return " ".join(said)
 
 
 def protocol_table(protocol: dict, config: dict) -> tuple[list[str], list[list[str]]]:
@@ -180,7 +186,8 @@ def checks_table(rows: list[dict], runs: dict[str, list[dict]], covered: dict, r
                 continue
             ratio = last["kl"] / run["param"]
             body.append([run_label(method, run["run"]), f"final KL {last['kl']:.2f} for target {run['param']:g} "
-                         f"({ratio:.2f}x)", "yes" if 0.75 <= ratio <= 1.25 else "NO: misses its target by more than 25%"])
+                         f"({ratio:.2f}x)", "yes" if on_target(last["kl"], run["param"]) else
+                         f"NO: misses its target by more than {TARGET_TOLERANCE:.0%}"])
     for method, run in ((m, run) for m in METHODS for run in runs.get(m, []) if run.get("heldout")):
         curve = run["heldout"]  # DPO and the relatives trained by its trainer (ipo, slic, rdpo)
         if curve:

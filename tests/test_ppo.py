@@ -135,13 +135,15 @@ def test_the_stall_release_is_on_where_the_starts_were_not_tuned_and_off_at_tiny
 
 
 def test_each_target_starts_at_its_own_coefficient_when_given():
-    from types import SimpleNamespace
+    import dataclasses
 
+    from pipelines import config
     from ppo.__main__ import initial_kl_coef
 
-    cfg = SimpleNamespace(target_kls=[3.0, 6.0, 9.0], init_kl_coef=0.1, init_kl_coefs=[0.3, 0.12, 0.075])
+    cfg = dataclasses.replace(config.load("imdb-sentiment", "micro").ppo, target_kls=[3.0, 6.0, 9.0],
+                              init_kl_coef=0.1, init_kl_coefs=[0.3, 0.12, 0.075])
     assert [initial_kl_coef(cfg, t) for t in (3.0, 6.0, 9.0)] == [0.3, 0.12, 0.075]
-    cfg.init_kl_coefs = []
+    cfg = dataclasses.replace(cfg, init_kl_coefs=[])
     assert [initial_kl_coef(cfg, t) for t in (3.0, 9.0)] == [0.1, 0.1]
 
 

@@ -25,6 +25,8 @@ def test_a_trial_is_the_method_alone_one_seed_on_the_tune_split_with_its_rates_s
     one = config.load("imdb-sentiment", "micro")  # no list: init_kl_coef for every target, scaled
     assert tune.trial_config(one, "ppo", 2.0, "starts").ppo.init_kl_coefs == [one.ppo.init_kl_coef * 2] * len(
         one.ppo.target_kls)
+    for setting in ("lr", "starts"):  # x1 is the config as it stands (one trial, lr-x1/, for both settings)
+        assert tune.trial_config(one, "ppo", 1.0, setting).ppo == one.ppo
     assert cfg.eval.prompt_split == "eval"  # the benchmark itself never evaluates on the tune split
 
 
@@ -49,20 +51,21 @@ def test_trial_measures_choose_on_the_select_half_and_measure_on_the_other():
 
 def test_ppo_starts_are_chosen_per_target_by_where_the_last_checkpoint_lands():
     """Two targets, three trials. landing(): the last step of each run, KL averaged over the two halves, over the
-    target. x1 misses both by more than 25% (0.6, 0.75); target 3 lands within at x2 only (0.9), target 6 at x0.5
-    only (1.2); the chosen coefficients are those scales times the starts. Where x1 lands within 25%, it stays."""
+    target. x1 misses both by more than 25% (0.6, 0.73); target 3 lands within at x2 only (0.91), target 6 at x0.5
+    only (1.2); the chosen coefficients are those scales times the starts. Where x1 lands within 25%, it stays.""" 
     def rows(scale_kls):
         out = []
         for target, (kl_select, kl_test) in scale_kls.items():
-            for step, frac in ((2, 0.5), (4, 1.0)):  # step 2 is not the last: ignored
-                out += [{"method": "ppo", "param": str(target), "step": str(step), "split": split, "kl": str(kl * frac)}
-                        for split, kl in (("select", kl_select), ("test", kl_test))]
-        return out + [{"method": "ppo-gt", "param": "3.0", "step": "9", "split": "test", "kl": "99"}]  # other method
+            for step, frac in ((2, 1.5), (4, 1.0)):  # step 2 is not the last (though further): ignored
+                out += [{"method": "ppo", "param": target, "step": step, "split": split, "kl": kl * frac, "n": n}
+                        for split, kl, n in (("select", kl_select, 128), ("test", kl_test, 256))]
+        return out + [{"method": "ppo-gt", "param": 3.0, "step": 9, "split": "test", "kl": 99.0, "n": 256}]  # other
 
     landed = {s: tune.landing(rows(k), "ppo") for s, k in
-              ((0.5, {3.0: (4.0, 5.0), 6.0: (7.0, 7.4)}), (1.0, {3.0: (1.8, 1.8), 6.0: (4.4, 4.6)}),
+              ((0.5, {3.0: (4.0, 5.0), 6.0: (7.2, 7.2)}), (1.0, {3.0: (2.4, 1.5), 6.0: (4.4, 4.4)}),
                (2.0, {3.0: (2.6, 2.8), 6.0: (1.0, 1.0)}))}
-    assert landed[1.0] == {3.0: pytest.approx(0.6), 6.0: pytest.approx(0.75)}
+    assert landed[1.0] == {3.0: pytest.approx((128 * 2.4 + 256 * 1.5) / 384 / 3), 6.0: pytest.approx(4.4 / 6)}
+    assert landed[1.0][3.0] == pytest.approx(0.6)  # both halves, weighted by their prompts (not 0.65, their mean)
     section = dataclasses.replace(config.load("imdb-sentiment", "tiny").ppo, target_kls=[3.0, 6.0],
                                   init_kl_coefs=[0.3, 0.1])
     trials = [{"scale": s, "landing": landed[s]} for s in (0.5, 1.0, 2.0)]
@@ -70,7 +73,9 @@ def test_ppo_starts_are_chosen_per_target_by_where_the_last_checkpoint_lands():
     assert choice["chosen"] == {3.0: 2.0, 6.0: 0.5} and choice["chosen_starts"] == [0.6, 0.05]
     kept = [{"scale": 0.5, "landing": {3.0: 1.0, 6.0: 1.3}}, {"scale": 1.0, "landing": {3.0: 1.2, 6.0: 0.7}},
             {"scale": 2.0, "landing": {3.0: 0.6, 6.0: 0.5}}]
-    assert tune.choose_starts(section, kept)["chosen"] == {3.0: 1.0, 6.0: 0.5}  # 1.2: within, kept; 0.7 < 0.8: nearest
+    assert tune.choose_starts(section, kept)["chosen"] == {3.0: 1.0, 6.0: 0.5}  # 1.2: within, kept; 0.7: nearest
+    edge = [{"scale": 0.5, "landing": {3.0: 1.0, 6.0: 1.0}}, {"scale": 1.0, "landing": {3.0: 0.75, 6.0: 1.25}}]
+    assert tune.choose_starts(section, edge)["chosen"] == {3.0: 1.0, 6.0: 1.0}  # the report's band, edges in
     with pytest.raises(ConfigError, match="target KL 6"):
         tune.choose_starts(section, [{"scale": 1.0, "landing": {3.0: 1.0}}])
     page = tune.tuning_page("## ppo\nlr\n\n", {"method": "ppo", "scale": "tiny", "date": "d", "setting": "starts",
@@ -79,7 +84,7 @@ def test_ppo_starts_are_chosen_per_target_by_where_the_last_checkpoint_lands():
                                                               "measures": {"KL <= 5": None, "area": 0.5}}
                                                              for t in trials]})
     assert "## ppo\nlr" in page and "## ppo-starts" in page and "chosen per target: KL 3: x2, KL 6: x0.5" in page
-    assert "| 2 | c | 1 | none within | 0.500 | - | 0.90 | 0.17 |" in page
+    assert "| 2 | c | 1 | none within | 0.500 | - | 0.91 | 0.17 |" in page
 
 
 def test_the_rate_chosen_is_the_best_front_area_among_trials_that_reach_the_largest_budget():
@@ -152,13 +157,18 @@ def test_the_page_keeps_other_methods_sections_and_the_choice_is_written_in_plac
     line = next(x for x in path.read_text().splitlines() if x.startswith("init_kl_coefs"))
     tune.write_choice(path, "imdb-sentiment", "tiny", "ppo", starts, "again", setting="starts")
     assert line in path.read_text().splitlines()  # the same value again: its line (and its comment) as it was
+    kept = config.load("imdb-sentiment", "v1.5", dotted)  # no init_kl_coefs: x1 kept writes the note alone
+    tune.write_choice(dotted, "imdb-sentiment", "v1.5", "ppo", kept, "kept", setting="starts", before=kept)
+    assert config.load("imdb-sentiment", "v1.5", dotted).ppo == dataclasses.replace(kept.ppo, starts_tuned="kept")
 
 
 def test_bad_tune_arguments_are_one_line_and_write_nothing(tmp_path):
     for args, word in ((["--method", "sft"], "allowed: dpo"), (["--method", "dpo", "--scales", "0.5,x"], "--scales"),
                        (["--method", "dpo", "--scales", "0,1"], "--scales"),
                        (["--method", "ppo", "--setting", "beta"], "allowed: lr, starts"),
-                       (["--method", "dpo", "--setting", "starts"], "allowed: ppo, ppo-gt")):
+                       (["--method", "dpo", "--setting", "starts"], "allowed: ppo ("),
+                       (["--method", "ppo-gt", "--setting", "starts"], "allowed: ppo ("),
+                       (["--method", "ppo", "--setting", "starts", "--scales", "0.5,2"], "include 1")):
         proc = cli("tune", "imdb-sentiment", "--scale", "micro", *args, "--docs", str(tmp_path), run_dir=tmp_path)
         assert proc.returncode == 2 and word in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not list(tmp_path.iterdir())
@@ -213,6 +223,9 @@ def test_the_report_says_which_methods_were_tuned_on_the_tune_split():
     assert "PPO, PPO-GT;" in line and "docs/tuning-tiny.md" in line
     every = report.tuning_line({"dpo": {"tuned": "x1"}}, ["dpo"], "tiny")
     assert "Every method's learning rate was chosen there." in every
-    assert "learning rates only: other settings (PPO's start coefficients" in every  # what tuning did not choose
-    both = report.tuning_line({"ppo": {"tuned": "x1", "starts_tuned": "nearest landing"}}, ["ppo"], "tiny")
-    assert "PPO's start KL coefficients were chosen there too" in both and "(nearest landing)" in both
+    assert "DPO's per-beta rule (one learning rate per beta) is an earlier session's" in every  # not chosen there
+    assert "start KL coefficients" not in every  # no PPO in the run
+    both = report.tuning_line({"ppo": {"tuned": "x1", "starts_tuned": "x1 where it lands"}}, ["ppo"], "tiny")
+    assert "PPO's start KL coefficients went through the tune split (x1 where it lands); those it kept were first " \
+           "set on test-prompt KL" in both and "per-beta" not in both
+    assert "were not checked on the tune split" in report.tuning_line({"ppo": {"tuned": "x1"}}, ["ppo"], "tiny")
