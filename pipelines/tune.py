@@ -4,7 +4,8 @@ A method's settings are chosen on the tune split, prompts from the ground truth'
 the test and select prompts and from every review a model trains on; `eval.prompt_split = "tune"`), with the same
 trial budget for every method: its learning rate(s) times each of `scales` (default 0.5, 1, 2), one training seed,
 the method's own sweep as in the benchmark. Each trial is the benchmark's own stages for that one method (SFT model,
-pairs and reward model shared by the trials, in <scale>-tune/shared/), evaluated on the tune split: checkpoints
+pairs and reward model shared by the trials, in <scale>-tune/shared/) up to eval (no report: the trial is read from
+its frontier.csv), evaluated on the tune split: checkpoints
 chosen on its select half, measured on its other half, as the report does on the test prompts. The choice is the
 trial with the highest front area (the verdict's own measure, KL 0 to report.area_max_kl) among those whose
 checkpoints reach the verdict's largest budget on the select half (else among all, and the page says so).
@@ -115,7 +116,8 @@ def run_trial(cfg, method: str, stage: str, scale: float, root: Path, shared: di
     folder = root / method / f"{'lr' if scale == 1 else setting}-x{scale:g}"
     log.info("tune %s: trial %s x%g (%s) in %s", method, setting, scale, setting_text(getattr(trial, stage), setting),
              folder)
-    graph.run(trial, None, False, protocol, launch, source_id, root=folder, shared=shared)
+    upto_eval = [name for name in graph.stages(trial) if name != "report"]  # a trial is measured from frontier.csv
+    graph.run(trial, upto_eval, False, protocol, launch, source_id, root=folder, shared=shared)
     frontier = read_frontier(folder / "eval" / "frontier.csv")
     measures = trial_measures(frontier, method, list(cfg.report.kl_budgets), cfg.report.area_max_kl)
     return {"scale": scale, "rates": setting_text(getattr(trial, stage), setting),
