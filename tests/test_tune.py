@@ -211,7 +211,7 @@ def test_tuning_dpo_and_ppo_starts_at_micro_run_trials_on_the_tune_split_and_wri
     assert all(f" KL / target {t:g} |" in page for t in base.ppo.target_kls)
     chosen = [float(x.split(": x")[1]) for x in page.split("chosen per target: ")[1].split(" (")[0].split(", ")]
     ppo = config.load("imdb-sentiment", "micro", path).ppo
-    assert ppo.init_kl_coefs == pytest.approx([c * x for c, x in zip(tune.starts(base.ppo), chosen)])
+    assert ppo.start_coefs() == pytest.approx([c * x for c, x in zip(base.ppo.start_coefs(), chosen)])
     assert ppo.starts_tuned.startswith(time.strftime("%Y-%m-%d")) and ppo.learning_rate == base.ppo.learning_rate
 
 
