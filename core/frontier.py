@@ -35,9 +35,9 @@ def read_frontier(path) -> list[dict]:
         try:
             for k in NUMBERS:
                 r[k] = float(r[k])
-            r["step"] = int(r["step"])
+            r["step"], r["n"] = int(r["step"]), int(r["n"])
         except (TypeError, ValueError):
-            raise ValueError(f"{path}, line {line}: a value of {NUMBERS + ('step',)} is not a number") from None
+            raise ValueError(f"{path}, line {line}: a value of {NUMBERS + ('step', 'n')} is not a number") from None
     return rows
 
 

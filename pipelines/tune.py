@@ -98,13 +98,12 @@ def landing(frontier: list[dict], method: str) -> dict[float, float]:
     for r in frontier:
         if r["method"] == method and r["split"] in ("select", "test"):
             key = (float(r["param"]), r["split"])
-            if key not in last or int(r["step"]) > int(last[key]["step"]):
+            if key not in last or r["step"] > last[key]["step"]:
                 last[key] = r
     out = {}
     for t in sorted({target for target, _ in last}):
         halves = [r for (u, _), r in last.items() if u == t]
-        n = [float(r.get("n") or 1) for r in halves]
-        out[t] = sum(w * float(r["kl"]) for w, r in zip(n, halves)) / sum(n) / t
+        out[t] = sum(r["n"] * r["kl"] for r in halves) / sum(r["n"] for r in halves) / t
     return out
 
 
