@@ -68,6 +68,31 @@ def _group():
     return PartialState(cpu=on_cpu())
 
 
+def fsdp_on_cpu() -> bool:
+    """Switch accelerate to FSDP where the launcher asked for it (an FSDP config: ACCELERATE_USE_FSDP) on the CPU.
+
+    accelerate shards on GPUs only: on the CPU it sets up DDP (MULTI_CPU) whatever the config says. torch's FSDP2
+    (`fully_shard`) trains over gloo on the CPU too, so the state is set as accelerate sets it on a GPU (state.py: the
+    distributed type in both shared states, and the plugin read from the launcher's FSDP_* variables). Every
+    Accelerator made after this, ours and the one a TRL trainer makes, prepares models with FSDP2 and gathers full
+    state dicts for saving. -> whether the state is FSDP on the CPU (one process, a GPU, or DDP: False, untouched)."""
+    if world_size() == 1 or not on_cpu() or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return False
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = Accelerator(cpu=True).state
+    if state.distributed_type != DistributedType.FSDP:
+        state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* variables
+        state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        if is_main():
+            import logging
+
+            logging.getLogger("stage").info("FSDP2 on the CPU: %d processes over gloo, each holding a shard of every "
+                                            "model it trains", world_size())
+    return True
+
+
 def barrier() -> None:
     """Every process waits here for the others (one process: nothing)."""
     if world_size() > 1:

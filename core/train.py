@@ -39,6 +39,17 @@ def save_last_checkpoint(trainer, folder, every: int) -> bool:
     return True
 
 
+def run_trainer(trainer, checkpoints):
+    """trainer.train(), resumed from the newest checkpoint-<step> in the folder `checkpoints` (a killed run goes on
+    from there). Under an FSDP launch on the CPU the trainer shards too (core.dist.fsdp_on_cpu; its arguments reset
+    accelerate's state when they were made, so the switch comes after the trainer is). -> what train() returns."""
+    from core import dist, resume
+
+    if dist.fsdp_on_cpu():
+        trainer.is_fsdp_enabled = True  # transformers' Trainer read it off the state it made; it prepares with FSDP2
+    return trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(checkpoints))
+
+
 def bf16() -> bool:
     """The precision rule of every training stage: bf16 on CUDA, fp32 elsewhere (CPU, mps)."""
     from core import dist
@@ -61,10 +72,11 @@ def trainer_args(job) -> dict:
 
 
 def loop_accelerator():
-    """The Accelerator of our own loops (PPO, Unlikelihood / Preferred-FT): this process's device, DDP when
-    launched as several, bf16 autocast by the same rule as the TRL stages."""
+    """The Accelerator of our own loops (PPO, the pairs loop): this process's device, DDP when launched as several
+    (FSDP2 under an FSDP config, on the CPU too), bf16 autocast by the same rule as the TRL stages."""
     from accelerate import Accelerator
 
     from core import dist
 
+    dist.fsdp_on_cpu()
     return Accelerator(cpu=dist.on_cpu(), mixed_precision="bf16" if bf16() else "no")

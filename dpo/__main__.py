@@ -43,11 +43,11 @@ import math
 import random
 
 from core import job as jobs
-from core import dist, resume, tracking
+from core import dist, tracking
 from core.methods import stage_method
 from core.run import MethodRun, training_seed
 from core.lm_head import plain_lm_head
-from core.train import save_last_checkpoint, stop_on_non_finite_loss, trainer_args
+from core.train import run_trainer, save_last_checkpoint, stop_on_non_finite_loss, trainer_args
 from dpo.loss import OWN_LOOP_LOSSES, pair_losses
 
 log = logging.getLogger("stage")
@@ -306,7 +306,7 @@ def train_trl(beta: float, seed: int, cfg, job, pairs, heldout, tokens_per_pair:
     run.start()  # TRL's callback logs into its wandb run; TRL resumes the training itself
     trainer = make_trainer_class(job.stage)(model=model, args=args, train_dataset=pairs, eval_dataset=heldout,
                                             processing_class=tokenizer, callbacks=[stop_on_non_finite_loss()])
-    result = trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(run.folder))
+    result = run_trainer(trainer, run.folder)
     history = [h for h in trainer.state.log_history if "loss" in h]
     if save_last_checkpoint(trainer, run.folder, cfg.eval_every):
         trainer.evaluate()  # its held-out loss too

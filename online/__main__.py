@@ -26,12 +26,12 @@ resume from their latest checkpoint (TRL's resume).
 import logging
 
 from core import job as jobs
-from core import dist, lm, resume, tracking
+from core import dist, lm, tracking
 from core.lm_head import plain_lm_head
 from core.methods import METHODS
 from core.reward import training_reward
 from core.run import MethodRun
-from core.train import save_last_checkpoint, stop_on_non_finite_loss, trainer_args
+from core.train import run_trainer, save_last_checkpoint, stop_on_non_finite_loss, trainer_args
 
 log = logging.getLogger("stage")
 PURE_SAMPLING = dict(temperature=1.0, top_p=1.0, top_k=0, min_p=None, repetition_penalty=1.0, generation_kwargs=None)
@@ -167,7 +167,7 @@ def train_run(method: str, beta: float, seed: int, cfg, job, dataset, prompt_ids
     trainer = make_trainer_class(job.stage)(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
                                             processing_class=tokenizer, callbacks=[stop_on_non_finite_loss()],
                                             prompt_ids=prompt_ids)
-    result = trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(run.folder))
+    result = run_trainer(trainer, run.folder)
     epochs = getattr(cfg, "epochs", 1)
     save_last_checkpoint(trainer, run.folder, cfg.eval_every * epochs)  # TRL saved every eval_every batches
     completions = cfg.prompts_per_step * getattr(cfg, "num_generations", 2)

@@ -61,18 +61,22 @@ class Launch:
                                   f"an integer >= 1")
 
     def check_sharding(self, device: str) -> None:
-        """On the CPU, accelerate ignores an FSDP or DeepSpeed config and trains with DDP (measured with torch 2.13
-        and accelerate here: distributed type MULTI_CPU, the model wrapped in DistributedDataParallel): a run that
-        asked for sharding would silently not shard, so it is refused in one line."""
+        """On the CPU, accelerate ignores a sharding config and trains with DDP (distributed type MULTI_CPU, measured
+        with torch 2.13 and accelerate 1.15 here). Our stages switch it to FSDP2 on the CPU (core.dist.fsdp_on_cpu:
+        torch's fully_shard trains over gloo); DeepSpeed, and FSDP version 1, would silently not shard: refused in
+        one line."""
         if self.accelerate_config is None or device != "cpu":
             return
         import yaml
 
-        kind = str(yaml.safe_load(Path(self.accelerate_config).read_text(encoding="utf-8")).get("distributed_type", ""))
-        if kind.upper() in ("FSDP", "DEEPSPEED"):
-            raise ConfigError(f"--accelerate-config {self.accelerate_config}: {kind} on the CPU would silently be DDP "
-                              f"(accelerate shards on GPUs only); allowed on the CPU: configs/accelerate/ddp.yaml or "
-                              f"--nproc N")
+        settings = yaml.safe_load(Path(self.accelerate_config).read_text(encoding="utf-8"))
+        kind = str(settings.get("distributed_type", ""))
+        version = (settings.get("fsdp_config") or {}).get("fsdp_version", 1) if kind.upper() == "FSDP" else None
+        if kind.upper() == "DEEPSPEED" or version not in (None, 2):
+            what = kind if version is None else f"{kind} version {version}"
+            raise ConfigError(f"--accelerate-config {self.accelerate_config}: {what} on the CPU would silently be DDP "
+                              f"(accelerate shards on GPUs only); allowed on the CPU: configs/accelerate/fsdp.yaml "
+                              f"(FSDP version 2), configs/accelerate/ddp.yaml or --nproc N")
 
     @property
     def fixed(self) -> bool:

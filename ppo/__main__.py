@@ -191,7 +191,8 @@ def train_run(method: str, target_kl: float, seed: int, cfg, job, prompts, token
     policy_opt = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
     value_opt = torch.optim.Adam(value.parameters(), lr=cfg.value_learning_rate)
     raw_policy, raw_value = policy, value  # for sampling and no-grad passes: no gradient sync needed there
-    policy, value, policy_opt, value_opt = accelerator.prepare(policy, value, policy_opt, value_opt)
+    policy, policy_opt = accelerator.prepare(policy, policy_opt)  # one model a call, as FSDP2 asks
+    value, value_opt = accelerator.prepare(value, value_opt)
     init_kl_coef = initial_kl_coef(cfg, target_kl)
     kl_ctl = (A.AdaptiveKLController(init_kl_coef, target_kl, cfg.kl_horizon, cfg.kl_hold,
                                      stall_steps=3 if cfg.kl_hold_release == "stall" else None)

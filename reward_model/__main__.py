@@ -17,10 +17,10 @@ import time
 
 import numpy as np
 
-from core import dist, resume, tracking
+from core import dist, tracking
 from core import job as jobs
 from core.reward import RewardModel, pool_mean, save_reward_meta
-from core.train import stop_on_non_finite_loss, trainer_args
+from core.train import run_trainer, stop_on_non_finite_loss, trainer_args
 
 log = logging.getLogger("stage")
 
@@ -65,7 +65,7 @@ def train_reward_model(job, seed: int, out) -> dict | None:
     trainer = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                             callbacks=[stop_on_non_finite_loss()])
     # a killed run resumes from the newest of its checkpoints (every tenth of the steps)
-    trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(out / "trainer"))
+    run_trainer(trainer, out / "trainer")
     train_seconds = time.time() - t0
     trainer.save_model(str(out))  # the main process writes (gathering sharded weights first)
     if not dist.is_main():  # the rest (normalising, evaluating) is small: the main process does it

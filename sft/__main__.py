@@ -11,10 +11,10 @@ import math
 import time
 from pathlib import Path
 
-from core import dist, resume, tracking
+from core import dist, tracking
 from core import job as jobs
 from core.lm_head import plain_lm_head
-from core.train import stop_on_non_finite_loss, trainer_args
+from core.train import run_trainer, stop_on_non_finite_loss, trainer_args
 from core.data import make_splits
 
 log = logging.getLogger("stage")
@@ -134,7 +134,7 @@ def train(job, seed: int, out: Path, tokenizer, texts: list[str]) -> dict | None
     if dist.on_cpu():
         plain_lm_head(trainer.model)  # TRL's chunked head is a GPU memory saver, slow on CPU
     # a killed run resumes from the newest of its checkpoints (every tenth of the steps)
-    result = trainer.train(resume_from_checkpoint=resume.latest_trainer_checkpoint(out / "trainer"))
+    result = run_trainer(trainer, out / "trainer")
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]  # a resumed run keeps its history
     trainer.save_model(str(out))  # the main process writes (gathering sharded weights first)
     if not dist.is_main():
