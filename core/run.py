@@ -35,8 +35,14 @@ from pathlib import Path
 
 import torch
 
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict, set_model_state_dict)
+
 from core import dist, resume, tracking
+from core.config import ConfigError
 from core.runcache import RunCache
+
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # a sharded model's state, whole, on the main process
 
 log = logging.getLogger("stage")
 
@@ -100,16 +106,27 @@ class MethodRun:
         self.tracker, self._t0 = None, time.time()
 
     # ------------------------------------------------------------------------------------------ start
-    def start(self, resumable: dict | None = None) -> LoopState:
+    def start(self, resumable: dict | None = None, model=None) -> LoopState:
         """Open the run's tracking; when resuming, load each of `resumable` (modules, optimizers, schedulers)
-        from the newest checkpoint, and the loop state and torch's RNG. -> the loop state (step 0 when new)."""
+        from the newest checkpoint, and the loop state and torch's RNG. model: the one trained (loaded from the
+        checkpoint's weights), whose optimizer may be among `resumable`. -> the loop state (step 0 when new)."""
         state = LoopState()
         if self._saved_state is not None:
-            saved = self._saved_state
+            saved, sharded = self._saved_state, self._sharded()
+            if saved.get("sharded", False) != sharded:  # the optimizers' state is kept in another layout
+                how = lambda s: "under FSDP" if s else "without FSDP"  # noqa: E731
+                raise ConfigError(f"{self.label}: its checkpoint {self.latest} was written {how(saved.get('sharded'))}"
+                                  f" and this run is {how(sharded)}; resume it as it was launched (--accelerate-config)")
+            modules = [m for m in [model, *(resumable or {}).values()] if isinstance(m, torch.nn.Module)]
             for key, obj in (resumable or {}).items():
-                target = self.accelerator.unwrap_model(obj) if self.accelerator and isinstance(obj, torch.nn.Module) \
-                    else obj
-                target.load_state_dict(saved[key])
+                if sharded and isinstance(obj, torch.nn.Module):
+                    set_model_state_dict(obj, saved[key], options=FULL)
+                elif sharded and isinstance(obj, torch.optim.Optimizer):
+                    set_optimizer_state_dict(owner(obj, modules), obj, saved[key], options=FULL)
+                else:
+                    target = self.accelerator.unwrap_model(obj) if self.accelerator and \
+                        isinstance(obj, torch.nn.Module) else obj
+                    target.load_state_dict(saved[key])
             torch.set_rng_state(saved["rng"])
             state = LoopState(**saved["loop"])
             log.info("%s: resuming after step %d", self.label, state.step)
@@ -139,15 +156,26 @@ class MethodRun:
         """checkpoint-<state.step>: the model's weights (what eval reads), and what resuming needs: the state
         of each of `resumable`, the loop state and the RNG. Refused when a weight is not finite: a step can
         leave NaN weights behind a finite loss, and such a checkpoint must not be evaluated or resumed from."""
-        acc = self.accelerator
+        acc, sharded = self.accelerator, self._sharded()
         state.seconds = self.elapsed()
         raw = acc.unwrap_model(model) if acc else model
         weights = acc.get_state_dict(model) if acc else None  # every process takes part (sharded models)
         check_finite_weights(weights if weights is not None else raw.state_dict(), f"{self.label} step {state.step}")
-        saved = {key: (acc.get_state_dict(obj) if acc and isinstance(obj, torch.nn.Module) else obj.state_dict())
-                 for key, obj in (resumable or {}).items()}
-        saved.update(loop=dataclasses.asdict(state), rng=torch.get_rng_state())
+        modules = [m for m in [model, *(resumable or {}).values()] if isinstance(m, torch.nn.Module)]
+        saved = {}
+        for key, obj in (resumable or {}).items():  # under FSDP each process holds a shard: gathered whole
+            if isinstance(obj, torch.nn.Module):
+                saved[key] = acc.get_state_dict(obj) if acc else obj.state_dict()
+            elif sharded and isinstance(obj, torch.optim.Optimizer):
+                saved[key] = get_optimizer_state_dict(owner(obj, modules), obj, options=FULL)
+            else:
+                saved[key] = obj.state_dict()
+        saved.update(loop=dataclasses.asdict(state), rng=torch.get_rng_state(), sharded=sharded)
         resume.save_checkpoint(raw, self.folder / f"checkpoint-{state.step}", saved, weights)
+
+    def _sharded(self) -> bool:
+        """Whether the run's models are sharded (FSDP2): their optimizers' state is then saved whole, by name."""
+        return bool(self.accelerator is not None and self.accelerator.is_fsdp2)
 
     # ------------------------------------------------------------------------------------------ finish
     def finish(self, state: LoopState | None = None, **summary) -> dict:
@@ -170,6 +198,16 @@ class MethodRun:
             self.kept.keep(self.what, self.folder)
         tracking.end(self.tracker, {k: v for k, v in summary.items() if k != "checkpoints"})
         return summary
+
+
+def owner(optimizer, modules: list):
+    """The module whose parameters the optimizer steps (FSDP2's optimizer state is named by that module's
+    parameters)."""
+    first = optimizer.param_groups[0]["params"][0]
+    found = [m for m in modules if any(p is first for p in m.parameters())]
+    if not found:
+        raise ValueError("an optimizer to save or resume steps none of the run's modules")
+    return found[0]
 
 
 def load_weights(folder: Path) -> dict:

@@ -95,7 +95,7 @@ def train(run: MethodRun, cfg, sft, n_pairs: int, data_seed: int, learning_rate:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     model, opt = accelerator.prepare(model, opt)
     resumable = {"optimizer": opt, "scheduler": sched}
-    state = run.start(resumable)
+    state = run.start(resumable, model)
     steps = steps_of(cfg, n_pairs)
     bar = tqdm(data_order(n_pairs, steps, cfg.batch_size, data_seed), desc=run.label, unit="step",
                disable=None if dist.is_main() else True)

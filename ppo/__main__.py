@@ -198,7 +198,7 @@ def train_run(method: str, target_kl: float, seed: int, cfg, job, prompts, token
                                      stall_steps=3 if cfg.kl_hold_release == "stall" else None)
               if cfg.kl_control == "adaptive" else A.FixedKLController(init_kl_coef))
     resumable = {"value": value, "policy_optimizer": policy_opt, "value_optimizer": value_opt}
-    state = run.start(resumable)
+    state = run.start(resumable, policy)
     kl_ctl.value = state.extra.get("kl_coef", kl_ctl.value)
     kl_ctl.reached = state.extra.get("kl_reached", False)
     kl_ctl.kls = state.extra.get("kl_seen", [])

@@ -4,6 +4,7 @@ method trains only what is new, and a restored run gives the frontier a fresh on
 import json
 import logging
 import os
+import shutil
 from types import SimpleNamespace
 
 from helpers import cli, config_data, scale_overrides, write_config
@@ -98,8 +99,11 @@ def test_adding_a_seed_and_a_beta_trains_only_what_is_new(micro_run, tmp_path):
     assert config_data()["imdb-sentiment"]["scales"]["micro"]["dpo"]["betas"] == [0.1, 1.0]
     one_beta = write_config(tmp_path / "one_beta.toml", scale_overrides("micro", dpo={"betas": [1.0]}))
     run_dir = tmp_path / "runs"
-    cli("--config", str(one_beta), "run", "imdb-sentiment", "--scale", "micro", "--seeds", "1", run_dir=run_dir,
-        check=True)
+    for shared in ("sft", "ground_truth", "pairs", "reward_model"):  # up to date at any seed count: not trained again
+        shutil.copytree(micro_run[1] / shared, run_dir / "imdb-sentiment" / "micro" / shared)
+    first = cli("--config", str(one_beta), "run", "imdb-sentiment", "--scale", "micro", "--seeds", "1",
+                run_dir=run_dir, check=True)
+    assert "[reward_model] up to date, skipped" in first.stderr
     proc = cli("run", "imdb-sentiment", "--scale", "micro", run_dir=run_dir, check=True)
     log = proc.stderr
     for reused in ("[dpo] beta1-seed0", "[ppo] ppo-kl2-seed0", "[ppo] ppo-gt-kl2-seed0",
