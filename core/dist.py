@@ -73,15 +73,19 @@ def fsdp_on_cpu() -> bool:
 
     accelerate shards on GPUs only: on the CPU it sets up DDP (MULTI_CPU) whatever the config says. torch's FSDP2
     (`fully_shard`) trains over gloo on the CPU too, so the state is set as accelerate sets it on a GPU (state.py: the
-    distributed type in both shared states, and the plugin read from the launcher's FSDP_* variables). Every
-    Accelerator made after this, ours and the one a TRL trainer makes, prepares models with FSDP2 and gathers full
-    state dicts for saving. -> whether the state is FSDP on the CPU (one process, a GPU, or DDP: False, untouched)."""
+    distributed type in both shared states, and the plugin read from the launcher's FSDP_* variables). The
+    Accelerators made after this prepare models with FSDP2 and gather full state dicts for saving; a TRL trainer's,
+    made with its arguments (which reset accelerate's state), is switched after it is made (core.train.run_trainer).
+    -> whether the state is FSDP on the CPU (one process, a GPU, or DDP: False, untouched)."""
     if world_size() == 1 or not on_cpu() or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
         return False
+    if os.environ.get("FSDP_VERSION", "1") != "2":  # the spine refuses it up front (pipelines/launch.py)
+        raise ConfigError(f"FSDP version {os.environ.get('FSDP_VERSION', '1')} on the CPU would silently be DDP; "
+                          f"allowed on the CPU: FSDP version 2 (configs/accelerate/fsdp.yaml)")
     from accelerate import Accelerator, PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    state = Accelerator(cpu=True).state
+    state = Accelerator(cpu=True, mixed_precision="no").state  # fp32 on the CPU (core.train.bf16)
     if state.distributed_type != DistributedType.FSDP:
         state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* variables
         state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP

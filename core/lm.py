@@ -145,12 +145,17 @@ def sample_completions(model, prompts: list[list[int]], max_new_tokens: int, eos
     length and left-padded: pads are masked and every row counts its positions from its own first token.
     Returns completions in prompt order.
     """
-    from core.dist import is_main
+    from torch.distributed.fsdp import FSDPModule
 
+    from core import dist
+
+    # a sharded model's forward is a collective (FSDP2 gathers each block's weights): every process must make as many,
+    # so a batch stops when every process's rows are done, not each process's own
+    lockstep = isinstance(model, FSDPModule) and dist.world_size() > 1
     dev = next(model.parameters()).device
     out: list[list[int] | None] = [None] * len(prompts)
     batches = length_batches(prompts, batch_size)
-    quiet = len(batches) < 2 or not is_main()
+    quiet = len(batches) < 2 or not dist.is_main()
     for idx in tqdm(batches, desc="sampling", unit="batch", leave=False, disable=True if quiet else None):
         ids, attn = left_pad([prompts[i] for i in idx], 0)  # any valid id: pads are masked
         ids, attn = ids.to(dev), attn.to(dev)
@@ -168,7 +173,7 @@ def sample_completions(model, prompts: list[list[int]], max_new_tokens: int, eos
             nxt = torch.searchsorted(cdf, uniforms[:, t : t + 1] * cdf[:, -1:]).squeeze(1).clamp(max=cdf.shape[1] - 1)
             tokens.append(nxt)
             done |= nxt == eos_id
-            if done.all():
+            if int(dist.all_sum(done.all().long())) == dist.world_size() if lockstep else done.all():
                 break
             step_input, positions = nxt[:, None], positions[:, -1:] + 1
             attn = torch.cat([attn, attn.new_ones((len(idx), 1))], 1)

@@ -35,14 +35,9 @@ from pathlib import Path
 
 import torch
 
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
-                                                     set_optimizer_state_dict, set_model_state_dict)
-
 from core import dist, resume, tracking
 from core.config import ConfigError
 from core.runcache import RunCache
-
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # a sharded model's state, whole, on the main process
 
 log = logging.getLogger("stage")
 
@@ -114,15 +109,20 @@ class MethodRun:
         if self._saved_state is not None:
             saved, sharded = self._saved_state, self._sharded()
             if saved.get("sharded", False) != sharded:  # the optimizers' state is kept in another layout
-                how = lambda s: "under FSDP" if s else "without FSDP"  # noqa: E731
-                raise ConfigError(f"{self.label}: its checkpoint {self.latest} was written {how(saved.get('sharded'))}"
-                                  f" and this run is {how(sharded)}; resume it as it was launched (--accelerate-config)")
+                how = {True: "under FSDP", False: "without FSDP (or by an older version)"}
+                raise ConfigError(f"{self.label}: its checkpoint {self.latest} was written "
+                                  f"{how[saved.get('sharded', False)]} and this run is {how[sharded].split(' (')[0]}; "
+                                  f"resume it as it was launched (--accelerate-config)")
             modules = [m for m in [model, *(resumable or {}).values()] if isinstance(m, torch.nn.Module)]
             for key, obj in (resumable or {}).items():
                 if sharded and isinstance(obj, torch.nn.Module):
-                    set_model_state_dict(obj, saved[key], options=FULL)
+                    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+                    set_model_state_dict(obj, saved[key], options=full_state())
                 elif sharded and isinstance(obj, torch.optim.Optimizer):
-                    set_optimizer_state_dict(owner(obj, modules), obj, saved[key], options=FULL)
+                    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+                    set_optimizer_state_dict(owner(obj, modules), obj, saved[key], options=full_state())
                 else:
                     target = self.accelerator.unwrap_model(obj) if self.accelerator and \
                         isinstance(obj, torch.nn.Module) else obj
@@ -167,7 +167,9 @@ class MethodRun:
             if isinstance(obj, torch.nn.Module):
                 saved[key] = acc.get_state_dict(obj) if acc else obj.state_dict()
             elif sharded and isinstance(obj, torch.optim.Optimizer):
-                saved[key] = get_optimizer_state_dict(owner(obj, modules), obj, options=FULL)
+                from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+                saved[key] = get_optimizer_state_dict(owner(obj, modules), obj, options=full_state())
             else:
                 saved[key] = obj.state_dict()
         saved.update(loop=dataclasses.asdict(state), rng=torch.get_rng_state(), sharded=sharded)
@@ -198,6 +200,13 @@ class MethodRun:
             self.kept.keep(self.what, self.folder)
         tracking.end(self.tracker, {k: v for k, v in summary.items() if k != "checkpoints"})
         return summary
+
+
+def full_state():
+    """torch's state-dict options for a sharded (FSDP2) model or optimizer: whole, gathered on the main process."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def owner(optimizer, modules: list):

@@ -26,6 +26,7 @@ import torch
 
 from core import job as jobs
 from core import dist, lm
+from core.config import ConfigError
 from core.run import MethodRun
 from core.train import loop_accelerator
 from core.methods import METHODS
@@ -180,6 +181,9 @@ def train_run(method: str, target_kl: float, seed: int, cfg, job, prompts, token
     KL control. A run killed part-way resumes from its latest checkpoint (weights, optimizers, KL
     coefficient, RNG state); a finished one is not trained again."""
     accelerator = loop_accelerator()
+    if accelerator.distributed_type == "DEEPSPEED":  # an engine per model: the value model's steps would do nothing
+        raise ConfigError("ppo under DeepSpeed: it drives one model per Accelerator and PPO trains two (policy and "
+                          "value); allowed for ppo: configs/accelerate/ddp.yaml, fsdp.yaml or --nproc N")
     run = MethodRun(job, method, f"{method}-kl{target_kl:g}", "target_kl", target_kl, seed, accelerator=accelerator)
     if run.summary:
         return run.summary

@@ -79,7 +79,7 @@ def test_fsdp_on_two_cpu_processes_gives_the_ddp_frontier(two_process_run, tmp_p
     methods = {r["method"] for r in fsdp}
     assert methods >= {"sft", "dpo", "ppo"}
     assert_same_frontier([r for r in _rows(ddp_frontier) if r["method"] in methods], fsdp)
-    # killed after a checkpoint, PPO resumes its sharded models and optimizers (saved whole, core.run.FULL): the
+    # killed after a checkpoint, PPO resumes its sharded models and optimizers (saved whole, core.run.full_state): the
     # same frontier, byte for byte
     shutil.rmtree(run_dir / "imdb-sentiment" / "micro" / "ppo")
     shutil.rmtree(run_dir / "imdb-sentiment" / "micro" / ".runs" / "ppo", ignore_errors=True)  # kept runs
@@ -230,3 +230,43 @@ def test_a_sharding_config_the_cpu_cannot_shard_is_refused_not_silently_ddp(name
                run_dir=tmp_path / "runs")
     assert proc.returncode == 2 and "would silently be DDP" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+LOCKSTEP = """
+import os, sys
+sys.path[:0] = [{root!r}, {tests!r}]
+import torch
+from core import dist, lm
+from core.train import loop_accelerator
+from helpers import toy_lm
+
+acc = loop_accelerator()
+assert acc.is_fsdp2, acc.distributed_type
+model = toy_lm(0, vocab=3)
+model, _ = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0))  # FSDP2 takes a model with its optimizer
+prompts, seeds = [[0, 1], [0, 1]], [7, 7]  # two identical rows
+first = lm.sample_completions(model, prompts, 6, 99, 2, seeds)  # 99: never sampled, no row stops
+eos = first[0][0] if dist.rank() == 0 else 99  # process 0's rows stop at their first token, process 1's never
+out = lm.sample_completions(model, prompts, 6, eos, 2, seeds)
+dist.barrier()
+assert out == ([[eos], [eos]] if dist.rank() == 0 else first), out
+print("rank", dist.rank(), "ok", out)
+"""
+
+
+def test_sampling_from_a_sharded_model_keeps_the_processes_in_step(tmp_path):
+    """FSDP2's forward gathers each block's weights from every process, so a process whose rows all stopped must not
+    leave the token loop before the others (core.lm.sample_completions: lockstep): here process 0's rows stop at
+    their first token and process 1's run all 6; without the lockstep process 0 reaches the barrier while process 1
+    waits in a forward's all-gather, and gloo aborts (or hangs)."""
+    import os
+    import subprocess
+
+    script = tmp_path / "lockstep.py"
+    script.write_text(LOCKSTEP.format(root=str(ROOT), tests=str(ROOT / "tests")))
+    env = {**os.environ, "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "PIPELINES_DEVICE": "cpu",
+           "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=120)  # a hang: fails here
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count(" ok ") == 2, proc.stdout
