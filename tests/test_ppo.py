@@ -180,3 +180,19 @@ def test_losses_of_a_minibatch_split_over_processes_add_up_to_the_whole():
         assert sum(p[0][i] for p in parts).item() == pytest.approx(whole_pg[i].item(), rel=1e-5)
     for i in range(2):
         assert sum(p[1][i] for p in parts).item() == pytest.approx(whole_vf[i].item(), rel=1e-5)
+
+
+def test_ppo_under_deepspeed_is_refused_in_one_line(monkeypatch):
+    """DeepSpeed drives one model per Accelerator: PPO's value model would get an engine whose optimizer step does
+    nothing. Refused before the run starts, naming what is allowed."""
+    import importlib
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from core.config import ConfigError
+
+    stage = importlib.import_module("ppo.__main__")
+    monkeypatch.setattr(stage, "loop_accelerator", lambda: SimpleNamespace(distributed_type=DistributedType.DEEPSPEED))
+    with pytest.raises(ConfigError, match="ppo under DeepSpeed: .* allowed for ppo: configs/accelerate/ddp.yaml"):
+        stage.train_run("ppo", 3.0, 0, None, None, [], None, None)
