@@ -109,24 +109,13 @@ class MethodRun:
         if self._saved_state is not None:
             saved, sharded = self._saved_state, self._sharded()
             if saved.get("sharded", False) != sharded:  # the optimizers' state is kept in another layout
-                how = {True: "under FSDP", False: "without FSDP (or by an older version)"}
-                raise ConfigError(f"{self.label}: its checkpoint {self.latest} was written "
-                                  f"{how[saved.get('sharded', False)]} and this run is {how[sharded].split(' (')[0]}; "
-                                  f"resume it as it was launched (--accelerate-config)")
-            modules = [m for m in [model, *(resumable or {}).values()] if isinstance(m, torch.nn.Module)]
+                written = "under FSDP" if saved.get("sharded") else "without FSDP (or by an older version)"
+                raise ConfigError(f"{self.label}: its checkpoint {self.latest} was written {written} and this run is "
+                                  f"{'under FSDP' if sharded else 'without FSDP'}; resume it as it was launched "
+                                  f"(--accelerate-config)")
+            modules = run_modules(model, resumable)
             for key, obj in (resumable or {}).items():
-                if sharded and isinstance(obj, torch.nn.Module):
-                    from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
-                    set_model_state_dict(obj, saved[key], options=full_state())
-                elif sharded and isinstance(obj, torch.optim.Optimizer):
-                    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-                    set_optimizer_state_dict(owner(obj, modules), obj, saved[key], options=full_state())
-                else:
-                    target = self.accelerator.unwrap_model(obj) if self.accelerator and \
-                        isinstance(obj, torch.nn.Module) else obj
-                    target.load_state_dict(saved[key])
+                load_state(obj, saved[key], modules, sharded, self.accelerator)
             torch.set_rng_state(saved["rng"])
             state = LoopState(**saved["loop"])
             log.info("%s: resuming after step %d", self.label, state.step)
@@ -161,17 +150,8 @@ class MethodRun:
         raw = acc.unwrap_model(model) if acc else model
         weights = acc.get_state_dict(model) if acc else None  # every process takes part (sharded models)
         check_finite_weights(weights if weights is not None else raw.state_dict(), f"{self.label} step {state.step}")
-        modules = [m for m in [model, *(resumable or {}).values()] if isinstance(m, torch.nn.Module)]
-        saved = {}
-        for key, obj in (resumable or {}).items():  # under FSDP each process holds a shard: gathered whole
-            if isinstance(obj, torch.nn.Module):
-                saved[key] = acc.get_state_dict(obj) if acc else obj.state_dict()
-            elif sharded and isinstance(obj, torch.optim.Optimizer):
-                from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-                saved[key] = get_optimizer_state_dict(owner(obj, modules), obj, options=full_state())
-            else:
-                saved[key] = obj.state_dict()
+        modules = run_modules(model, resumable)
+        saved = {key: state_of(obj, modules, sharded, acc) for key, obj in (resumable or {}).items()}
         saved.update(loop=dataclasses.asdict(state), rng=torch.get_rng_state(), sharded=sharded)
         resume.save_checkpoint(raw, self.folder / f"checkpoint-{state.step}", saved, weights)
 
@@ -207,6 +187,37 @@ def full_state():
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def run_modules(model, resumable: dict | None) -> list:
+    """The modules of a run: the one trained and those among what it resumes (an optimizer steps one of them)."""
+    return [m for m in [model, *(resumable or {}).values()] if isinstance(m, torch.nn.Module)]
+
+
+def state_of(obj, modules: list, sharded: bool, acc):
+    """What a checkpoint keeps of obj: a module's full weights (gathered from its shards: every process takes part),
+    a sharded run's optimizer whole and by parameter name, anything else its own state_dict()."""
+    if isinstance(obj, torch.nn.Module):
+        return acc.get_state_dict(obj) if acc else obj.state_dict()
+    if sharded and isinstance(obj, torch.optim.Optimizer):
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return get_optimizer_state_dict(owner(obj, modules), obj, options=full_state())
+    return obj.state_dict()
+
+
+def load_state(obj, state: dict, modules: list, sharded: bool, acc) -> None:
+    """Load what state_of kept back into obj (a sharded module or optimizer takes the whole and keeps its shard)."""
+    if sharded and isinstance(obj, torch.nn.Module):
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        set_model_state_dict(obj, state, options=full_state())
+    elif sharded and isinstance(obj, torch.optim.Optimizer):
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        set_optimizer_state_dict(owner(obj, modules), obj, state, options=full_state())
+    else:
+        (acc.unwrap_model(obj) if acc and isinstance(obj, torch.nn.Module) else obj).load_state_dict(state)
 
 
 def owner(optimizer, modules: list):
