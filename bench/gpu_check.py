@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = {  # appended to the chosen scale: every stage, a few steps
     "sft": {"reviews": 4096}, "pairs": {"prompts": 512},
-    "dpo": {"betas": [0.1], "learning_rates": [], "max_steps": 40, "eval_every": 20},
-    "unlikelihood": {"alphas": [0.5], "max_steps": 20, "eval_every": 20},
-    "preferred_ft": {"max_steps": 20, "eval_every": 20},
+    "dpo": {"betas": [0.1], "learning_rates": [], "max_steps": 40, "eval_every": 20, "early_checkpoints": []},
+    "unlikelihood": {"alphas": [0.5], "max_steps": 20, "eval_every": 20, "early_checkpoints": []},
+    "preferred_ft": {"max_steps": 20, "eval_every": 20, "early_checkpoints": []},
     "ppo": {"target_kls": [6.0], "init_kl_coefs": [], "steps": 4, "eval_every": 4, "early_checkpoints": []},
     "eval": {"prompts": 256},
 }

@@ -69,6 +69,25 @@ class Frontier:
             return f"covers KL {b:g} at {len(kls) - none - short} of {len(kls)} seeds"
         return None
 
+    def grid(self, method: str, budget: float) -> str | None:
+        """None when at every seed whose checkpoints cover the budget one lies in the budget's upper half, b/2 < KL
+        <= b (on select). Otherwise a phrase: the method's best within b is then a checkpoint below b/2 (or the SFT
+        model), and a denser grid of checkpoints could raise it; the comparison at b measures the grid as much as
+        the method."""
+        coarse, below = 0, []
+        for candidates in self.candidates[method].values():
+            kls = [c["kl"] for c in candidates[1:]]
+            if not kls or min(kls) > budget or max(kls) < budget:  # not covered: coverage says so
+                continue
+            highest = max(k for k in [0.0] + kls if k <= budget)
+            if highest <= budget / 2:
+                coarse += 1
+                below.append(highest)
+        if not coarse:
+            return None
+        return (f"no checkpoint between KL {budget / 2:g} and {budget:g} at {coarse} of {self.seeds(method)} seeds "
+                f"(the highest below: KL {max(below):.2f})")
+
     @functools.lru_cache(maxsize=None)  # the verdict, both tables and the bands ask for the same ones
     def per_seed(self, method: str, budget: float | None, max_kl: float, value: str = "reward") -> np.ndarray:
         """[seeds, test prompts]: each seed's chosen checkpoint(s) (on select) on the test prompts."""
@@ -103,6 +122,13 @@ def intervals(frontier: Frontier, cfg, rng_seed: int) -> tuple[dict, dict]:
 def coverage(frontier: Frontier, cfg) -> dict:
     """{method: {measure: None, or why its checkpoints do not cover the measure's budget}} (Frontier.coverage)."""
     return {m: {name: frontier.coverage(m, budget, cfg.area_max_kl) for name, budget in measures(cfg)}
+            for m in frontier.methods}
+
+
+def grids(frontier: Frontier, cfg) -> dict:
+    """{method: {measure: None, or where its checkpoints leave the budget's upper half empty}} (Frontier.grid), at
+    every KL budget."""
+    return {m: {name: frontier.grid(m, budget) for name, budget in measures(cfg) if budget is not None}
             for m in frontier.methods}
 
 

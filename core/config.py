@@ -111,6 +111,9 @@ class PairTrainingConfig:
     batch_size: int = spec(gt=0, help="pairs per optimiser step")
     max_steps: int = spec(0, ge=0, help="optimiser steps per run (0 = one epoch over the pairs)")
     eval_every: int = spec(gt=0, help="keep a checkpoint for evaluation every this many steps")
+    early_checkpoints: list[int] = spec([], gt=0, help="also keep a checkpoint at these steps, each before the first "
+                                                       "eval_every (a run's path below the lowest KL budgets: "
+                                                       "its KL rises fastest there)")
     tuned: str = tuned_spec()
 
 
@@ -389,6 +392,11 @@ class BenchmarkConfig:
                     one = {"target_kls": "target"}.get(runs, runs.rstrip("s"))
                     raise ConfigError(f"{name}.{key} has {given} values for {wanted} {runs}; allowed: one per {one}, "
                                       f"or none")
+        for name in SECTIONS:  # a pair method's early checkpoints come before its regular ones
+            section = getattr(self, name)
+            if isinstance(section, PairTrainingConfig) and any(s >= section.eval_every for s in section.early_checkpoints):
+                raise ConfigError(f"{name}.early_checkpoints {section.early_checkpoints} has a step at or past "
+                                  f"{name}.eval_every ({section.eval_every}); allowed: steps 1 to {section.eval_every - 1}")
         if any(step > self.ppo.steps for step in self.ppo.early_checkpoints):
             raise ConfigError(f"ppo.early_checkpoints {self.ppo.early_checkpoints} has a step past ppo.steps "
                               f"({self.ppo.steps}); allowed: steps 1 to {self.ppo.steps}")

@@ -29,6 +29,19 @@ def stop_on_non_finite_loss():
     return StopOnNonFiniteLoss()
 
 
+def save_at(steps):
+    """A TrainerCallback that saves (and evaluates) at these optimiser steps too, beside save_steps' (a pair method's
+    early_checkpoints)."""
+    from transformers import TrainerCallback
+
+    class SaveAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step in steps:
+                control.should_save = control.should_evaluate = True
+
+    return SaveAt()
+
+
 def save_last_checkpoint(trainer, folder, every: int) -> bool:
     """A TRL trainer saves checkpoint-<step> every `every` optimiser steps; eval reads every checkpoint, so the last
     step is saved too where it is not one of those. -> whether it was saved here."""

@@ -31,7 +31,7 @@ this benchmark does not read (entropy and mean logits over the vocabulary, per t
 their TRL trainer, handed the pairs as token ids (exactly what was sampled; each trainer re-tokenizes text
 otherwise), as does any other DPOTrainer loss_type a registry entry names (it gets the pairs' reference
 log-probs, which the pairs stage computed once for the whole sweep). Every run trains on the pairs of training
-prompts; at every kept checkpoint (every `eval_every` steps and the last) it reports the loss (and the
+prompts; at every kept checkpoint (every `eval_every` steps, the early_checkpoints and the last) it reports the loss (and the
 implicit-reward accuracy) on pairs of the held-out prompts (runs.json's "heldout"), so a run whose held-out loss
 rises is seen. runs.json lists the checkpoints for eval.
 """
@@ -47,7 +47,7 @@ from core import dist, tracking
 from core.methods import stage_method
 from core.run import MethodRun, training_seed
 from core.lm_head import plain_lm_head
-from core.train import run_trainer, save_last_checkpoint, stop_on_non_finite_loss, trainer_args
+from core.train import run_trainer, save_at, save_last_checkpoint, stop_on_non_finite_loss, trainer_args
 from dpo.loss import OWN_LOOP_LOSSES, pair_losses
 
 log = logging.getLogger("stage")
@@ -305,7 +305,8 @@ def train_trl(beta: float, seed: int, cfg, job, pairs, heldout, tokens_per_pair:
         remove_unused_columns=False, logging_nan_inf_filter=False)
     run.start()  # TRL's callback logs into its wandb run; TRL resumes the training itself
     trainer = make_trainer_class(job.stage)(model=model, args=args, train_dataset=pairs, eval_dataset=heldout,
-                                            processing_class=tokenizer, callbacks=[stop_on_non_finite_loss()])
+                                            processing_class=tokenizer,
+                                            callbacks=[stop_on_non_finite_loss(), save_at(cfg.early_checkpoints)])
     result = run_trainer(trainer, run.folder)
     history = [h for h in trainer.state.log_history if "loss" in h]
     if save_last_checkpoint(trainer, run.folder, cfg.eval_every):

@@ -6,8 +6,9 @@ Unlikelihood and Preferred-FT (dpo/relatives.py). A method gives its batch loss;
         loss = the method's loss on this process's block of the batch, divided by the whole batch's count
         backward(world x loss)             DDP / FSDP average the processes' gradients: x world gives their sum
         clip the gradient norm ([train] max_grad_norm), step the optimizer (AdamW or RMSprop) and the warm-up
-        every eval_every steps and at the last: the method's checkpoint hook (held-out metrics), then a checkpoint
-                                           (weights, optimizer, scheduler, loop state, RNG: a killed run resumes)
+        every eval_every steps, at early_checkpoints and at the last: the method's checkpoint hook (held-out
+                                           metrics), then a checkpoint (weights, optimizer, scheduler, loop
+                                           state, RNG: a killed run resumes)
 
 The learning rate rises linearly over warmup_steps to its peak, (step + 1) / warmup_steps, then stays.
 """
@@ -107,7 +108,7 @@ def train(run: MethodRun, cfg, sft, n_pairs: int, data_seed: int, learning_rate:
         state.step = step
         state.history.append(total)
         run.log(step, {"loss": total, "learning_rate": sched.get_last_lr()[0], **metrics})
-        if step % cfg.eval_every == 0 or step == steps:
+        if step % cfg.eval_every == 0 or step == steps or step in cfg.early_checkpoints:
             if at_checkpoint:
                 at_checkpoint(model, state)
             run.save(state, model, resumable)

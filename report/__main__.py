@@ -15,7 +15,7 @@ import time
 
 from core import job as jobs
 from core import tracking
-from core.comparison import Frontier, coverage, intervals, measures, row_id, summary, verdict
+from core.comparison import Frontier, coverage, grids, intervals, measures, row_id, summary, verdict
 from core.config import flatten
 from core.flops import Model, completions_generated, run_flops
 from core.frontier import TARGET_TOLERANCE, on_target, read_frontier
@@ -165,13 +165,15 @@ def reward_models(rm_metrics: dict) -> list[dict]:
     return rm_metrics.get("per_seed") or [rm_metrics]
 
 
-def checks_table(rows: list[dict], runs: dict[str, list[dict]], covered: dict, rm_accuracy: list[float | None]
-                 ) -> tuple[list[str], list[list[str]]]:
+def checks_table(rows: list[dict], runs: dict[str, list[dict]], covered: dict, grid: dict,
+                 rm_accuracy: list[float | None]) -> tuple[list[str], list[list[str]]]:
     """Does each run do what it was set to? PPO: its last checkpoint's exact KL (test prompts) against its target
     (a run that misses it by more than 25% is flagged); DPO: the held-out DPO loss over its checkpoints (flagged
     when it rises: above log 2 alone is not a failure, the spread of per-pair margins adds beta^2 var / 8 to it);
     every method: whether its checkpoints cover each budget it is compared at (at every seed: one within KL <= b
-    and one at or beyond b; the verdict compares it only there); DPO and its TRL relatives: held-out loss and
+    and one at or beyond b; the verdict compares it only there) and whether one lies in each budget's upper half
+    (grid: where none does, its best within b is a checkpoint below b/2, and a denser grid could raise it); DPO
+    and its TRL relatives: held-out loss and
     implicit-reward accuracy by checkpoint beside the held-out accuracy of the reward model trained on the run's
     own pairs (rm_accuracy: one per seed, or one for all);
     Unlikelihood (both forms): the size of its term (alpha x the rejected tokens' mean log p, or mean -log(1 - p)),
@@ -210,6 +212,10 @@ def checks_table(rows: list[dict], runs: dict[str, list[dict]], covered: dict, r
         missed = [f"{name}: {why}" for name, why in by_measure.items() if why]
         body.append([label(method), "checkpoints cover " + (", ".join(by_measure) if not missed else "; ".join(missed)),
                      "yes" if not missed else "NO: not compared there"])
+        gaps = [f"{name}: {why}" for name, why in grid[method].items() if why]
+        if gaps:
+            body.append([label(method), "checkpoint grid: " + "; ".join(gaps),
+                         "coarse: its best within these budgets is a checkpoint below half the budget"])
     return ["run", "measured", "as intended"], body
 
 
@@ -290,8 +296,11 @@ def build(job) -> list[tuple]:
         ("p", "Each run against what it was set to do (PPO: within 25% of its target KL; DPO: a held-out loss "
               "that falls over its checkpoints), and each method's coverage: its checkpoints must hold one within "
               "each KL budget and one at or beyond it at every seed, or it is not compared there (a method stopped "
-              "below a budget would be measured at where its training ended)."),
-        ("table", *checks_table(rows, runs, covered, [m.get("heldout_pair_accuracy") for m in reward_models(rm)])),
+              "below a budget would be measured at where its training ended). A method with no checkpoint in a budget's upper "
+              "half (between b/2 and b) at some seed is marked coarse there: it is compared, but its best within b "
+              "is a checkpoint below b/2, so the comparison measures its grid of checkpoints too."),
+        ("table", *checks_table(rows, runs, covered, grids(frontier, cfg),
+                                [m.get("heldout_pair_accuracy") for m in reward_models(rm)])),
         ("p", tuning_line(job.config, list(runs), job.scale)),
         ("h2", "Reward model and ground truth"),
         ("table", ["diagnostic", "value"], [

@@ -37,7 +37,7 @@ BAD = [
     ("[imdb-sentiment.scales.bad.dpo]\nbetas = 0.1", "dpo.betas = 0.1: expected a list of a number"),
     ("[imdb-sentiment.scales.bad.dpo]\nbetas = [0.1, 0.1]", "dpo.betas has repeated values [0.1, 0.1]: each is one run"),
     ("[imdb-sentiment.scales.bad.dpo]\nbeta = 0.1", "unknown key imdb-sentiment.dpo.beta; allowed keys: optimizer, "
-     "learning_rate, warmup_steps, batch_size, max_steps, eval_every, tuned, betas"),
+     "learning_rate, warmup_steps, batch_size, max_steps, eval_every, early_checkpoints, tuned, betas"),
     ("[imdb-sentiment.scales.bad.dpo]\nlearning_rates = [1e-4]", "dpo.learning_rates has 1 values for 4 betas; "
      "allowed: one per beta, or none"),
     ("[imdb-sentiment.scales.bad.ppo]\ninit_kl_coefs = [0.1, 0.2]", "ppo.init_kl_coefs has 2 values for 4 "
@@ -75,6 +75,8 @@ BAD = [
     ("[imdb-sentiment.scales.bad.best_of_n]\nns = [0]", "best_of_n.ns[0] = 0: must be > 0"),
     ("[imdb-sentiment.scales.bad.ppo]\nearly_checkpoints = [2, 300]", "ppo.early_checkpoints [2, 300] has a step past "
      "ppo.steps (100); allowed: steps 1 to 100"),
+    ("[imdb-sentiment.scales.bad.dpo]\neval_every = 5\nearly_checkpoints = [2, 5]", "dpo.early_checkpoints [2, 5] has a "
+     "step at or past dpo.eval_every (5); allowed: steps 1 to 4"),
 ]
 
 

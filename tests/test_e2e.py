@@ -277,8 +277,8 @@ def test_eval_refuses_a_checkpoint_with_non_finite_weights(micro_copy):
 
 
 def test_every_method_another_seed_and_reseed_shared(micro_run, tmp_path):
-    """--methods all: every method of core/methods.py in frontier.csv for both seeds and in the report, PPO with an
-    early checkpoint. seed = 1
+    """--methods all: every method of core/methods.py in frontier.csv for both seeds and in the report, PPO and the
+    pair methods with an early checkpoint. seed = 1
     reaches the results (the same seed from scratch reproduces frontier.csv byte for byte: the last check of
     test_faults' kill test). reseed_shared: every training seed has its own SFT model, pairs and reward model
     (seed 0's trains with the benchmark's seed, as the shared one does: core.run.training_seed), each seed's
@@ -288,8 +288,8 @@ def test_every_method_another_seed_and_reseed_shared(micro_run, tmp_path):
     from core.methods import METHODS, label
 
     _, _, first = micro_run
-    root = micro_with(tmp_path, {"seed": 1, "reseed_shared": True, "ppo": {"eval_every": 4, "early_checkpoints": [1]}},
-                      "--methods", "all")
+    root = micro_with(tmp_path, {"seed": 1, "reseed_shared": True, "ppo": {"eval_every": 4, "early_checkpoints": [1]},
+                                 "dpo": {"early_checkpoints": [1]}}, "--methods", "all")
     assert (root / "frontier.csv").read_text() != first
     weights = [load_file(str(root / "sft" / f"seed{k}" / "model.safetensors")) for k in (0, 1)]
     assert not all(weights[0][name].equal(weights[1][name]) for name in weights[0])
@@ -304,6 +304,10 @@ def test_every_method_another_seed_and_reseed_shared(micro_run, tmp_path):
     assert all(float(r["kl"]) == 0.0 for r in table if r["method"] == "sft")  # each against itself
     # PPO's checkpoints: every eval_every steps, and its early ones (tiny's step 2, below KL 2)
     assert {r["step"] for r in table if r["method"] == "ppo" and r["split"] == "test"} == {"1", "4"}
+    # the pair methods' early ones, in our loop (dpo, ipo) and through a TRL trainer's callback (kto, simpo), which
+    # inherit [dpo]'s: every 3 steps of 6, and step 1
+    for method in ("dpo", "ipo", "kto", "simpo"):
+        assert {r["step"] for r in table if r["method"] == method and r["split"] == "test"} == {"1", "3", "6"}, method
     md = (root / "report.md").read_text()
     assert md.index("## Verdict") < md.index("## Per method") and "(2 seeds)" in md
     assert "each of which redraws its own SFT model, pairs and reward model" in md  # what the intervals cover

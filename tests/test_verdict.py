@@ -230,6 +230,25 @@ def test_a_method_is_compared_only_at_budgets_its_checkpoints_cover():
     assert f.coverage("best-of-n", 5, 10) == "did not reach KL 5"
 
 
+def test_a_budget_whose_upper_half_holds_no_checkpoint_is_marked_coarse():
+    """DPO's tiny sweep once jumped from KL 0.5 to 4: its best within KL <= 5 was a checkpoint at KL 4 or 0.5,
+    however good the path between. The grid check names such a budget (per seed, only where the budget is
+    covered), and leaves the comparison to coverage."""
+    from types import SimpleNamespace
+
+    from core.comparison import grids
+
+    f = synthetic_frontier({"dpo": [[0.4, 4.6, 9.0, 21.0], [0.5, 2.4, 12.0]], "ppo": [[1.2, 3.0, 6.0, 11.0]],
+                            "preferred-ft": [[0.3, 0.9]]})
+    assert f.grid("ppo", 2) is None and f.grid("ppo", 5) is None and f.grid("ppo", 10) is None
+    assert f.grid("dpo", 2) == "no checkpoint between KL 1 and 2 at 2 of 2 seeds (the highest below: KL 0.50)"
+    assert f.grid("dpo", 5) == "no checkpoint between KL 2.5 and 5 at 1 of 2 seeds (the highest below: KL 2.40)"
+    assert f.grid("dpo", 10) == "no checkpoint between KL 5 and 10 at 1 of 2 seeds (the highest below: KL 2.40)"
+    assert f.grid("preferred-ft", 2) is None  # stopped below the budget: coverage's to say, not the grid's
+    cfg = SimpleNamespace(kl_budgets=[2.0, 5.0], area_max_kl=10.0)
+    assert grids(f, cfg)["ppo"] == {"KL <= 2": None, "KL <= 5": None}  # the budgets only, not the front area
+
+
 def test_the_verdict_says_why_a_pair_is_not_compared():
     from types import SimpleNamespace
 
