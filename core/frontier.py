@@ -41,6 +41,12 @@ def read_frontier(path) -> list[dict]:
     return rows
 
 
+def run_label(method: str, run: str) -> str:
+    """A run's name among every method's runs (wandb, logs): dpo-beta0.1-seed0, ppo-gt-kl3-seed1 (PPO's runs are
+    named after their method already), sft."""
+    return run if run == method or run.startswith(f"{method}-") else f"{method}-{run}"
+
+
 def point_id(method: str, run: str, step) -> str:
     """A point's key in eval's per_prompt.json and samples.json, which the report reads: "sft" (the shared SFT
     model), "sft/seed<k>" (seed k's own, under reseed_shared), "<method>/<run>/step<n>"."""

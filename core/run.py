@@ -37,6 +37,7 @@ import torch
 
 from core import dist, resume, tracking
 from core.config import ConfigError
+from core.frontier import run_label
 from core.runcache import RunCache
 
 log = logging.getLogger("stage")
@@ -60,12 +61,6 @@ def training_seed(job_seed: int, seed: int) -> int:
     from core.lm import sample_seeds
 
     return job_seed if seed == 0 else sample_seeds(1, "training-seed", job_seed, seed)[0] % 2**32  # numpy's range
-
-
-def run_label(method: str, run: str) -> str:
-    """A run's name among every method's runs (wandb, logs): dpo-beta0.1-seed0, ppo-gt-kl3-seed1 (PPO's runs are
-    named after their method already), sft."""
-    return run if run == method or run.startswith(f"{method}-") else f"{method}-{run}"
 
 
 class MethodRun:

@@ -31,10 +31,9 @@ from tqdm.auto import tqdm
 
 from core import job as jobs
 from core import dist, lm, plots, scorer, tracking, vllm_sampling
-from core.frontier import FIELDS, pareto_front, point_id
+from core.frontier import FIELDS, pareto_front, point_id, run_label
 from core.methods import label, style
 from core.reward import RewardModel
-from core.run import run_label
 
 from .points import PointCache
 

@@ -18,9 +18,8 @@ from core import tracking
 from core.comparison import Frontier, coverage, grids, intervals, measures, row_id, summary, verdict
 from core.config import flatten
 from core.flops import Model, completions_generated, run_flops
-from core.frontier import TARGET_TOLERANCE, on_target, read_frontier
+from core.frontier import TARGET_TOLERANCE, on_target, read_frontier, run_label
 from core.methods import METHODS, label
-from core.run import run_label
 
 from .figures import plot_bands, plot_overoptimisation
 from .page import to_html, to_markdown
@@ -29,14 +28,31 @@ log = logging.getLogger("stage")
 FIGURES = ("frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_panels.pdf")
 
 
-def method_table(frontier: Frontier, per_method: dict, covered: dict, runs: dict[str, list[dict]], cfg):
+def sft_row(frontier: Frontier, cfg, rng_seed: int) -> list[str]:
+    """The per-method table's SFT row: the one SFT model's test reward with its standard error, or, where each
+    training seed has its own (reseed_shared), their mean over seeds with the interval the methods get."""
+    import numpy as np
+
+    from core.verdict import interval
+
+    models = [r for r in frontier.rows if r["method"] == "sft" and r["split"] == "test"]
+    if len(models) == 1:
+        return ["SFT", "-", "1", "1"] + [f"{models[0]['reward']:.3f} +- {models[0]['reward_se']:.3f}"] * len(measures(cfg))
+    iv = interval(np.stack([frontier.test_values[row_id(r)]["reward"] for r in models]), None, cfg.confidence,
+                  cfg.resamples, rng_seed)
+    n = str(len(models))
+    return ["SFT", n, n, n] + [f"{iv.estimate:.3f} [{iv.low:.3f}, {iv.high:.3f}] (KL 0.0: each seed's own SFT model)"
+                               ] * len(measures(cfg))
+
+
+def method_table(frontier: Frontier, per_method: dict, covered: dict, runs: dict[str, list[dict]], cfg,
+                 rng_seed: int):
     """Per method: runs, checkpoints, and at each measure the mean over seeds of the chosen checkpoint's test
     reward with its interval, the mean test KL and completion length of what was chosen, and where its checkpoints
-    do not cover the budget, that (the value is then where its training ended)."""
-    sft = frontier.sft
+    do not cover the budget, that (the value is then where its training ended). The SFT model first (sft_row)."""
     header = ["method", "seeds", "runs", "checkpoints"] + [f"best reward, {name}" if budget is not None else name
                                                            for name, budget in measures(cfg)]
-    body = [["SFT", "-", "1", "1"] + [f"{sft['reward']:.3f} +- {sft['reward_se']:.3f}"] * len(measures(cfg))]
+    body = [sft_row(frontier, cfg, rng_seed)]
     for method, by_measure in per_method.items():
         cells = []
         for (name, budget), iv in zip(measures(cfg), by_measure.values()):
@@ -280,7 +296,7 @@ def build(job) -> list[tuple]:
               f"{cfg.confidence:.0%} interval, then the chosen checkpoints' mean test KL and completion length. "
               f"Seed {job.seed}; written {time.strftime('%Y-%m-%d %H:%M')}; frontier.csv has every point on both "
               f"splits with its standard errors."),
-        ("table", *method_table(frontier, per_method, covered, runs, cfg)),
+        ("table", *method_table(frontier, per_method, covered, runs, cfg, job.seed)),
         ("h2", "Reward vs KL (the DPO paper's Fig. 2, left)"),
         ("img", "frontier.png", "every checkpoint of every method and seed on the test prompts; lines: each method's "
                                 "Pareto front over all its checkpoints (chosen on test: optimistic)"),

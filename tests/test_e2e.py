@@ -310,6 +310,11 @@ def test_every_method_another_seed_and_reseed_shared(micro_run, tmp_path):
         assert {r["step"] for r in table if r["method"] == method and r["split"] == "test"} == {"1", "3", "6"}, method
     md = (root / "report.md").read_text()
     assert md.index("## Verdict") < md.index("## Per method") and "(2 seeds)" in md
+    # the SFT row: both seeds' SFT models, their mean with an interval (not seed 0's alone)
+    sft_cells = next(line for line in md.splitlines() if line.startswith("| SFT |")).split(" | ")
+    assert sft_cells[1:4] == ["2", "2", "2"] and "each seed's own SFT model" in sft_cells[4]
+    sft_test = [float(r["reward"]) for r in table if r["method"] == "sft" and r["split"] == "test"]
+    assert sft_cells[4].startswith(f"{sum(sft_test) / 2:.3f} [")
     assert "each of which redraws its own SFT model, pairs and reward model" in md  # what the intervals cover
     config = json.loads((root / "ppo" / "manifest.json").read_text())["config"]
     assert config["per_seed_stages"] == ["sft", "pairs", "reward_model"] and config["seeds"] == 2
