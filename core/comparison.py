@@ -127,8 +127,9 @@ def coverage(frontier: Frontier, cfg) -> dict:
 
 def grids(frontier: Frontier, cfg) -> dict:
     """{method: {measure: None, or where its checkpoints leave the budget's upper half empty}} (Frontier.grid), at
-    every KL budget."""
-    return {m: {name: frontier.grid(m, budget) for name, budget in measures(cfg) if budget is not None}
+    every KL budget the method is compared at (where its checkpoints do not cover one, coverage says so)."""
+    return {m: {name: None if frontier.coverage(m, budget, cfg.area_max_kl) else frontier.grid(m, budget)
+                for name, budget in measures(cfg) if budget is not None}
             for m in frontier.methods}
 
 

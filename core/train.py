@@ -44,9 +44,10 @@ def save_at(steps):
 
 def save_last_checkpoint(trainer, folder, every: int) -> bool:
     """A TRL trainer saves checkpoint-<step> every `every` optimiser steps; eval reads every checkpoint, so the last
-    step is saved too where it is not one of those. -> whether it was saved here."""
+    step is saved too where it is not one of those and the trainer did not save it itself (transformers 5 saves
+    and evaluates the last step of a step-based schedule). -> whether it was saved here."""
     step = trainer.state.global_step
-    if step % every == 0:
+    if step % every == 0 or (folder / f"checkpoint-{step}").is_dir():
         return False
     trainer.save_model(str(folder / f"checkpoint-{step}"))
     return True

@@ -13,6 +13,8 @@ import logging
 import shutil
 import time
 
+import numpy as np
+
 from core import job as jobs
 from core import tracking
 from core.comparison import Frontier, coverage, grids, intervals, measures, row_id, summary, verdict
@@ -20,6 +22,7 @@ from core.config import flatten
 from core.flops import Model, completions_generated, run_flops
 from core.frontier import TARGET_TOLERANCE, on_target, read_frontier, run_label
 from core.methods import METHODS, label
+from core.verdict import interval
 
 from .figures import plot_bands, plot_overoptimisation
 from .page import to_html, to_markdown
@@ -31,10 +34,6 @@ FIGURES = ("frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_pane
 def sft_row(frontier: Frontier, cfg, rng_seed: int) -> list[str]:
     """The per-method table's SFT row: the one SFT model's test reward with its standard error, or, where each
     training seed has its own (reseed_shared), their mean over seeds with the interval the methods get."""
-    import numpy as np
-
-    from core.verdict import interval
-
     models = [r for r in frontier.rows if r["method"] == "sft" and r["split"] == "test"]
     if len(models) == 1:
         return ["SFT", "-", "1", "1"] + [f"{models[0]['reward']:.3f} +- {models[0]['reward_se']:.3f}"] * len(measures(cfg))
@@ -231,7 +230,7 @@ def checks_table(rows: list[dict], runs: dict[str, list[dict]], covered: dict, g
         gaps = [f"{name}: {why}" for name, why in grid[method].items() if why]
         if gaps:
             body.append([label(method), "checkpoint grid: " + "; ".join(gaps),
-                         "coarse: its best within these budgets is a checkpoint below half the budget"])
+                         "coarse: at those seeds its best within the budget is a checkpoint below half of it"])
     return ["run", "measured", "as intended"], body
 
 

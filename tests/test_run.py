@@ -98,3 +98,26 @@ def test_a_checkpoint_resumed_under_another_sharding_is_one_line_not_a_load_erro
                                           r"\(or by an older version\) and this run is under FSDP; resume it as it was "
                                           r"launched"):
         again.start({"optimizer": opt}, model)
+
+
+def test_a_trl_run_saves_its_early_steps_and_its_last_once(tmp_path):
+    """save_at asks the trainer to save and evaluate at a pair method's early checkpoints; save_last_checkpoint saves
+    the last step only where neither the schedule nor the trainer did (transformers 5 saves a step-based run's last
+    step itself: saving and evaluating it again gave a second held-out entry for that step)."""
+    from transformers import TrainerControl
+
+    from core.train import save_at, save_last_checkpoint
+
+    callback, control = save_at([2, 5]), TrainerControl()
+    for step, wanted in ((1, False), (2, True), (5, True)):
+        control.should_save = control.should_evaluate = False
+        callback.on_step_end(None, SimpleNamespace(global_step=step), control)
+        assert control.should_save == control.should_evaluate == wanted, step
+
+    saved = []
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=7), save_model=saved.append)
+    assert not save_last_checkpoint(SimpleNamespace(state=SimpleNamespace(global_step=6)), tmp_path, 3)  # on schedule
+    (tmp_path / "checkpoint-7").mkdir()
+    assert not save_last_checkpoint(trainer, tmp_path, 3) and saved == []  # the trainer saved it
+    (tmp_path / "checkpoint-7").rmdir()
+    assert save_last_checkpoint(trainer, tmp_path, 3) and saved == [str(tmp_path / "checkpoint-7")]

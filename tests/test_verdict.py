@@ -247,6 +247,10 @@ def test_a_budget_whose_upper_half_holds_no_checkpoint_is_marked_coarse():
     assert f.grid("preferred-ft", 2) is None  # stopped below the budget: coverage's to say, not the grid's
     cfg = SimpleNamespace(kl_budgets=[2.0, 5.0], area_max_kl=10.0)
     assert grids(f, cfg)["ppo"] == {"KL <= 2": None, "KL <= 5": None}  # the budgets only, not the front area
+    # a budget a method is not compared at (covered at 1 of 2 seeds) is coverage's to say, though one seed is coarse
+    g = synthetic_frontier({"dpo": [[0.4, 2.0, 9.0], [0.5, 1.5]]})
+    assert g.grid("dpo", 5) is not None and g.coverage("dpo", 5, 10) == "covers KL 5 at 1 of 2 seeds"
+    assert grids(g, cfg)["dpo"]["KL <= 5"] is None
 
 
 def test_the_verdict_says_why_a_pair_is_not_compared():
