@@ -41,7 +41,8 @@ class Frontier:
                             for pid, v in per_prompt["points"].items()}
         # the SFT point: shared by every seed, or one per seed (reseed_shared: each seed's own SFT model)
         sft_select = {r["seed"]: r for r in rows if r["method"] == "sft" and r["split"] == "select"}
-        self.sft = next(r for r in rows if r["method"] == "sft" and r["split"] == "test")
+        self.sft_models = [r for r in rows if r["method"] == "sft" and r["split"] == "test"]  # one, or one per seed
+        self.sft = self.sft_models[0]
         self.methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
         self.candidates: dict[str, dict[str, list[dict]]] = {}  # method -> seed -> [select rows], SFT first
         for r in rows:

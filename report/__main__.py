@@ -34,7 +34,7 @@ FIGURES = ("frontier.png", "frontier.pdf", "frontier_panels.png", "frontier_pane
 def sft_row(frontier: Frontier, cfg, rng_seed: int) -> list[str]:
     """The per-method table's SFT row: the one SFT model's test reward with its standard error, or, where each
     training seed has its own (reseed_shared), their mean over seeds with the interval the methods get."""
-    models = [r for r in frontier.rows if r["method"] == "sft" and r["split"] == "test"]
+    models = frontier.sft_models
     if len(models) == 1:
         return ["SFT", "-", "1", "1"] + [f"{models[0]['reward']:.3f} +- {models[0]['reward_se']:.3f}"] * len(measures(cfg))
     iv = interval(np.stack([frontier.test_values[row_id(r)]["reward"] for r in models]), None, cfg.confidence,
@@ -161,7 +161,8 @@ def protocol_table(protocol: dict, config: dict) -> tuple[list[str], list[list[s
 
 def samples_table(frontier: Frontier, samples: dict, n: int) -> tuple[list[str], list[list[str]]]:
     """The first n test prompts: one completion per method, from its checkpoint of highest select reward."""
-    keys = {"SFT": row_id(frontier.sft)}
+    sft = "SFT" if len(frontier.sft_models) == 1 else f"SFT ({frontier.sft['run']}'s)"  # one example of several
+    keys = {sft: row_id(frontier.sft)}
     for method in frontier.methods:
         best = max((r for seeds in frontier.candidates[method].values() for r in seeds[1:]), key=lambda r: r["reward"])
         keys[f"{label(method)} ({best['run']} @{best['step']})"] = row_id(best)
@@ -170,7 +171,7 @@ def samples_table(frontier: Frontier, samples: dict, n: int) -> tuple[list[str],
         for name, key in keys.items():
             s = samples["completions"].get(key, [])
             if i < len(s):
-                body.append([prompt if name == "SFT" else "", name, s[i]["text"], fmt(s[i]["reward"], 2)])
+                body.append([prompt if name == sft else "", name, s[i]["text"], fmt(s[i]["reward"], 2)])
     return ["prompt", "method", "completion", "reward"], body
 
 

@@ -17,7 +17,9 @@ def plot_bands(frontier: Frontier, cfg, rng_seed: int, path_stem) -> None:
     plt = plots.pyplot()
     budgets = np.linspace(0, cfg.area_max_kl, BAND_BUDGETS)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.axhline(frontier.sft["reward"], color="black", lw=0.8, ls=":", label="SFT")
+    sft = [r["reward"] for r in frontier.sft_models]  # each seed's own SFT model, where each trained one: their mean
+    ax.axhline(float(np.mean(sft)), color="black", lw=0.8, ls=":", label="SFT" if len(sft) == 1 else
+               f"SFT (mean of {len(sft)})")
     for method in frontier.methods:
         per_budget = [frontier.per_seed(method, b, cfg.area_max_kl) for b in budgets]  # [S, P] each
         seeds = np.stack([v.mean(-1) for v in per_budget], axis=1)  # [S, budgets]

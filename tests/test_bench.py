@@ -51,6 +51,14 @@ def test_p1_reads_a_run_and_counts_its_flops(micro_run, monkeypatch):
     per_token = forward_flops_per_token(c["n_layer"], c["n_embd"], c["max_length"] / 2, c["vocab_size"])
     assert counted["sft"] == 3 * per_token * sft["metrics"]["steps"] * c["batch_size"] * c["max_length"]
     assert "NOT the shipped config" in "\n".join(B.p1_lines(p1))
+    floor_row = next(line for line in B.p1_lines(p1) if "elapsed / floor" in line)
+    assert floor_row.endswith("| <= 2x | no |")  # not the shipped config: never met
+    # each stage against its floor, flagged above 3x: at a 1e10 peak, micro's stages are far from theirs
+    table = B.p1_floor_table(p1)
+    sft_row = next(line for line in table if line.startswith("| sft |"))
+    wall, n = p1["tiny_stages_s"]["sft"], p1["tiny_processes"]["sft"]
+    ratio = wall / (counted["sft"] / (n * 1e10))
+    assert sft_row.endswith(f"| {ratio:.1f}x{' (above 3x)' if ratio > 3 else ''} |")
 
 
 def test_forward_flops_by_hand():

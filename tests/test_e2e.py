@@ -315,6 +315,7 @@ def test_every_method_another_seed_and_reseed_shared(micro_run, tmp_path):
     assert sft_cells[1:4] == ["2", "2", "2"] and "each seed's own SFT model" in sft_cells[4]
     sft_test = [float(r["reward"]) for r in table if r["method"] == "sft" and r["split"] == "test"]
     assert sft_cells[4].startswith(f"{sum(sft_test) / 2:.3f} [")
+    assert "| SFT (seed0's) |" in md  # the samples table's SFT: one of the seeds' models, said which
     assert "each of which redraws its own SFT model, pairs and reward model" in md  # what the intervals cover
     config = json.loads((root / "ppo" / "manifest.json").read_text())["config"]
     assert config["per_seed_stages"] == ["sft", "pairs", "reward_model"] and config["seeds"] == 2
