@@ -248,7 +248,9 @@ eos = first[0][0] if dist.rank() == 0 else 99  # process 0's rows stop at their 
 out = lm.sample_completions(model, prompts, 6, eos, 2, seeds)
 dist.barrier()
 assert out == ([[eos], [eos]] if dist.rank() == 0 else first), out
-print("rank", dist.rank(), "ok", out)
+sys.stdout.write(f"rank {{dist.rank()}} ok {{out}}\\n")  # one write: the two processes share the pipe
+sys.stdout.flush()
+dist.close()  # as a stage ends (core.job): leaving while a peer still reads makes it abort
 """
 
 
