@@ -53,13 +53,17 @@ class Frontier:
     def seeds(self, method: str) -> int:
         return len(self.candidates.get(method, {}))
 
+    def checkpoint_kls(self, method: str) -> list[list[float]]:
+        """Per seed, the KLs on select of its trained checkpoints (the SFT model left out)."""
+        return [[c["kl"] for c in candidates[1:]] for candidates in self.candidates[method].values()]
+
     def coverage(self, method: str, budget: float | None, max_kl: float) -> str | None:
         """None when the method's checkpoints cover the budget at every seed: a trained checkpoint within KL <= b
         and one at or beyond b (on select; for the front area, b = max_kl: its width). Then its best within the
         budget is the method's. Otherwise why not, as a phrase after its label: a method stopped below b (or never
         inside it) is measured at where its training ended, not at the budget."""
         b = max_kl if budget is None else budget
-        kls = [[c["kl"] for c in candidates[1:]] for candidates in self.candidates[method].values()]  # SFT left out
+        kls = self.checkpoint_kls(method)
         none = sum(1 for k in kls if not k or min(k) > b)
         short = sum(1 for k in kls if k and max(k) < b)
         if none == len(kls):
@@ -76,8 +80,7 @@ class Frontier:
         model), and a denser grid of checkpoints could raise it; the comparison at b measures the grid as much as
         the method."""
         coarse, below = 0, []
-        for candidates in self.candidates[method].values():
-            kls = [c["kl"] for c in candidates[1:]]
+        for kls in self.checkpoint_kls(method):
             if not kls or min(kls) > budget or max(kls) < budget:  # not covered: coverage says so
                 continue
             highest = max(k for k in [0.0] + kls if k <= budget)

@@ -15,7 +15,7 @@ from the SFT model, and every run goes through `MethodRun`:
         run.check_finite(loss, step)         # a NaN / inf loss stops the stage, naming the last good checkpoint
         ...
         state.step = step
-        if step % eval_every == 0:
+        if is_checkpoint(step, steps, eval_every):
             run.save(state, model, {"optimizer": opt})
     return run.finish(state, final_loss=...)  # runs.json's entry: checkpoints, time, tokens, the method's own
 
@@ -52,6 +52,12 @@ class LoopState:
     tokens_generated: int = 0
     tokens_trained: int = 0
     extra: dict = field(default_factory=dict)  # the method's own scalars (PPO: the KL coefficient)
+
+
+def is_checkpoint(step: int, last: int, every: int, early=()) -> bool:
+    """Whether a loop keeps a checkpoint after step `step`: every `every` steps, at the early steps (a run's first
+    steps, where the policy moves fastest) and at the last."""
+    return step % every == 0 or step == last or step in early
 
 
 def training_seed(job_seed: int, seed: int) -> int:

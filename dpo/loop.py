@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core import dist, lm
-from core.run import LoopState, MethodRun
+from core.run import LoopState, MethodRun, is_checkpoint
 
 log = logging.getLogger("stage")
 
@@ -108,7 +108,7 @@ def train(run: MethodRun, cfg, sft, n_pairs: int, data_seed: int, learning_rate:
         state.step = step
         state.history.append(total)
         run.log(step, {"loss": total, "learning_rate": sched.get_last_lr()[0], **metrics})
-        if step % cfg.eval_every == 0 or step == steps or step in cfg.early_checkpoints:
+        if is_checkpoint(step, steps, cfg.eval_every, cfg.early_checkpoints):
             if at_checkpoint:
                 at_checkpoint(model, state)
             run.save(state, model, resumable)

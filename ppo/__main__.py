@@ -27,7 +27,7 @@ import torch
 from core import job as jobs
 from core import dist, lm
 from core.config import ConfigError
-from core.run import MethodRun
+from core.run import MethodRun, is_checkpoint
 from core.train import loop_accelerator
 from core.methods import METHODS
 from core.reward import training_reward, value_network
@@ -251,7 +251,7 @@ def train_run(method: str, target_kl: float, seed: int, cfg, job, prompts, token
         eta = run.elapsed() / step * (cfg.steps - step)
         log.info("%s step %d/%d: score %.3f, KL %.2f, coef %.3f, entropy %.2f, clipfrac %.2f (ETA %.0fs)",
                  run.label, step, cfg.steps, row["score"], seq_kl, coef, row["entropy"], row["clipfrac"], eta)
-        if step % cfg.eval_every == 0 or step == cfg.steps or step in cfg.early_checkpoints:
+        if is_checkpoint(step, cfg.steps, cfg.eval_every, cfg.early_checkpoints):
             run.save(state, policy, resumable)
     if dist.is_main():
         (run.folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state.history))

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from core.run import LoopState, MethodRun
+from core.run import LoopState, MethodRun, is_checkpoint
 from helpers import toy_lm
 
 
@@ -121,3 +121,10 @@ def test_a_trl_run_saves_its_early_steps_and_its_last_once(tmp_path):
     assert not save_last_checkpoint(trainer, tmp_path, 3) and saved == []  # the trainer saved it
     (tmp_path / "checkpoint-7").rmdir()
     assert save_last_checkpoint(trainer, tmp_path, 3) and saved == [str(tmp_path / "checkpoint-7")]
+
+
+def test_our_loops_keep_every_eval_every_step_the_early_steps_and_the_last():
+    """dpo/loop.py and ppo/__main__.py keep checkpoints by this rule (TRL's trainers: save_steps and save_at)."""
+    kept = [s for s in range(1, 26) if is_checkpoint(s, 25, every=10, early=[3, 7])]
+    assert kept == [3, 7, 10, 20, 25]
+    assert [s for s in range(1, 21) if is_checkpoint(s, 20, every=10)] == [10, 20]  # the last is on the schedule
