@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tests run on 2 shared cores
-# Two stages side by side, and sft / pairs / eval as two processes, on any machine: the runs the tests compare
-# must be split the same way (the process count moves results at float level).
-os.environ["PIPELINES_WORKERS"] = "2"
+# One stage at a time, each one process, on any machine: the runs the tests compare must be split the same way (the
+# process count moves results at float level), and with two pytest workers on two cores a second stage process per
+# run only adds imports and contention (make test: 942 s against 1031 s with two, 2026-12-08). Two workers and
+# several processes: test_every_method_another_seed_and_reseed_shared (--workers 2), tests/test_multiprocess.py.
+os.environ["PIPELINES_WORKERS"] = "1"
 os.environ.setdefault("WANDB", "off")  # test_wandb.py turns it on (offline) where it checks the logging
 
 from helpers import cli  # noqa: E402  (after the environment: the runs it starts inherit it)

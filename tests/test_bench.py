@@ -41,7 +41,7 @@ def test_p1_reads_a_run_and_counts_its_flops(micro_run, monkeypatch):
     monkeypatch.setattr(store, "run_root", lambda benchmark, scale: root)
     monkeypatch.setattr(flops, "matmul_peak", lambda threads: 1e10 * threads)
     p1 = B.p1_pipeline(skip_micro=True, micro_dir="")
-    assert p1["tiny_complete"] and p1["tiny_processes"]["sft"] == 2
+    assert p1["tiny_complete"] and p1["tiny_processes"]["sft"] == 1  # the test session's one worker (conftest)
     assert "sft: sft.n_layer" in p1["tiny_not_shipped"]  # micro is not the shipped tiny config
     counted = flops.stage_flops(root)
     assert set(counted) == {"sft", "pairs", "reward_model", "ppo", "dpo", "unlikelihood", "preferred_ft", "eval"}

@@ -29,18 +29,47 @@ def test_every_stage_finished_with_a_manifest(micro_run):
     assert not list(root.glob(".*tmp*"))  # no half-written folder left
 
 
-def test_stages_ran_side_by_side_and_the_lone_ones_as_two_processes(micro_run):
-    """Two workers (conftest): once pairs is done, the reward model and DPO start together; sft, pairs and
-    eval, which nothing can run beside, ran as two processes each, the others as one."""
+FREE = {"ground_truth", "report"}  # they train no language model and take no worker (pipelines/graph.py)
+
+
+def spans(root: Path) -> dict:
+    """{stage: (start, end, processes)} of every finished stage taking workers, from its manifest (seconds since the
+    epoch; the end to the second)."""
     from datetime import datetime
 
+    out = {}
+    for path in root.glob("*/manifest.json"):
+        m = json.loads(path.read_text())
+        end = datetime.strptime(m["finished_at"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        if m["stage"] not in FREE:
+            out[m["stage"]] = (end - m["wall_time_s"], end, m["processes"])
+    return out
+
+
+def running_at(ran: dict, stage: str) -> list[str]:
+    """The other stages running when `stage` started (a second's slack either side)."""
+    start = ran[stage][0]
+    return [t for t, (a, b, _) in ran.items() if t != stage and a < start - 1 and start < b - 1]
+
+
+def test_one_worker_runs_one_stage_at_a_time_as_one_process(micro_run):
+    """The test session's runs have one worker (conftest): every stage alone, as one process; the side by side
+    case is test_every_method_another_seed_and_reseed_shared's."""
     _, root, _ = micro_run
-    m = {s: json.loads((root / s / "manifest.json").read_text()) for s in STAGES}
-    end = {s: datetime.strptime(m[s]["finished_at"], "%Y-%m-%dT%H:%M:%S%z").timestamp() for s in STAGES}
-    start = {s: end[s] - m[s]["wall_time_s"] for s in STAGES}
-    assert start["dpo"] < end["reward_model"] - 1 and start["reward_model"] < end["dpo"] - 1, (start, end)
-    assert abs(start["dpo"] - start["reward_model"]) < 2 and start["dpo"] >= end["pairs"] - 1
-    assert {s: m[s]["processes"] for s in STAGES} == {**{s: 1 for s in STAGES}, "sft": 2, "pairs": 2, "eval": 2}
+    ran = spans(root)
+    assert set(ran) == set(STAGES) - FREE and all(p == 1 for _, _, p in ran.values())
+    assert not any(running_at(ran, s) for s in ran), ran
+
+
+def assert_side_by_side_within_two_workers(root: Path) -> None:
+    """Two workers: stages whose inputs are ready run side by side, one process each, never more than two at once;
+    sft, pairs and eval, which no stage needing them can run beside, run alone as two processes (their work split)."""
+    ran = spans(root)
+    solo = {"sft", "pairs", "eval"}
+    assert {s: p for s, (_, _, p) in ran.items()} == {s: 2 if s in solo else 1 for s in ran}
+    beside = {s: running_at(ran, s) for s in ran}
+    assert any(beside.values()) and all(len(b) <= 1 for b in beside.values()), beside
+    assert not any(b and (s in solo or set(b) & solo) for s, b in beside.items()), beside
 
 
 def test_frontier_has_every_checkpoint_of_every_seed_on_both_splits(micro_run):
@@ -277,8 +306,8 @@ def test_eval_refuses_a_checkpoint_with_non_finite_weights(micro_copy):
 
 
 def test_every_method_another_seed_and_reseed_shared(micro_run, tmp_path):
-    """--methods all: every method of core/methods.py in frontier.csv for both seeds and in the report, PPO and the
-    pair methods with an early checkpoint. seed = 1
+    """--methods all with two workers: every method of core/methods.py in frontier.csv for both seeds and in the
+    report, PPO and the pair methods with an early checkpoint, stages side by side. seed = 1
     reaches the results (the same seed from scratch reproduces frontier.csv byte for byte: the last check of
     test_faults' kill test). reseed_shared: every training seed has its own SFT model, pairs and reward model
     (seed 0's trains with the benchmark's seed, as the shared one does: core.run.training_seed), each seed's
@@ -289,8 +318,9 @@ def test_every_method_another_seed_and_reseed_shared(micro_run, tmp_path):
 
     _, _, first = micro_run
     root = micro_with(tmp_path, {"seed": 1, "reseed_shared": True, "ppo": {"eval_every": 4, "early_checkpoints": [1]},
-                                 "dpo": {"early_checkpoints": [1]}}, "--methods", "all")
+                                 "dpo": {"early_checkpoints": [1]}}, "--methods", "all", "--workers", "2")
     assert (root / "frontier.csv").read_text() != first
+    assert_side_by_side_within_two_workers(root)
     weights = [load_file(str(root / "sft" / f"seed{k}" / "model.safetensors")) for k in (0, 1)]
     assert not all(weights[0][name].equal(weights[1][name]) for name in weights[0])
     for stage, marker in (("pairs", "dataset"), ("reward_model", "reward.json")):
