@@ -76,11 +76,12 @@ def run_ours(run: Path, out: Path, beta: float, steps: int, seed: int) -> dict:
 
     torch.set_num_threads(1)
     cfg, ppo = tiny_ppo_config(beta, steps)
-    tokenizer = lm.load_tokenizer(upstream(run, "sft"))
+    sft, reward_model = upstream(run, "sft"), upstream(run, "reward_model")
+    tokenizer = lm.load_tokenizer(sft)
     prompts = train_prompts(cfg, ppo.rollouts_per_step * steps, tokenizer)
-    rm = RewardModel(upstream(run, "reward_model"))
+    rm = RewardModel(reward_model)
     job = Job(stage="ppo", benchmark="imdb-sentiment", scale="tiny", seed=seed, torch_threads=1,
-              config={"train": cfg.section("train")}, inputs={"sft": upstream(run, "sft"), "reward_model": upstream(run, "reward_model")},
+              config={"train": cfg.section("train")}, inputs={"sft": sft, "reward_model": reward_model},
               out=out / "ours")
     torch.manual_seed(seed)  # the training seed: prompt order and sampling; the data split stays the tiny one's
     summary = train_run("ppo", 1.0, 0, ppo, job, prompts, tokenizer,  # training seed 0: job.seed itself
@@ -140,7 +141,8 @@ def run_trl(run: Path, out: Path, beta: float, steps: int, seed: int) -> dict:
     assert trl.__version__ == "1.12.0", trl.__version__
     torch.set_num_threads(1)
     cfg, ppo = tiny_ppo_config(beta, steps)
-    tokenizer = AutoTokenizer.from_pretrained(upstream(run, "sft"))
+    sft, reward_model = upstream(run, "sft"), upstream(run, "reward_model")
+    tokenizer = AutoTokenizer.from_pretrained(sft)
     tokenizer.padding_side = "left"  # TRL generates from left-padded queries
     prompts = train_prompts(cfg, ppo.rollouts_per_step * steps, tokenizer)
     args = PPOConfig(
@@ -156,9 +158,9 @@ def run_trl(run: Path, out: Path, beta: float, steps: int, seed: int) -> dict:
     )
     trainer = PPOTrainer(
         args=args, processing_class=tokenizer,
-        model=AutoModelForCausalLM.from_pretrained(upstream(run, "sft")), ref_model=AutoModelForCausalLM.from_pretrained(upstream(run, "sft")),
-        reward_model=reward_model_for_trl(upstream(run, "reward_model")),
-        value_model=AutoModelForSequenceClassification.from_pretrained(upstream(run, "reward_model")),
+        model=AutoModelForCausalLM.from_pretrained(sft), ref_model=AutoModelForCausalLM.from_pretrained(sft),
+        reward_model=reward_model_for_trl(reward_model),
+        value_model=AutoModelForSequenceClassification.from_pretrained(reward_model),
         train_dataset=Dataset.from_dict({"input_ids": prompts}),
     )
     t0 = time.time()
@@ -177,8 +179,9 @@ def evaluate(run: Path, policy_dir: str, prompts_n: int) -> dict:
     from pipelines.config import load
 
     cfg = load("imdb-sentiment", "tiny")
-    tokenizer = lm.load_tokenizer(upstream(run, "sft"))
-    ref, policy = lm.load_causal_lm(upstream(run, "sft"), torch.device("cpu")), lm.load_causal_lm(policy_dir, torch.device("cpu"))
+    sft = upstream(run, "sft")
+    tokenizer = lm.load_tokenizer(sft)
+    ref, policy = lm.load_causal_lm(sft, torch.device("cpu")), lm.load_causal_lm(policy_dir, torch.device("cpu"))
     prompts = lm.split_prompts(cfg.data, cfg.seed, "eval", prompts_n, tokenizer)
     completions = lm.sample_completions(policy, prompts, cfg.eval.max_new_tokens, tokenizer.eos_token_id,
                                         cfg.eval.batch_size, lm.sample_seeds(len(prompts), "eval", cfg.seed))
